@@ -1,0 +1,234 @@
+"""Softmax and log-softmax over the last axis (Numba CPU), forward and backward.
+
+y = exp(x - max) / sum(exp(x - max));  log-softmax y = x - logsumexp(x).  Kernels see x as
+(N, V): N rows (B*T, or B*H*T for attention scores), V entries per row; the wrappers reshape
+any rank to that and back. Each row is at most a few KiB, so it stays in L1 between the passes
+over it (max, exp-sum, scale): the passes cost arithmetic, not memory traffic.
+
+Versions (speed-ups vs kernels.reference in the same run, float32, 2 cores; command:
+``python benchmarks/bench_softmax.py``; V = 65 char vocab, V = 2048 sentencepiece):
+
+softmax_forward
+  v1  plain loops, math.exp, one thread. math.exp is a scalar libm call here (no SVML), so
+      nothing vectorises: ??x (V=65) / ??x (V=2048) of NumPy at N=2048.
+  v2  prange over rows: both cores, still scalar exp: ??x / ??x.
+  v3  fast_exp (polynomial, _fastmath.py) so the exp loop vectorises, scalars kept in the
+      input dtype (a float64 literal would widen every float32 op), one reciprocal per row
+      instead of V divisions: ??x / ??x.
+softmax_backward   dx = y * (dy - sum(dy * y))
+  v1  plain loops, one thread: ??x / ??x (it vectorises: no exp).
+  v2  prange over rows, dtype accumulators: ??x / ??x.
+log_softmax_forward   y = x - (max + log(sum(exp(x - max))))
+  v1  plain loops, math.exp, one thread: ??x / ??x.
+  v2  prange + fast_exp: ??x / ??x.
+log_softmax_backward   dx = dy - exp(y) * sum(dy)
+  v1  plain loops, math.exp, one thread: ??x / ??x.
+  v2  prange + fast_exp: ??x / ??x.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._fastmath import fast_exp
+
+_JIT = dict(fastmath=True, cache=True, error_model="numpy")
+
+
+# --------------------------------------------------------------------------- softmax forward
+@njit(**_JIT)
+def softmax_forward_v1(out, x):
+    # x, out: (N, V)
+    N, V = x.shape
+    for n in range(N):
+        m = x[n, 0]
+        for v in range(1, V):
+            m = max(m, x[n, v])
+        s = 0.0
+        for v in range(V):
+            e = math.exp(x[n, v] - m)
+            out[n, v] = e
+            s += e
+        for v in range(V):
+            out[n, v] /= s
+
+
+@njit(parallel=True, **_JIT)
+def softmax_forward_v2(out, x):
+    # x, out: (N, V); rows are independent, one thread takes a block of them
+    N, V = x.shape
+    for n in prange(N):
+        m = x[n, 0]
+        for v in range(1, V):
+            m = max(m, x[n, v])
+        s = 0.0
+        for v in range(V):
+            e = math.exp(x[n, v] - m)
+            out[n, v] = e
+            s += e
+        for v in range(V):
+            out[n, v] /= s
+
+
+@njit(parallel=True, **_JIT)
+def softmax_forward_v3(out, x):
+    # x, out: (N, V)
+    N, V = x.shape
+    one = x.dtype.type(1.0)
+    for n in prange(N):
+        m = x[n, 0]
+        for v in range(1, V):
+            m = max(m, x[n, v])
+        s = x.dtype.type(0.0)
+        for v in range(V):
+            e = fast_exp(x[n, v] - m)
+            out[n, v] = e
+            s += e
+        r = one / s
+        for v in range(V):
+            out[n, v] *= r
+
+
+# --------------------------------------------------------------------------- softmax backward
+@njit(**_JIT)
+def softmax_backward_v1(dx, dy, y):
+    # dy, y, dx: (N, V)
+    N, V = y.shape
+    for n in range(N):
+        d = 0.0
+        for v in range(V):
+            d += dy[n, v] * y[n, v]
+        for v in range(V):
+            dx[n, v] = y[n, v] * (dy[n, v] - d)
+
+
+@njit(parallel=True, **_JIT)
+def softmax_backward_v2(dx, dy, y):
+    # dy, y, dx: (N, V)
+    N, V = y.shape
+    for n in prange(N):
+        d = y.dtype.type(0.0)
+        for v in range(V):
+            d += dy[n, v] * y[n, v]
+        for v in range(V):
+            dx[n, v] = y[n, v] * (dy[n, v] - d)
+
+
+# --------------------------------------------------------------------------- log-softmax forward
+@njit(**_JIT)
+def log_softmax_forward_v1(out, x):
+    # x, out: (N, V)
+    N, V = x.shape
+    for n in range(N):
+        m = x[n, 0]
+        for v in range(1, V):
+            m = max(m, x[n, v])
+        s = 0.0
+        for v in range(V):
+            s += math.exp(x[n, v] - m)
+        lse = m + math.log(s)
+        for v in range(V):
+            out[n, v] = x[n, v] - lse
+
+
+@njit(parallel=True, **_JIT)
+def log_softmax_forward_v2(out, x):
+    # x, out: (N, V)
+    N, V = x.shape
+    for n in prange(N):
+        m = x[n, 0]
+        for v in range(1, V):
+            m = max(m, x[n, v])
+        s = x.dtype.type(0.0)
+        for v in range(V):
+            s += fast_exp(x[n, v] - m)
+        lse = m + np.log(s)  # one scalar log per row
+        for v in range(V):
+            out[n, v] = x[n, v] - lse
+
+
+# --------------------------------------------------------------------------- log-softmax backward
+@njit(**_JIT)
+def log_softmax_backward_v1(dx, dy, y):
+    # dy, y, dx: (N, V); exp(y) is softmax(x)
+    N, V = y.shape
+    for n in range(N):
+        s = 0.0
+        for v in range(V):
+            s += dy[n, v]
+        for v in range(V):
+            dx[n, v] = dy[n, v] - math.exp(y[n, v]) * s
+
+
+@njit(parallel=True, **_JIT)
+def log_softmax_backward_v2(dx, dy, y):
+    # dy, y, dx: (N, V)
+    N, V = y.shape
+    for n in prange(N):
+        s = y.dtype.type(0.0)
+        for v in range(V):
+            s += dy[n, v]
+        for v in range(V):
+            dx[n, v] = dy[n, v] - fast_exp(y[n, v]) * s
+
+
+# --------------------------------------------------------------------------- wrappers
+VERSIONS = {
+    "softmax_forward": {1: softmax_forward_v1, 2: softmax_forward_v2, 3: softmax_forward_v3},
+    "softmax_backward": {1: softmax_backward_v1, 2: softmax_backward_v2},
+    "log_softmax_forward": {1: log_softmax_forward_v1, 2: log_softmax_forward_v2},
+    "log_softmax_backward": {1: log_softmax_backward_v1, 2: log_softmax_backward_v2},
+}
+DEFAULT_VERSION = {"softmax_forward": 3, "softmax_backward": 2,
+                   "log_softmax_forward": 2, "log_softmax_backward": 2}
+
+
+def _rows(a, dtype=None):
+    """(..., V) -> contiguous float (N, V) view plus the original shape."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        raise TypeError(f"softmax kernels take float32 or float64 arrays, not {a.dtype}")
+    V = a.shape[-1] if a.ndim else 1
+    return a.reshape(-1, V), a.shape
+
+
+def _unary(op, version, x):
+    x2, shape = _rows(x)
+    out = np.empty_like(x2)
+    if x2.size:
+        VERSIONS[op][version](out, x2)
+    return out.reshape(shape)
+
+
+def _binary(op, version, dy, y):
+    y2, shape = _rows(y)
+    dy2, _ = _rows(dy, y2.dtype)
+    if dy2.shape != y2.shape:
+        raise ValueError(f"{op}: dy shape {np.shape(dy)} does not match y shape {np.shape(y)}")
+    dx = np.empty_like(y2)
+    if y2.size:
+        VERSIONS[op][version](dx, dy2, y2)
+    return dx.reshape(shape)
+
+
+def run(op, version, *args):
+    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
+    fn = _binary if op.endswith("backward") else _unary
+    return fn(op, version, *args)
+
+
+def softmax_forward(x):
+    return _unary("softmax_forward", DEFAULT_VERSION["softmax_forward"], x)
+
+
+def softmax_backward(dy, y):
+    return _binary("softmax_backward", DEFAULT_VERSION["softmax_backward"], dy, y)
+
+
+def log_softmax_forward(x):
+    return _unary("log_softmax_forward", DEFAULT_VERSION["log_softmax_forward"], x)
+
+
+def log_softmax_backward(dy, y):
+    return _binary("log_softmax_backward", DEFAULT_VERSION["log_softmax_backward"], dy, y)

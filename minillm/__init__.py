@@ -1,0 +1,35 @@
+"""minillm: a from-scratch deep-learning framework for language models.
+
+Three levels: use a model as it is (``generate``), fine-tune it (``finetune``), or build your
+own (tokenizer, ``prepare``, ``pretrain``). Importing minillm needs only NumPy: Numba kernels
+load on first use, CuPy only when a tensor moves to the GPU.
+"""
+
+__version__ = "0.1.0"
+
+from minillm import functional  # noqa: E402
+from minillm.autograd import enable_grad, is_grad_enabled, no_grad  # noqa: E402
+from minillm.backend import get_kernels, manual_seed, set_kernels  # noqa: E402
+from minillm.errors import MinillmError  # noqa: E402
+from minillm.ops import cat, concat, stack, where  # noqa: E402
+from minillm.tensor import Tensor, arange, ones, randn, tensor, zeros  # noqa: E402
+
+__all__ = [
+    "Tensor", "tensor", "zeros", "ones", "randn", "arange", "cat", "concat", "stack", "where",
+    "no_grad", "enable_grad", "is_grad_enabled", "manual_seed", "set_kernels", "get_kernels",
+    "functional", "MinillmError", "__version__",
+]
+
+
+def save(model, directory, config=None):
+    """Save a model's weights and config to ``directory`` (safetensors + JSON, atomic)."""
+    from minillm.train.checkpoint import save as _save
+
+    _save(directory, model, config=config)
+
+
+def load(directory, device="cpu"):
+    """Load a GPT saved by ``save`` (or by training) from ``directory``."""
+    from minillm.train.checkpoint import load_model
+
+    return load_model(directory, device=device)[0]

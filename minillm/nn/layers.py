@@ -1,0 +1,101 @@
+"""Basic layers: Linear, Embedding, LayerNorm, Dropout, and the transformer MLP.
+
+Default initialisations follow PyTorch (so a user's own models behave as they expect); the GPT
+model re-initialises its weights the GPT-2 way.
+"""
+
+import math
+
+import numpy as np
+
+from minillm import backend
+from minillm import functional as F
+from minillm.nn.module import Module, Parameter
+
+
+def _uniform(shape, bound):
+    return backend.rng().uniform(-bound, bound, size=shape).astype(backend.DEFAULT_DTYPE)
+
+
+class Linear(Module):
+    """y = x W^T + b with W: (out_features, in_features), as torch.nn.Linear."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter(_uniform((out_features, in_features), bound))
+        self.bias = Parameter(_uniform((out_features,), bound)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A lookup table (num_embeddings, embedding_dim): integer ids -> rows."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        w = backend.rng().standard_normal((num_embeddings, embedding_dim))
+        self.weight = Parameter(w.astype(backend.DEFAULT_DTYPE))
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the last axis, with an optional bias (GPT-2 has one; nanoGPT's
+    bias=False configs do not)."""
+
+    def __init__(self, ndim, bias=True, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(np.ones(ndim, dtype=backend.DEFAULT_DTYPE))
+        self.bias = Parameter(np.zeros(ndim, dtype=backend.DEFAULT_DTYPE)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, bias={self.bias is not None}"
+
+
+class Dropout(Module):
+    """Inverted dropout in training mode; the identity in eval mode."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class MLP(Module):
+    """The transformer feed-forward block: Linear(C, 4C) -> GELU -> Linear(4C, C) -> Dropout.
+
+    With biases, the first Linear's bias add and the GELU run as one fused kernel (bias_gelu).
+    """
+
+    def __init__(self, n_embd, bias=True, dropout=0.0):
+        super().__init__()
+        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x):  # x: (B, T, C)
+        if self.c_fc.bias is not None:
+            h = F.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # (B, T, 4C)
+        else:
+            h = F.gelu(self.c_fc(x))  # (B, T, 4C)
+        return self.dropout(self.c_proj(h))  # (B, T, C)

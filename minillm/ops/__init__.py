@@ -1,0 +1,17 @@
+"""Differentiable ops. Each is a Function (forward/backward pair) plus a small function that
+checks its arguments and applies it; ``Tensor`` methods and operators call these."""
+
+from minillm.ops.elementwise import (
+    abs, add, cast, div, exp, gelu, log, masked_fill, mul, neg, pow, relu, sigmoid, sqrt, sub,
+    tanh, where,
+)
+from minillm.ops.linalg import linear, matmul
+from minillm.ops.nn import (
+    bias_gelu, cross_entropy, dropout, embedding, layer_norm, log_softmax,
+    scaled_dot_product_attention, softmax,
+)
+from minillm.ops.reduce import max, mean, sum, var
+from minillm.ops.shape import (
+    cat, concat, expand, flatten, getitem, permute, reshape, split, squeeze, stack, transpose,
+    unsqueeze, view,
+)

@@ -1,0 +1,60 @@
+"""Helpers shared by the op modules: lifting constants to Tensors, undoing broadcasting."""
+
+import numpy as np
+
+from minillm import backend
+from minillm.errors import MinillmError
+from minillm.tensor import Tensor
+
+
+def lift(x, like):
+    """``x`` as a Tensor; Python scalars take the dtype of ``like`` (so 2.0 * f32 stays f32)."""
+    if isinstance(x, Tensor):
+        return x
+    xp = backend.array_module(like.data)
+    if np.isscalar(x) or (isinstance(x, np.ndarray) and x.ndim == 0):
+        if like.dtype.kind == "f" or isinstance(x, (float, np.floating)):
+            dtype = like.dtype if like.dtype.kind == "f" else backend.DEFAULT_DTYPE
+            return Tensor(xp.asarray(x, dtype=dtype))
+        return Tensor(xp.asarray(x, dtype=like.dtype))
+    return Tensor(xp.asarray(x) if backend.is_cupy(like.data) else x)
+
+
+def unbroadcast(g, shape, dtype):
+    """Sum ``g`` over the axes that broadcasting added or stretched, back to ``shape``.
+
+    Broadcasting copies an input along those axes in the forward, so its gradient is the sum of
+    the copies' gradients. The result is cast back to the input's dtype.
+    """
+    if g.shape != shape:
+        lead = g.ndim - len(shape)
+        if lead:
+            g = g.sum(axis=tuple(range(lead)))
+        stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+        if stretched:
+            g = g.sum(axis=stretched, keepdims=True)
+    if g.dtype != dtype:
+        g = g.astype(dtype)
+    return g
+
+
+def normalize_axes(axis, ndim):
+    """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise MinillmError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+        out.append(int(a) % max(ndim, 1))
+    return tuple(sorted(set(out)))
+
+
+def check_broadcast(a, b, opname):
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise MinillmError(
+            f"{opname}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast together"
+        ) from None

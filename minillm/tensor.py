@@ -1,0 +1,344 @@
+"""Tensor: an n-dimensional array (NumPy, or CuPy on the GPU) that can record a graph for autograd.
+
+A Tensor holds ``data`` (the array), ``requires_grad``, ``grad`` (an array, filled by backward on
+leaves) and ``_ctx`` (the Function that produced it, None for leaves). Operators and methods
+delegate to the differentiable ops in ``minillm.ops``; this file only wires them up, the way
+PyTorch users expect (``a @ b``, ``x.sum(-1, keepdims=True)``, ``x.view(B, T, C)``, ...).
+"""
+
+import numpy as np
+
+from minillm import autograd, backend
+from minillm.errors import MinillmError
+
+
+def _as_array(data, dtype=None):
+    if backend.is_cupy(data):
+        return data if dtype is None else data.astype(dtype, copy=False)
+    if isinstance(data, np.ndarray):
+        return data if dtype is None else data.astype(dtype, copy=False)
+    arr = np.asarray(data)
+    if dtype is not None:
+        return arr.astype(dtype, copy=False)
+    if arr.dtype.kind == "f":  # Python floats become float32, as in PyTorch
+        return arr.astype(backend.DEFAULT_DTYPE)
+    if arr.dtype.kind in "iu" and arr.dtype != np.int64:
+        return arr.astype(np.int64)
+    return arr
+
+
+class Tensor:
+    __slots__ = ("data", "requires_grad", "grad", "_ctx", "_retain", "__weakref__")
+    __array_priority__ = 1000  # ndarray (op) Tensor defers to the Tensor's reflected operator
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self._ctx = None
+        self._retain = False
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # ------------------------------------------------------------------ basic attributes
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        """Number of elements (NumPy's meaning); ``numel()`` is the same."""
+        return self.data.size
+
+    def numel(self):
+        return self.data.size
+
+    @property
+    def device(self):
+        return backend.device_of(self.data)
+
+    @property
+    def is_leaf(self):
+        return self._ctx is None
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        body = np.array2string(backend.to_numpy(self.data), precision=4, separator=", ")
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({body}, dtype={self.dtype}{grad})"
+
+    # ------------------------------------------------------------------ autograd
+    def requires_grad_(self, flag=True):
+        if flag and not backend.is_float_dtype(self.data.dtype):
+            raise MinillmError(
+                f"only floating-point tensors can require grad; this one is {self.data.dtype}"
+            )
+        self.requires_grad = bool(flag)
+        return self
+
+    def retain_grad(self):
+        """Keep .grad on this non-leaf tensor after backward (as in PyTorch)."""
+        self._retain = True
+        return self
+
+    def backward(self, grad=None, retain_graph=False):
+        """Compute gradients of this tensor w.r.t. every leaf that requires grad.
+
+        ``grad`` defaults to 1 for a one-element tensor; other shapes must pass it explicitly.
+        """
+        if not self.requires_grad:
+            raise MinillmError(
+                "backward() on a tensor that does not require grad (no input of the graph "
+                "requires grad, or it was computed under no_grad())"
+            )
+        xp = backend.array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise MinillmError(
+                    f"backward() needs an explicit grad for a non-scalar tensor of shape "
+                    f"{self.shape}; call .sum() first or pass grad="
+                )
+            g = xp.ones_like(self.data)
+        else:
+            g = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if g.shape != self.shape:
+                raise MinillmError(
+                    f"backward() grad has shape {g.shape} but the tensor has shape {self.shape}"
+                )
+        autograd.backward(self, g, retain_graph=retain_graph)
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ------------------------------------------------------------------ conversion
+    def item(self):
+        if self.data.size != 1:
+            raise MinillmError(f"item() needs a one-element tensor, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def numpy(self):
+        """The data as a NumPy array (copied from the GPU when needed; shares memory on CPU)."""
+        return backend.to_numpy(self.data)
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def to(self, device=None, dtype=None):
+        """A copy on ``device`` ('cpu' or 'cuda') and/or of ``dtype``; graph-connected for dtype."""
+        out = self
+        if dtype is not None and np.dtype(dtype) != self.dtype:
+            out = ops.cast(out, dtype)
+        if device is not None and backend.check_device(device) != self.device:
+            t = Tensor(backend.to_device(out.data, device))
+            t.requires_grad = out.requires_grad and out.is_leaf
+            out = t
+        return out
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def astype(self, dtype):
+        return self.to(dtype=dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    # ------------------------------------------------------------------ arithmetic
+    def __add__(self, o):
+        return ops.add(self, o)
+
+    def __radd__(self, o):
+        return ops.add(o, self)
+
+    def __sub__(self, o):
+        return ops.sub(self, o)
+
+    def __rsub__(self, o):
+        return ops.sub(o, self)
+
+    def __mul__(self, o):
+        return ops.mul(self, o)
+
+    def __rmul__(self, o):
+        return ops.mul(o, self)
+
+    def __truediv__(self, o):
+        return ops.div(self, o)
+
+    def __rtruediv__(self, o):
+        return ops.div(o, self)
+
+    def __neg__(self):
+        return ops.neg(self)
+
+    def __pow__(self, o):
+        return ops.pow(self, o)
+
+    def __rpow__(self, o):
+        return ops.pow(o, self)
+
+    def __matmul__(self, o):
+        return ops.matmul(self, o)
+
+    def __rmatmul__(self, o):
+        return ops.matmul(o, self)
+
+    def __getitem__(self, index):
+        return ops.getitem(self, index)
+
+    # comparisons give boolean tensors outside the graph
+    def _cmp(self, o, fn):
+        return Tensor(fn(self.data, o.data if isinstance(o, Tensor) else o))
+
+    def __lt__(self, o):
+        return self._cmp(o, lambda a, b: a < b)
+
+    def __le__(self, o):
+        return self._cmp(o, lambda a, b: a <= b)
+
+    def __gt__(self, o):
+        return self._cmp(o, lambda a, b: a > b)
+
+    def __ge__(self, o):
+        return self._cmp(o, lambda a, b: a >= b)
+
+    def __eq__(self, o):
+        return self._cmp(o, lambda a, b: a == b)
+
+    def __ne__(self, o):
+        return self._cmp(o, lambda a, b: a != b)
+
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------------ methods
+    def exp(self):
+        return ops.exp(self)
+
+    def log(self):
+        return ops.log(self)
+
+    def sqrt(self):
+        return ops.sqrt(self)
+
+    def tanh(self):
+        return ops.tanh(self)
+
+    def relu(self):
+        return ops.relu(self)
+
+    def gelu(self):
+        return ops.gelu(self)
+
+    def sigmoid(self):
+        return ops.sigmoid(self)
+
+    def abs(self):
+        return ops.abs(self)
+
+    def sum(self, axis=None, keepdims=False):
+        return ops.sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return ops.mean(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return ops.max(self, axis, keepdims)
+
+    def var(self, axis=None, keepdims=False, correction=1):
+        return ops.var(self, axis, keepdims, correction)
+
+    def softmax(self, axis=-1):
+        return ops.softmax(self, axis)
+
+    def log_softmax(self, axis=-1):
+        return ops.log_softmax(self, axis)
+
+    def reshape(self, *shape):
+        return ops.reshape(self, *shape)
+
+    def view(self, *shape):
+        return ops.reshape(self, *shape)
+
+    def flatten(self, start=0, end=-1):
+        return ops.flatten(self, start, end)
+
+    def transpose(self, a=-2, b=-1):
+        return ops.transpose(self, a, b)
+
+    def permute(self, *axes):
+        return ops.permute(self, *axes)
+
+    @property
+    def T(self):
+        return ops.permute(self, *reversed(range(self.ndim)))
+
+    def unsqueeze(self, axis):
+        return ops.unsqueeze(self, axis)
+
+    def squeeze(self, axis=None):
+        return ops.squeeze(self, axis)
+
+    def expand(self, *shape):
+        return ops.expand(self, *shape)
+
+    def contiguous(self):
+        return self
+
+    def split(self, size_or_sections, axis=-1):
+        return ops.split(self, size_or_sections, axis)
+
+    def masked_fill(self, mask, value):
+        return ops.masked_fill(self, mask, value)
+
+    def argmax(self, axis=None):
+        return Tensor(self.data.argmax(axis=axis))
+
+
+def tensor(data, requires_grad=False, dtype=None):
+    """Make a Tensor (PyTorch's ``torch.tensor``): floats default to float32, ints to int64."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def zeros(*shape, dtype=None, requires_grad=False):
+    return Tensor(np.zeros(_shape(shape), dtype or backend.DEFAULT_DTYPE), requires_grad)
+
+
+def ones(*shape, dtype=None, requires_grad=False):
+    return Tensor(np.ones(_shape(shape), dtype or backend.DEFAULT_DTYPE), requires_grad)
+
+
+def randn(*shape, dtype=None, requires_grad=False):
+    """Standard normal samples from minillm's seeded generator (see ``manual_seed``)."""
+    data = backend.rng().standard_normal(_shape(shape)).astype(dtype or backend.DEFAULT_DTYPE)
+    return Tensor(data, requires_grad)
+
+
+def arange(*args, dtype=None):
+    return Tensor(np.arange(*args, dtype=dtype))
+
+
+def _shape(shape):
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+
+
+from minillm import ops  # noqa: E402  (ops needs Tensor defined first)

@@ -1,0 +1,161 @@
+"""The interface every minillm tokenizer implements.
+
+A tokenizer maps text to a list of integer token ids and back. Models only ever see the ids, so
+the tokenizer is saved next to the prepared data and the checkpoint: a directory holding
+``tokenizer.json`` (``{"kind": ..., "format": 1, "data": {...}}``) plus any model file the kind
+needs (SentencePiece keeps its binary ``tokenizer.model`` beside it).
+
+Every tokenizer has exactly one special token, ``"<|endoftext|>"`` (the GPT-2 spelling), whose id
+is ``eos_id``. It marks the end of a document; ``bos_id`` may be the same id (as in GPT-2), and
+``pad_id`` is ``None`` unless the kind has a real padding token. Ordinary ``encode`` never emits a
+special id: text that happens to contain the characters ``<|endoftext|>`` is encoded as those
+characters, and callers append ``eos_id`` themselves. Likewise ``decode`` renders special ids as
+the empty string, so stopping at end-of-text is the caller's job (the sampler checks ids, not
+strings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Sequence, Union
+
+from minillm.errors import TokenizerError
+
+EOT_TOKEN = "<|endoftext|>"
+CONFIG_NAME = "tokenizer.json"
+FORMAT_VERSION = 1
+
+# What train_tokenizer and the tokenizers' train() accept: the text itself, or files to read.
+TextOrPaths = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+
+
+class Tokenizer(ABC):
+    """Abstract base: text <-> token ids, plus save/load through ``tokenizer.json``."""
+
+    kind: ClassVar[str]  # the key in tokenizer.json and in minillm.tokenizers.TOKENIZERS
+    eos_id: int
+    bos_id: int
+    pad_id: int | None = None
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of distinct ids; every id is in ``range(vocab_size)``."""
+
+    @property
+    def name(self) -> str:
+        """A short human-readable description (the kind, refined by subclasses)."""
+        return self.kind
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids for ``text``; raises TokenizerError naming characters it cannot encode."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text for ``ids``; special ids decode to ""."""
+
+    # -- persistence -------------------------------------------------------------------------
+    @abstractmethod
+    def _save_data(self, directory: Path) -> dict[str, Any]:
+        """Write any extra files into ``directory``; return the JSON-able ``data`` section."""
+
+    @classmethod
+    @abstractmethod
+    def _from_data(cls, data: dict[str, Any], directory: Path) -> "Tokenizer":
+        """Rebuild the tokenizer from the ``data`` section written by ``_save_data``."""
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` (and any model file) into ``directory``; return its path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Model files first, the json last: a directory with a tokenizer.json is complete.
+        data = self._save_data(directory)
+        config = {"kind": self.kind, "format": FORMAT_VERSION, "data": data}
+        path = directory / CONFIG_NAME
+        atomic_write(path, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
+        return path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
+
+    # -- helpers for subclasses --------------------------------------------------------------
+    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+        """ids as plain ints, each checked to lie inside the vocabulary."""
+        out = [int(i) for i in ids]
+        V = self.vocab_size
+        for i in out:
+            if not 0 <= i < V:
+                raise TokenizerError(
+                    f"token id {i} is outside this tokenizer's vocabulary (0..{V - 1})."
+                )
+        return out
+
+
+def unknown_chars_error(
+    chars: Iterable[str],
+    who: str,
+    hint: str = "train the tokenizer on a corpus that contains them",
+) -> TokenizerError:
+    """The one error message for text with characters a tokenizer cannot encode."""
+    seen: list[str] = []
+    for c in chars:  # first few distinct offenders, in order of first appearance
+        if c not in seen:
+            seen.append(c)
+    shown = ", ".join(repr(c) for c in seen[:5]) + (", ..." if len(seen) > 5 else "")
+    return TokenizerError(
+        f"the text has {len(seen)} character(s) the {who} tokenizer cannot encode ({shown}); "
+        f"{hint}."
+    )
+
+
+def read_texts(text_or_paths: TextOrPaths) -> str:
+    """A ``str`` is the text; a path or list of paths names UTF-8 files, joined by "\\n"."""
+    if isinstance(text_or_paths, str):
+        return text_or_paths
+    paths = [text_or_paths] if isinstance(text_or_paths, os.PathLike) else list(text_or_paths)
+    parts = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise TokenizerError(f"tokenizer training file {p} does not exist.")
+        raw = p.read_bytes()
+        try:
+            parts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise TokenizerError(
+                f"tokenizer training file {p} is not UTF-8 text (bad byte at offset {e.start})."
+            ) from None
+    return "\n".join(parts)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, are fsynced, then renamed over
+    ``path`` (``os.replace`` is atomic on POSIX and Windows within one filesystem).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read the umask is to set it and restore it
+    os.umask(mask)
+    return mask
