@@ -17,8 +17,27 @@ from minillm.tensor import Tensor, arange, ones, randn, tensor, zeros  # noqa: E
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "arange", "cat", "concat", "stack", "where",
     "no_grad", "enable_grad", "is_grad_enabled", "manual_seed", "set_kernels", "get_kernels",
-    "functional", "MinillmError", "__version__",
+    "functional", "MinillmError", "__version__", "generate", "stream",
 ]
+
+
+def generate(model, tokenizer, prompt, **options):
+    """The continuation of ``prompt`` (a str, or a list of str for a batch) by ``model``.
+
+    Options: max_new_tokens=256, temperature=1.0, top_k=None, top_p=None, greedy=False,
+    seed=None, stop=None (str or list), repetition_penalty=1.0, use_cache=True; see
+    ``minillm.sample`` (imported on first use, so ``import minillm`` stays light).
+    """
+    from minillm.sample import generate as _generate
+
+    return _generate(model, tokenizer, prompt, **options)
+
+
+def stream(model, tokenizer, prompt, **options):
+    """Like ``generate`` for one prompt, yielding the text piece by piece as it is produced."""
+    from minillm.sample import stream as _stream
+
+    return _stream(model, tokenizer, prompt, **options)
 
 
 def save(model, directory, config=None):

@@ -254,52 +254,77 @@ def attention_backward_v2(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
 # --------------------------------------------------------------------------- block products
 # Three small matrix products cover the forward and the backward. The innermost loop always
 # runs along a contiguous row (BK keys or D channels), which LLVM turns into AVX-512 FMAs.
+# Rows are taken as 1-D views and indexed by the bare loop counter: Numba wraps negative
+# indices, and with an index like b0 + c (sign unknown) that check blocks vectorisation.
 @njit(fastmath=True, cache=True)
 def _abt_v3(out, a, a0, bt, b0, nr, nc, K):
     # out[r, c] = sum_t a[a0 + r, t] * bt[t, b0 + c]     out: (BQ, BK)  a: (T, K)  bt: (K, T)
     for r in range(nr):
-        for c in range(nc):
-            out[r, c] = 0.0
+        orow, arow = out[r, :nc], a[a0 + r]
+        orow[:] = 0.0
         for t in range(K):
-            x = a[a0 + r, t]
+            x, brow = arow[t], bt[t, b0:b0 + nc]
             for c in range(nc):
-                out[r, c] += x * bt[t, b0 + c]
+                orow[c] += x * brow[c]
 
 
 @njit(fastmath=True, cache=True)
 def _acc_ab_v3(out, o0, a, b, b0, nr, nc, K):
     # out[o0 + r, :] += sum_c a[r, c] * b[b0 + c, :]     out, b: (T, K)  a: (BQ, BK)
     for r in range(nr):
+        orow = out[o0 + r]
         for c in range(nc):
-            x = a[r, c]
+            x, brow = a[r, c], b[b0 + c]
             for t in range(K):
-                out[o0 + r, t] += x * b[b0 + c, t]
+                orow[t] += x * brow[t]
 
 
 @njit(fastmath=True, cache=True)
 def _acc_atb_v3(out, a, b, b0, nr, nc, K):
     # out[c, :] += sum_r a[r, c] * b[b0 + r, :]          out: (BK, K)  a: (BQ, BK)  b: (T, K)
     for c in range(nc):
+        orow = out[c]
         for r in range(nr):
-            x = a[r, c]
+            x, brow = a[r, c], b[b0 + r]
             for t in range(K):
-                out[c, t] += x * b[b0 + r, t]
+                orow[t] += x * brow[t]
+
+
+@njit(fastmath=True, cache=True)
+def _abt_v4(out, a, a0, bt, b0, nr, nc, K):
+    # as _abt_v3 with the t (reduction) loop unrolled by four: one load and store of the
+    # out row per four FMAs instead of per FMA (the v3 loop is bound by L1 traffic)
+    t4 = K - K % 4
+    for r in range(nr):
+        orow, arow = out[r, :nc], a[a0 + r]
+        orow[:] = 0.0
+        for t in range(0, t4, 4):
+            x0, x1, x2, x3 = arow[t], arow[t + 1], arow[t + 2], arow[t + 3]
+            b0r, b1r = bt[t, b0:b0 + nc], bt[t + 1, b0:b0 + nc]
+            b2r, b3r = bt[t + 2, b0:b0 + nc], bt[t + 3, b0:b0 + nc]
+            for c in range(nc):
+                orow[c] += x0 * b0r[c] + x1 * b1r[c] + x2 * b2r[c] + x3 * b3r[c]
+        for t in range(t4, K):
+            x, brow = arow[t], bt[t, b0:b0 + nc]
+            for c in range(nc):
+                orow[c] += x * brow[c]
 
 
 @njit(fastmath=True, cache=True)
 def _acc_ab_v4(out, o0, a, b, b0, nr, nc, K):
-    # as _acc_ab_v3, four c at a time: one load/store of out[o0 + r, :] per four FMAs
+    # as _acc_ab_v3, four c at a time
     c4 = nc - nc % 4
     for r in range(nr):
+        orow = out[o0 + r]
         for c in range(0, c4, 4):
             x0, x1, x2, x3 = a[r, c], a[r, c + 1], a[r, c + 2], a[r, c + 3]
+            b0r, b1r, b2r, b3r = b[b0 + c], b[b0 + c + 1], b[b0 + c + 2], b[b0 + c + 3]
             for t in range(K):
-                out[o0 + r, t] += (x0 * b[b0 + c, t] + x1 * b[b0 + c + 1, t]
-                                   + x2 * b[b0 + c + 2, t] + x3 * b[b0 + c + 3, t])
+                orow[t] += x0 * b0r[t] + x1 * b1r[t] + x2 * b2r[t] + x3 * b3r[t]
         for c in range(c4, nc):
-            x = a[r, c]
+            x, brow = a[r, c], b[b0 + c]
             for t in range(K):
-                out[o0 + r, t] += x * b[b0 + c, t]
+                orow[t] += x * brow[t]
 
 
 @njit(fastmath=True, cache=True)
@@ -307,34 +332,16 @@ def _acc_atb_v4(out, a, b, b0, nr, nc, K):
     # as _acc_atb_v3, four r at a time
     r4 = nr - nr % 4
     for c in range(nc):
+        orow = out[c]
         for r in range(0, r4, 4):
             x0, x1, x2, x3 = a[r, c], a[r + 1, c], a[r + 2, c], a[r + 3, c]
+            b0r, b1r, b2r, b3r = b[b0 + r], b[b0 + r + 1], b[b0 + r + 2], b[b0 + r + 3]
             for t in range(K):
-                out[c, t] += (x0 * b[b0 + r, t] + x1 * b[b0 + r + 1, t]
-                              + x2 * b[b0 + r + 2, t] + x3 * b[b0 + r + 3, t])
+                orow[t] += x0 * b0r[t] + x1 * b1r[t] + x2 * b2r[t] + x3 * b3r[t]
         for r in range(r4, nr):
-            x = a[r, c]
+            x, brow = a[r, c], b[b0 + r]
             for t in range(K):
-                out[c, t] += x * b[b0 + r, t]
-
-
-@njit(fastmath=True, cache=True)
-def _abt_v4(out, a, a0, bt, b0, nr, nc, K):
-    # out = a[a0:a0+nr] @ bt[:, b0:b0+nc], the t (reduction) loop unrolled by four
-    for r in range(nr):
-        for c in range(nc):
-            out[r, c] = 0.0
-    t4 = K - K % 4
-    for r in range(nr):
-        for t in range(0, t4, 4):
-            x0, x1, x2, x3 = a[a0 + r, t], a[a0 + r, t + 1], a[a0 + r, t + 2], a[a0 + r, t + 3]
-            for c in range(nc):
-                out[r, c] += (x0 * bt[t, b0 + c] + x1 * bt[t + 1, b0 + c]
-                              + x2 * bt[t + 2, b0 + c] + x3 * bt[t + 3, b0 + c])
-        for t in range(t4, K):
-            x = a[a0 + r, t]
-            for c in range(nc):
-                out[r, c] += x * bt[t, b0 + c]
+                orow[t] += x * brow[t]
 
 
 # --------------------------------------------------------------------------- v3, v4: blocked

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._fastmath import fast_exp
+from ._fastmath import fast_exp, fast_max
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _CHUNK = 64  # v3: elements per online-max step (4 AVX-512 / 8 AVX2 float32 vectors)
@@ -58,7 +58,7 @@ def cross_entropy_forward_v2(losses, lse, logits, targets, ignore_index):
     for n in prange(N):
         m = logits[n, 0]
         for v in range(1, V):
-            m = max(m, logits[n, v])
+            m = fast_max(m, logits[n, v])
         s = logits.dtype.type(0.0)
         for v in range(V):
             s += fast_exp(logits[n, v] - m)
@@ -80,7 +80,7 @@ def cross_entropy_forward_v3(losses, lse, logits, targets, ignore_index):
             v1 = min(v0 + _CHUNK, V)
             cm = logits[n, v0]
             for v in range(v0 + 1, v1):
-                cm = max(cm, logits[n, v])
+                cm = fast_max(cm, logits[n, v])
             if cm > m:  # rare after the first chunks: rescale the running sum once
                 s *= fast_exp(m - cm)
                 m = cm

@@ -31,7 +31,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._fastmath import fast_exp
+from ._fastmath import fast_exp, fast_max
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 
@@ -79,7 +79,7 @@ def softmax_forward_v3(out, x):
     for n in prange(N):
         m = x[n, 0]
         for v in range(1, V):
-            m = max(m, x[n, v])
+            m = fast_max(m, x[n, v])
         s = x.dtype.type(0.0)
         for v in range(V):
             e = fast_exp(x[n, v] - m)
@@ -139,7 +139,7 @@ def log_softmax_forward_v2(out, x):
     for n in prange(N):
         m = x[n, 0]
         for v in range(1, V):
-            m = max(m, x[n, v])
+            m = fast_max(m, x[n, v])
         s = x.dtype.type(0.0)
         for v in range(V):
             s += fast_exp(x[n, v] - m)

@@ -73,18 +73,28 @@ class GPT(Module):
                 std = proj_std if name.endswith("c_proj.weight") else 0.02
                 p.data = (rng.standard_normal(p.shape) * std).astype(p.dtype)
 
+    @classmethod
+    def from_pretrained(cls, path, dropout=None):
+        """A GPT with the weights of a local Hugging Face GPT-2 directory (gpt2 ... gpt2-xl);
+        the conversion is in minillm.models.hf_gpt2."""
+        from minillm.models.hf_gpt2 import from_pretrained
+
+        return from_pretrained(path, dropout=dropout)
+
     @property
     def lm_head_weight(self):
         return self.wte.weight  # tied
 
     def forward(self, idx, targets=None, kv_cache=None, attention_mask=None, position_ids=None,
-                ignore_index=-100, last_only=False):
+                ignore_index=-100, last_only=False, return_hidden=False):
         """idx: (B, T) token ids -> (logits (B, T, V), loss or None).
 
         ``targets`` (B, T): mean cross-entropy is returned as loss. ``kv_cache``: idx holds only
         the new positions, which start at ``kv_cache.length``. ``attention_mask`` (B, Tk) marks
         real tokens (False at left padding); ``position_ids`` (B, T) override 0..T-1.
         ``last_only`` returns logits for the last position only (B, 1, V), for sampling.
+        ``return_hidden`` returns the final hidden states (B, T, C) after ln_f instead of the
+        (logits, loss) pair (for task heads such as GPTClassifier; the LM head is skipped).
         """
         data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
         if data.ndim != 2:
@@ -107,6 +117,8 @@ class GPT(Module):
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         x = self.ln_f(x)
+        if return_hidden:
+            return x  # (B, T, C)
         logits = F.linear(x, self.wte.weight)  # (B, T, V), tied LM head
         loss = None
         if targets is not None:

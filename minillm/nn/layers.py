@@ -84,7 +84,8 @@ class Dropout(Module):
 class MLP(Module):
     """The transformer feed-forward block: Linear(C, 4C) -> GELU -> Linear(4C, C) -> Dropout.
 
-    With biases, the first Linear's bias add and the GELU run as one fused kernel (bias_gelu).
+    With biases, the first Linear's bias add and the GELU run as one fused kernel (bias_gelu);
+    a replaced c_fc (e.g. a LoRALinear) is called as a module instead.
     """
 
     def __init__(self, n_embd, bias=True, dropout=0.0):
@@ -94,7 +95,7 @@ class MLP(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x):  # x: (B, T, C)
-        if self.c_fc.bias is not None:
+        if type(self.c_fc) is Linear and self.c_fc.bias is not None:  # not when LoRA wraps it
             h = F.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # (B, T, 4C)
         else:
             h = F.gelu(self.c_fc(x))  # (B, T, 4C)

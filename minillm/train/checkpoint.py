@@ -65,6 +65,7 @@ def write_checkpoint(directory, files):
     tmp.mkdir()
     try:
         for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # names may be "sub/file"
             _write_bytes(tmp / name, data)
         _fsync_dir(tmp)
         if directory.exists():
@@ -89,9 +90,20 @@ def _recover(directory):
         os.rename(olds[-1], directory)
 
 
-def save(directory, model, config=None, optimizer=None, state=None):
-    """Save ``model`` weights (+ ``config`` dict, optimizer arrays and ``state`` dict)."""
+def _tokenizer_files(tokenizer):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save(d)
+        return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+
+
+def save(directory, model, config=None, optimizer=None, state=None, tokenizer=None):
+    """Save ``model`` weights (+ ``config`` dict, optimizer arrays, ``state`` dict, and the
+    tokenizer's files, so that the directory alone is enough to sample from the model)."""
     files = {MODEL_FILE: _safetensors_bytes(model.state_dict(), {"format": "minillm"})}
+    if tokenizer is not None:
+        files.update(_tokenizer_files(tokenizer))
     cfg = dict(config or {})
     if "model" not in cfg and hasattr(model, "config"):
         cfg["model"] = model.config.to_dict()
@@ -170,3 +182,41 @@ def load_training_state(directory, optimizer):
     except (IndexError, ValueError, Exception) as e:
         raise CheckpointError(f"optimizer state in {directory} does not match this model ({e})") from None
     return state
+
+
+def load_pretrained(path, device="cpu"):
+    """(model, tokenizer) from a checkpoint directory, ready for generation (eval mode).
+
+    ``path`` may be a checkpoint directory or a training output folder holding ``best/`` or
+    ``last/`` (best is preferred). The tokenizer is read from the same directory.
+    A LoRA adapter directory (with ``adapter_config.json``) loads the base checkpoint it names,
+    then the adapter on top (``minillm.train.adapter``).
+    """
+    from minillm.tokenizers import load_tokenizer
+    from minillm.train.adapter import ADAPTER_CONFIG, load_lm_with_adapter
+
+    path = Path(path)
+    _recover(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"there is no checkpoint at {path}; pass a minillm checkpoint or a Hugging Face GPT-2 "
+            f"directory (where there is internet: `huggingface-cli download gpt2 --local-dir {path}`)")
+    from minillm.models.hf_gpt2 import is_hf_gpt2_dir
+
+    if is_hf_gpt2_dir(path):  # config.json says GPT-2 (minillm export or a HF download)
+        from minillm.train.hf import load_hf
+
+        return load_hf(path, device=device)
+    if not (path / MODEL_FILE).exists() and not (path / ADAPTER_CONFIG).exists():
+        for sub in ("best", "last"):
+            if (path / sub / MODEL_FILE).exists() or (path / sub / ADAPTER_CONFIG).exists():
+                path = path / sub
+                break
+    if (path / ADAPTER_CONFIG).exists():
+        return load_lm_with_adapter(path, device=device)
+    model, _ = load_model(path, device=device)
+    try:
+        tokenizer = load_tokenizer(path)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} has no usable tokenizer ({e})") from None
+    return model.eval(), tokenizer

@@ -1,0 +1,321 @@
+"""The ``minillm`` command: argument parsing and printing only; the work lives in the library.
+
+Each subcommand has an ``add_<name>(subparsers)`` that declares its options and a ``run_<name>``
+that calls the library. A user mistake (MinillmError) prints one sentence and exits with 2.
+"""
+
+import argparse
+import sys
+
+from minillm import __version__
+from minillm.errors import MinillmError
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="minillm",
+        description="minillm: build, fine-tune and use GPT language models on NumPy.",
+    )
+    p.add_argument("--version", action="version", version=f"minillm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return p
+
+
+# ----------------------------------------------------------------------------- prepare
+def add_prepare(sub):
+    p = sub.add_parser("prepare", help="corpus -> tokenizer + train.bin/val.bin token files")
+    p.add_argument("--corpus", default=None,
+                   help="a text file or a folder of .txt files (default: tiny Shakespeare)")
+    p.add_argument("--out", "--data-dir", dest="out", default="data/shakespeare_char",
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--tokenizer", choices=["char", "sentencepiece"], default="char")
+    p.add_argument("--vocab-size", type=int, default=2048, help="sentencepiece vocabulary size")
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe",
+                   help="sentencepiece model type")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.set_defaults(run=run_prepare)
+
+
+def run_prepare(args):
+    from minillm.data import prepare
+
+    meta = prepare(args.out, corpus=args.corpus, tokenizer=args.tokenizer,
+                   vocab_size=args.vocab_size, model_type=args.model_type,
+                   val_fraction=args.val_fraction)
+    print(f"prepared {args.out}: vocab {meta['vocab_size']}, "
+          f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens ({meta['dtype']})")
+
+
+# ----------------------------------------------------------------------------- pretrain
+def add_pretrain(sub):
+    p = sub.add_parser(
+        "pretrain", help="pretrain a GPT by next-token prediction",
+        description="Pretrain a GPT. Settings come from --config FILE.toml (or a built-in name "
+                    "such as shakespeare_char_tiny), then --key=value overrides, e.g. "
+                    "--max_iters=500 --device=cpu. Unknown keys and wrong types are errors.",
+    )
+    p.add_argument("--config", default="shakespeare_char_tiny",
+                   help="TOML file or built-in config name (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT_DIR/last exactly where it stopped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_pretrain, accepts_overrides=True)
+
+
+def run_pretrain(args):
+    from minillm.train.config import TrainConfig, load_config
+    from minillm.train.pretrain import pretrain
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    pretrain(cfg, resume=args.resume, progress=not args.no_progress)
+
+
+# ----------------------------------------------------------------------------- plot
+def add_plot(sub):
+    p = sub.add_parser("plot", help="draw the loss curve of a training run (PNG)")
+    p.add_argument("run_dir", help="a training output folder (holds log.jsonl)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss.png)")
+    p.set_defaults(run=run_plot)
+
+
+def run_plot(args):
+    from minillm.train.plot import plot_log
+
+    print(f"wrote {plot_log(args.run_dir, args.out)}")
+
+
+# ----------------------------------------------------------------------------- export
+def add_export(sub):
+    p = sub.add_parser(
+        "export", help="write a checkpoint as a Hugging Face GPT-2 directory",
+        description="Write a minillm checkpoint (or a GPT-2 directory) as a Hugging Face GPT-2 "
+                    "directory: config.json + model.safetensors (+ vocab.json/merges.txt for a "
+                    "GPT-2 tokenizer), loadable by transformers' GPT2LMHeadModel.from_pretrained.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (or training output folder)")
+    p.add_argument("--out", required=True, help="new or empty directory to write")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args):
+    from minillm.train.checkpoint import load_pretrained
+    from minillm.train.hf import MINILLM_TOKENIZER_DIR, export_hf
+
+    model, tokenizer = load_pretrained(args.ckpt)
+    names = export_hf(model, tokenizer, args.out)
+    shown = sorted({n.split("/")[0] + ("/" if "/" in n else "") for n in names})
+    print(f"exported {model.num_parameters():,} parameters to {args.out}: {', '.join(shown)}")
+    if any(n.startswith(MINILLM_TOKENIZER_DIR) for n in names):
+        print(f"note: transformers loads these weights, but not the {tokenizer.kind} tokenizer "
+              f"in {MINILLM_TOKENIZER_DIR}/ (minillm sample --ckpt {args.out} uses it)")
+
+
+# ----------------------------------------------------------------------------- finetune
+def add_finetune(sub):
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on JSONL data (SFT or classification; LoRA or full)",
+                       description="Fine-tune a pretrained checkpoint. SFT data: lines {\"prompt\": ..., "
+                                   "\"response\": ...}; classification data: lines {\"text\": ..., \"label\": ...}.")
+    p.add_argument("--base", required=True, help="base checkpoint directory (or a run folder with best/ or last/)")
+    p.add_argument("--data", required=True, help="training data, a JSONL file")
+    p.add_argument("--val-data", default=None, help="validation JSONL (default: split off --val-fraction of --data)")
+    p.add_argument("--task", choices=["sft", "classify"], default="sft")
+    p.add_argument("--method", choices=["lora", "full"], default="lora")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; the update is scaled by alpha/rank")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--targets", default="attn,mlp", help="LoRA layers: attn, mlp, all, or a comma list (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 LoRA, 1e-4 full)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=None, help="crop the context to this many tokens")
+    p.add_argument("--out", default="out/finetune", help="output folder (best/, last/, log.jsonl)")
+    p.add_argument("--freeze-last-k", type=int, default=None, help="full: train only the last K blocks (+ ln_f, head)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_finetune)
+
+
+def run_finetune(args):
+    from minillm.train.finetune import finetune
+
+    s = finetune(args.base, args.data, task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
+                 lora_dropout=args.lora_dropout, targets=args.targets, epochs=args.epochs, lr=args.lr,
+                 batch_size=args.batch_size, block_size=args.block_size, out_dir=args.out,
+                 freeze_last_k=args.freeze_last_k, seed=args.seed, val_fraction=args.val_fraction,
+                 val_data=args.val_data, weight_decay=args.weight_decay, device=args.device,
+                 progress=not args.no_progress)
+    print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best {s['best']}; "
+          f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")
+
+
+def add_classify(sub):
+    p = sub.add_parser("classify", help="label a text with a fine-tuned classifier")
+    p.add_argument("--ckpt", required=True, help="classifier checkpoint or adapter directory (or its run folder)")
+    p.add_argument("--text", required=True, action="append", help="text to classify (repeatable)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=run_classify)
+
+
+def run_classify(args):
+    from minillm.train.finetune import classify_texts, load_classifier
+
+    net, tok, labels = load_classifier(args.ckpt, device=args.device)
+    for text, probs in zip(args.text, classify_texts(net, tok, labels, args.text)):
+        top = next(iter(probs))
+        print(f"{top}\t" + "  ".join(f"{k}={v:.3f}" for k, v in probs.items()) + f"\t{text!r}")
+
+
+def add_finetune_demo_data(sub):
+    p = sub.add_parser("finetune-demo-data", help="write demo sft.jsonl and classify.jsonl from tiny Shakespeare")
+    p.add_argument("--out", default="data/finetune_demo", help="output folder (default: %(default)s)")
+    p.add_argument("--corpus", default=None, help="a text file in 'NAME:' speech format (default: tiny Shakespeare)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-sft", type=int, default=2000, help="number of SFT examples (default: %(default)s)")
+    p.set_defaults(run=run_finetune_demo_data)
+
+
+def run_finetune_demo_data(args):
+    from minillm.train.demo_data import make_demo_data
+
+    n = make_demo_data(args.out, corpus=args.corpus, seed=args.seed, n_sft=args.n_sft)
+    print(f"wrote {args.out}/sft.jsonl ({n['sft']} examples) and {args.out}/classify.jsonl ({n['classify']} examples)")
+
+# ----------------------------------------------------------------------------- sample, chat
+def _add_sampling_flags(p, max_new_tokens=256):
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint directory (or a training output folder with best/ or last/)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=200, help="0 = no limit (default: 200)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="end the text at STR (repeatable); STR is not printed")
+    p.add_argument("--seed", type=int, default=None, help="same seed -> same text")
+    p.add_argument("--no-cache", action="store_true", help="re-run the context for each token")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def _sampling_options(args):
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k or None, top_p=args.top_p, greedy=args.greedy, stop=args.stop,
+                repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache)
+
+
+def add_sample(sub):
+    p = sub.add_parser("sample", help="generate text from a trained model",
+                       description="Print --num-samples continuations of --prompt, each followed "
+                                   "by a line of dashes (as nanoGPT's sample.py).")
+    p.add_argument("--prompt", default="",
+                   help="text to continue, or FILE:path to read it from a file; empty starts "
+                        "from the begin-of-text token (default: empty)")
+    p.add_argument("--num-samples", type=int, default=1)
+    _add_sampling_flags(p)
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(args):
+    from pathlib import Path
+
+    from minillm.sample import stream
+    from minillm.train.checkpoint import load_pretrained
+
+    prompt = args.prompt
+    if prompt.startswith("FILE:"):
+        path = Path(prompt[len("FILE:"):])
+        try:
+            prompt = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MinillmError(f"cannot read the prompt file {path} ({e}).") from None
+    if args.num_samples < 1:
+        raise MinillmError(f"--num-samples must be at least 1, got {args.num_samples}.")
+    model, tokenizer = load_pretrained(args.ckpt, device=args.device)
+    for i in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + i  # sample i uses seed + i
+        pieces = stream(model, tokenizer, prompt, seed=seed, **_sampling_options(args))
+        first = next(pieces, "")  # bad options raise here, before anything is printed
+        print(prompt + first, end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print("\n---------------")
+
+
+def add_chat(sub):
+    p = sub.add_parser("chat", help="talk with a trained model (reads lines from stdin)",
+                       description="Chat through a plain transcript (User: ... / Assistant: ...); "
+                                   "the reply stops at the next 'User:'. Type /help for commands; "
+                                   "/quit or Ctrl-D ends.")
+    _add_sampling_flags(p, max_new_tokens=200)
+    p.set_defaults(run=run_chat)
+
+
+def run_chat(args):
+    from minillm.sample import CHAT_HELP, Chat
+    from minillm.train.checkpoint import load_pretrained
+
+    model, tokenizer = load_pretrained(args.ckpt, device=args.device)
+    opts = _sampling_options(args)
+    chat = Chat(model, tokenizer, seed=args.seed, **opts)
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"chatting with {args.ckpt}; {CHAT_HELP}")
+    while True:
+        if tty:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # EOF (Ctrl-D, or the end of a pipe)
+            if tty:
+                print()
+            return
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            text, going = chat.command(line)
+            if text:
+                print(text)
+            if not going:
+                return
+            continue
+        try:
+            for piece in chat.send(line):
+                print(piece, end="", flush=True)
+        except MinillmError as e:  # e.g. a character the tokenizer does not know: keep chatting
+            print(f"minillm chat: {e}", file=sys.stderr)
+            continue
+        print()
+
+
+COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_classify,
+            add_finetune_demo_data, add_sample, add_chat]
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if rest and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest
+    try:
+        args.run(args)
+    except MinillmError as e:
+        print(f"minillm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nminillm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""LoRA adapters on disk: a directory next to (not inside) the base checkpoint it adapts.
+
+    DIR/adapter.safetensors    the LoRA A/B tensors (+ any other trained tensor, e.g. a head)
+    DIR/adapter_config.json    {"rank", "alpha", "dropout", "targets", "base": path of the base
+                                checkpoint, "base_fingerprint": sha256 of the base weights,
+                                "block_size", "task", ...extra}
+
+The fingerprint (``minillm.nn.lora.base_fingerprint``: names, shapes and float32 bytes of every
+base parameter) is what ties an adapter to its base: an adapter loaded onto any other model, even
+one with the same shapes, is refused with an error that says so. Written atomically like every
+checkpoint (``checkpoint.write_checkpoint``).
+"""
+
+import json
+from pathlib import Path
+
+from minillm import backend
+from minillm.errors import CheckpointError, ConfigError
+from minillm.nn.lora import (LoRAConfig, apply_lora, base_fingerprint, lora_layers, lora_state_dict,
+                             merge_lora)
+from minillm.train import checkpoint as ckpt
+
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path):
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def save_adapter(directory, model, lora_config, base_path, extra=None):
+    """Write ``model``'s adapter tensors and config to ``directory`` (atomic).
+
+    ``lora_config``: a LoRAConfig (or its dict); ``base_path``: the base checkpoint directory
+    (stored absolute, so the adapter can be loaded from anywhere); ``extra``: more JSON fields
+    (the task, the label list, ...).
+    """
+    cfg = lora_config.to_dict() if isinstance(lora_config, LoRAConfig) else dict(lora_config)
+    tensors = lora_state_dict(model)
+    if not tensors:
+        raise ConfigError("the model has no LoRA layers to save; call apply_lora first")
+    body = getattr(model, "gpt", model)  # a GPTClassifier adapts its GPT body
+    cfg.update(
+        base=str(Path(base_path).resolve()),
+        base_fingerprint=base_fingerprint(model, exclude=set(tensors)),
+        block_size=int(body.config.block_size),
+        format="minillm-lora",
+        **(extra or {}),
+    )
+    files = {
+        ADAPTER_FILE: ckpt._safetensors_bytes(tensors, {"format": "minillm-lora"}),
+        ADAPTER_CONFIG: json.dumps(cfg, indent=2, sort_keys=True).encode(),
+    }
+    ckpt.write_checkpoint(directory, files)
+
+
+def read_adapter_config(directory):
+    directory = Path(directory)
+    ckpt._recover(directory)
+    cfg = ckpt._read_json(directory / ADAPTER_CONFIG)
+    missing = [k for k in ("rank", "alpha", "targets", "base", "base_fingerprint") if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{directory / ADAPTER_CONFIG} lacks {', '.join(missing)}")
+    return cfg
+
+
+def load_adapter(model, directory):
+    """Load the adapter in ``directory`` into ``model`` (the base model, built and loaded).
+
+    Applies LoRA with the adapter's rank/alpha/targets first if the model has no LoRA layers;
+    crops the context to the adapter's block_size if it was trained on a shorter one. Raises
+    CheckpointError when a tensor is missing or has another shape (naming it) or when the base
+    weights are not the ones the adapter was trained on (fingerprint). Returns the config dict.
+    """
+    directory = Path(directory)
+    cfg = read_adapter_config(directory)
+    body = getattr(model, "gpt", model)
+    bs = int(cfg.get("block_size", body.config.block_size))
+    if bs < body.config.block_size:
+        body.crop_block_size(bs)
+    if not lora_layers(model):
+        apply_lora(model, cfg["rank"], cfg["alpha"], cfg.get("dropout", 0.0), cfg["targets"])
+    tensors = ckpt._read_safetensors(directory / ADAPTER_FILE)
+    own = dict(model.named_parameters())
+    for name, arr in tensors.items():
+        if name not in own:
+            raise CheckpointError(
+                f"adapter {directory} does not match this model: it has tensor {name}, the model does not")
+        if tuple(arr.shape) != tuple(own[name].shape):
+            raise CheckpointError(
+                f"adapter {directory} does not match this model: {name} is {tuple(arr.shape)} in the "
+                f"adapter but {tuple(own[name].shape)} in the model")
+    lora_missing = [n for n in own if n.endswith((".lora_A", ".lora_B")) and n not in tensors]
+    if lora_missing:
+        raise CheckpointError(f"adapter {directory} does not match this model: it lacks {lora_missing[0]}")
+    fp = base_fingerprint(model, exclude=set(tensors))
+    if fp != cfg["base_fingerprint"]:
+        raise CheckpointError(
+            f"adapter {directory} was trained on other base weights than this model's "
+            f"(fingerprint {fp[:12]} vs {cfg['base_fingerprint'][:12]}; base was {cfg['base']})")
+    for name, arr in tensors.items():
+        p = own[name]
+        data = arr.astype(p.dtype, copy=True)
+        p.data = backend.to_device(data, backend.device_of(p.data))
+    return cfg
+
+
+def resolve_base(directory, cfg):
+    """The base checkpoint path an adapter names (absolute, or relative to the adapter)."""
+    base = Path(cfg["base"])
+    if not base.is_absolute():
+        base = Path(directory) / base
+    if not base.exists():
+        raise CheckpointError(f"adapter {directory} names base checkpoint {base}, which does not exist")
+    return base
+
+
+def load_lm_with_adapter(directory, device="cpu", merge=True):
+    """(model, tokenizer) for a language-model adapter: load its base checkpoint (and tokenizer),
+    apply LoRA, load the adapter, and merge it for inference speed. Used by ``load_pretrained``."""
+    cfg = read_adapter_config(directory)
+    if cfg.get("task", "sft") == "classify":
+        raise CheckpointError(f"{directory} is a classification adapter; use `minillm classify`")
+    model, tokenizer = ckpt.load_pretrained(resolve_base(directory, cfg), device=device)
+    load_adapter(model, directory)
+    if merge:
+        merge_lora(model)
+    return model.eval(), tokenizer

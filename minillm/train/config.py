@@ -1,0 +1,202 @@
+"""Training configuration: a typed dataclass with flat keys, from a TOML file plus overrides.
+
+    cfg = load_config(TrainConfig, "configs/shakespeare_char_tiny.toml", ["--max_iters=500"])
+
+A config name without a path ("shakespeare_char_tiny") is looked up in the configs shipped with
+minillm. Overrides are ``--key=value`` (``-`` and ``_`` in keys are the same); values are parsed
+as the field's type. Unknown keys and values of the wrong type are ConfigErrors that name them.
+The names follow nanoGPT (learning_rate, max_iters, lr_decay_iters, eval_interval, ...).
+"""
+
+import dataclasses
+import difflib
+import json
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from minillm.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out/shakespeare_char_tiny"
+    data_dir: str = "data/shakespeare_char"
+    # data preparation, used when data_dir holds no prepared data yet
+    corpus: str = ""  # a text file or folder; "" = the built-in tiny Shakespeare
+    tokenizer: str = "char"  # char | sentencepiece
+    vocab_size: int = 2048  # sentencepiece only
+    tokenizer_model: str = "bpe"  # sentencepiece: bpe | unigram
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = False
+    # optimisation (AdamW, nanoGPT's defaults for the Shakespeare runs)
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000
+    decay_lr: bool = True
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    # evaluation, logging, checkpoints
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    eval_only: bool = False
+    # the sample printed at the end of training
+    sample_tokens: int = 300
+    sample_prompt: str = "\n"
+    sample_temperature: float = 0.8
+    sample_top_k: int = 200
+    # system
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"
+    kernels: str = "auto"  # auto | reference | numba
+    plot: bool = True
+
+    def validate(self):
+        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                    "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_iters < 0:
+            raise ConfigError(f"max_iters must be >= 0, got {self.max_iters}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tokenizer not in ("char", "sentencepiece"):
+            raise ConfigError(f"tokenizer must be 'char' or 'sentencepiece', got {self.tokenizer!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64 on this backend, got {self.dtype!r}")
+        if self.kernels not in ("auto", "reference", "numba"):
+            raise ConfigError(f"kernels must be auto, reference or numba, got {self.kernels!r}")
+        if self.learning_rate <= 0 or self.min_lr < 0:
+            raise ConfigError("learning_rate must be > 0 and min_lr >= 0")
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def find_config(name_or_path):
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return p
+    if p.exists() and p.is_file():
+        return p
+    candidates = [p.with_suffix(".toml")]
+    try:  # the configs shipped inside the package (configs/ is installed as minillm.configs)
+        import minillm.configs as shipped
+
+        for d in shipped.__path__:
+            candidates.append(Path(d) / p.with_suffix(".toml").name)
+    except ImportError:
+        pass
+    for c in candidates:
+        if c.exists():
+            return c
+    raise ConfigError(f"no config file {name_or_path!r} (give a .toml path or a built-in name)")
+
+
+def _coerce(cls_field, value, source):
+    """``value`` (from TOML or a command-line string) as the field's type, or a ConfigError."""
+    name, typ = cls_field.name, cls_field.type
+    typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ)
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ConfigError(f"{name} must be true or false, got {value!r} ({source})")
+        try:
+            if typ is int:
+                number = float(text)  # accepts 5000 and 5e3, refuses 2.5
+                if number != int(number):
+                    raise ValueError
+                return int(number)
+            return typ(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be {typ.__name__}, got {value!r} ({source})") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is str and isinstance(value, str):
+        return value.encode().decode("unicode_escape") if source == "command line" and "\\" in value else value
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {typ.__name__}, got {value!r} ({source})")
+    return value
+
+
+def apply_overrides(cfg, items, source):
+    by_name = {f.name: f for f in fields(cfg)}
+    for key, value in items:
+        norm = key.strip().lstrip("-").replace("-", "_")
+        if norm not in by_name:
+            close = difflib.get_close_matches(norm, list(by_name), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r} ({source}){hint}")
+        setattr(cfg, norm, _coerce(by_name[norm], value, source))
+    return cfg
+
+
+def parse_cli_overrides(args):
+    """['--lr=1e-3', '--max_iters', '10'] -> [('lr', '1e-3'), ('max_iters', '10')]."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise ConfigError(f"unexpected argument {a!r}; overrides look like --key=value")
+        if "=" in a:
+            k, v = a[2:].split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            k, v = a[2:], args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override {a!r} has no value; write --key=value")
+        out.append((k, v))
+        i += 1
+    return out
+
+
+def load_config(cls, config=None, overrides=()):
+    """``cls()`` updated by the TOML file ``config`` (path or built-in name) and ``overrides``."""
+    cfg = cls()
+    if config:
+        path = find_config(config)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML ({e})") from None
+        apply_overrides(cfg, data.items(), str(path))
+    apply_overrides(cfg, parse_cli_overrides(list(overrides)), "command line")
+    return cfg.validate()
+
+
+def config_from_dict(cls, d):
+    cfg = cls()
+    known = {f.name for f in fields(cls)}
+    apply_overrides(cfg, [(k, v) for k, v in d.items() if k in known], "checkpoint")
+    return cfg
+
+
+def dumps(cfg):
+    return json.dumps(cfg.to_dict(), indent=2)

@@ -1,0 +1,298 @@
+"""Fine-tuning a pretrained GPT: SFT or classification, full or LoRA.
+
+    summary = finetune("out/shakespeare_char_tiny", "demo/sft.jsonl", task="sft", method="lora")
+
+One run: load the base checkpoint (and its tokenizer), read the JSONL data (``tasks``), split off
+a seeded validation set (stratified by label for classification), adapt the model (LoRA adapters
+on the chosen Linear layers, or full training, optionally only the last k blocks), then train for
+``epochs`` passes over the training set with AdamW (linear warmup, cosine decay to lr/10) using
+the same ``train_step`` as pretraining. The validation metric is measured before training and
+after every epoch (SFT: loss on response tokens; classification: accuracy and loss). Checkpoints
+go to OUT_DIR/last after every epoch and OUT_DIR/best when the metric improved; a LoRA run saves
+adapter directories (a few hundred KB, naming their base), a full run saves whole checkpoints with
+the tokenizer. Every evaluation and every ``log_interval`` steps append a record to
+OUT_DIR/log.jsonl (``minillm plot OUT_DIR`` draws it).
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minillm import backend
+from minillm.autograd import no_grad
+from minillm.errors import CheckpointError, ConfigError
+from minillm.models.classifier import GPTClassifier
+from minillm.nn.lora import LoRAConfig, apply_lora
+from minillm.optim import AdamW, cosine_lr, gpt_param_groups
+from minillm.train import checkpoint as ckpt
+from minillm.train import tasks
+from minillm.train.adapter import is_adapter_dir, save_adapter
+from minillm.train.step import train_step
+
+TASKS, METHODS = ("sft", "classify"), ("lora", "full")
+
+
+def freeze_except_last(model, k, train_head=True):
+    """Train only the last ``k`` blocks of a GPT and its final LayerNorm; freeze the rest.
+
+    The LM head is tied to the token embedding ``wte`` (one matrix), so "training the head"
+    necessarily trains the input embedding too. ``train_head=True`` (for language modelling: the
+    output distribution is what SFT changes most) unfreezes ``wte``; ``train_head=False`` keeps it
+    frozen (for classification, where the LM head is unused). The position table ``wpe`` stays
+    frozen. Returns the number of trainable parameters.
+    """
+    n_layer = len(model.h)
+    if not 0 <= int(k) <= n_layer:
+        raise ConfigError(f"freeze_last_k must be between 0 and n_layer={n_layer}, got {k}")
+    model.requires_grad_(False)
+    for block in list(model.h)[n_layer - int(k):]:
+        block.requires_grad_(True)
+    model.ln_f.requires_grad_(True)
+    if train_head:
+        model.wte.requires_grad_(True)
+    return model.num_parameters(trainable_only=True)
+
+
+def resolve_checkpoint(path):
+    """A checkpoint directory, or OUT_DIR/best or OUT_DIR/last of a training run."""
+    path = Path(path)
+    for p in (path, path / "best", path / "last"):
+        if (p / ckpt.MODEL_FILE).exists() or is_adapter_dir(p):
+            return p
+    raise CheckpointError(f"no checkpoint at {path} (expected {ckpt.MODEL_FILE} or adapter_config.json)")
+
+
+# ----------------------------------------------------------------------------- evaluation
+@no_grad()
+def sft_val_loss(model, examples, batch_size, pad_id):
+    """Mean cross-entropy over all response tokens of ``examples`` (token-weighted, so it does
+    not depend on how the examples fall into batches, unlike a mean of batch means)."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        x, y = tasks.pad_batch(examples[i : i + batch_size], pad_id)
+        n = int((y != tasks.IGNORE).sum())
+        if n:
+            total += model(x, y)[1].item() * n
+            count += n
+    model.train(was)
+    return total / max(count, 1)
+
+
+@no_grad()
+def classify_eval(model, examples, batch_size, pad_id):
+    """(accuracy, mean loss) of a GPTClassifier over [(ids, label, line), ...]."""
+    was = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        x, last = tasks.classify_batch([e[0] for e in chunk], pad_id)
+        labels = np.array([e[1] for e in chunk])
+        logits, l = model(x, last, labels)
+        correct += int((backend.to_numpy(logits.data).argmax(-1) == labels).sum())
+        loss += l.item() * len(chunk)
+    model.train(was)
+    return correct / max(len(examples), 1), loss / max(len(examples), 1)
+
+
+# ----------------------------------------------------------------------------- the run
+def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dropout=0.0,
+             targets="attn,mlp", epochs=3, lr=None, batch_size=16, block_size=None,
+             out_dir="out/finetune", freeze_last_k=None, seed=1337, val_fraction=0.1,
+             val_data=None, weight_decay=0.0, grad_clip=1.0, log_interval=10, progress=True,
+             device="cpu", say=print):
+    """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
+    (metric before and after, best, trainable/total parameters, seconds per step, paths).
+    ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning."""
+    from tqdm import tqdm
+
+    if task not in TASKS or method not in METHODS:
+        raise ConfigError(f"task must be one of {TASKS} and method one of {METHODS}, got {task!r}, {method!r}")
+    if freeze_last_k is not None and method != "full":
+        raise ConfigError("freeze_last_k applies to method='full' (LoRA already freezes the base)")
+    if int(epochs) < 1 or int(batch_size) < 1:
+        raise ConfigError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
+    lr = float(lr if lr is not None else (1e-3 if method == "lora" else 1e-4))
+    backend.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    base_path = resolve_checkpoint(base)
+    if is_adapter_dir(base_path):
+        raise CheckpointError(f"the base {base_path} is an adapter; fine-tune from a full checkpoint")
+    gpt, tok = ckpt.load_pretrained(base_path, device=device)
+    if block_size is not None:
+        if block_size > gpt.config.block_size:
+            raise ConfigError(f"block_size {block_size} exceeds the base model's {gpt.config.block_size}")
+        gpt.crop_block_size(int(block_size))
+    T, pad = gpt.config.block_size, tok.eos_id  # pad value is never seen: targets ignore it
+
+    # data -> train / val examples
+    labels = None
+    if task == "sft":
+        examples = tasks.load_sft(data, tok, T)
+        tr, va = tasks.split_indices(len(examples), 0.0 if val_data else val_fraction, rng)
+        train = [examples[i] for i in tr]
+        val = tasks.load_sft(val_data, tok, T) if val_data else [examples[i] for i in va]
+    else:
+        examples, labels = tasks.load_classify(data, tok, T)
+        groups = [e[1] for e in examples]
+        tr, va = tasks.split_indices(len(examples), 0.0 if val_data else val_fraction, rng, groups)
+        train = [examples[i] for i in tr]
+        val = tasks.load_classify(val_data, tok, T, labels=labels)[0] if val_data else [examples[i] for i in va]
+        if len(labels) < 2:
+            raise ConfigError(f"{data} has only one label ({labels[0]!r}); a classifier needs two or more")
+    if not train:
+        raise ConfigError(f"{data} leaves no training examples after the validation split")
+
+    # the model and what it trains
+    net = gpt if task == "sft" else GPTClassifier(gpt, len(labels))
+    lora_cfg = None
+    if method == "lora":
+        lora_cfg = LoRAConfig(rank, alpha, lora_dropout, targets)
+        apply_lora(net, lora_cfg.rank, lora_cfg.alpha, lora_cfg.dropout, lora_cfg.targets)
+    elif freeze_last_k is not None:
+        freeze_except_last(gpt, freeze_last_k, train_head=(task == "sft"))
+    else:
+        net.requires_grad_(True)
+    if task == "classify":
+        net.head.requires_grad_(True)  # the new head always trains
+    net.train()
+    n_trainable, n_total = net.num_parameters(trainable_only=True), net.num_parameters()
+    optimizer = AdamW(gpt_param_groups(net, weight_decay), lr=lr, betas=(0.9, 0.99))
+
+    if task == "sft":
+        def batch(chunk):
+            return tasks.pad_batch(chunk, pad)
+        loss_fn = None  # the LM loss, model(x, y)[1]; y is IGNORE at prompt and pad positions
+
+        def evaluate():
+            return {"val_loss": sft_val_loss(net, val, batch_size, pad)} if val else {}
+    else:
+        def batch(chunk):
+            x, last = tasks.classify_batch([e[0] for e in chunk], pad)
+            return (x, last), np.array([e[1] for e in chunk])
+
+        def loss_fn(m, x, y):
+            return m(x[0], x[1], y)[1]
+
+        def evaluate():
+            if not val:
+                return {}
+            acc, loss = classify_eval(net, val, batch_size, pad)
+            return {"val_acc": acc, "val_loss": loss}
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run_cfg = dict(base=str(base_path.resolve()), data=str(data), task=task, method=method, epochs=epochs,
+                   lr=lr, batch_size=batch_size, block_size=T, freeze_last_k=freeze_last_k, seed=seed,
+                   val_fraction=val_fraction, weight_decay=weight_decay, lora=lora_cfg and lora_cfg.to_dict())
+
+    def save(directory, metrics, epoch):
+        extra = {"task": task, "labels": labels, "epoch": epoch, **metrics}
+        if method == "lora":
+            save_adapter(directory, net, lora_cfg, base_path, extra=extra)
+        else:
+            ckpt.save(directory, net, config={"model": gpt.config.to_dict(), "finetune": run_cfg, **extra},
+                      state={"epoch": epoch, **metrics}, tokenizer=tok)
+
+    def better(m, best):
+        if best is None:
+            return True
+        if "val_acc" in m:
+            return (m["val_acc"], -m["val_loss"]) > (best["val_acc"], -best["val_loss"])
+        key = "val_loss" if "val_loss" in m else "train_loss"
+        return m[key] < best[key]
+
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    total = int(epochs) * steps_per_epoch
+    warmup = max(1, total // 20)
+    say(f"finetune {task}/{method}: {len(train)} train / {len(val)} val examples, {total} steps, "
+        f"{n_trainable:,} of {n_total:,} parameters trainable ({100 * n_trainable / n_total:.2f}%)")
+    log = open(out / "log.jsonl", "w", encoding="utf-8")
+    before = evaluate()
+    _log(log, {"step": 0, "epoch": 0, **before})
+    say(f"before fine-tuning: {_fmt(before)}")
+    best, step, step_time, recent = None, 0, 0.0, []
+    bar = tqdm(total=total, desc=f"finetune {task}/{method}", unit="step", disable=not progress)
+    try:
+        for epoch in range(1, int(epochs) + 1):
+            order = rng.permutation(len(train))
+            for i in range(0, len(order), batch_size):
+                x, y = batch([train[j] for j in order[i : i + batch_size]])
+                lr_t = cosine_lr(step, lr, warmup, total, lr / 10)
+                t0 = time.perf_counter()
+                loss, norm = train_step(net, optimizer, [(x, y)], grad_clip, lr_t, loss_fn)
+                step_time += time.perf_counter() - t0
+                step += 1
+                recent.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if step % log_interval == 0 or step == total:
+                    _log(log, {"step": step, "epoch": epoch, "train_loss": float(np.mean(recent)),
+                               "lr": lr_t, "grad_norm": norm})
+            metrics = {"train_loss": float(np.mean(recent)), **evaluate()}
+            recent = []
+            _log(log, {"step": step, "epoch": epoch, **metrics})
+            bar.write(f"epoch {epoch}: {_fmt(metrics)}")
+            save(out / "last", metrics, epoch)
+            if better(metrics, best):
+                best = metrics
+                save(out / "best", metrics, epoch)
+    finally:
+        bar.close()
+        log.close()
+    return {"task": task, "method": method, "before": before, "after": metrics, "best": best,
+            "trainable_params": n_trainable, "total_params": n_total, "steps": step,
+            "sec_per_step": step_time / max(step, 1), "out_dir": str(out), "labels": labels}
+
+
+def _log(f, rec):
+    f.write(json.dumps(rec) + "\n")
+    f.flush()
+
+
+def _fmt(m):
+    return ", ".join(f"{k} {v:.4f}" for k, v in m.items()) or "no validation set"
+
+
+# ----------------------------------------------------------------------------- inference
+def load_classifier(path, device="cpu"):
+    """(classifier, tokenizer, labels) from a fine-tuned classification checkpoint: an adapter
+    directory (its base is loaded, LoRA applied and merged) or a full classifier checkpoint."""
+    from minillm.models import GPT, GPTConfig
+    from minillm.nn.lora import merge_lora
+    from minillm.tokenizers import load_tokenizer
+    from minillm.train.adapter import load_adapter, read_adapter_config, resolve_base
+
+    path = resolve_checkpoint(path)
+    cfg = read_adapter_config(path) if is_adapter_dir(path) else ckpt.load_config(path)
+    if cfg.get("task") != "classify" or not cfg.get("labels"):
+        raise CheckpointError(f"{path} is not a classification checkpoint (no task 'classify' with labels)")
+    labels = list(cfg["labels"])
+    if is_adapter_dir(path):
+        gpt, tok = ckpt.load_pretrained(resolve_base(path, cfg), device=device)
+        net = GPTClassifier(gpt, len(labels))
+        load_adapter(net, path)
+        merge_lora(net)
+    else:
+        net = GPTClassifier(GPT(GPTConfig.from_dict(cfg["model"])), len(labels))
+        ckpt.load_into(net, path)
+        if device != "cpu":
+            net.to(device)
+        tok = load_tokenizer(path)
+    return net.eval(), tok, labels
+
+
+@no_grad()
+def classify_texts(net, tokenizer, labels, texts):
+    """[{label: probability, ...}, ...] for each text (sorted, most likely first)."""
+    seqs = [tasks.classify_ids(tokenizer, tokenizer.encode(t), net.config.block_size) for t in texts]
+    x, last = tasks.classify_batch(seqs, tokenizer.eos_id)
+    logits = backend.to_numpy(net(x, last)[0].data).astype(np.float64)  # (B, n_classes)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return [dict(sorted(zip(labels, row.tolist()), key=lambda kv: -kv[1])) for row in p]

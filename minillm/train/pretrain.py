@@ -1,0 +1,267 @@
+"""Pretraining: next-token prediction on a prepared corpus (the loop nanoGPT's train.py runs).
+
+Per iteration ``it`` (0-based): every ``eval_interval`` iterations, and at the end, estimate the
+train and val loss (fixed batches, eval mode), save OUT_DIR/last (full training state) and, when
+val improved, OUT_DIR/best; then one optimizer step of ``gradient_accumulation_steps``
+micro-batches with the learning rate of the warmup + cosine schedule, gradient clipping, AdamW.
+
+Exact resume: OUT_DIR/last holds the weights, the AdamW moments, the iteration to run next and
+the states of both random generators (batches; dropout). ``--resume`` restores them, so the
+resumed run draws the same batches and dropout masks and logs the same losses as a run that
+never stopped. Ctrl-C finishes the current step, saves OUT_DIR/last and exits cleanly (a second
+Ctrl-C stops at once; the last saved checkpoint stays intact either way).
+"""
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minillm import backend
+from minillm.data import TokenData, prepare
+from minillm.errors import CheckpointError, ConfigError, DataError
+from minillm.models import GPT, GPTConfig
+from minillm.optim import AdamW, cosine_lr, gpt_param_groups
+from minillm.train import checkpoint as ckpt
+from minillm.train.step import estimate_loss, train_step
+
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+
+
+def get_lr(cfg, it):
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    return cosine_lr(it, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
+
+
+def load_data(cfg, progress=True, say=print):
+    """TokenData for cfg.data_dir, preparing it from cfg.corpus first if it is not there."""
+    meta = Path(cfg.data_dir) / "meta.json"
+    if not meta.exists():
+        say(f"preparing {cfg.data_dir} from {cfg.corpus or 'the default corpus (tiny Shakespeare)'}")
+        prepare(cfg.data_dir, corpus=cfg.corpus or None, tokenizer=cfg.tokenizer,
+                vocab_size=cfg.vocab_size, model_type=cfg.tokenizer_model, progress=progress)
+    data = TokenData(cfg.data_dir)
+    kind = data.meta.get("tokenizer")
+    if kind and kind != cfg.tokenizer:
+        raise ConfigError(
+            f"{cfg.data_dir} holds {kind}-tokenized data but the config says tokenizer = "
+            f"{cfg.tokenizer!r}; use another data_dir or run `minillm prepare` again"
+        )
+    for split in ("train", "val"):
+        n = len(getattr(data, split))
+        if n <= cfg.block_size:
+            raise DataError(
+                f"the {split} split of {cfg.data_dir} has {n} tokens, too few for block_size "
+                f"{cfg.block_size}; use a smaller block_size or a larger corpus"
+            )
+    return data
+
+
+def build_model(cfg, vocab_size):
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+    if cfg.dtype == "float64":
+        model.to(dtype=np.float64)
+    if cfg.device != "cpu":
+        model.to(cfg.device)
+    return model
+
+
+class _StopFlag:
+    """SIGINT handler: the first Ctrl-C asks the loop to stop after this step; a second one
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def _check_resume_shape(saved, cfg, vocab_size, directory):
+    model = saved.get("model", {})
+    want = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                block_size=cfg.block_size, bias=cfg.bias, vocab_size=vocab_size)
+    diff = [f"{k}={model.get(k)} (config: {v})" for k, v in want.items() if model.get(k) != v]
+    if diff:
+        raise CheckpointError(
+            f"{directory} holds a model of a different shape: {', '.join(diff)}; use the same "
+            f"model settings to resume, or another out_dir to start afresh"
+        )
+
+
+def pretrain(cfg, resume=False, progress=True, say=print):
+    """Run pretraining as ``cfg`` says; returns a summary dict (losses, time, throughput)."""
+    from tqdm import tqdm
+
+    backend.manual_seed(cfg.seed)
+    backend.set_kernels(cfg.kernels)
+    out = Path(cfg.out_dir)
+    last_dir, best_dir, log_path = out / "last", out / "best", out / "log.jsonl"
+    if not resume and (last_dir.exists() or best_dir.exists()) and not cfg.eval_only:
+        raise ConfigError(
+            f"{out} already holds checkpoints; pass --resume to continue them, or choose another "
+            f"--out_dir (nothing was overwritten)"
+        )
+    data = load_data(cfg, progress, say)
+    tokenizer = data.tokenizer()
+    model = build_model(cfg, data.vocab_size)
+    optimizer = AdamW(gpt_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                      betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+    batch_rng = np.random.default_rng(cfg.seed)
+    start, best_val, elapsed0 = 0, float("inf"), 0.0
+
+    if resume:
+        if not (last_dir / ckpt.MODEL_FILE).exists():
+            raise CheckpointError(f"nothing to resume: {last_dir} holds no checkpoint")
+        saved = ckpt.load_config(last_dir)
+        _check_resume_shape(saved, cfg, data.vocab_size, last_dir)
+        ckpt.load_into(model, last_dir)
+        state = ckpt.load_training_state(last_dir, optimizer)
+        start, best_val = int(state["step"]), float(state["best_val_loss"])
+        elapsed0 = float(state.get("elapsed", 0.0))
+        batch_rng.bit_generator.state = state["batch_rng"]
+        backend.set_rng_state(state["global_rng"])
+        _truncate_log(log_path, start)
+        say(f"resuming {last_dir} at iteration {start} (best val loss so far {best_val:.4f})")
+
+    out.mkdir(parents=True, exist_ok=True)
+    n_params = model.num_parameters()
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    flops_per_iter = model.flops_per_token(cfg.block_size) * tokens_per_iter
+    say(f"model: {n_params / 1e6:.2f}M parameters, vocab {data.vocab_size}, "
+        f"{tokens_per_iter:,} tokens per iteration, kernels={backend.get_kernels()}")
+
+    def eval_batches(split):
+        rng = np.random.default_rng(cfg.seed + 1)  # the same batches at every evaluation
+        return [data.get_batch(split, cfg.batch_size, cfg.block_size, rng) for _ in range(cfg.eval_iters)]
+
+    eval_sets = {s: eval_batches(s) for s in ("train", "val")}
+
+    def checkpoint_state(step):
+        return {"step": step, "best_val_loss": best_val, "batch_rng": batch_rng.bit_generator.state,
+                "global_rng": backend.get_rng_state(), "elapsed": elapsed0 + time.time() - t0,
+                "optimizer_step": optimizer.step_count}
+
+    def save_last(step):
+        ckpt.save(last_dir, model, config={"model": model.config.to_dict(), "train": cfg.to_dict()},
+                  optimizer=optimizer, state=checkpoint_state(step), tokenizer=tokenizer)
+
+    log = open(log_path, "a", encoding="utf-8")
+    stop = _StopFlag()
+    old_handler = signal.signal(signal.SIGINT, stop) if _main_thread() else None
+    bar = tqdm(total=cfg.max_iters, initial=start, desc="pretrain", unit="it",
+               disable=not progress, dynamic_ncols=True, file=sys.stdout)
+    t0 = time.time()
+    summary = {"params": n_params, "interrupted": False}
+    it, last_eval = start, None
+    try:
+        while True:
+            if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not (resume and it == start):
+                losses = {s: estimate_loss(model, b) for s, b in eval_sets.items()}
+                last_eval = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                             "val_ppl": float(np.exp(losses["val"]))}
+                _log(log, last_eval)
+                msg = (f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                       f" (ppl {last_eval['val_ppl']:.2f})")
+                bar.write(msg) if progress else say(msg)
+                if cfg.eval_only:
+                    break
+                if losses["val"] < best_val:
+                    best_val = losses["val"]
+                    ckpt.save(best_dir, model, config={"model": model.config.to_dict(), "train": cfg.to_dict()},
+                              state={"step": it, "val_loss": best_val}, tokenizer=tokenizer)
+                if it > start or not resume:
+                    save_last(it)
+            if it >= cfg.max_iters:
+                break
+            lr = get_lr(cfg, it)
+            t_step = time.time()
+            batches = (data.get_batch("train", cfg.batch_size, cfg.block_size, batch_rng)
+                       for _ in range(cfg.gradient_accumulation_steps))
+            loss, norm = train_step(model, optimizer, batches, cfg.grad_clip, lr)
+            dt = time.time() - t_step
+            it += 1
+            bar.update(1)
+            if it % cfg.log_interval == 0 or it == 1:
+                rec = {"step": it, "loss": loss, "lr": lr, "grad_norm": norm,
+                       "tok_per_s": tokens_per_iter / dt, "gflops": flops_per_iter / dt / 1e9,
+                       "elapsed": elapsed0 + time.time() - t0}
+                _log(log, rec)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
+            if stop.requested:
+                save_last(it)
+                summary["interrupted"] = True
+                bar.write(f"interrupted at iteration {it}: saved {last_dir}; continue with --resume")
+                break
+    finally:
+        bar.close()
+        log.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+
+    wall = time.time() - t0
+    trained = it - start
+    summary.update(
+        step=it, best_val_loss=best_val, wall_time=wall, elapsed=elapsed0 + wall,
+        tok_per_s=trained * tokens_per_iter / wall if trained and wall > 0 else None,
+        **({"train_loss": last_eval["train_loss"], "val_loss": last_eval["val_loss"]} if last_eval else {}),
+    )
+    if not summary["interrupted"] and not cfg.eval_only:
+        say(f"done: {it} iterations in {wall:.0f} s, best val loss {best_val:.4f}; "
+            f"checkpoints in {out}/best and {out}/last")
+        if cfg.plot:
+            _plot(out, say)
+        if cfg.sample_tokens > 0:
+            _print_sample(model, tokenizer, cfg, say)
+    return summary
+
+
+def _main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _log(f, rec):
+    f.write(json.dumps(rec) + "\n")
+    f.flush()
+
+
+def _truncate_log(path, step):
+    """Drop log records past ``step`` (the resumed run logs those iterations again). A train
+    record's step counts iterations done; the eval at ``step`` ran before the checkpoint."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("step", 0) <= step:
+            keep.append(line)
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _plot(out, say):
+    from minillm.train.plot import plot_log
+
+    try:
+        say(f"loss curve: {plot_log(out)}")
+    except ImportError:
+        say("loss curve skipped: matplotlib is not installed (pip install matplotlib)")
+
+
+def _print_sample(model, tokenizer, cfg, say):
+    from minillm.sample import generate
+
+    text = generate(model, tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens,
+                    temperature=cfg.sample_temperature, top_k=cfg.sample_top_k, seed=cfg.seed)
+    say("sample:\n" + "-" * 40 + "\n" + cfg.sample_prompt + text + "\n" + "-" * 40)

@@ -1,0 +1,50 @@
+"""The training step shared by pretraining and fine-tuning, and loss estimation.
+
+One optimizer step = ``len(micro_batches)`` forward/backward passes whose gradients add up
+(gradient accumulation: each micro-batch loss is divided by their number, so the step sees the
+mean over the large batch), then gradient clipping, then the optimizer update.
+"""
+
+import numpy as np
+
+from minillm.autograd import no_grad
+from minillm.optim import clip_grad_norm_
+
+
+def train_step(model, optimizer, micro_batches, grad_clip=1.0, lr=None, loss_fn=None):
+    """Run one optimizer step; returns (mean loss over the micro-batches, grad norm).
+
+    ``micro_batches``: an iterable of (x, y) pairs (called lazily, so batches can be drawn one
+    at a time). ``loss_fn(model, x, y)`` returns a scalar loss Tensor; the default is the
+    language-model loss ``model(x, y)[1]``.
+    """
+    if lr is not None:
+        optimizer.set_lr(lr)
+    micro_batches = list(micro_batches)
+    n = len(micro_batches)
+    optimizer.zero_grad()
+    total = 0.0
+    for x, y in micro_batches:
+        loss = loss_fn(model, x, y) if loss_fn is not None else model(x, y)[1]
+        total += loss.item()
+        if n > 1:
+            loss = loss * (1.0 / n)  # the step's gradient is the mean over micro-batches
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = clip_grad_norm_(params, grad_clip) if grad_clip else float("nan")
+    optimizer.step()
+    optimizer.zero_grad()  # free the gradient arrays between steps
+    return total / n, norm
+
+
+@no_grad()
+def estimate_loss(model, batches, loss_fn=None):
+    """Mean loss over ``batches`` [(x, y), ...] in eval mode (dropout off); restores the mode."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in batches:
+        loss = loss_fn(model, x, y) if loss_fn is not None else model(x, y)[1]
+        losses.append(loss.item())
+    model.train(was_training)
+    return float(np.mean(losses))
