@@ -68,10 +68,28 @@ def run_cases(cases, all_versions=True, dtype=np.float32):
 
 def print_table(rows, title):
     print(f"\n{title}")
-    print(f"{'op':24s} {'ver':>3s} {'shape':>16s} {'ref ms':>9s} {'ms':>9s} {'GB/s':>7s} {'x ref':>7s}")
+    print(f"{'op':24s} {'ver':>3s} {'shape':>16s} {'ref ms':>9s} {'ms':>9s} {'GB/s':>7s} "
+          f"{'x ref':>7s}")
     for r in rows:
         print(f"{r['op']:24s} {r['version']:>3} {r['shape']:>16s} {r['ref_ms']:9.3f} "
               f"{r['ms']:9.3f} {r['gbs']:7.1f} {r['speedup']:6.2f}x")
+
+
+def main(cases, title, argv):
+    """Script entry: ``--repeat K`` reruns the sweep K times and keeps each row's fastest
+    reference and kernel times (on a shared machine the neighbours' load comes and goes)."""
+    k = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 1
+    best = None
+    for _ in range(k):
+        rows = run_cases(cases, all_versions=True)
+        if best is None:
+            best = rows
+            continue
+        for b, r in zip(best, rows):
+            b["ref_ms"], b["ms"] = min(b["ref_ms"], r["ref_ms"]), min(b["ms"], r["ms"])
+            b["gbs"] = max(b["gbs"], r["gbs"])
+            b["speedup"] = b["ref_ms"] / b["ms"]
+    print_table(best, f"{title} (float32, 2 cores, best of {k} sweeps)")
 
 
 def bench_one(benchmark, case, impl, dtype=np.float32):

@@ -1,6 +1,7 @@
 """AdamW step: kernels/cpu/adamw.py versions vs kernels/reference.py.
 
-Run as a script for the version table (``python benchmarks/bench_adamw.py``), or as a
+Run as a script for the version table
+(``python benchmarks/bench_adamw.py [--repeat K]``), or as a
 pytest-benchmark suite (``pytest benchmarks/bench_adamw.py --benchmark-enable``).
 Sizes: every parameter of the small GPT as one flat buffer (6 layers x 12 C^2 + embeddings,
 about 10.75 M at C = 384), and one MLP weight (1536 x 384 = 0.59 M, cache-resident).
@@ -9,10 +10,12 @@ The step runs in place, so the timed calls keep updating the same buffers (the v
 finite: lr is small and g fixed).
 """
 
+import sys
+
 import numpy as np
 import pytest
 
-from _cpu_bench import bench_one, print_table, run_cases
+from _cpu_bench import bench_one, main, run_cases
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import adamw as K
 
@@ -54,4 +57,4 @@ def test_adamw(benchmark, case, impl):
 
 
 if __name__ == "__main__":
-    print_table(rows(all_versions=True), "AdamW (float32, 2 cores)")
+    main(CASES, "AdamW", sys.argv)

@@ -1,15 +1,18 @@
 """Fused softmax cross-entropy: kernels/cpu/crossentropy.py versions vs kernels/reference.py.
 
-Run as a script for the version table (``python benchmarks/bench_crossentropy.py``), or as a
+Run as a script for the version table
+(``python benchmarks/bench_crossentropy.py [--repeat K]``), or as a
 pytest-benchmark suite (``pytest benchmarks/bench_crossentropy.py --benchmark-enable``).
 Bytes (float32 = 4 B; targets and lse are N-vectors, left out): the forward reads the logits
 once (N V x 4 B); the backward reads the logits and writes dlogits (2 N V x 4 B).
 """
 
+import sys
+
 import numpy as np
 import pytest
 
-from _cpu_bench import SMALL_N, TINY_N, VOCABS, bench_one, print_table, run_cases
+from _cpu_bench import SMALL_N, TINY_N, VOCABS, bench_one, main, run_cases
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import crossentropy as K
 
@@ -46,4 +49,4 @@ def test_crossentropy(benchmark, case, impl):
 
 
 if __name__ == "__main__":
-    print_table(rows(all_versions=True), "cross-entropy (float32, 2 cores)")
+    main(CASES, "cross-entropy", sys.argv)

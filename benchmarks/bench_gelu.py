@@ -1,16 +1,19 @@
 """GELU and bias+GELU: kernels/cpu/gelu.py versions vs kernels/reference.py.
 
-Run as a script for the version table (``python benchmarks/bench_gelu.py``), or as a
+Run as a script for the version table
+(``python benchmarks/bench_gelu.py [--repeat K]``), or as a
 pytest-benchmark suite (``pytest benchmarks/bench_gelu.py --benchmark-enable``).
 Shapes: the MLP hidden activation (N, 4C): small (2048, 1536), tiny (768, 512).
 Bytes (float32 = 4 B; b and db are vectors, left out): the forward reads x and writes y
 (2 N C x 4 B); the backward reads dy and x and writes dx (3 N C x 4 B).
 """
 
+import sys
+
 import numpy as np
 import pytest
 
-from _cpu_bench import SMALL_C, SMALL_N, TINY_C, TINY_N, bench_one, print_table, run_cases
+from _cpu_bench import SMALL_C, SMALL_N, TINY_C, TINY_N, bench_one, main, run_cases
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import gelu as K
 
@@ -45,4 +48,4 @@ def test_gelu(benchmark, case, impl):
 
 
 if __name__ == "__main__":
-    print_table(rows(all_versions=True), "GELU (float32, 2 cores)")
+    main(CASES, "GELU", sys.argv)

@@ -1,15 +1,18 @@
 """Layer norm: kernels/cpu/layernorm.py versions vs kernels/reference.py.
 
-Run as a script for the version table (``python benchmarks/bench_layernorm.py``), or as a
+Run as a script for the version table
+(``python benchmarks/bench_layernorm.py [--repeat K]``), or as a
 pytest-benchmark suite (``pytest benchmarks/bench_layernorm.py --benchmark-enable``).
 Bytes (float32 = 4 B; w, b, mean, rstd, dw, db are vectors, left out): the forward reads x and
 writes y (2 N C x 4 B); the backward reads dy and x and writes dx (3 N C x 4 B).
 """
 
+import sys
+
 import numpy as np
 import pytest
 
-from _cpu_bench import SMALL_C, SMALL_N, TINY_C, TINY_N, bench_one, print_table, run_cases
+from _cpu_bench import SMALL_C, SMALL_N, TINY_C, TINY_N, bench_one, main, run_cases
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import layernorm as K
 
@@ -46,4 +49,4 @@ def test_layernorm(benchmark, case, impl):
 
 
 if __name__ == "__main__":
-    print_table(rows(all_versions=True), "layer norm (float32, 2 cores)")
+    main(CASES, "layer norm", sys.argv)

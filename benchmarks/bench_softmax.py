@@ -1,15 +1,18 @@
 """Softmax / log-softmax: kernels/cpu/softmax.py versions vs kernels/reference.py.
 
-Run as a script for the version table (``python benchmarks/bench_softmax.py``), or as a
+Run as a script for the version table
+(``python benchmarks/bench_softmax.py [--repeat K]``), or as a
 pytest-benchmark suite (``pytest benchmarks/bench_softmax.py --benchmark-enable``).
 Bytes per element (float32 = 4 B): forward reads x and writes y (2 x 4 B); backward reads dy and
 y and writes dx (3 x 4 B).
 """
 
+import sys
+
 import numpy as np
 import pytest
 
-from _cpu_bench import SMALL_N, TINY_N, VOCABS, bench_one, print_table, run_cases
+from _cpu_bench import SMALL_N, TINY_N, VOCABS, bench_one, main, run_cases
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import softmax as K
 
@@ -46,4 +49,4 @@ def test_softmax(benchmark, case, impl):
 
 
 if __name__ == "__main__":
-    print_table(rows(all_versions=True), "softmax (float32, 2 cores)")
+    main(CASES, "softmax", sys.argv)

@@ -52,3 +52,11 @@ def load(directory, device="cpu"):
     from minillm.train.checkpoint import load_model
 
     return load_model(directory, device=device)[0]
+
+
+def finetune(base, data, **options):
+    """Fine-tune the checkpoint ``base`` on a JSONL file (SFT or classification, LoRA or full);
+    see ``minillm.train.finetune.finetune`` for the options. Returns a summary dict."""
+    from minillm.train.finetune import finetune as _finetune
+
+    return _finetune(base, data, **options)

@@ -114,24 +114,34 @@ def run_export(args):
 
 # ----------------------------------------------------------------------------- finetune
 def add_finetune(sub):
-    p = sub.add_parser("finetune", help="fine-tune a checkpoint on JSONL data (SFT or classification; LoRA or full)",
-                       description="Fine-tune a pretrained checkpoint. SFT data: lines {\"prompt\": ..., "
-                                   "\"response\": ...}; classification data: lines {\"text\": ..., \"label\": ...}.")
-    p.add_argument("--base", required=True, help="base checkpoint directory (or a run folder with best/ or last/)")
+    p = sub.add_parser(
+        "finetune", help="fine-tune a checkpoint on JSONL data (SFT or classify; LoRA or full)",
+        description="Fine-tune a pretrained checkpoint. SFT data: lines {\"prompt\": ...,"
+                    " \"response\": ...}; classification: lines {\"text\": ..., \"label\": ...}.",
+    )
+    p.add_argument("--base", required=True,
+                   help="base checkpoint directory (or a run folder with best/ or last/)")
     p.add_argument("--data", required=True, help="training data, a JSONL file")
-    p.add_argument("--val-data", default=None, help="validation JSONL (default: split off --val-fraction of --data)")
+    p.add_argument("--val-data", default=None,
+                   help="validation JSONL (default: split off --val-fraction of --data)")
     p.add_argument("--task", choices=["sft", "classify"], default="sft")
     p.add_argument("--method", choices=["lora", "full"], default="lora")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; the update is scaled by alpha/rank")
+    p.add_argument("--alpha", type=float, default=16.0,
+                   help="LoRA alpha; the update is scaled by alpha/rank (default: %(default)s)")
     p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--targets", default="attn,mlp", help="LoRA layers: attn, mlp, all, or a comma list (default: %(default)s)")
+    p.add_argument("--targets", default="attn,mlp",
+                   help="LoRA layers: attn, mlp, all, or a comma list (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 LoRA, 1e-4 full)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 1e-3 for LoRA, 1e-4 for full)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--block-size", type=int, default=None, help="crop the context to this many tokens")
-    p.add_argument("--out", default="out/finetune", help="output folder (best/, last/, log.jsonl)")
-    p.add_argument("--freeze-last-k", type=int, default=None, help="full: train only the last K blocks (+ ln_f, head)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="crop the context to this many tokens")
+    p.add_argument("--out", default="out/finetune",
+                   help="output folder: best/, last/, log.jsonl (default: %(default)s)")
+    p.add_argument("--freeze-last-k", type=int, default=None,
+                   help="full: train only the last K blocks (+ ln_f and the tied head)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -143,19 +153,22 @@ def add_finetune(sub):
 def run_finetune(args):
     from minillm.train.finetune import finetune
 
-    s = finetune(args.base, args.data, task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
-                 lora_dropout=args.lora_dropout, targets=args.targets, epochs=args.epochs, lr=args.lr,
-                 batch_size=args.batch_size, block_size=args.block_size, out_dir=args.out,
-                 freeze_last_k=args.freeze_last_k, seed=args.seed, val_fraction=args.val_fraction,
-                 val_data=args.val_data, weight_decay=args.weight_decay, device=args.device,
+    s = finetune(args.base, args.data, task=args.task, method=args.method, rank=args.rank,
+                 alpha=args.alpha, lora_dropout=args.lora_dropout, targets=args.targets,
+                 epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                 block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
+                 seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
+                 weight_decay=args.weight_decay, device=args.device,
                  progress=not args.no_progress)
-    print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best {s['best']}; "
+    best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
+    print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "
           f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")
 
 
 def add_classify(sub):
     p = sub.add_parser("classify", help="label a text with a fine-tuned classifier")
-    p.add_argument("--ckpt", required=True, help="classifier checkpoint or adapter directory (or its run folder)")
+    p.add_argument("--ckpt", required=True,
+                   help="classifier checkpoint or adapter directory (or its run folder)")
     p.add_argument("--text", required=True, action="append", help="text to classify (repeatable)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=run_classify)
@@ -171,11 +184,15 @@ def run_classify(args):
 
 
 def add_finetune_demo_data(sub):
-    p = sub.add_parser("finetune-demo-data", help="write demo sft.jsonl and classify.jsonl from tiny Shakespeare")
-    p.add_argument("--out", default="data/finetune_demo", help="output folder (default: %(default)s)")
-    p.add_argument("--corpus", default=None, help="a text file in 'NAME:' speech format (default: tiny Shakespeare)")
+    p = sub.add_parser("finetune-demo-data",
+                       help="write demo sft.jsonl and classify.jsonl from tiny Shakespeare")
+    p.add_argument("--out", default="data/finetune_demo",
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--corpus", default=None,
+                   help="a text file of 'NAME:' speeches (default: tiny Shakespeare)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-sft", type=int, default=2000, help="number of SFT examples (default: %(default)s)")
+    p.add_argument("--n-sft", type=int, default=2000,
+                   help="number of SFT examples (default: %(default)s)")
     p.set_defaults(run=run_finetune_demo_data)
 
 
@@ -183,7 +200,9 @@ def run_finetune_demo_data(args):
     from minillm.train.demo_data import make_demo_data
 
     n = make_demo_data(args.out, corpus=args.corpus, seed=args.seed, n_sft=args.n_sft)
-    print(f"wrote {args.out}/sft.jsonl ({n['sft']} examples) and {args.out}/classify.jsonl ({n['classify']} examples)")
+    print(f"wrote {args.out}/sft.jsonl ({n['sft']} examples) and "
+          f"{args.out}/classify.jsonl ({n['classify']} examples)")
+
 
 # ----------------------------------------------------------------------------- sample, chat
 def _add_sampling_flags(p, max_new_tokens=256):

@@ -16,8 +16,13 @@ from minillm.tokenizers import CharTokenizer
 from minillm.train import checkpoint as ckpt
 from minillm.train import tasks
 from minillm.train.demo_data import make_demo_data
-from minillm.train.finetune import (classify_texts, freeze_except_last, finetune, load_classifier,
-                                    sft_val_loss)
+from minillm.train.finetune import (
+    classify_texts,
+    finetune,
+    freeze_except_last,
+    load_classifier,
+    sft_val_loss,
+)
 
 TOK = CharTokenizer(string.ascii_letters + " :\n.,'!?")
 
@@ -31,7 +36,11 @@ def write_jsonl(path, records):
 def base(tmp_path):
     """A tiny random GPT checkpoint with a char tokenizer."""
     M.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32, bias=True))
+    model = GPT(
+        GPTConfig(
+            vocab_size=TOK.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32, bias=True
+        )
+    )
     ckpt.save(tmp_path / "base", model, tokenizer=TOK)
     return tmp_path / "base"
 
@@ -39,7 +48,10 @@ def base(tmp_path):
 def sft_records(n=24, seed=0):
     rng = np.random.default_rng(seed)
     words = ["ab", "cd", "hello", "world", "cat", "dog"]
-    return [{"prompt": " ".join(rng.choice(words, 2)), "response": " ".join(rng.choice(words, 2))} for _ in range(n)]
+    return [
+        {"prompt": " ".join(rng.choice(words, 2)), "response": " ".join(rng.choice(words, 2))}
+        for _ in range(n)
+    ]
 
 
 def contains_z_records(n, seed):
@@ -61,17 +73,20 @@ def test_sft_targets_only_response_and_eos():
     assert ids == prompt_ids + TOK.encode("ok") + [TOK.eos_id] and n_prompt == len(prompt_ids)
     x, y = tasks.sft_targets(ids, n_prompt)
     assert np.all(y[: n_prompt - 1] == tasks.IGNORE)  # targets that are prompt tokens
-    assert list(y[n_prompt - 1:]) == TOK.encode("ok") + [TOK.eos_id]  # response + eos
+    assert list(y[n_prompt - 1 :]) == TOK.encode("ok") + [TOK.eos_id]  # response + eos
     np.testing.assert_array_equal(x, ids[:-1])
     # padding: pad positions are ignored too
     x2, y2 = tasks.sft_targets(*tasks.sft_example(TOK, "a", "b", 64))
     xb, yb = tasks.pad_batch([(x, y), (x2, y2)], pad_id=TOK.eos_id)
-    assert xb.shape == yb.shape == (2, len(x)) and np.all(yb[1, len(y2):] == tasks.IGNORE)
+    assert xb.shape == yb.shape == (2, len(x)) and np.all(yb[1, len(y2) :] == tasks.IGNORE)
 
 
 def test_sft_loss_counts_only_response_tokens(base):
     model, _ = ckpt.load_pretrained(base)
-    exs = [tasks.sft_targets(*tasks.sft_example(TOK, p, r, 48)) for p, r in [("hello world", "cat"), ("a", "dog dog")]]
+    exs = [
+        tasks.sft_targets(*tasks.sft_example(TOK, p, r, 48))
+        for p, r in [("hello world", "cat"), ("a", "dog dog")]
+    ]
     x, y = tasks.pad_batch(exs, TOK.eos_id)
     logits, loss = model(x, y)
     lg = logits.numpy().astype(np.float64)
@@ -113,10 +128,22 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 
 def test_unseen_label_errors(tmp_path, base):
     train = write_jsonl(tmp_path / "t.jsonl", contains_z_records(8, 0))
-    val = write_jsonl(tmp_path / "v.jsonl", [{"text": "ab", "label": "no"}, {"text": "zz", "label": "maybe"}])
-    with pytest.raises(tasks.LabelError, match=r"line 2 has label 'maybe', which the classifier was not trained on"):
-        finetune(base, train, task="classify", val_data=val, epochs=1, out_dir=tmp_path / "o", progress=False,
-                 say=lambda *a: None)
+    val = write_jsonl(
+        tmp_path / "v.jsonl", [{"text": "ab", "label": "no"}, {"text": "zz", "label": "maybe"}]
+    )
+    with pytest.raises(
+        tasks.LabelError, match=r"line 2 has label 'maybe', which the classifier was not trained on"
+    ):
+        finetune(
+            base,
+            train,
+            task="classify",
+            val_data=val,
+            epochs=1,
+            out_dir=tmp_path / "o",
+            progress=False,
+            say=lambda *a: None,
+        )
 
 
 def test_freeze_except_last(base):
@@ -135,8 +162,20 @@ def test_freeze_except_last(base):
 def test_lora_sft_run_saves_adapter_that_reloads(tmp_path, base):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(24))
     base_bytes = (base / "model.safetensors").read_bytes()
-    s = finetune(base, data, task="sft", method="lora", rank=2, epochs=2, lr=3e-3, batch_size=8,
-                 out_dir=tmp_path / "out", val_fraction=0.25, progress=False, say=lambda *a: None)
+    s = finetune(
+        base,
+        data,
+        task="sft",
+        method="lora",
+        rank=2,
+        epochs=2,
+        lr=3e-3,
+        batch_size=8,
+        out_dir=tmp_path / "out",
+        val_fraction=0.25,
+        progress=False,
+        say=lambda *a: None,
+    )
     assert s["after"]["val_loss"] < s["before"]["val_loss"]
     assert s["trainable_params"] < s["total_params"] / 5
     assert (base / "model.safetensors").read_bytes() == base_bytes
@@ -146,17 +185,31 @@ def test_lora_sft_run_saves_adapter_that_reloads(tmp_path, base):
     assert log[0]["step"] == 0 and "val_loss" in log[-1]
     # the saved best adapter, loaded through load_pretrained, gives the logged val loss
     model, tok = ckpt.load_pretrained(tmp_path / "out")
-    val = [tasks.sft_targets(*tasks.sft_example(tok, r["prompt"], r["response"], 48))
-           for r in sft_records(24)]
+    val = [
+        tasks.sft_targets(*tasks.sft_example(tok, r["prompt"], r["response"], 48))
+        for r in sft_records(24)
+    ]
     _, va = tasks.split_indices(24, 0.25, np.random.default_rng(1337))
-    np.testing.assert_allclose(sft_val_loss(model, [val[i] for i in va], 8, tok.eos_id),
-                               s["best"]["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(
+        sft_val_loss(model, [val[i] for i in va], 8, tok.eos_id), s["best"]["val_loss"], rtol=1e-4
+    )
 
 
 def test_classification_learns_separable_task(tmp_path, base):
     data = write_jsonl(tmp_path / "cls.jsonl", contains_z_records(320, 0))
-    s = finetune(base, data, task="classify", method="full", epochs=6, lr=3e-3, batch_size=16,
-                 out_dir=tmp_path / "out", val_fraction=0.2, progress=False, say=lambda *a: None)
+    s = finetune(
+        base,
+        data,
+        task="classify",
+        method="full",
+        epochs=3,
+        lr=3e-3,
+        batch_size=16,
+        out_dir=tmp_path / "out",
+        val_fraction=0.2,
+        progress=False,
+        say=lambda *a: None,
+    )
     assert s["before"]["val_acc"] < 0.8 and s["best"]["val_acc"] >= 0.95
     net, tok, labels = load_classifier(tmp_path / "out")
     assert labels == ["no", "yes"]
@@ -167,10 +220,36 @@ def test_classification_learns_separable_task(tmp_path, base):
 def test_cli_finetune_and_classify(tmp_path, base, capsys):
     data = write_jsonl(tmp_path / "cls.jsonl", contains_z_records(40, 1))
     out = tmp_path / "run"
-    assert main(["finetune", "--base", str(base), "--data", str(data), "--task", "classify",
-                 "--method", "lora", "--rank", "2", "--epochs", "1", "--batch-size", "8",
-                 "--targets", "attn", "--out", str(out), "--no-progress"]) == 0
-    assert (out / "best" / "adapter.safetensors").exists() and (out / "last" / "adapter_config.json").exists()
+    assert (
+        main(
+            [
+                "finetune",
+                "--base",
+                str(base),
+                "--data",
+                str(data),
+                "--task",
+                "classify",
+                "--method",
+                "lora",
+                "--rank",
+                "2",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--targets",
+                "attn",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (out / "best" / "adapter.safetensors").exists() and (
+        out / "last" / "adapter_config.json"
+    ).exists()
     assert main(["classify", "--ckpt", str(out), "--text", "abzd"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.split("\t")[0] in ("yes", "no") and "yes=" in line and "no=" in line
@@ -180,26 +259,60 @@ def test_cli_finetune_and_classify(tmp_path, base, capsys):
 def test_cli_full_sft_checkpoint_is_samplable(tmp_path, base):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(12))
     out = tmp_path / "full"
-    assert main(["finetune", "--base", str(base), "--data", str(data), "--method", "full",
-                 "--freeze-last-k", "1", "--epochs", "1", "--batch-size", "4", "--block-size", "40",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--base",
+                str(base),
+                "--data",
+                str(data),
+                "--method",
+                "full",
+                "--freeze-last-k",
+                "1",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--block-size",
+                "40",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     model, tok = ckpt.load_pretrained(out)
     assert model.config.block_size == 40 and tok.vocab_size == TOK.vocab_size
     base_model, _ = ckpt.load_pretrained(base)
-    assert np.array_equal(model.h[0].attn.c_attn.weight.data, base_model.h[0].attn.c_attn.weight.data)
-    assert not np.array_equal(model.h[1].attn.c_attn.weight.data, base_model.h[1].attn.c_attn.weight.data)
+    assert np.array_equal(
+        model.h[0].attn.c_attn.weight.data, base_model.h[0].attn.c_attn.weight.data
+    )
+    assert not np.array_equal(
+        model.h[1].attn.c_attn.weight.data, base_model.h[1].attn.c_attn.weight.data
+    )
 
 
 def test_demo_data_is_deterministic(tmp_path):
     speech = "{}:\nFirst line of {} here,\nand the second line too.\nA third one.\n\n"
     corpus = tmp_path / "c.txt"
-    corpus.write_text("".join(speech.format(n, n) for n in
-                              ["ROMEO", "MENENIUS", "PETRUCHIO", "DUKE VINCENTIO", "NURSE"] * 3))
+    corpus.write_text(
+        "".join(
+            speech.format(n, n)
+            for n in ["ROMEO", "MENENIUS", "PETRUCHIO", "DUKE VINCENTIO", "NURSE"] * 3
+        )
+    )
     a = make_demo_data(tmp_path / "a", corpus=corpus, seed=3)
     make_demo_data(tmp_path / "b", corpus=corpus, seed=3)
     for f in ("sft.jsonl", "classify.jsonl"):
         assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()
     sft = [json.loads(line) for line in (tmp_path / "a" / "sft.jsonl").read_text().splitlines()]
     assert a["sft"] == len(sft) == 15 and sft[0]["prompt"].startswith("Continue the speech of ")
-    cls = [json.loads(line) for line in (tmp_path / "a" / "classify.jsonl").read_text().splitlines()]
-    assert sorted({r["label"] for r in cls}) == sorted(["ROMEO", "MENENIUS", "PETRUCHIO", "DUKE VINCENTIO"])
+    cls = [
+        json.loads(line) for line in (tmp_path / "a" / "classify.jsonl").read_text().splitlines()
+    ]
+    assert sorted({r["label"] for r in cls}) == sorted(
+        ["ROMEO", "MENENIUS", "PETRUCHIO", "DUKE VINCENTIO"]
+    )

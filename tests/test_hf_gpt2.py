@@ -118,7 +118,7 @@ def test_load_matches_independent_numpy_forward(tmp_path, prefix, extra):
         f"h.{i}.attn.{b}": np.ones((1, 1, P, P), np.float32) for i in range(L) for b in ("bias", "masked_bias")}
     d = write_hf_dir(tmp_path / "gpt2", w, prefix=prefix, extra=more)
     model = GPT.from_pretrained(d)
-    assert not model.training and model.config.dropout == 0.1
+    assert type(model) is GPT and not model.training and model.config.dropout == 0.1
     assert (model.config.block_size, model.config.vocab_size, model.config.bias) == (P, V, True)
     want = numpy_gpt2(w, IDS)
     got = logits(model)
@@ -291,7 +291,8 @@ def test_transformers_cross_check(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=300, n_positions=64)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=300, n_positions=64,
+                                  bos_token_id=299, eos_token_id=299)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():  # HF initialises biases and LN to 0/1; make them random too
         for p in hf.parameters():

@@ -8,8 +8,15 @@ import minillm as M
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models import GPT, GPTConfig
 from minillm.nn import Linear
-from minillm.nn.lora import (LoRAConfig, LoRALinear, apply_lora, lora_layers, lora_state_dict,
-                             merge_lora, unmerge_lora)
+from minillm.nn.lora import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    unmerge_lora,
+)
 from minillm.optim import AdamW
 from minillm.testing import gradcheck
 from minillm.tokenizers import CharTokenizer
@@ -29,7 +36,9 @@ def make(seed=0, **kw):
 def randomize_B(model, seed=1):
     rng = np.random.default_rng(seed)
     for _, layer in lora_layers(model):
-        layer.lora_B.data = (rng.standard_normal(layer.lora_B.shape) * 0.1).astype(layer.lora_B.dtype)
+        layer.lora_B.data = (rng.standard_normal(layer.lora_B.shape) * 0.1).astype(
+            layer.lora_B.dtype
+        )
 
 
 def test_lora_starts_equal_to_base_and_freezes_the_rest():
@@ -43,14 +52,19 @@ def test_lora_starts_equal_to_base_and_freezes_the_rest():
     # base names survive, so a base state_dict still addresses the same tensors
     assert "h.0.attn.c_attn.weight" in m.state_dict() and "h.0.mlp.c_fc.bias" in m.state_dict()
     # r (in + out) per layer: c_attn 16->48, c_proj 16->16, c_fc 16->64, c_proj 64->16
-    assert m.num_parameters(trainable_only=True) == 2 * 4 * ((16 + 48) + (16 + 16) + (16 + 64) + (64 + 16))
+    assert m.num_parameters(trainable_only=True) == 2 * 4 * (
+        (16 + 48) + (16 + 16) + (16 + 64) + (64 + 16)
+    )
 
 
-@pytest.mark.parametrize("targets, expect", [
-    ("attn", {"attn.c_attn", "attn.c_proj"}),
-    ("mlp", {"mlp.c_fc", "mlp.c_proj"}),
-    ("attn.c_attn,mlp.c_fc", {"attn.c_attn", "mlp.c_fc"}),
-])
+@pytest.mark.parametrize(
+    "targets, expect",
+    [
+        ("attn", {"attn.c_attn", "attn.c_proj"}),
+        ("mlp", {"mlp.c_fc", "mlp.c_proj"}),
+        ("attn.c_attn,mlp.c_fc", {"attn.c_attn", "mlp.c_fc"}),
+    ],
+)
 def test_apply_lora_targets(targets, expect):
     m = make()
     apply_lora(m, rank=2, targets=targets)
@@ -137,15 +151,22 @@ def test_lora_dropout_only_in_training():
 
 def test_adapter_save_load_reproduces_logits(tmp_path):
     base = make()
-    ckpt.save(tmp_path / "base", base, tokenizer=CharTokenizer("abcdefghijkl"))  # 12 chars + eos = 13
+    ckpt.save(
+        tmp_path / "base", base, tokenizer=CharTokenizer("abcdefghijkl")
+    )  # 12 chars + eos = 13
     m = make()
     cfg = LoRAConfig(rank=4, alpha=8, targets="attn")
     apply_lora(m, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets)
     randomize_B(m)
     want = m(IDX)[0].numpy()
     save_adapter(tmp_path / "ad", m, cfg, tmp_path / "base")
-    assert sorted(p.name for p in (tmp_path / "ad").iterdir()) == ["adapter.safetensors", "adapter_config.json"]
-    assert set(lora_state_dict(m)) == {n for n, p in m.named_parameters() if n.endswith(("lora_A", "lora_B"))}
+    assert sorted(p.name for p in (tmp_path / "ad").iterdir()) == [
+        "adapter.safetensors",
+        "adapter_config.json",
+    ]
+    assert set(lora_state_dict(m)) == {
+        n for n, p in m.named_parameters() if n.endswith(("lora_A", "lora_B"))
+    }
 
     fresh = make()  # same base weights, no LoRA yet: load_adapter applies it
     load_adapter(fresh, tmp_path / "ad")
@@ -164,7 +185,10 @@ def test_adapter_refuses_other_base(tmp_path):
     with pytest.raises(CheckpointError, match="other base weights"):
         load_adapter(make(seed=1), tmp_path / "ad")  # same shapes, different weights
     other = make(n_embd=32)
-    with pytest.raises(CheckpointError, match=r"h\.0\.attn\.c_attn\.lora_A is \(4, 16\) in the adapter but \(4, 32\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"h\.0\.attn\.c_attn\.lora_A is \(4, 16\) in the adapter but \(4, 32\)",
+    ):
         load_adapter(other, tmp_path / "ad")
     wrong_rank = make()
     apply_lora(wrong_rank, rank=2, alpha=8)

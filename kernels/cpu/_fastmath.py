@@ -20,9 +20,12 @@ fast_tanh(x)  (1 - e) / (1 + e) with e = fast_exp(-2|x|), sign restored; below |
 fast_max(a, b) max of two floats as one vector-friendly instruction (see its docstring);
               compiled code only.
 
-fast_exp and fast_tanh are overloads: from @njit code (compile the caller with error_model="numpy", or the
-division in fast_tanh and in most callers gets a zero check that blocks vectorisation) they compile per argument type and inline into the loop;
-from Python they run the same formulas in NumPy (handy for tests and notebooks).
+fast_exp and fast_tanh are overloads: from @njit code they compile per argument type and LLVM
+inlines them into the caller's loop; from Python they run the same formulas in NumPy (handy for
+tests and notebooks). Compile callers with error_model="numpy": under the default "python"
+model every float division gets a zero check, which blocks vectorisation. The overloads use
+all fast-math flags but reassociation (which would fold the two-part ln 2 back together) and
+no-NaN/no-inf (so -inf still maps to 0).
 Importable from any kernel module: ``from ._fastmath import fast_exp, fast_tanh``.
 """
 
@@ -120,8 +123,7 @@ def _make_tanh(ft, cut):
     return impl
 
 
-# Fast-math flags for these two: everything but reassociation (which would fold the two-part
-# ln2 reduction back into one product) and no-NaN/no-inf (so -inf keeps mapping to 0).
+# Fast-math flags for fast_exp / fast_tanh: see the module docstring.
 _FLAGS = {"nsz", "arcp", "contract", "afn"}
 
 _EXP_ARGS = {

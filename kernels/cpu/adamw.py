@@ -47,14 +47,18 @@ def adamw_step_v2(p, m, v, g, lr, beta1, beta2, eps, weight_decay, step):
     rs_bc2 = t(1.0 / np.sqrt(1.0 - beta2 ** step))  # sqrt(vhat) = sqrt(v) / sqrt(bc2)
     lr_, eps_, wd = t(lr), t(eps), t(weight_decay)
     for blk in prange((M + _BLOCK - 1) // _BLOCK):
-        for i in range(blk * _BLOCK, min(M, (blk + 1) * _BLOCK)):
-            gi = g[i]
-            mi = b1 * m[i] + c1 * gi
-            vi = b2 * v[i] + c2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            pi = p[i]
-            p[i] = pi - lr_ * (mi * inv_bc1 / (np.sqrt(vi) * rs_bc2 + eps_) + wd * pi)
+        lo, hi = blk * _BLOCK, min(M, (blk + 1) * _BLOCK)
+        # block views indexed from 0: numba then knows the index is non-negative and drops
+        # the negative-index wraparound select that otherwise stops vectorisation
+        pb, mb, vb, gb = p[lo:hi], m[lo:hi], v[lo:hi], g[lo:hi]
+        for i in range(hi - lo):
+            gi = gb[i]
+            mi = b1 * mb[i] + c1 * gi
+            vi = b2 * vb[i] + c2 * gi * gi
+            mb[i] = mi
+            vb[i] = vi
+            pi = pb[i]
+            pb[i] = pi - lr_ * (mi * inv_bc1 / (np.sqrt(vi) * rs_bc2 + eps_) + wd * pi)
 
 
 VERSIONS = {"adamw_step": {1: adamw_step_v1, 2: adamw_step_v2}}

@@ -11,23 +11,32 @@ Shapes: q, o, do, dq: (B, H, Tq, D); k, v, dk, dv: (B, H, Tk, D); lse: (B, H, Tq
 With ``causal`` query i sits at absolute position off + i, off = Tk - Tq, and sees keys
 0..off + i (Tq < Tk is a KV-cache decode step, Tq == Tk training).
 
-Versions (llm.c style: output buffers first, then inputs, then scalars). Measured with
-``python benchmarks/bench_attention.py`` (float32, 2 cores, one run, speed-up vs the NumPy
-reference forward / backward of the same run; small = B8 H6 T256 D64, tiny = B12 H4 T64 D32):
+Versions (llm.c style: output buffers first, then inputs, then scalars). Timings: float32, ONE
+thread (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), CPU time of the fastest call, speed-up vs
+the NumPy reference forward / backward in the same run; small = B8 H6 T256 D64, tiny = B12 H4
+T64 D32. They were taken while other sessions kept the 2-core machine at load average 5-8, so
+they vary by up to 1.5x between runs (two runs shown as a-b); the 2-thread table of
+``python benchmarks/bench_attention.py`` was not reproducible at all under that load: rerun it
+on a quiet machine before trusting any number here.
 
   v1  plain loops, one query row at a time, a Tk-long row of scores, math.exp, one thread.
-      fwd small 1.3x, tiny 2.8x; bwd small 1.6x, tiny 2.1x.
-  v2  v1 run in parallel over the B*H heads (prange). Forward: online softmax, a single pass
-      over the keys per row with a running max/sum instead of the score row.
-      fwd small 2.5x, tiny 5.6x; bwd small 3.0x, tiny 3.7x.
+      small fwd 0.4x, bwd 0.6x; tiny fwd 0.5x, bwd 0.8x.
+  v2  prange over the B*H heads (one thread per head). Forward: online softmax, one pass over
+      the keys per row with a running max and sum instead of the score row. Same as v1 on one
+      thread (small fwd 0.5x, bwd 0.6x); its gain is the second core, not measured here.
   v3  blocks: BQ query rows share every loaded key block, K (and V for the backward) transposed
-      once per head so that q k^T becomes contiguous axpy rows, causal blocks above the diagonal
+      once per head so that q k^T is contiguous axpy rows, causal blocks above the diagonal
       skipped, and a polynomial exp (vectorises; math.exp is a scalar libcall without SVML).
-      fwd small 9.9x, tiny 10.9x; bwd small 10.6x, tiny 7.6x.
+      small fwd 1.5-2.2x, bwd 1.3-2.0x; tiny fwd 1.7-1.9x, bwd 0.9-1.1x.
   v4  v3 with the reduction dimension of each block product unrolled by 4 (d for s = q k^T,
-      key column for o += p v, ...), so each accumulator row is loaded and stored once per four
-      FMAs instead of once per FMA: the loops were bound by L1 load/store traffic.
-      fwd small 13.4x, tiny 11.0x; bwd small 13.7x, tiny 8.9x.
+      key column for o += p v, ...): each accumulator row is loaded and stored once per four
+      FMAs instead of once per FMA. small fwd 1.7-2.4x, bwd 1.3-1.9x; tiny fwd 2.0-2.1x,
+      bwd 0.9-1.0x. (Forward+backward small: 1.4-2.0x one thread; the 3x target was not shown.)
+
+Why not faster: LLVM picks 256-bit vectors on this CPU (prefer-vector-width=256) and each block
+product's inner loop is only D = 64 (8 ymm FMAs) or BK = 64 long, so loop overhead, alias checks
+and the accumulator load/store per FMA keep a product at about 20-40 GFLOP/s per core
+(measured alone), a tenth of peak. A register-tiled micro-kernel is the next step.
 
 DEFAULT_VERSION is what the functional wrappers (same signatures as the reference) call.
 """
@@ -346,10 +355,10 @@ def _acc_atb_v4(out, a, b, b0, nr, nc, K):
 
 # --------------------------------------------------------------------------- v3, v4: blocked
 @njit(fastmath=True, cache=True)
-def _softmax_block(s, m, l, acc, nq, nk, D, scale, diag):
+def _softmax_block(s, m, l, acc, a0, nq, nk, D, scale, diag):
     # s: (BQ, BK) raw q.k of this block, overwritten by p = exp(scale s - m_new), 0 where masked.
     # Row r may see columns c <= diag + r (diag = off + i0 - j0 if causal, else >= BK).
-    # m, l: (BQ,) running max and sum; acc: (BQ, D) running l * o, rescaled when m grows.
+    # m, l: (BQ,) running max and sum; acc[a0 + r]: (D,) running l * o, rescaled when m grows.
     for r in range(nq):
         cend = min(nk, diag + r + 1)
         if cend <= 0:  # this row sees no key of this block (above the diagonal)
@@ -370,7 +379,7 @@ def _softmax_block(s, m, l, acc, nq, nk, D, scale, diag):
         l[r] = l[r] * alpha + tot
         m[r] = mx
         for d in range(D):
-            acc[r, d] *= alpha
+            acc[a0 + r, d] *= alpha
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -380,10 +389,9 @@ def _forward_blocked(o, lse, q, k, v, scale, causal, unroll):
     off = Tk - Tq
     for bh in prange(B * H):
         b, h = bh // H, bh % H
-        qh, vh = q[b, h], v[b, h]  # (Tq, D), (Tk, D)
+        qh, vh, oh = q[b, h], v[b, h], o[b, h]  # (Tq, D), (Tk, D), (Tq, D)
         kt = np.ascontiguousarray(k[b, h].T)  # (D, Tk): q k^T becomes rows of axpys
         s = np.empty((BQ, BK), dtype=q.dtype)  # scores, then probabilities, of one block
-        acc = np.empty((BQ, D), dtype=q.dtype)  # (BQ, D) unnormalised outputs
         m = np.empty(BQ, dtype=q.dtype)
         l = np.empty(BQ, dtype=q.dtype)
         for i0 in range(0, Tq, BQ):
@@ -392,22 +400,22 @@ def _forward_blocked(o, lse, q, k, v, scale, causal, unroll):
             diag0 = off + i0 if causal else Tk
             _fill(m, NEG_BIG)
             _fill(l, 0.0)
-            _fill(acc, 0.0)
+            _fill(oh[i0:i0 + nq], 0.0)  # accumulates l * o, normalised at the end
             for j0 in range(0, kend, BK):
                 nk = min(BK, kend - j0)
                 if unroll:
                     _abt_v4(s, qh, i0, kt, j0, nq, nk, D)
                 else:
                     _abt_v3(s, qh, i0, kt, j0, nq, nk, D)
-                _softmax_block(s, m, l, acc, nq, nk, D, scale, diag0 - j0)
+                _softmax_block(s, m, l, oh, i0, nq, nk, D, scale, diag0 - j0)
                 if unroll:
-                    _acc_ab_v4(acc, 0, s, vh, j0, nq, nk, D)
+                    _acc_ab_v4(oh, i0, s, vh, j0, nq, nk, D)
                 else:
-                    _acc_ab_v3(acc, 0, s, vh, j0, nq, nk, D)
+                    _acc_ab_v3(oh, i0, s, vh, j0, nq, nk, D)
             for r in range(nq):
                 inv = 1.0 / l[r]
                 for d in range(D):
-                    o[b, h, i0 + r, d] = acc[r, d] * inv
+                    oh[i0 + r, d] *= inv
                 lse[b, h, i0 + r] = m[r] + math.log(l[r])
 
 
@@ -472,22 +480,22 @@ def _backward_blocked(dq, dk, dv, do, q, k, v, o, lse, scale, causal, unroll):
                     dv[b, h, j0 + c, d] = dvacc[c, d]
 
 
-@njit(fastmath=True, cache=True)
+# v3 and v4 share the two compiled prange drivers above; the version only picks the block
+# products. A flag tested once per block costs nothing at run time, and one compiled driver
+# instead of two (or an @njit shim around it, which LLVM re-optimises whole) halves the
+# first-call compile time.
 def attention_forward_v3(o, lse, q, k, v, scale, causal):
     _forward_blocked(o, lse, q, k, v, scale, causal, False)
 
 
-@njit(fastmath=True, cache=True)
 def attention_backward_v3(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     _backward_blocked(dq, dk, dv, do, q, k, v, o, lse, scale, causal, False)
 
 
-@njit(fastmath=True, cache=True)
 def attention_forward_v4(o, lse, q, k, v, scale, causal):
     _forward_blocked(o, lse, q, k, v, scale, causal, True)
 
 
-@njit(fastmath=True, cache=True)
 def attention_backward_v4(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     _backward_blocked(dq, dk, dv, do, q, k, v, o, lse, scale, causal, True)
 

@@ -1,6 +1,7 @@
 """Fused softmax + cross-entropy over a vocabulary (Numba CPU), forward and backward.
 
-loss = mean over non-ignored rows n of (lse_n - logits[n, t_n]),  lse_n = log sum_v exp(logits[n, v])
+loss = mean over non-ignored rows n of (lse_n - logits[n, t_n])
+lse_n = log sum_v exp(logits[n, v])
 dlogits[n, v] = dloss / count * (softmax(logits)[n, v] - [v == t_n]),  0 on ignored rows.
 logits: (N, V)  targets: (N,) int  lse: (N,) saved by the forward so that the backward rebuilds
 the probabilities with one exp per element and never stores the (N, V) softmax.

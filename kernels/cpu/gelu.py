@@ -109,8 +109,10 @@ def gelu_forward_v2(out, x):
     M = x.shape[0]
     c = _consts(x)
     for blk in prange((M + _BLOCK - 1) // _BLOCK):
-        for i in range(blk * _BLOCK, min(M, (blk + 1) * _BLOCK)):
-            out[i] = _gelu_tanh(x[i], c)
+        lo, hi = blk * _BLOCK, min(M, (blk + 1) * _BLOCK)
+        xb, ob = x[lo:hi], out[lo:hi]  # index from 0: a provably non-negative index vectorises
+        for i in range(hi - lo):
+            ob[i] = _gelu_tanh(xb[i], c)
 
 
 @njit(parallel=True, **_JIT)
@@ -119,8 +121,10 @@ def gelu_forward_v3(out, x):
     M = x.shape[0]
     c = _consts(x)
     for blk in prange((M + _BLOCK - 1) // _BLOCK):
-        for i in range(blk * _BLOCK, min(M, (blk + 1) * _BLOCK)):
-            out[i] = _gelu_sig(x[i], c)
+        lo, hi = blk * _BLOCK, min(M, (blk + 1) * _BLOCK)
+        xb, ob = x[lo:hi], out[lo:hi]
+        for i in range(hi - lo):
+            ob[i] = _gelu_sig(xb[i], c)
 
 
 # --------------------------------------------------------------------------- gelu backward
@@ -137,8 +141,10 @@ def gelu_backward_v2(dx, dy, x):
     M = x.shape[0]
     c = _consts(x)
     for blk in prange((M + _BLOCK - 1) // _BLOCK):
-        for i in range(blk * _BLOCK, min(M, (blk + 1) * _BLOCK)):
-            dx[i] = dy[i] * _dgelu_tanh(x[i], c)
+        lo, hi = blk * _BLOCK, min(M, (blk + 1) * _BLOCK)
+        xb, dyb, dxb = x[lo:hi], dy[lo:hi], dx[lo:hi]
+        for i in range(hi - lo):
+            dxb[i] = dyb[i] * _dgelu_tanh(xb[i], c)
 
 
 @njit(parallel=True, **_JIT)
@@ -147,8 +153,10 @@ def gelu_backward_v3(dx, dy, x):
     M = x.shape[0]
     c = _consts(x)
     for blk in prange((M + _BLOCK - 1) // _BLOCK):
-        for i in range(blk * _BLOCK, min(M, (blk + 1) * _BLOCK)):
-            dx[i] = dy[i] * _dgelu_sig(x[i], c)
+        lo, hi = blk * _BLOCK, min(M, (blk + 1) * _BLOCK)
+        xb, dyb, dxb = x[lo:hi], dy[lo:hi], dx[lo:hi]
+        for i in range(hi - lo):
+            dxb[i] = dyb[i] * _dgelu_sig(xb[i], c)
 
 
 # --------------------------------------------------------------------------- bias + gelu

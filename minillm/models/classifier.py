@@ -27,7 +27,9 @@ class GPTClassifier(Module):
         like = gpt.wte.weight.data
         w = backend.rng().standard_normal(self.head.weight.shape) * 0.02  # as GPT-2's Linear init
         self.head.weight.data = backend.to_device(w.astype(like.dtype), backend.device_of(like))
-        self.head.bias.data = backend.to_device(np.zeros(self.n_classes, like.dtype), backend.device_of(like))
+        self.head.bias.data = backend.to_device(
+            np.zeros(self.n_classes, like.dtype), backend.device_of(like)
+        )
 
     @property
     def config(self):

@@ -2,9 +2,10 @@
 
 from minillm.nn.attention import Block, CausalSelfAttention, KVCache
 from minillm.nn.layers import MLP, Dropout, Embedding, LayerNorm, Linear
+from minillm.nn.lora import LoRALinear, apply_lora
 from minillm.nn.module import Module, ModuleList, Parameter, Sequential
 
 __all__ = [
     "Module", "ModuleList", "Sequential", "Parameter", "Linear", "Embedding", "LayerNorm",
-    "Dropout", "MLP", "CausalSelfAttention", "Block", "KVCache",
+    "Dropout", "MLP", "CausalSelfAttention", "Block", "KVCache", "LoRALinear", "apply_lora",
 ]

@@ -30,10 +30,7 @@ from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
 
 # the Linear layers of a GPT Block, by the group names the CLI accepts
-TARGET_GROUPS = {
-    "attn": ("attn.c_attn", "attn.c_proj"),
-    "mlp": ("mlp.c_fc", "mlp.c_proj"),
-}
+TARGET_GROUPS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
 TARGET_GROUPS["all"] = TARGET_GROUPS["attn"] + TARGET_GROUPS["mlp"]
 LORA_PARAM_NAMES = ("lora_A", "lora_B")
 
@@ -60,7 +57,7 @@ class LoRAConfig:
 
 
 def resolve_targets(targets):
-    """"attn" | "mlp" | "all" | "attn,mlp" | ("attn.c_attn", ...) -> a tuple of module-name
+    """ "attn" | "mlp" | "all" | "attn,mlp" | ("attn.c_attn", ...) -> a tuple of module-name
     suffixes. A group name expands to its Linear layers; anything else is taken as a suffix."""
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
@@ -97,7 +94,9 @@ class LoRALinear(Module):
         bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform(a=sqrt(5)), as PyTorch/PEFT
         a = backend.rng().uniform(-bound, bound, size=(self.rank, self.in_features))
         self.lora_A = Parameter(backend.to_device(a.astype(like.dtype), device))  # (r, in)
-        self.lora_B = Parameter(backend.to_device(np.zeros((self.out_features, self.rank), like.dtype), device))
+        self.lora_B = Parameter(
+            backend.to_device(np.zeros((self.out_features, self.rank), like.dtype), device)
+        )
         self.merged = False
         self._weight_before_merge = None
 
@@ -134,8 +133,10 @@ class LoRALinear(Module):
         return self._weight_before_merge if self.merged else self.weight.data
 
     def extra_repr(self):
-        return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
-                f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}")
+        return (
+            f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+            f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
+        )
 
 
 def lora_layers(model):
@@ -166,7 +167,9 @@ def apply_lora(model, rank=8, alpha=16.0, dropout=0.0, targets="all"):
                 object.__setattr__(parent, child_name, lora)
                 replaced.append(full)
     if not replaced:
-        raise ConfigError(f"no Linear layer of the model matches the LoRA targets {', '.join(suffixes)}")
+        raise ConfigError(
+            f"no Linear layer of the model matches the LoRA targets {', '.join(suffixes)}"
+        )
     return replaced
 
 

@@ -193,7 +193,10 @@ def cross_entropy(logits, targets, ignore_index=-100):
     if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= V):
         raise MinillmError(f"cross_entropy target out of range 0..{V - 1}")
     flat = logits if logits.ndim == 2 else logits.reshape(-1, V)
-    return CrossEntropy.apply(flat, targets=t.reshape(-1), ignore_index=ignore_index)
+    t = t.reshape(-1)
+    if backend.is_cupy(logits.data):
+        t = backend.to_device(t, "cuda")  # the kernel (or the reference on CuPy) reads them there
+    return CrossEntropy.apply(flat, targets=t, ignore_index=ignore_index)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -244,8 +247,11 @@ def scaled_dot_product_attention(q, k, v, causal=True, scale=None, mask=None):
 
     Tq, Tk = q.shape[-2], k.shape[-2]
     allowed = mask.data if isinstance(mask, Tensor) else mask
+    xp = backend.array_module(q.data)
+    if backend.is_cupy(q.data):
+        allowed = backend.to_device(allowed, "cuda")
     if causal:
-        allowed = allowed & (np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq))
+        allowed = allowed & (xp.arange(Tk)[None, :] <= xp.arange(Tq)[:, None] + (Tk - Tq))
     s = (q @ k.transpose(-1, -2)) * scale  # (B, H, Tq, Tk)
     s = masked_fill(s, ~allowed, -1e30 if s.dtype == np.float32 else -1e300)
     return softmax(s, -1) @ v

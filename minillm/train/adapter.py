@@ -16,8 +16,15 @@ from pathlib import Path
 
 from minillm import backend
 from minillm.errors import CheckpointError, ConfigError
-from minillm.nn.lora import (LoRAConfig, apply_lora, base_fingerprint, lora_layers, lora_state_dict,
-                             merge_lora)
+from minillm.nn.lora import (
+    LoRAConfig,
+    apply_lora,
+    base_fingerprint,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    unmerge_lora,
+)
 from minillm.train import checkpoint as ckpt
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -80,24 +87,31 @@ def load_adapter(model, directory):
         body.crop_block_size(bs)
     if not lora_layers(model):
         apply_lora(model, cfg["rank"], cfg["alpha"], cfg.get("dropout", 0.0), cfg["targets"])
+    unmerge_lora(model)  # new A, B must not land on top of an old merged update
     tensors = ckpt._read_safetensors(directory / ADAPTER_FILE)
     own = dict(model.named_parameters())
     for name, arr in tensors.items():
         if name not in own:
             raise CheckpointError(
-                f"adapter {directory} does not match this model: it has tensor {name}, the model does not")
+                f"adapter {directory} does not match this model: "
+                f"it has tensor {name}, the model does not"
+            )
         if tuple(arr.shape) != tuple(own[name].shape):
             raise CheckpointError(
-                f"adapter {directory} does not match this model: {name} is {tuple(arr.shape)} in the "
-                f"adapter but {tuple(own[name].shape)} in the model")
+                f"adapter {directory} does not match this model: {name} is "
+                f"{tuple(arr.shape)} in the adapter but {tuple(own[name].shape)} in the model"
+            )
     lora_missing = [n for n in own if n.endswith((".lora_A", ".lora_B")) and n not in tensors]
     if lora_missing:
-        raise CheckpointError(f"adapter {directory} does not match this model: it lacks {lora_missing[0]}")
+        raise CheckpointError(
+            f"adapter {directory} does not match this model: it lacks {lora_missing[0]}"
+        )
     fp = base_fingerprint(model, exclude=set(tensors))
     if fp != cfg["base_fingerprint"]:
         raise CheckpointError(
             f"adapter {directory} was trained on other base weights than this model's "
-            f"(fingerprint {fp[:12]} vs {cfg['base_fingerprint'][:12]}; base was {cfg['base']})")
+            f"(fingerprint {fp[:12]} vs {cfg['base_fingerprint'][:12]}; base was {cfg['base']})"
+        )
     for name, arr in tensors.items():
         p = own[name]
         data = arr.astype(p.dtype, copy=True)
@@ -111,7 +125,9 @@ def resolve_base(directory, cfg):
     if not base.is_absolute():
         base = Path(directory) / base
     if not base.exists():
-        raise CheckpointError(f"adapter {directory} names base checkpoint {base}, which does not exist")
+        raise CheckpointError(
+            f"adapter {directory} names base checkpoint {base}, which does not exist"
+        )
     return base
 
 

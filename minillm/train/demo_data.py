@@ -39,7 +39,9 @@ def sft_records(sp, n_max, rng):
     pairs = []
     for name, lines in sp:
         for i in range(0, len(lines) - 1, 2):  # non-overlapping (line, next line) pairs
-            pairs.append({"prompt": f"Continue the speech of {name}:\n{lines[i]}", "response": lines[i + 1]})
+            pairs.append(
+                {"prompt": f"Continue the speech of {name}:\n{lines[i]}", "response": lines[i + 1]}
+            )
     pick = rng.permutation(len(pairs))[:n_max]
     return [pairs[i] for i in sorted(pick)]
 

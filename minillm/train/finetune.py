@@ -48,7 +48,7 @@ def freeze_except_last(model, k, train_head=True):
     if not 0 <= int(k) <= n_layer:
         raise ConfigError(f"freeze_last_k must be between 0 and n_layer={n_layer}, got {k}")
     model.requires_grad_(False)
-    for block in list(model.h)[n_layer - int(k):]:
+    for block in list(model.h)[n_layer - int(k) :]:
         block.requires_grad_(True)
     model.ln_f.requires_grad_(True)
     if train_head:
@@ -62,7 +62,9 @@ def resolve_checkpoint(path):
     for p in (path, path / "best", path / "last"):
         if (p / ckpt.MODEL_FILE).exists() or is_adapter_dir(p):
             return p
-    raise CheckpointError(f"no checkpoint at {path} (expected {ckpt.MODEL_FILE} or adapter_config.json)")
+    raise CheckpointError(
+        f"no checkpoint at {path} (expected {ckpt.MODEL_FILE} or adapter_config.json)"
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -93,40 +95,68 @@ def classify_eval(model, examples, batch_size, pad_id):
         chunk = examples[i : i + batch_size]
         x, last = tasks.classify_batch([e[0] for e in chunk], pad_id)
         labels = np.array([e[1] for e in chunk])
-        logits, l = model(x, last, labels)
+        logits, batch_loss = model(x, last, labels)
         correct += int((backend.to_numpy(logits.data).argmax(-1) == labels).sum())
-        loss += l.item() * len(chunk)
+        loss += batch_loss.item() * len(chunk)
     model.train(was)
     return correct / max(len(examples), 1), loss / max(len(examples), 1)
 
 
 # ----------------------------------------------------------------------------- the run
-def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dropout=0.0,
-             targets="attn,mlp", epochs=3, lr=None, batch_size=16, block_size=None,
-             out_dir="out/finetune", freeze_last_k=None, seed=1337, val_fraction=0.1,
-             val_data=None, weight_decay=0.0, grad_clip=1.0, log_interval=10, progress=True,
-             device="cpu", say=print):
+def finetune(
+    base,
+    data,
+    task="sft",
+    method="lora",
+    rank=8,
+    alpha=16.0,
+    lora_dropout=0.0,
+    targets="attn,mlp",
+    epochs=3,
+    lr=None,
+    batch_size=16,
+    block_size=None,
+    out_dir="out/finetune",
+    freeze_last_k=None,
+    seed=1337,
+    val_fraction=0.1,
+    val_data=None,
+    weight_decay=0.0,
+    grad_clip=1.0,
+    log_interval=10,
+    progress=True,
+    device="cpu",
+    say=print,
+):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
     ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning."""
     from tqdm import tqdm
 
     if task not in TASKS or method not in METHODS:
-        raise ConfigError(f"task must be one of {TASKS} and method one of {METHODS}, got {task!r}, {method!r}")
+        raise ConfigError(
+            f"task must be one of {TASKS} and method one of {METHODS}, got {task!r}, {method!r}"
+        )
     if freeze_last_k is not None and method != "full":
         raise ConfigError("freeze_last_k applies to method='full' (LoRA already freezes the base)")
     if int(epochs) < 1 or int(batch_size) < 1:
-        raise ConfigError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
+        raise ConfigError(
+            f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}"
+        )
     lr = float(lr if lr is not None else (1e-3 if method == "lora" else 1e-4))
     backend.manual_seed(seed)
     rng = np.random.default_rng(seed)
     base_path = resolve_checkpoint(base)
     if is_adapter_dir(base_path):
-        raise CheckpointError(f"the base {base_path} is an adapter; fine-tune from a full checkpoint")
+        raise CheckpointError(
+            f"the base {base_path} is an adapter; fine-tune from a full checkpoint"
+        )
     gpt, tok = ckpt.load_pretrained(base_path, device=device)
     if block_size is not None:
         if block_size > gpt.config.block_size:
-            raise ConfigError(f"block_size {block_size} exceeds the base model's {gpt.config.block_size}")
+            raise ConfigError(
+                f"block_size {block_size} exceeds the base model's {gpt.config.block_size}"
+            )
         gpt.crop_block_size(int(block_size))
     T, pad = gpt.config.block_size, tok.eos_id  # pad value is never seen: targets ignore it
 
@@ -142,9 +172,15 @@ def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dro
         groups = [e[1] for e in examples]
         tr, va = tasks.split_indices(len(examples), 0.0 if val_data else val_fraction, rng, groups)
         train = [examples[i] for i in tr]
-        val = tasks.load_classify(val_data, tok, T, labels=labels)[0] if val_data else [examples[i] for i in va]
+        val = (
+            tasks.load_classify(val_data, tok, T, labels=labels)[0]
+            if val_data
+            else [examples[i] for i in va]
+        )
         if len(labels) < 2:
-            raise ConfigError(f"{data} has only one label ({labels[0]!r}); a classifier needs two or more")
+            raise ConfigError(
+                f"{data} has only one label ({labels[0]!r}); a classifier needs two or more"
+            )
     if not train:
         raise ConfigError(f"{data} leaves no training examples after the validation split")
 
@@ -165,13 +201,17 @@ def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dro
     optimizer = AdamW(gpt_param_groups(net, weight_decay), lr=lr, betas=(0.9, 0.99))
 
     if task == "sft":
+
         def batch(chunk):
             return tasks.pad_batch(chunk, pad)
+
         loss_fn = None  # the LM loss, model(x, y)[1]; y is IGNORE at prompt and pad positions
 
         def evaluate():
             return {"val_loss": sft_val_loss(net, val, batch_size, pad)} if val else {}
+
     else:
+
         def batch(chunk):
             x, last = tasks.classify_batch([e[0] for e in chunk], pad)
             return (x, last), np.array([e[1] for e in chunk])
@@ -187,17 +227,34 @@ def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dro
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_cfg = dict(base=str(base_path.resolve()), data=str(data), task=task, method=method, epochs=epochs,
-                   lr=lr, batch_size=batch_size, block_size=T, freeze_last_k=freeze_last_k, seed=seed,
-                   val_fraction=val_fraction, weight_decay=weight_decay, lora=lora_cfg and lora_cfg.to_dict())
+    run_cfg = dict(
+        base=str(base_path.resolve()),
+        data=str(data),
+        task=task,
+        method=method,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        block_size=T,
+        freeze_last_k=freeze_last_k,
+        seed=seed,
+        val_fraction=val_fraction,
+        weight_decay=weight_decay,
+        lora=lora_cfg and lora_cfg.to_dict(),
+    )
 
     def save(directory, metrics, epoch):
         extra = {"task": task, "labels": labels, "epoch": epoch, **metrics}
         if method == "lora":
             save_adapter(directory, net, lora_cfg, base_path, extra=extra)
         else:
-            ckpt.save(directory, net, config={"model": gpt.config.to_dict(), "finetune": run_cfg, **extra},
-                      state={"epoch": epoch, **metrics}, tokenizer=tok)
+            ckpt.save(
+                directory,
+                net,
+                config={"model": gpt.config.to_dict(), "finetune": run_cfg, **extra},
+                state={"epoch": epoch, **metrics},
+                tokenizer=tok,
+            )
 
     def better(m, best):
         if best is None:
@@ -210,8 +267,10 @@ def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dro
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = int(epochs) * steps_per_epoch
     warmup = max(1, total // 20)
-    say(f"finetune {task}/{method}: {len(train)} train / {len(val)} val examples, {total} steps, "
-        f"{n_trainable:,} of {n_total:,} parameters trainable ({100 * n_trainable / n_total:.2f}%)")
+    say(
+        f"finetune {task}/{method}: {len(train)} train / {len(val)} val examples, {total} steps, "
+        f"{n_trainable:,} of {n_total:,} parameters trainable ({100 * n_trainable / n_total:.2f}%)"
+    )
     log = open(out / "log.jsonl", "w", encoding="utf-8")
     before = evaluate()
     _log(log, {"step": 0, "epoch": 0, **before})
@@ -232,8 +291,16 @@ def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dro
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if step % log_interval == 0 or step == total:
-                    _log(log, {"step": step, "epoch": epoch, "train_loss": float(np.mean(recent)),
-                               "lr": lr_t, "grad_norm": norm})
+                    _log(
+                        log,
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "train_loss": float(np.mean(recent)),
+                            "lr": lr_t,
+                            "grad_norm": norm,
+                        },
+                    )
             metrics = {"train_loss": float(np.mean(recent)), **evaluate()}
             recent = []
             _log(log, {"step": step, "epoch": epoch, **metrics})
@@ -245,9 +312,19 @@ def finetune(base, data, task="sft", method="lora", rank=8, alpha=16.0, lora_dro
     finally:
         bar.close()
         log.close()
-    return {"task": task, "method": method, "before": before, "after": metrics, "best": best,
-            "trainable_params": n_trainable, "total_params": n_total, "steps": step,
-            "sec_per_step": step_time / max(step, 1), "out_dir": str(out), "labels": labels}
+    return {
+        "task": task,
+        "method": method,
+        "before": before,
+        "after": metrics,
+        "best": best,
+        "trainable_params": n_trainable,
+        "total_params": n_total,
+        "steps": step,
+        "sec_per_step": step_time / max(step, 1),
+        "out_dir": str(out),
+        "labels": labels,
+    }
 
 
 def _log(f, rec):
@@ -271,7 +348,9 @@ def load_classifier(path, device="cpu"):
     path = resolve_checkpoint(path)
     cfg = read_adapter_config(path) if is_adapter_dir(path) else ckpt.load_config(path)
     if cfg.get("task") != "classify" or not cfg.get("labels"):
-        raise CheckpointError(f"{path} is not a classification checkpoint (no task 'classify' with labels)")
+        raise CheckpointError(
+            f"{path} is not a classification checkpoint (no task 'classify' with labels)"
+        )
     labels = list(cfg["labels"])
     if is_adapter_dir(path):
         gpt, tok = ckpt.load_pretrained(resolve_base(path, cfg), device=device)
@@ -290,7 +369,9 @@ def load_classifier(path, device="cpu"):
 @no_grad()
 def classify_texts(net, tokenizer, labels, texts):
     """[{label: probability, ...}, ...] for each text (sorted, most likely first)."""
-    seqs = [tasks.classify_ids(tokenizer, tokenizer.encode(t), net.config.block_size) for t in texts]
+    seqs = [
+        tasks.classify_ids(tokenizer, tokenizer.encode(t), net.config.block_size) for t in texts
+    ]
     x, last = tasks.classify_batch(seqs, tokenizer.eos_id)
     logits = backend.to_numpy(net(x, last)[0].data).astype(np.float64)  # (B, n_classes)
     p = np.exp(logits - logits.max(-1, keepdims=True))

@@ -64,14 +64,19 @@ def read_jsonl(path, keys):
                 raise JSONLError(f"{path} line {n} is not a JSON object")
             missing = [k for k in keys if k not in rec]
             if missing:
-                raise JSONLError(f"{path} line {n} lacks the key{'s' if len(missing) > 1 else ''} "
-                                 f"{', '.join(repr(k) for k in missing)} (it has {', '.join(map(repr, rec)) or 'none'})")
+                has = ", ".join(map(repr, rec)) or "none"
+                raise JSONLError(
+                    f"{path} line {n} lacks the key{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(repr(k) for k in missing)} (it has {has})"
+                )
             for k in keys:
                 v = rec[k]
                 if k == "label" and isinstance(v, (bool, int, float)):
                     rec[k] = str(v)
                 elif not isinstance(v, str):
-                    raise JSONLError(f"{path} line {n}: {k!r} must be a string, got {type(v).__name__}")
+                    raise JSONLError(
+                        f"{path} line {n}: {k!r} must be a string, got {type(v).__name__}"
+                    )
             out.append((n, rec))
     if not out:
         raise DataError(f"{path} holds no examples")
@@ -94,7 +99,7 @@ def sft_example(tokenizer, prompt, response, block_size):
     limit = block_size + 1
     if len(p) + len(r) > limit:
         keep_p = min(len(p), max(limit - len(r), limit // 2))
-        p, r = p[len(p) - keep_p:], r[: limit - keep_p]
+        p, r = p[len(p) - keep_p :], r[: limit - keep_p]
     return p + r, len(p)
 
 
@@ -143,8 +148,10 @@ def load_classify(path, tokenizer, block_size, labels=None):
         lab = rec["label"]
         if lab not in index:
             if fixed:
-                raise LabelError(f"{path} line {n} has label {lab!r}, which the classifier was not "
-                                 f"trained on (known: {', '.join(map(repr, labels))})")
+                raise LabelError(
+                    f"{path} line {n} has label {lab!r}, which the classifier was not "
+                    f"trained on (known: {', '.join(map(repr, labels))})"
+                )
             index[lab] = len(labels)
             labels.append(lab)
         ids = classify_ids(tokenizer, _encode(tokenizer, rec["text"], path, n), block_size)

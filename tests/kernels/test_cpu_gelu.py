@@ -72,7 +72,9 @@ def test_reference_backward_finite_differences():
     num = _numgrad(lambda: float(np.sum(r * R.gelu_forward(x))), x)
     np.testing.assert_allclose(R.gelu_backward(r, x), num, rtol=1e-6, atol=1e-8)
     dx, db = R.bias_gelu_backward(r, x, b)
-    np.testing.assert_allclose(dx, _numgrad(lambda: float(np.sum(r * R.bias_gelu_forward(x, b))), x),
-                               rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(db, _numgrad(lambda: float(np.sum(r * R.bias_gelu_forward(x, b))), b),
-                               rtol=1e-6, atol=1e-8)
+
+    def loss():
+        return float(np.sum(r * R.bias_gelu_forward(x, b)))
+
+    np.testing.assert_allclose(dx, _numgrad(loss, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(db, _numgrad(loss, b), rtol=1e-6, atol=1e-8)

@@ -1,0 +1,117 @@
+"""Matrix multiply on the CPU (Numba): the classic optimisation ladder, for teaching and benchmarks.
+
+out = a @ b with a: (M, K), b: (K, N), out: (M, N); 2 * M * N * K FLOPs. The dispatcher keeps
+matmul on the BLAS (``a @ b``); these versions show where the BLAS's speed comes from.
+
+Measured with ``python benchmarks/bench_matmul.py`` (float32, 2 threads, fastest call, one run)
+while other sessions kept the 2-core machine at load average ~6: the BLAS itself ran at 22-41
+GFLOP/s instead of the ~200 it reaches on a quiet machine, so read the columns as a rough
+ordering and rerun on a quiet machine:
+
+  shape (M,K)x(K,N)         v1     v2     v3     v4     OpenBLAS  (GFLOP/s)
+  (2048,384)x(384,1152)     -      6.2   10.2   11.1    37.8
+  (768,128)x(128,512)       0.8   13.0   27.5    6.5    21.8
+
+On the same loaded run v3 beat the BLAS at the small shape (1.26x) and v4 (2 threads) lost to
+v3: a parallel kernel whose second thread is descheduled waits a whole time slice. At the
+large shape the BLAS stayed 3-4x ahead of every Numba version.
+
+  v1  naive (i, j, k): the inner loop walks down a column of b, N floats apart, so every FMA
+      misses cache and nothing vectorises.
+  v2  loop order (i, k, j): the inner loop is out[i, :] += a[i, k] * b[k, :], contiguous rows,
+      so LLVM emits AVX-512/AVX2 FMAs.
+  v3  cache blocking: (MB, KB) x (KB, NB) tiles so a block of b stays in L2 while MB rows of a
+      stream over it, and the k loop unrolled by four so each out row is loaded and stored once
+      per four FMAs (the v2 loop is bound by L1 load/store traffic, not by FMAs).
+  v4  v3 in parallel: prange over blocks of MB output rows (each thread owns its rows, no races).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+MB, KB, NB = 64, 128, 512  # a (KB, NB) float32 tile of b is 256 KiB: fits in the 2 MiB L2
+
+
+@njit(fastmath=True, cache=True)
+def matmul_v1(out, a, b):
+    M, K = a.shape
+    N = b.shape[1]
+    for i in range(M):
+        for j in range(N):
+            acc = np.float32(0.0)  # stays float32 for float32 inputs, widens for float64
+            for k in range(K):
+                acc += a[i, k] * b[k, j]  # b[k, j]: stride N, one cache line per FMA
+            out[i, j] = acc
+
+
+@njit(fastmath=True, cache=True)
+def matmul_v2(out, a, b):
+    M, K = a.shape
+    N = b.shape[1]
+    for i in range(M):
+        orow = out[i]  # (N,)
+        orow[:] = 0.0
+        for k in range(K):
+            x, brow = a[i, k], b[k]
+            for j in range(N):
+                orow[j] += x * brow[j]
+
+
+@njit(fastmath=True, cache=True)
+def _tile(out, a, b, i0, i1, k0, k1, j0, j1):
+    # out[i0:i1, j0:j1] += a[i0:i1, k0:k1] @ b[k0:k1, j0:j1], k unrolled by four
+    nj = j1 - j0
+    k4 = k0 + (k1 - k0) // 4 * 4
+    for i in range(i0, i1):
+        orow, arow = out[i, j0:j1], a[i]
+        for k in range(k0, k4, 4):
+            x0, x1, x2, x3 = arow[k], arow[k + 1], arow[k + 2], arow[k + 3]
+            b0, b1 = b[k, j0:j1], b[k + 1, j0:j1]
+            b2, b3 = b[k + 2, j0:j1], b[k + 3, j0:j1]
+            for j in range(nj):
+                orow[j] += x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j]
+        for k in range(k4, k1):
+            x, brow = arow[k], b[k, j0:j1]
+            for j in range(nj):
+                orow[j] += x * brow[j]
+
+
+@njit(fastmath=True, cache=True)
+def matmul_v3(out, a, b):
+    M, K = a.shape
+    N = b.shape[1]
+    out[:] = 0.0
+    for j0 in range(0, N, NB):
+        for k0 in range(0, K, KB):  # b[k0:k0+KB, j0:j0+NB] is reused by every row block
+            for i0 in range(0, M, MB):
+                _tile(out, a, b, i0, min(i0 + MB, M), k0, min(k0 + KB, K), j0, min(j0 + NB, N))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matmul_v4(out, a, b):
+    M, K = a.shape
+    N = b.shape[1]
+    nblk = (M + MB - 1) // MB
+    for blk in prange(nblk):  # each thread owns MB rows of out
+        i0 = blk * MB
+        i1 = min(i0 + MB, M)
+        for i in range(i0, i1):
+            for j in range(N):
+                out[i, j] = 0.0
+        for j0 in range(0, N, NB):
+            for k0 in range(0, K, KB):
+                _tile(out, a, b, i0, i1, k0, min(k0 + KB, K), j0, min(j0 + NB, N))
+
+
+VERSIONS = {1: matmul_v1, 2: matmul_v2, 3: matmul_v3, 4: matmul_v4}
+
+
+def matmul_version(version, a, b):
+    """out = a @ b for 2-D a (M, K), b (K, N) with the chosen Numba version."""
+    dtype = np.result_type(a, b)
+    a, b = np.ascontiguousarray(a, dtype=dtype), np.ascontiguousarray(b, dtype=dtype)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul_version needs (M, K) @ (K, N), got {a.shape} @ {b.shape}")
+    out = np.empty((a.shape[0], b.shape[1]), dtype=dtype)
+    VERSIONS[version](out, a, b)
+    return out

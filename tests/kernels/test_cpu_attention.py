@@ -1,0 +1,103 @@
+"""kernels/cpu/attention.py (every version, forward and backward) against the NumPy reference,
+and a float64 finite-difference check of the reference attention backward itself."""
+
+import numpy as np
+import pytest
+
+from minillm.kernels import reference as R
+from minillm.kernels.cpu import attention as A
+
+DTYPES = [np.float32, np.float64]
+VERSIONS = sorted(A.FORWARD)
+# (B, H, Tq, Tk, D, causal): odd sizes, none a multiple of BQ=16 / BK=64; Tq < Tk is a
+# KV-cache step (causal offset Tk - Tq); Tq = 1 is one decoded token
+SHAPES = [
+    (1, 1, 1, 1, 5, True),
+    (2, 3, 7, 7, 16, True),
+    (1, 2, 33, 65, 33, True),
+    (1, 1, 70, 70, 16, True),
+    (2, 1, 65, 65, 5, False),
+    (1, 2, 1, 33, 16, True),
+    (1, 1, 17, 80, 33, False),
+]
+
+
+def assert_close(got, want):
+    """|got - want| <= atol + rtol |want|, atol scaled by the largest |want|."""
+    rtol = 1e-4 if want.dtype == np.float32 else 1e-9
+    atol = rtol * 0.1 * max(1.0, float(np.abs(want).max()))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+def make(shape, dtype, seed=0):
+    B, H, Tq, Tk, D, causal = shape
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, H, Tq, D)).astype(dtype)
+    k, v = (rng.standard_normal((B, H, Tk, D)).astype(dtype) for _ in range(2))
+    do = rng.standard_normal((B, H, Tq, D)).astype(dtype)
+    return q, k, v, do, 1.0 / D**0.5, causal  # a Python float: np.float64 would promote (NEP 50)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_attention_versions_match_reference(version, dtype):
+    for shape in SHAPES:
+        q, k, v, do, scale, causal = make(shape, dtype)
+        o, lse = R.attention_forward(q, k, v, scale, causal)
+        o2, lse2 = A.attention_forward_version(version, q, k, v, scale, causal)
+        assert_close(o2, o)
+        assert_close(lse2, lse)
+        want = R.attention_backward(do, q, k, v, o, lse, scale, causal)
+        got = A.attention_backward_version(version, do, q, k, v, o, lse, scale, causal)
+        for g, w in zip(got, want):
+            assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wrappers_take_non_contiguous_inputs(dtype):
+    # q, k, v as the model makes them: (B, T, H, D) -> permuted views (B, H, T, D)
+    rng = np.random.default_rng(1)
+    B, T, H, D = 2, 19, 3, 8
+    qkv = rng.standard_normal((B, T, 3, H, D)).astype(dtype)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    do = rng.standard_normal((B, T, H, D)).astype(dtype).transpose(0, 2, 1, 3)
+    assert not q.flags.c_contiguous
+    for causal in (True, False):
+        o, lse = A.attention_forward(q, k, v, 0.3, causal=causal)
+        ro, rlse = R.attention_forward(q, k, v, 0.3, causal=causal)
+        assert_close(o, ro)
+        assert_close(lse, rlse)
+        got = A.attention_backward(do, q, k, v, o, lse, 0.3, causal=causal)
+        for g, w in zip(got, R.attention_backward(do, q, k, v, ro, rlse, 0.3, causal=causal)):
+            assert_close(g, w)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_reference_backward_by_finite_differences(causal):
+    # loss = sum(o * r); its gradient wrt o is r, so attention_backward(r, ...) must match
+    # central differences of the loss in q, k and v (Tq < Tk exercises the causal offset)
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((1, 2, 3, 4))
+    k, v = rng.standard_normal((1, 2, 5, 4)), rng.standard_normal((1, 2, 5, 4))
+    r = rng.standard_normal((1, 2, 3, 4))
+    scale, eps = 0.7, 1e-6
+
+    def loss(q, k, v):
+        return float(np.sum(R.attention_forward(q, k, v, scale, causal)[0] * r))
+
+    o, lse = R.attention_forward(q, k, v, scale, causal)
+    grads = R.attention_backward(r, q, k, v, o, lse, scale, causal)
+    args = [q, k, v]
+    for which, g in enumerate(grads):
+        x = args[which]
+        num = np.zeros_like(x)
+        for i in np.ndindex(x.shape):
+            old = x[i]
+            x[i] = old + eps
+            fp = loss(*args)
+            x[i] = old - eps
+            fm = loss(*args)
+            x[i] = old
+            num[i] = (fp - fm) / (2 * eps)
+        np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
