@@ -108,11 +108,13 @@ def check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if not temperature >= 0:  # also catches NaN
         raise MinillmError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
     if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise MinillmError(f"top_k must be a whole number >= 1 (or None for no limit), got {top_k}.")
+        raise MinillmError(f"top_k must be a whole number >= 1 (None: no limit), got {top_k}.")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise MinillmError(f"top_p must be in (0, 1], got {top_p}.")
     if not repetition_penalty > 0:
-        raise MinillmError(f"repetition_penalty must be > 0 (1 means none), got {repetition_penalty}.")
+        raise MinillmError(
+            f"repetition_penalty must be > 0 (1 means none), got {repetition_penalty}."
+        )
 
 
 # ----------------------------------------------------------------------------- text out
@@ -193,11 +195,14 @@ def _generate_rows(model, tokenizer, prompts, max_new_tokens, temperature, top_k
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if any(not isinstance(s, str) or not s for s in stops):
         raise MinillmError("each stop sequence must be a non-empty string.")
+    V = model.config.vocab_size
+    if tokenizer.vocab_size > V:
+        raise MinillmError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                           f"{V}; they do not belong together.")
     rows = [_encode(tokenizer, p) for p in prompts]
     if max_new_tokens == 0 or not rows:
         return
     B, N = len(rows), max(map(len, rows))
-    V = model.config.vocab_size
     ids = np.full((B, N), tokenizer.eos_id, dtype=np.int64)  # (B, N) left-padded
     mask = np.zeros((B, N), dtype=bool)  # (B, N) True at real tokens
     seen = np.zeros((B, V), dtype=bool)  # (B, V) for the repetition penalty
@@ -217,19 +222,21 @@ def _generate_rows(model, tokenizer, prompts, max_new_tokens, temperature, top_k
             new = 0  # 0: run the whole window (prefill); then one new column per step
             for _ in range(max_new_tokens):
                 logits = _forward(model, ids, mask, cache, new)  # (B, V)
+                logits[:, tokenizer.vocab_size:] = -np.inf  # ids the tokenizer cannot decode
                 logits = apply_repetition_penalty(logits, seen, repetition_penalty)
                 nxt = sample_next(logits, rng, temperature, top_k, top_p, greedy)  # (B,)
                 for b, t in enumerate(trackers):
                     if t.done:
                         nxt[b] = tokenizer.eos_id  # finished rows are fed eos, ignored
-                    elif nxt[b] == tokenizer.eos_id:
+                        continue
+                    if nxt[b] == tokenizer.eos_id:
                         t.done = True
-                        yield b, t.finish()
+                        piece = t.finish()
                     else:
                         seen[b, nxt[b]] = True
                         piece = t.push(nxt[b])
-                        if piece:
-                            yield b, piece
+                    if piece:
+                        yield b, piece
                 if all(t.done for t in trackers):
                     return
                 ids = np.concatenate([ids, nxt[:, None]], axis=1)  # (B, N + 1)

@@ -1,11 +1,11 @@
 """Causal multi-head attention on the CPU (Numba): fused, flash-style, forward and backward.
 
-Implements kernels/reference.py ``attention_forward`` / ``attention_backward``: o = softmax(s) v with
-s = scale * q k^T (Vaswani et al. 2017), computed the FlashAttention way (Dao et al. 2022; the
-backward as in FlashAttention-2, Dao 2023): the forward streams over key blocks with an online
-softmax (running max m and running sum l per query row, Milakov & Gimelshein 2018), so no
-(Tq, Tk) score matrix ever exists; it saves lse = m + log(l) per row, and the backward rebuilds
-p = exp(s - lse) block by block from it.
+Implements kernels/reference.py ``attention_forward`` / ``attention_backward``:
+o = softmax(s) v with s = scale * q k^T (Vaswani et al. 2017), computed the FlashAttention way
+(Dao et al. 2022; the backward as in FlashAttention-2, Dao 2023): the forward streams over key
+blocks with an online softmax (running max m and running sum l per query row, Milakov &
+Gimelshein 2018), so no (Tq, Tk) score matrix ever exists; it saves lse = m + log(l) per row,
+and the backward rebuilds p = exp(s - lse) block by block from it.
 
 Shapes: q, o, do, dq: (B, H, Tq, D); k, v, dk, dv: (B, H, Tk, D); lse: (B, H, Tq); Tk >= Tq.
 With ``causal`` query i sits at absolute position off + i, off = Tk - Tq, and sees keys

@@ -132,7 +132,7 @@ VERSIONS = {
                               3: cross_entropy_forward_v3},
     "cross_entropy_backward": {1: cross_entropy_backward_v1, 2: cross_entropy_backward_v2},
 }
-DEFAULT_VERSION = {"cross_entropy_forward": 3, "cross_entropy_backward": 2}
+DEFAULT_VERSION = {"cross_entropy_forward": 2, "cross_entropy_backward": 2}
 
 
 def _logits(a):
