@@ -15,6 +15,8 @@ Sampling, one step (the order of Hugging Face's logits processors):
      probability sums to at least p (always at least one token), renormalised;
   5. one draw from that distribution with a NumPy Generator seeded by ``seed`` (None -> fresh
      entropy), so the same seed gives the same text.
+Ids past the tokenizer's vocabulary (a model vocabulary padded beyond it, as nanoGPT pads GPT-2's
+50257 to 50304) are never drawn.
 
 Stopping: at ``eos_id`` (not part of the text), after ``max_new_tokens``, or when the generated
 text contains one of the ``stop`` strings; the text ends just before the stop string.
@@ -35,6 +37,9 @@ position per token; the two paths agree to float32 rounding (tests/test_sample.p
 Batches: a list of prompts is left-padded to one length; an attention mask hides the padding and
 position ids restart at 0 at each row's first real token, so each row generates what it would
 alone (up to float32 rounding). Rows that finish keep being fed ``eos_id``, which is ignored.
+
+``Chat`` (behind ``minillm chat``) keeps a plain "User: ... / Assistant: ..." transcript for a
+base model; see its docstring.
 """
 
 import numpy as np

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # rank of each part of the package: a module may import its own rank or lower ranks only
 RANKS = [
-    ("minillm.kernels", 0), ("minillm.errors", 0),
+    ("minillm.kernels", 0), ("minillm.errors", 0), ("minillm._env", 0),
     ("minillm.backend", 1),
     ("minillm.autograd", 2), ("minillm.tensor", 2), ("minillm.ops", 2), ("minillm.functional", 2),
     ("minillm.testing", 2),

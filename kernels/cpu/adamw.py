@@ -6,14 +6,18 @@ p, g, m, v: any shape, contiguous, seen flat as (M,). The NumPy reference makes 
 passes over memory with temporaries (m*=, m+=, g*g, mhat, vhat, sqrt, ...); the fused loop reads
 p, g, m, v once and writes p, m, v once: 28 bytes per float32 parameter, memory-bound.
 
-Versions (speed-ups vs kernels.reference in the same run, float32, 2 cores;
-command: ``python benchmarks/bench_adamw.py``; small-config GPT, 10.8 M parameters, and
-one (1536, 384) MLP weight, 0.59 M):
+Versions (speed-up vs kernels.reference, float32, 2 threads; all parameters of the small
+GPT as one flat buffer, 10.75 M, 301 MB moved / one (1536, 384) MLP weight, 0.59 M):
 
 adamw_step
-  v1  plain loop over the flat arrays, float64 scalars, one thread: ??x / ??x.
-  v2  prange over blocks of 4096, all scalars (1 - b1, 1/(1 - b1^t), ...) precomputed in the
-      parameter dtype so the float32 loop stays float32 (16 lanes, not 8): ??x / ??x.
+  v1  plain loop over the flat arrays, float64 scalars, one thread: 5.7x / 2.8x.
+  v2  prange over blocks of 4096 (each indexed from 0, so it vectorises), all scalars
+      (1 - b1, 1/(1 - b1^t), 1/sqrt(1 - b2^t), ...) precomputed in the parameter dtype so the
+      float32 loop stays float32: 8.3x / 12.7x (13.4 ms for 301 MB: 22 GB/s, near the
+      machine's ~32 GB/s copy bandwidth).  (default)
+
+Measured with ``python benchmarks/bench_adamw.py --repeat 3`` (3 runs, fastest single call) on
+the 2-core dev machine while other jobs held the load average at 4-7.
 """
 
 import numpy as np

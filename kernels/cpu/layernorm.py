@@ -9,19 +9,25 @@ own block of rows into a float64 partial (no races, no atomics), and the partial
 the end. The wrappers pass w = 1, b = 0 when they are None (a C-vector, so nothing to gain
 from a separate compiled variant).
 
-Versions (speed-ups vs kernels.reference in the same run, float32, 2 cores;
-command: ``python benchmarks/bench_layernorm.py``; small N=2048 C=384 / tiny N=768 C=128):
+Versions (speed-up vs kernels.reference, float32; small N=2048 C=384 / tiny N=768 C=128):
 
 layernorm_forward
-  v1  plain loops, two passes (mean, then variance), float64 sums, one thread: ??x / ??x.
-  v2  prange over rows, sums in the input dtype (vector lanes make float32 sums of 384
-      terms accurate to ~1e-7), 1/sqrt once per row: ??x / ??x.
-  v3  one pass for both moments with a shift (sums of x - x[0] and its square, so there is no
-      cancellation when |mean| >> std): ??x / ??x.
+  v1  plain loops, two passes (mean, then variance), float64 sums, one thread: 4.8x / 3.4x.
+  v2  prange over rows, sums in the input dtype (vector lanes keep float32 sums of 384 terms
+      accurate to ~1e-7), 1/sqrt once per row: 8.1x / 4.8x.
+  v3  one pass for both moments with a shift (sums of x - x[0] and of its square, so there
+      is no cancellation when |mean| >> std): 11.6x / 6.3x.  (default)
 layernorm_backward
-  v1  plain loops, one thread, dw/db accumulated row by row: ??x / ??x.
-  v2  prange over per-thread row blocks with float64 partial dw/db, then one reduction:
-      ??x / ??x.
+  v1  plain loops, one thread, dw/db accumulated row by row: 7.5x / 4.6x.
+  v2  prange over per-thread row blocks with float64 partial dw/db, one reduction at the end:
+      8.7x / 4.6x on 2 threads (contended, see below), 10.5x / 7.2x on 1 thread.  (default)
+      Tried and dropped: splitting the row loop in three as bias_gelu_backward_v3 does
+      (0.51 vs 0.43 ms on 1 thread): at C = 384 the fused loop already runs well.
+
+Measured with ``python benchmarks/bench_layernorm.py --repeat 3`` (3 runs of it, fastest single
+call of each) and ``NUMBA_NUM_THREADS=1`` for the 1-thread figures, on the 2-core dev machine
+while other jobs held the load average at 4-7: 2-thread timings of the small kernels are
+inflated whenever the second worker waits for a core, so they understate the gains.
 """
 
 import numba
@@ -158,55 +164,13 @@ def layernorm_backward_v2(dx, dw, db, dy, x, w, mean, rstd, nt):
         db[c] = d
 
 
-@njit(parallel=True, **_JIT)
-def layernorm_backward_v3(dx, dw, db, dy, x, w, mean, rstd, nt):
-    # dy, x, dx: (N, C)  w: (C,)  mean, rstd: (N,)  dw, db: (C,) float64, overwritten
-    # As v2, but the row work is split into three simple loops (two scalar reductions, the dx
-    # map, the dw/db accumulation into thread-local float64 rows): in v2's fused loop the
-    # stores to dx and to the partials defeat LLVM's alias checks and nothing vectorises.
-    N, C = x.shape
-    pdw = np.zeros((nt, C))
-    pdb = np.zeros((nt, C))
-    zero, inv_c = x.dtype.type(0.0), x.dtype.type(1.0 / C)
-    for t in prange(nt):
-        aw = np.zeros(C)
-        ab = np.zeros(C)
-        for n in range(t * N // nt, (t + 1) * N // nt):
-            xr, dyr, dxr = x[n], dy[n], dx[n]
-            mu, r = mean[n], rstd[n]
-            sg = zero
-            sgx = zero
-            for c in range(C):
-                g = dyr[c] * w[c]
-                sg += g
-                sgx += g * ((xr[c] - mu) * r)
-            sg *= inv_c
-            sgx *= inv_c
-            for c in range(C):
-                dxr[c] = r * (dyr[c] * w[c] - sg - (xr[c] - mu) * r * sgx)
-            for c in range(C):
-                aw[c] += dyr[c] * ((xr[c] - mu) * r)
-                ab[c] += dyr[c]
-        pdw[t, :] = aw
-        pdb[t, :] = ab
-    for c in range(C):
-        a = 0.0
-        d = 0.0
-        for t in range(nt):
-            a += pdw[t, c]
-            d += pdb[t, c]
-        dw[c] = a
-        db[c] = d
-
-
 # --------------------------------------------------------------------------- wrappers
 VERSIONS = {
     "layernorm_forward": {1: layernorm_forward_v1, 2: layernorm_forward_v2,
                           3: layernorm_forward_v3},
-    "layernorm_backward": {1: layernorm_backward_v1, 2: layernorm_backward_v2,
-                           3: layernorm_backward_v3},
+    "layernorm_backward": {1: layernorm_backward_v1, 2: layernorm_backward_v2},
 }
-DEFAULT_VERSION = {"layernorm_forward": 3, "layernorm_backward": 3}
+DEFAULT_VERSION = {"layernorm_forward": 3, "layernorm_backward": 2}
 
 
 def _x(a):
