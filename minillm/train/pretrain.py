@@ -163,7 +163,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     it, last_eval = start, None
     try:
         while True:
-            if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not (resume and it == start):
+            due = it % cfg.eval_interval == 0 or it == cfg.max_iters
+            if cfg.eval_only or (due and not (resume and it == start)):  # resumed: done before
                 losses = {s: estimate_loss(model, b) for s, b in eval_sets.items()}
                 last_eval = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
                              "val_ppl": float(np.exp(losses["val"]))}
