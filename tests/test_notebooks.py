@@ -78,6 +78,6 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         resources={"metadata": {"path": str(workdir)}},  # the kernel's working directory
     )
     try:
-        client.execute()
+        client.execute(cleanup_kc=True)  # shut the kernel down afterwards, although we made its km
     except nbclient.exceptions.CellExecutionError as e:
         pytest.fail(f"{path.name}: a cell raised an error\n{e}", pytrace=False)
