@@ -155,11 +155,9 @@ def peak_rss_child(config, framework, steps):
 
 
 def torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None  # without importing it (RSS, above)
 
 
 def main():
@@ -172,6 +170,10 @@ def main():
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
     frameworks = ["minillm"] + (["pytorch"] if torch_available() and not args.no_torch else [])
+    configs = list(CONFIGS) if args.config == "all" else [args.config]
+    # Peak RSS first, while this process is still small: Linux carries a process's RSS high-water
+    # mark across fork+exec, so a child started after the timing runs would report ours.
+    peak_rss = {(cfg, name): peak_rss_child(cfg, name, steps=3) for cfg in configs for name in frameworks} if args.rss else {}
     import minillm as M
     from minillm.kernels import dispatch
 
@@ -180,12 +182,12 @@ def main():
           f"numba={'yes' if dispatch.numba_available() else 'no'}  frameworks={','.join(frameworks)}")
     results = {}
     print(f"{'config':7s} {'framework':9s} {'ms/step':>9s} {'tok/s':>9s} {'GFLOP/s':>8s} {'peak RSS MiB':>13s}")
-    for config in (CONFIGS if args.config == "all" else [args.config]):
+    for config in configs:
         steps = args.steps or (20 if config == "tiny" else 3)
         r = measure(config, frameworks, args.rounds, steps)
         for name in frameworks:
-            if args.rss:
-                r[name]["rss_mib"] = peak_rss_child(config, name, steps=3)
+            if (config, name) in peak_rss:
+                r[name]["rss_mib"] = peak_rss[config, name]
             row = r[name]
             rss = f"{row['rss_mib']:.0f}" if "rss_mib" in row else "-"
             print(f"{config:7s} {name:9s} {row['ms']:9.1f} {row['tok_per_s']:9.0f} {row['gflops']:8.1f} {rss:>13s}")
