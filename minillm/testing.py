@@ -74,7 +74,7 @@ def gradcheck(fn, *inputs, eps=1e-6, rtol=1e-6, atol=None, max_checks=200, seed=
         worst = max(worst, float(rel.max()))
         if bad.any() and raise_on_fail:
             j = int(np.argmax(err - rtol * np.abs(numeric)))
-            where = np.unravel_index(int(idx[j]), x.shape)
+            where = tuple(int(i) for i in np.unravel_index(int(idx[j]), x.shape))
             raise GradcheckError(
                 f"gradcheck failed for input {i} (shape {tuple(x.shape)}) at index {where}: "
                 f"finite differences give {numeric[j]:.10g}, autograd gives {got[j]:.10g} "
