@@ -12,6 +12,12 @@ Matmul stays on the BLAS (``a @ b``) in every CPU mode: the benchmark in
 benchmarks/bench_matmul.py shows OpenBLAS well ahead of the best Numba blocked matmul, so the
 Numba ladder in kernels/cpu/matmul.py is for teaching and benchmarking only.
 
+Attention, in "auto" mode only, also stays on the reference (batched BLAS matmuls over the full
+score matrix): inside a whole training step it measured faster than the Numba flash kernel on
+both Shakespeare configs (tiny 77 vs 104 ms/step, small 1345 vs 1706 ms/step, measured with
+benchmarks/bench_train.py under MINILLM_KERNELS=auto vs numba). "numba" mode runs the flash
+kernel, which never holds a (T, T) score matrix; use it where memory matters more than speed.
+
 Usage: ``get("layernorm_forward", x)(x, w, b, eps)``. Lookups are cached per (mode, device).
 """
 
@@ -31,6 +37,8 @@ OPS = (
     "adamw_step",
 )
 MODES = ("auto", "reference", "numba")
+_BLAS_FIRST = ("matmul",)  # the BLAS in every CPU mode
+_AUTO_REFERENCE = ("attention_forward", "attention_backward")  # faster on the BLAS, see above
 
 _mode = None
 _tables = {}
@@ -106,7 +114,7 @@ def _resolve(name, mode, on_gpu):
     if on_gpu:
         fn = _cuda_table().get(name)
         return fn if fn is not None else _ref_table[name]
-    if mode == "reference" or name == "matmul":
+    if mode == "reference" or name in _BLAS_FIRST or (mode == "auto" and name in _AUTO_REFERENCE):
         return _ref_table[name]
     table = _cpu_table(required=(mode == "numba"))
     fn = table.get(name) if table is not None else None
