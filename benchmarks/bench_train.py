@@ -60,13 +60,17 @@ def minillm_step_fn(c, seed=0):
 
 
 # ----------------------------------------------------------------------------- PyTorch
-def torch_step_fn(c, seed=0):
-    import torch
+def torch_gpt(c, gpt2_init=False):
+    """The same bias-free GPT in PyTorch eager: SDPA attention, tanh GELU, tied head.
+
+    ``gpt2_init`` re-initialises as minillm (and nanoGPT) do: N(0, 0.02) for matrices and
+    embeddings, 0.02 / sqrt(2 L) for the two residual projections; else PyTorch's defaults."""
+    import math
+
     import torch.nn as tnn
     import torch.nn.functional as TF
+    import torch
 
-    torch.manual_seed(seed)
-    torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", os.cpu_count() or 2)))
     C, H = c["n_embd"], c["n_head"]
 
     class Block(tnn.Module):
@@ -100,10 +104,32 @@ def torch_step_fn(c, seed=0):
             return TF.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.view(-1))
 
     model = GPT()
+    if gpt2_init:
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                residual = name.endswith((".c_proj.weight", ".proj.weight"))
+                std = 0.02 / math.sqrt(2 * c["n_layer"]) if residual else 0.02
+                torch.nn.init.normal_(p, 0.0, std)
+    return model
+
+
+def torch_adamw(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99)):
+    """AdamW with nanoGPT's groups: decay on 2-D+ tensors only."""
+    import torch
+
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+def torch_step_fn(c, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", os.cpu_count() or 2)))
+    model = torch_gpt(c)
+    opt = torch_adamw(model)
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, c["vocab_size"], (c["batch_size"], c["block_size"]), generator=g)
     y = torch.randint(0, c["vocab_size"], (c["batch_size"], c["block_size"]), generator=g)
