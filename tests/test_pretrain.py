@@ -140,3 +140,15 @@ def test_checkpoint_of_other_shape_is_refused_and_kept(tmp_path, corpus, capsys)
     code, err = run_cli(capsys, "pretrain", *base)
     assert code == 2 and "already holds checkpoints" in err
     assert (tmp_path / "out" / "last" / "model.safetensors").read_bytes() == before
+
+
+def test_data_prepared_from_another_corpus_is_refused(tmp_path, corpus, capsys):
+    base = [f"--data_dir={tmp_path / 'data'}", "--no-progress", *TINY, "--max_iters=1",
+            "--eval_interval=1"]
+    assert main(["pretrain", f"--corpus={corpus}", f"--out_dir={tmp_path / 'o1'}", *base]) == 0
+    other = make_corpus(tmp_path / "other.txt", seed=1)
+    capsys.readouterr()
+    code, err = run_cli(capsys, "pretrain", f"--corpus={other}", f"--out_dir={tmp_path / 'o2'}", *base)
+    assert code == 2 and "prepared from another corpus" in err
+    # without --corpus the prepared data is used as it is (prepare first, then pretrain)
+    assert main(["pretrain", f"--out_dir={tmp_path / 'o3'}", *base]) == 0

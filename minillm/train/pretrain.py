@@ -45,6 +45,7 @@ def load_data(cfg, progress=True, say=print):
         prepare(cfg.data_dir, corpus=cfg.corpus or None, tokenizer=cfg.tokenizer,
                 vocab_size=cfg.vocab_size, model_type=cfg.tokenizer_model, progress=progress)
     data = TokenData(cfg.data_dir)
+    _check_same_corpus(cfg, data.meta)
     kind = data.meta.get("tokenizer")
     if kind and kind != cfg.tokenizer:
         raise ConfigError(
@@ -59,6 +60,25 @@ def load_data(cfg, progress=True, say=print):
                 f"{cfg.block_size}; use a smaller block_size or a larger corpus"
             )
     return data
+
+
+def _check_same_corpus(cfg, meta):
+    """Refuse prepared data made from another corpus than the one the config names (it would
+    train on the old text without a word). Without ``corpus`` the prepared data is used as is,
+    so ``minillm prepare --out DIR`` then ``pretrain --data_dir=DIR`` works."""
+    import hashlib
+
+    from minillm.data import read_corpus
+
+    if not cfg.corpus:
+        return
+    made_from = meta.get("corpus", {})
+    sha = hashlib.sha256(read_corpus(cfg.corpus).encode("utf-8")).hexdigest()
+    if made_from.get("sha256") not in (None, sha):
+        raise ConfigError(
+            f"{cfg.data_dir} was prepared from another corpus ({made_from.get('name')}) than "
+            f"{cfg.corpus}; use another data_dir or run `minillm prepare` again"
+        )
 
 
 def build_model(cfg, vocab_size):
