@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the console bar (tqdm.auto wants ipywidgets in notebooks)
 
 from minillm.errors import ConfigError, DataError
 from minillm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
