@@ -44,83 +44,15 @@ DEFAULT_VERSION is what the functional wrappers (same signatures as the referenc
 import math
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba import njit, prange
 
 from .. import reference
+from ._fastmath import fast_exp  # vectorisable exp (range reduction + polynomial)
 
 DEFAULT_VERSION = 4
 BQ = 16  # query rows per block: they share each key block while it sits in L1
 BK = 64  # keys per block: a (D, BK) slice of K^T and a (BK, D) slice of V, 16 KiB each at D=64
 NEG_BIG = -1e30  # "minus infinity" that fastmath (which assumes no infs) cannot break
-
-
-# --------------------------------------------------------------------------- vectorisable exp
-@intrinsic
-def _int_bits_as_float(typingctx, bits):
-    """Reinterpret int32 -> float32 or int64 -> float64 bits (no conversion; free in SIMD)."""
-    if bits == types.int32:
-        sig = types.float32(bits)
-    elif bits == types.int64:
-        sig = types.float64(bits)
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
-
-
-def fast_exp(x):
-    """exp(x) for x <= 0 by range reduction + polynomial; specialised per dtype below."""
-    return math.exp(x)
-
-
-@overload(fast_exp)
-def _fast_exp_impl(x):
-    # exp(x) = 2^n exp(r), n = round(x / ln2), |r| <= ln2/2; exp(r) by its Taylor polynomial
-    # (degree 7 gives 5e-9 relative for float32, degree 12 gives 2e-16 for float64), 2^n built
-    # from its exponent bits. Pure arithmetic, so LLVM vectorises it (16 float32 per zmm).
-    # Constants are captured with the input's dtype so float32 code stays float32.
-    if x == types.float32:
-        f, lo, bias, shift, deg = np.float32, -87.0, np.int32(127), np.int32(23), 7
-        ity = np.int32
-    elif x == types.float64:
-        f, lo, bias, shift, deg = np.float64, -708.0, np.int64(1023), np.int64(52), 12
-        ity = np.int64
-    else:
-        return None
-    c = [f(1.0 / math.factorial(i)) for i in range(13)]
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12 = c
-    if deg == 7:
-        c8 = c9 = c10 = c11 = c12 = f(0.0)
-    log2e, ln2_hi, ln2_lo = f(1.4426950408889634), f(0.693145751953125), f(1.4286068203094173e-06)
-    lo, half = f(lo), f(0.5)
-
-    def impl(x):
-        x = max(x, lo)  # below this 2^n is subnormal; the result is ~0 either way
-        n = np.floor(x * log2e + half)
-        r = (x - n * ln2_hi) - n * ln2_lo  # Cody-Waite: ln2 split in two for an exact n*ln2_hi
-        if deg == 7:
-            p = c7
-        else:
-            p = c12 * r + c11
-            p = p * r + c10
-            p = p * r + c9
-            p = p * r + c8
-            p = p * r + c7
-        p = p * r + c6
-        p = p * r + c5
-        p = p * r + c4
-        p = p * r + c3
-        p = p * r + c2
-        p = p * r + c1
-        p = p * r + c0
-        # Numba widens int32 arithmetic to int64; the outer ity() narrows it back (exact here)
-        return p * _int_bits_as_float(ity((ity(n) + bias) << shift))
-
-    return impl
 
 
 @njit(fastmath=True, cache=True)
