@@ -7,7 +7,8 @@ the BLAS stays the default on the CPU).
 from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
-from minillm.ops._util import unbroadcast
+from minillm.ops._util import lift, unbroadcast
+from minillm.tensor import Tensor
 
 
 def _mm(a, b):
@@ -60,9 +61,6 @@ class Linear(Function):
 
 
 def matmul(a, b):
-    from minillm.ops._util import lift
-    from minillm.tensor import Tensor
-
     if not isinstance(a, Tensor):
         a = lift(a, b)
     if not isinstance(b, Tensor):

@@ -9,7 +9,7 @@ import numpy as np
 from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
-from minillm.ops._util import normalize_axes
+from minillm.ops._util import normalize_axes, unbroadcast
 from minillm.tensor import Tensor
 
 
@@ -43,8 +43,6 @@ class Expand(Function):
         return backend.array_module(x).broadcast_to(x, shape)
 
     def backward(self, dy):
-        from minillm.ops._util import unbroadcast
-
         return (unbroadcast(dy, self.saved[0], dy.dtype),)
 
 

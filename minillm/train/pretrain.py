@@ -191,7 +191,10 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                 _log(log, last_eval)
                 msg = (f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                        f" (ppl {last_eval['val_ppl']:.2f})")
-                bar.write(msg) if progress else say(msg)
+                if progress:
+                    bar.write(msg)  # above the bar, not through it
+                else:
+                    say(msg)
                 if cfg.eval_only:
                     break
                 if losses["val"] < best_val:
