@@ -12,11 +12,9 @@ Matmul stays on the BLAS (``a @ b``) in every CPU mode: the benchmark in
 benchmarks/bench_matmul.py shows OpenBLAS well ahead of the best Numba blocked matmul, so the
 Numba ladder in kernels/cpu/matmul.py is for teaching and benchmarking only.
 
-Attention, in "auto" mode only, also stays on the reference (batched BLAS matmuls over the full
-score matrix): inside a whole training step it measured faster than the Numba flash kernel on
-both Shakespeare configs (tiny 77 vs 104 ms/step, small 1345 vs 1706 ms/step, measured with
-benchmarks/bench_train.py under MINILLM_KERNELS=auto vs numba). "numba" mode runs the flash
-kernel, which never holds a (T, T) score matrix; use it where memory matters more than speed.
+Attention runs the Numba kernels' DEFAULT_VERSION in "auto" too: v5 (BLAS tile products,
+Numba softmax) measured fastest inside a whole training step. (Before v5 existed, "auto" kept
+attention on the reference, whose batched BLAS products beat the pure-Numba flash kernel v4.)
 
 Usage: ``get("layernorm_forward", x)(x, w, b, eps)``. Lookups are cached per (mode, device).
 """
@@ -38,7 +36,7 @@ OPS = (
 )
 MODES = ("auto", "reference", "numba")
 _BLAS_FIRST = ("matmul",)  # the BLAS in every CPU mode
-_AUTO_REFERENCE = ("attention_forward", "attention_backward")  # faster on the BLAS, see above
+_AUTO_REFERENCE = ()  # ops that "auto" keeps on the reference (none since attention v5)
 
 _mode = None
 _tables = {}

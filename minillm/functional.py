@@ -2,8 +2,8 @@
 
 from minillm.ops import (  # noqa: F401
     bias_gelu, cat, concat, cross_entropy, dropout, embedding, exp, gelu, layer_norm, linear, log,
-    log_softmax, masked_fill, matmul, relu, scaled_dot_product_attention, sigmoid, softmax, split,
-    sqrt, stack, tanh, where,
+    log_softmax, masked_fill, matmul, relu, scaled_dot_product_attention, self_attention, sigmoid,
+    softmax, split, sqrt, stack, tanh, where,
 )
 
 

@@ -239,6 +239,26 @@ def test_attention_fused_matches_composite():
     check(lambda q: F.scaled_dot_product_attention(q, k, v, causal=True, mask=full_mask), q)
 
 
+@pytest.mark.parametrize("kernels", ["reference", "numba"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_self_attention_from_fused_qkv(kernels, causal):
+    # qkv (B, T, 3C) straight from the fused projection; n_head 2, head_dim 3
+    M.set_kernels(kernels)
+    qkv = t(2, 5, 18)
+    check(lambda qkv: F.self_attention(qkv, 2, causal=causal), qkv)
+    # the same numbers as splitting the heads by hand and calling the general op
+    heads = qkv.reshape(2, 5, 3, 2, 3).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+    q, k, v = heads[0], heads[1], heads[2]
+    want = F.scaled_dot_product_attention(q, k, v, causal=causal).permute(0, 2, 1, 3).reshape(2, 5, 6)
+    np.testing.assert_allclose(F.self_attention(qkv, 2, causal=causal).data, want.data, rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_self_attention_rejects_a_bad_qkv_width():
+    with pytest.raises(M.MinillmError, match="3 \\* n_head"):
+        F.self_attention(t(2, 5, 17), 2)
+
+
 def test_cast():
     x = t(3, 2)
     y = x.to(dtype=np.float32)

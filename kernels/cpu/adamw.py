@@ -23,6 +23,8 @@ the 2-core dev machine while other jobs held the load average at 4-7.
 import numpy as np
 from numba import njit, prange
 
+from ._serial import pick
+
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _BLOCK = 4096
 
@@ -87,8 +89,9 @@ def _step(version, p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     if not (g1.shape == m1.shape == v1.shape == p1.shape):
         raise ValueError(f"adamw_step: shapes differ: p {p.shape}, g {np.shape(g)}, "
                          f"m {m.shape}, v {v.shape}")
-    VERSIONS["adamw_step"][version](p1, m1, v1, g1, float(lr), float(beta1), float(beta2),
-                                    float(eps), float(weight_decay), int(step))
+    pick(VERSIONS["adamw_step"][version], p1.size)(
+        p1, m1, v1, g1, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+        int(step))
 
 
 def run(op, version, *args):

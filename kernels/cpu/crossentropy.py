@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._fastmath import fast_exp, fast_max
+from ._serial import pick
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _CHUNK = 64  # v3: elements per online-max step (4 AVX-512 / 8 AVX2 float32 vectors)
@@ -171,7 +172,8 @@ def _forward(version, logits, targets, ignore_index=-100):
     losses = np.empty(N, dtype=np.float64)
     lse = np.empty(N, dtype=logits.dtype)
     if N:
-        VERSIONS["cross_entropy_forward"][version](losses, lse, logits, t, ignore_index)
+        pick(VERSIONS["cross_entropy_forward"][version], logits.size)(losses, lse, logits, t,
+                                                                      ignore_index)
     loss = losses.sum() / max(count, 1)
     return np.asarray(loss, dtype=logits.dtype), lse
 
@@ -184,7 +186,8 @@ def _backward(version, dloss, logits, lse, targets, ignore_index=-100):
     scale = logits.dtype.type(float(dloss) / max(count, 1))
     dlogits = np.empty_like(logits)
     if N:
-        VERSIONS["cross_entropy_backward"][version](dlogits, logits, lse, t, scale, ignore_index)
+        pick(VERSIONS["cross_entropy_backward"][version], logits.size)(dlogits, logits, lse, t,
+                                                                       scale, ignore_index)
     return dlogits
 
 

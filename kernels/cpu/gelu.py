@@ -37,11 +37,11 @@ at 4-7 (so the smaller 2-thread timings understate the gains).
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ._fastmath import fast_exp, fast_tanh
+from ._serial import pick, threads as _threads
 
 GELU_K = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
@@ -265,7 +265,7 @@ def _float(a, dtype=None):
 def _gelu_forward(version, x):
     x = _float(x)
     out = np.empty_like(x)
-    VERSIONS["gelu_forward"][version](out.reshape(-1), x.reshape(-1))
+    pick(VERSIONS["gelu_forward"][version], x.size)(out.reshape(-1), x.reshape(-1))
     return out
 
 
@@ -275,7 +275,7 @@ def _gelu_backward(version, dy, x):
     if dy.shape != x.shape:
         raise ValueError(f"gelu_backward: dy shape {dy.shape} does not match x {x.shape}")
     dx = np.empty_like(x)
-    VERSIONS["gelu_backward"][version](dx.reshape(-1), dy.reshape(-1), x.reshape(-1))
+    pick(VERSIONS["gelu_backward"][version], x.size)(dx.reshape(-1), dy.reshape(-1), x.reshape(-1))
     return dx
 
 
@@ -290,7 +290,7 @@ def _bias_gelu_forward(version, x, b):
     x, b = _bias_args(x, b)
     out = np.empty_like(x)
     if x.size:
-        VERSIONS["bias_gelu_forward"][version](out, x, b)
+        pick(VERSIONS["bias_gelu_forward"][version], x.size)(out, x, b)
     return out
 
 
@@ -302,7 +302,8 @@ def _bias_gelu_backward(version, dy, x, b):
     dx = np.empty_like(x)
     db = np.zeros(x.shape[1])
     if x.size:
-        VERSIONS["bias_gelu_backward"][version](dx, db, dy, x, b, numba.get_num_threads())
+        kernel = pick(VERSIONS["bias_gelu_backward"][version], x.size)
+        kernel(dx, db, dy, x, b, _threads(kernel))
     return dx, db.astype(x.dtype)
 
 

@@ -30,9 +30,10 @@ while other jobs held the load average at 4-7: 2-thread timings of the small ker
 inflated whenever the second worker waits for a core, so they understate the gains.
 """
 
-import numba
 import numpy as np
 from numba import njit, prange
+
+from ._serial import pick, threads as _threads
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 
@@ -199,8 +200,8 @@ def _forward(version, x, w, b, eps=1e-5):
     mean = np.empty(N, dtype=dt)
     rstd = np.empty(N, dtype=dt)
     if x.size:
-        VERSIONS["layernorm_forward"][version](out, mean, rstd, x, _vec(w, C, dt, 1.0),
-                                               _vec(b, C, dt, 0.0), dt.type(eps))
+        pick(VERSIONS["layernorm_forward"][version], x.size)(
+            out, mean, rstd, x, _vec(w, C, dt, 1.0), _vec(b, C, dt, 0.0), dt.type(eps))
     return out, mean, rstd
 
 
@@ -215,10 +216,9 @@ def _backward(version, dy, x, w, mean, rstd):
     dw = np.zeros(C)
     db = np.zeros(C)
     if x.size:
-        VERSIONS["layernorm_backward"][version](
-            dx, dw, db, dy, x, _vec(w, C, dt, 1.0),
-            np.ascontiguousarray(mean, dtype=dt), np.ascontiguousarray(rstd, dtype=dt),
-            numba.get_num_threads())
+        kernel = pick(VERSIONS["layernorm_backward"][version], x.size)
+        kernel(dx, dw, db, dy, x, _vec(w, C, dt, 1.0), np.ascontiguousarray(mean, dtype=dt),
+               np.ascontiguousarray(rstd, dtype=dt), _threads(kernel))
     return dx, (dw.astype(dt) if w is not None else None), db.astype(dt)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._fastmath import fast_exp, fast_max
+from ._serial import pick
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 
@@ -203,7 +204,7 @@ def _unary(op, version, x):
     x2, shape = _rows(x)
     out = np.empty_like(x2)
     if x2.size:
-        VERSIONS[op][version](out, x2)
+        pick(VERSIONS[op][version], x2.size)(out, x2)
     return out.reshape(shape)
 
 
@@ -214,7 +215,7 @@ def _binary(op, version, dy, y):
         raise ValueError(f"{op}: dy shape {np.shape(dy)} does not match y shape {np.shape(y)}")
     dx = np.empty_like(y2)
     if y2.size:
-        VERSIONS[op][version](dx, dy2, y2)
+        pick(VERSIONS[op][version], y2.size)(dx, dy2, y2)
     return dx.reshape(shape)
 
 

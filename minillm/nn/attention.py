@@ -69,12 +69,15 @@ class CausalSelfAttention(Module):
         generation with left padding). With ``kv_cache``, x holds only the new positions."""
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
+        attn_drop = self.dropout_p if self.training else 0.0
+        if kv_cache is None and attention_mask is None and attn_drop == 0.0:
+            y = F.self_attention(self.c_attn(x), H, causal=True)  # fused kernel, (B, T, C)
+            return self.resid_dropout(self.c_proj(y))
         qkv = self.c_attn(x).reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
         if kv_cache is not None:
             k_all, v_all = kv_cache.append(layer, k.data, v.data)  # (B, H, L+T, D)
             k, v = Tensor(k_all), Tensor(v_all)
-        attn_drop = self.dropout_p if self.training else 0.0
         if attention_mask is None and attn_drop == 0.0:
             y = F.scaled_dot_product_attention(q, k, v, causal=True)  # fused kernel, (B, H, T, D)
         else:

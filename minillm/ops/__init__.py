@@ -8,7 +8,7 @@ from minillm.ops.elementwise import (
 from minillm.ops.linalg import linear, matmul
 from minillm.ops.nn import (
     bias_gelu, cross_entropy, dropout, embedding, layer_norm, log_softmax,
-    scaled_dot_product_attention, softmax,
+    scaled_dot_product_attention, self_attention, softmax,
 )
 from minillm.ops.reduce import max, mean, sum, var
 from minillm.ops.shape import (

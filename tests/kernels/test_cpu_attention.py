@@ -19,6 +19,8 @@ SHAPES = [
     (2, 1, 65, 65, 5, False),
     (1, 2, 1, 33, 16, True),
     (1, 1, 17, 80, 33, False),
+    (2, 2, 131, 131, 9, True),  # v5: two query blocks of RB = 128, the second of 3 rows
+    (1, 1, 129, 150, 7, True),  # v5: blocks with a causal offset (Tk > Tq)
 ]
 
 
@@ -51,6 +53,27 @@ def test_attention_versions_match_reference(version, dtype):
         want = R.attention_backward(do, q, k, v, o, lse, scale, causal)
         got = A.attention_backward_version(version, do, q, k, v, o, lse, scale, causal)
         for g, w in zip(got, want):
+            assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_v5_tiles_smaller_than_the_problem(dtype, monkeypatch):
+    # shrink the tile budget and the query block so that one call walks several batch chunks
+    # (the last one short) and several query blocks with odd sizes
+    from minillm.kernels.cpu import attention_blas
+
+    monkeypatch.setattr(attention_blas, "TILE", 2 * 3 * 8 * 40)
+    monkeypatch.setattr(attention_blas, "RB", 8)
+    for shape in [(5, 3, 37, 37, 6, True), (5, 2, 20, 29, 5, True), (5, 3, 19, 19, 4, False)]:
+        q, k, v, do, scale, causal = make(shape, dtype, seed=3)
+        blocks, bc = attention_blas._plan(*shape[:4], causal)
+        assert bc < shape[0] and (len(blocks) > 1 or not causal)
+        o, lse = R.attention_forward(q, k, v, scale, causal)
+        o2, lse2 = A.attention_forward_version(5, q, k, v, scale, causal)
+        assert_close(o2, o)
+        assert_close(lse2, lse)
+        want = R.attention_backward(do, q, k, v, o, lse, scale, causal)
+        for g, w in zip(A.attention_backward_version(5, do, q, k, v, o, lse, scale, causal), want):
             assert_close(g, w)
 
 
