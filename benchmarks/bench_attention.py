@@ -77,6 +77,27 @@ def test_attention_reference(benchmark, config, direction):
     benchmark(ref[direction])
 
 
+def rows(all_versions=False):
+    """report.py rows: forward, backward and both, DEFAULT_VERSION (or every version) vs the
+    reference; gbs carries GFLOP/s of useful work here (attention is compute-bound)."""
+    out = []
+    for config in CONFIGS:
+        shape = "B%d H%d T%d D%d" % CONFIGS[config]
+        for version in (sorted(A.FORWARD) if all_versions else [A.DEFAULT_VERSION]):
+            ref, impl = calls(config, version)
+            r = {d: best_ms(ref[d]) for d in ref}
+            m = {d: best_ms(impl[d]) for d in impl}
+            for d, f in (("forward", flops(config, "forward")),
+                         ("backward", flops(config, "backward"))):
+                out.append(dict(op=f"attention_{d}", version=version, shape=shape, ref_ms=r[d],
+                                ms=m[d], speedup=r[d] / m[d], gbs=f / m[d] / 1e6))
+            both_ref, both = sum(r.values()), sum(m.values())
+            out.append(dict(op="attention_fwd+bwd", version=version, shape=shape, ref_ms=both_ref,
+                            ms=both, speedup=both_ref / both,
+                            gbs=(flops(config, "forward") + flops(config, "backward")) / both / 1e6))
+    return out
+
+
 def main(argv):
     versions = sorted(A.FORWARD)
     if "--versions" in argv:

@@ -36,7 +36,6 @@ OPS = (
 )
 MODES = ("auto", "reference", "numba")
 _BLAS_FIRST = ("matmul",)  # the BLAS in every CPU mode
-_AUTO_REFERENCE = ()  # ops that "auto" keeps on the reference (none since attention v5)
 
 _mode = None
 _tables = {}
@@ -112,7 +111,7 @@ def _resolve(name, mode, on_gpu):
     if on_gpu:
         fn = _cuda_table().get(name)
         return fn if fn is not None else _ref_table[name]
-    if mode == "reference" or name in _BLAS_FIRST or (mode == "auto" and name in _AUTO_REFERENCE):
+    if mode == "reference" or name in _BLAS_FIRST:
         return _ref_table[name]
     table = _cpu_table(required=(mode == "numba"))
     fn = table.get(name) if table is not None else None
