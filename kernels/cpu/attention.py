@@ -36,14 +36,17 @@ on a quiet machine before trusting any number here.
       softmax and the backward's p / ds pass over a cache-sized score tile; query blocks of
       128 rows stop at the last key they can see (3/4 of the work at T = 256). Takes strided
       views (heads straight out of a fused qkv buffer) without copying. Two threads, quiet
-      machine, fastest of 20 calls: small fwd+bwd 30-37 ms vs reference 72-86 ms (2.1-2.4x)
-      and v4 51-59 ms; tiny 1.9-3.1 ms vs reference 3.0-4.3 ms (1.1-2.2x, noisy).
-      The default: it is the fastest version inside a training step as well.
+      machine (``python benchmarks/bench_attention.py --versions 4,5``, fastest call):
+      small fwd 8.4 ms vs reference 33.6 (4.0x), bwd 21.5 vs 44.4 (2.1x), fwd+bwd 2.6x
+      (v4 in the same run: 1.4x); tiny fwd+bwd 1.68 vs 4.34 ms (2.6x; v4 2.0x). Noisier runs
+      gave 2.1-2.4x at small. The default: it is also the fastest version inside a training
+      step. It holds one score tile (under TILE elements), never a (B, H, T, T) array.
 
-Why not faster: LLVM picks 256-bit vectors on this CPU (prefer-vector-width=256) and each block
-product's inner loop is only D = 64 (8 ymm FMAs) or BK = 64 long, so loop overhead, alias checks
+Why v3/v4 are not faster: LLVM picks 256-bit vectors on this CPU (prefer-vector-width=256) and
+each block product's inner loop is only D = 64 (8 ymm FMAs) or BK = 64 long, so loop overhead, alias checks
 and the accumulator load/store per FMA keep a product at about 20-40 GFLOP/s per core
-(measured alone), a tenth of peak. A register-tiled micro-kernel is the next step.
+(measured alone), a tenth of peak. A register-tiled micro-kernel would be the next step for a
+pure-Numba kernel; v5 instead lets OpenBLAS, which has one, do the products.
 
 DEFAULT_VERSION is what the functional wrappers (same signatures as the reference) call.
 """
