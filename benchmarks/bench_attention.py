@@ -13,11 +13,11 @@ full T x T products, twice the work; GFLOP/s here is useful work per second.
 """
 
 import sys
-import time
 
 import numpy as np
 import pytest
 
+from _cpu_bench import best_ms as _best_ms
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import attention as A
 
@@ -51,14 +51,8 @@ def calls(config, version):
     return ref, impl
 
 
-def best_ms(fn, min_time=0.3, min_calls=10):
-    fn()
-    times, end = [], time.perf_counter() + min_time
-    while len(times) < min_calls or time.perf_counter() < end:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
+def best_ms(fn):
+    return _best_ms(fn, min_time=0.3, min_calls=10)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])

@@ -8,11 +8,11 @@ v1 is only timed at the smaller shape (it needs seconds at the larger one).
 """
 
 import sys
-import time
 
 import numpy as np
 import pytest
 
+from _cpu_bench import best_ms as _best_ms
 from minillm.kernels.cpu import matmul as K
 
 # GPT shapes: small config's qkv projection (B*T = 2048 rows, C = 384 -> 3C), tiny config's
@@ -36,14 +36,8 @@ def impl(version, a, b):
     return lambda: fn(out, a, b)
 
 
-def best_ms(fn, min_time=0.3, min_calls=5):
-    fn()
-    times, end = [], time.perf_counter() + min_time
-    while len(times) < min_calls or time.perf_counter() < end:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
+def best_ms(fn):
+    return _best_ms(fn, min_time=0.3, min_calls=5)
 
 
 @pytest.mark.parametrize("version", [0] + sorted(K.VERSIONS))
