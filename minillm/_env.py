@@ -12,10 +12,21 @@ user has not set, so any of them can be overridden from the environment.
   Zen 4/5. Measured there: float32 matmul about 1.7x faster (400 vs 220 GFLOP/s on 2 cores).
   On Intel CPUs with AVX-512 OpenBLAS already picks SkylakeX and nothing is changed. Only
   effective when NumPy has not been imported yet.
+- glibc malloc keeps freed blocks of up to 32 MiB for reuse (mallopt M_MMAP_THRESHOLD 32 MiB,
+  M_TRIM_THRESHOLD 1 GiB). Every training step allocates and frees the same activation and
+  gradient buffers; by default glibc hands many of them back to the kernel and the next step
+  faults them in again, page by page. Measured on the small config (6 x 384, T 256, B 8):
+  34,500 page faults and 126 ms of system time per step before, none after; tiny config 6,000
+  and 11 ms before, none after; peak RSS unchanged (749 / 743 MiB). Skipped where the user set
+  MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES, or MINILLM_MALLOC=default,
+  and off glibc. Blocks above 32 MiB (glibc's limit) are still returned.
 """
 
+import ctypes
 import os
 import sys
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
 
 
 def _cpu_flags():
@@ -35,12 +46,30 @@ def _cpu_flags():
     return vendor, flags
 
 
+def keep_freed_memory():
+    """Tell glibc malloc to reuse freed buffers instead of returning them; True if it did."""
+    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+    if os.environ.get("MINILLM_MALLOC") == "default" or any(n in os.environ for n in names):
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the C library the interpreter runs on
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+        # Setting both fixes the thresholds (glibc otherwise adapts them, and trims).
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def configure():
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     if "OPENBLAS_CORETYPE" not in os.environ and "numpy" not in sys.modules:
         vendor, flags = _cpu_flags()
         if vendor == "AuthenticAMD" and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
             os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    keep_freed_memory()
 
 
 configure()

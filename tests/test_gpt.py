@@ -33,6 +33,13 @@ def test_gpt2_init_scales_residual_projections():
     assert abs(m.h[0].attn.c_proj.weight.numpy().std() - 0.02 / np.sqrt(16)) < 1e-3
     assert abs(m.h[0].mlp.c_fc.weight.numpy().std() - 0.02) < 1e-3
     assert m.lm_head_weight is m.wte.weight
+    M.manual_seed(0)
+    wide = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=8, n_head=4, n_embd=64, initializer_range=0.05))
+    assert abs(wide.h[0].attn.c_proj.weight.numpy().std() - 0.05 / np.sqrt(16)) < 2e-3
+    assert abs(wide.h[0].mlp.c_fc.weight.numpy().std() - 0.05) < 2e-3
+    assert abs(wide.wte.weight.numpy().std() - 0.05) < 2e-3
+    with pytest.raises(M.MinillmError, match="initializer_range must be positive"):
+        GPTConfig(initializer_range=0.0)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -51,6 +58,34 @@ def test_whole_gpt_gradcheck(reference_kernels, bias):
         return m(idx, tgt)[1]
 
     assert gradcheck(loss_fn, *chosen, max_checks=30) <= 1e-6
+
+
+def test_untied_head_has_its_own_matrix_and_gradcheck(reference_kernels):
+    tied, untied = tiny(seed=4), tiny(seed=4, tie_word_embeddings=False)
+    # the tied model's initial weights are unchanged by the option; the untied one adds lm_head
+    assert "lm_head.weight" not in dict(tied.named_parameters())
+    assert untied.lm_head_weight is untied.lm_head.weight is not untied.wte.weight
+    assert untied.lm_head.weight.shape == (11, 16)
+    assert untied.num_parameters() == tied.num_parameters() + 11 * 16
+    # non-embedding count: the untied token table is a lookup only and is left out, the head
+    # matrix counted in its place, so both models do the same matmul work per token
+    assert untied.num_parameters(non_embedding=True) == tied.num_parameters(non_embedding=True)
+    assert untied.num_parameters(non_embedding=True) == untied.num_parameters() - 11 * 16 - 8 * 16
+    m = untied.to(dtype=np.float64)
+    rng = np.random.default_rng(2)
+    idx, tgt = rng.integers(0, 11, (2, 7)), rng.integers(0, 11, (2, 7))
+    logits, loss = m(idx, tgt)
+    hidden = m(idx, return_hidden=True)
+    np.testing.assert_allclose(logits.numpy(), hidden.numpy() @ m.lm_head.weight.numpy().T, rtol=1e-12)
+    loss.backward()
+    wte_grad = m.wte.weight.grad
+    rows_used = np.zeros(11, bool)
+    rows_used[idx.ravel()] = True
+    assert not wte_grad[~rows_used].any()  # wte only gets gradient through the lookup
+    assert m.lm_head.weight.grad[~rows_used].any()  # the head gets it for every row
+    params = dict(m.named_parameters())
+    chosen = [params[n] for n in ("lm_head.weight", "wte.weight", "h.1.attn.c_proj.weight")]
+    assert gradcheck(lambda *ps: m(idx, tgt)[1], *chosen, max_checks=30) <= 1e-6
 
 
 def test_overfits_one_batch():

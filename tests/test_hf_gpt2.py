@@ -217,6 +217,25 @@ def test_export_bias_free_char_model_computes_the_same_function(tmp_path):
     np.testing.assert_allclose(logits(model2, ids), logits(model, ids), rtol=1e-6, atol=1e-6)
 
 
+def test_untied_head_exports_and_loads(tmp_path):
+    M.manual_seed(5)
+    model = GPT(GPTConfig(vocab_size=V, block_size=8, n_layer=1, n_head=2, n_embd=8,
+                          tie_word_embeddings=False)).eval()
+    export_hf(model, GPT2Tokenizer(VOCAB, MERGES), tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False
+    w = load_file(str(tmp_path / "out" / "model.safetensors"))
+    np.testing.assert_array_equal(w["lm_head.weight"], model.lm_head.weight.numpy())  # (V, C), no prefix
+    model2, _ = load_hf(tmp_path / "out")
+    assert model2.config.tie_word_embeddings is False
+    np.testing.assert_array_equal(logits(model2, IDS[:, :8]), logits(model, IDS[:, :8]))
+    # an untied config whose file has no lm_head is incomplete
+    del w["lm_head.weight"]
+    save_file(w, str(tmp_path / "out" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"lacks the tensor lm_head\.weight"):
+        load_hf(tmp_path / "out")
+
+
 def test_cli_export(tmp_path, capsys):
     src = write_hf_dir(tmp_path / "gpt2")
     assert main(["export", "--ckpt", str(src), "--out", str(tmp_path / "hf")]) == 0

@@ -1,10 +1,11 @@
 """GPT: the GPT-2 architecture (Radford et al. 2019) over minillm's autograd.
 
 token + learned position embeddings -> dropout -> n_layer pre-LayerNorm Blocks -> final
-LayerNorm -> LM head whose weight is the token embedding (weight tying, Press & Wolf 2017).
-Initialisation as GPT-2: N(0, 0.02) for weights, zero biases, and the residual projections
-(attn.c_proj, mlp.c_proj) scaled by 1/sqrt(2 n_layer) so the residual stream's variance does not
-grow with depth.
+LayerNorm -> LM head whose weight is the token embedding (weight tying, Press & Wolf 2017), or
+with ``tie_word_embeddings=False`` a separate ``lm_head`` matrix (Hugging Face's flag name).
+Initialisation as GPT-2: N(0, 0.02) for weights (0.02 is ``initializer_range``, Hugging Face's
+name for it), zero biases, and the residual projections (attn.c_proj, mlp.c_proj) scaled by
+1/sqrt(2 n_layer) so the residual stream's variance does not grow with depth.
 """
 
 import math
@@ -15,7 +16,7 @@ import numpy as np
 from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
-from minillm.nn import Block, Dropout, Embedding, KVCache, LayerNorm, Module, ModuleList
+from minillm.nn import Block, Dropout, Embedding, KVCache, LayerNorm, Linear, Module, ModuleList
 from minillm.tensor import Tensor
 
 
@@ -28,6 +29,8 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
+    tie_word_embeddings: bool = True  # LM head = wte (GPT-2); False: its own (vocab, C) lm_head
+    initializer_range: float = 0.02  # std of the initial weights (GPT-2's 0.02)
 
     def __post_init__(self):
         for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -35,6 +38,8 @@ class GPTConfig:
                 raise ConfigError(f"GPTConfig.{f} must be a positive integer, got {getattr(self, f)}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not self.initializer_range > 0:
+            raise ConfigError(f"initializer_range must be positive, got {self.initializer_range}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -59,19 +64,22 @@ class GPT(Module):
         self.drop = Dropout(c.dropout)
         self.h = ModuleList(Block(c.n_embd, c.n_head, c.bias, c.dropout) for _ in range(c.n_layer))
         self.ln_f = LayerNorm(c.n_embd, bias=c.bias)
+        if not c.tie_word_embeddings:  # created last: a tied model draws the same initial weights
+            self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
         self._init_weights()
 
     def _init_weights(self):
         rng = backend.rng()
-        proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        std = self.config.initializer_range
+        proj_std = std / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith("bias"):
                 p.data = np.zeros_like(p.data)
             elif name.startswith("ln") or ".ln_" in name:
                 p.data = np.ones_like(p.data)
             else:
-                std = proj_std if name.endswith("c_proj.weight") else 0.02
-                p.data = (rng.standard_normal(p.shape) * std).astype(p.dtype)
+                s = proj_std if name.endswith("c_proj.weight") else std
+                p.data = (rng.standard_normal(p.shape) * s).astype(p.dtype)
 
     @classmethod
     def from_pretrained(cls, path, dropout=None):
@@ -83,7 +91,8 @@ class GPT(Module):
 
     @property
     def lm_head_weight(self):
-        return self.wte.weight  # tied
+        """The (vocab, C) output matrix: wte's when tied, else lm_head's."""
+        return self.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     def forward(self, idx, targets=None, kv_cache=None, attention_mask=None, position_ids=None,
                 ignore_index=-100, last_only=False, return_hidden=False):
@@ -119,7 +128,7 @@ class GPT(Module):
         x = self.ln_f(x)
         if return_hidden:
             return x  # (B, T, C)
-        logits = F.linear(x, self.wte.weight)  # (B, T, V), tied LM head
+        logits = F.linear(x, self.lm_head_weight)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
@@ -133,10 +142,14 @@ class GPT(Module):
 
     # ------------------------------------------------------------------ accounting
     def num_parameters(self, non_embedding=False, trainable_only=False):
-        """Parameter count; ``non_embedding`` leaves out the position table (the token table
-        is counted because it is also the LM head), as nanoGPT reports."""
+        """Parameter count; ``non_embedding`` leaves out the position table, and the token
+        table too when the head is untied (a tied table is counted: it is also the LM head's
+        matmul), as nanoGPT reports."""
         n = super().num_parameters(trainable_only=trainable_only)
-        return n - self.wpe.weight.size if non_embedding else n
+        if not non_embedding:
+            return n
+        n -= self.wpe.weight.size
+        return n if self.config.tie_word_embeddings else n - self.wte.weight.size
 
     def flops_per_token(self, T=None):
         """Training FLOPs per token, forward + backward (PaLM appendix B): 6 N for the weight

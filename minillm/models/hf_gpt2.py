@@ -11,8 +11,9 @@ minillm's GPT exactly; only the spelling of the weights differs:
 
 1. Names. ``GPT2LMHeadModel.save_pretrained`` prefixes ``transformer.`` (the files in the
    official hub repos do not); the causal mask is stored as the buffers ``h.N.attn.bias`` and
-   ``h.N.attn.masked_bias`` (constants, not weights: dropped); ``lm_head.weight``, when present,
-   is the tied copy of ``wte.weight`` (minillm ties the head to wte, so it must be equal).
+   ``h.N.attn.masked_bias`` (constants, not weights: dropped); ``lm_head.weight``, when present
+   in a tied model (``tie_word_embeddings``, GPT-2's default), is a copy of ``wte.weight`` and
+   must equal it; an untied model (``tie_word_embeddings: false``) has its own.
 2. Layout. OpenAI wrote the projections as "Conv1D" layers with weight (in, out) and
    y = x W + b; minillm's Linear stores (out, in) and computes y = x W^T + b, as torch.nn.Linear.
    So c_attn, attn.c_proj, c_fc and mlp.c_proj weights are transposed, nothing else. c_attn's 3C
@@ -106,7 +107,6 @@ def gpt_config_from_hf(cfg, where="config.json", dropout=None):
         "scale_attn_weights": (True, cfg.get("scale_attn_weights", True)),
         "scale_attn_by_inverse_layer_idx": (False, cfg.get("scale_attn_by_inverse_layer_idx", False)),
         "add_cross_attention": (False, cfg.get("add_cross_attention", False)),
-        "tie_word_embeddings": (True, cfg.get("tie_word_embeddings", True)),
     }
     for key, (ours, theirs) in unsupported.items():
         if ours != theirs:
@@ -114,7 +114,9 @@ def gpt_config_from_hf(cfg, where="config.json", dropout=None):
     p = cfg.get("resid_pdrop", 0.1) if dropout is None else dropout
     return GPTConfig(vocab_size=int(cfg["vocab_size"]), block_size=int(cfg["n_positions"]),
                      n_layer=int(cfg["n_layer"]), n_head=int(cfg["n_head"]), n_embd=n_embd,
-                     dropout=float(p), bias=True)
+                     dropout=float(p), bias=True,
+                     tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                     initializer_range=float(cfg.get("initializer_range", 0.02)))
 
 
 def hf_config_from_gpt(c, bos_token_id, eos_token_id):
@@ -134,14 +136,14 @@ def hf_config_from_gpt(c, bos_token_id, eos_token_id):
         "embd_pdrop": c.dropout,
         "attn_pdrop": c.dropout,
         "layer_norm_epsilon": LAYER_NORM_EPS,
-        "initializer_range": 0.02,
+        "initializer_range": c.initializer_range,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "use_cache": True,
         "bos_token_id": int(bos_token_id),
         "eos_token_id": int(eos_token_id),
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": bool(c.tie_word_embeddings),
     }
 
 
@@ -150,6 +152,8 @@ def hf_shapes(c):
     """HF name (no prefix) -> shape in HF's layout, for every weight a GPT2LMHeadModel has."""
     C, V, P = c.n_embd, c.vocab_size, c.block_size
     shapes = {"wte.weight": (V, C), "wpe.weight": (P, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, C)  # nn.Linear (out, in): stored as minillm stores it
     for i in range(c.n_layer):
         b = f"h.{i}."
         shapes.update({
@@ -179,7 +183,7 @@ def _check_tensors(tensors, config, where):
         short = name.removeprefix("transformer.")
         if _MASK_BUFFER.match(short):
             continue
-        if short == "lm_head.weight":
+        if short == "lm_head.weight" and config.tie_word_embeddings:
             lm_head = a
             continue
         if short not in expected:
@@ -194,8 +198,8 @@ def _check_tensors(tensors, config, where):
             raise CheckpointError(f"tensor {short} in {where} has shape {tuple(out[short].shape)}, but "
                                   f"the config needs {shape}.")
     if lm_head is not None and not np.array_equal(_to_float32(lm_head), _to_float32(out["wte.weight"])):
-        raise CheckpointError(f"{where} has an lm_head.weight that differs from wte.weight; minillm's "
-                              "GPT ties the two and cannot load an untied head.")
+        raise CheckpointError(f"{where} has an lm_head.weight that differs from wte.weight, but its "
+                              "config ties the two (tie_word_embeddings is true).")
     return out
 
 
@@ -215,7 +219,8 @@ def _copy_checked(model, hf):
 def hf_state_dict(model):
     """HF name (``transformer.`` prefix, as save_pretrained writes) -> float32 C-contiguous
     array in Conv1D layout. A model built with bias=False gets zero biases, which computes the
-    same function (HF's GPT-2 always has biases). The tied lm_head is not stored."""
+    same function (HF's GPT-2 always has biases). A tied lm_head is not stored; an untied one is
+    ``lm_head.weight`` (no prefix, as GPT2LMHeadModel names it)."""
     own = {n: backend.to_numpy(p.data) for n, p in model.named_parameters()}
     out = {}
     for name, shape in hf_shapes(model.config).items():
@@ -224,7 +229,8 @@ def hf_state_dict(model):
             a = np.zeros(shape, dtype=np.float32)
         elif name.endswith(CONV1D):
             a = a.T  # (out, in) -> (in, out)
-        out["transformer." + name] = np.ascontiguousarray(a, dtype=np.float32)
+        prefix = "" if name == "lm_head.weight" else "transformer."
+        out[prefix + name] = np.ascontiguousarray(a, dtype=np.float32)
     return out
 
 

@@ -40,6 +40,8 @@ class TrainConfig:
     block_size: int = 64
     dropout: float = 0.0
     bias: bool = False
+    tie_word_embeddings: bool = True  # False: the LM head gets its own matrix
+    initializer_range: float = 0.02  # std of the initial weights (GPT-2's)
     # optimisation (AdamW, nanoGPT's defaults for the Shakespeare runs)
     batch_size: int = 12
     gradient_accumulation_steps: int = 1
@@ -82,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.initializer_range > 0:
+            raise ConfigError(f"initializer_range must be positive, got {self.initializer_range}")
         if self.tokenizer not in ("char", "sentencepiece"):
             raise ConfigError(f"tokenizer must be 'char' or 'sentencepiece', got {self.tokenizer!r}")
         if self.dtype not in ("float32", "float64"):

@@ -38,11 +38,12 @@ TASKS, METHODS = ("sft", "classify"), ("lora", "full")
 def freeze_except_last(model, k, train_head=True):
     """Train only the last ``k`` blocks of a GPT and its final LayerNorm; freeze the rest.
 
-    The LM head is tied to the token embedding ``wte`` (one matrix), so "training the head"
-    necessarily trains the input embedding too. ``train_head=True`` (for language modelling: the
-    output distribution is what SFT changes most) unfreezes ``wte``; ``train_head=False`` keeps it
-    frozen (for classification, where the LM head is unused). The position table ``wpe`` stays
-    frozen. Returns the number of trainable parameters.
+    In GPT-2 the LM head is tied to the token embedding ``wte`` (one matrix), so "training the
+    head" necessarily trains the input embedding too. ``train_head=True`` (for language
+    modelling: the output distribution is what SFT changes most) unfreezes the head's matrix
+    (``wte``, or ``lm_head`` in a model built with tie_word_embeddings=False); ``train_head=False``
+    keeps it frozen (for classification, where the LM head is unused). The position table
+    ``wpe`` stays frozen. Returns the number of trainable parameters.
     """
     n_layer = len(model.h)
     if not 0 <= int(k) <= n_layer:
@@ -52,7 +53,7 @@ def freeze_except_last(model, k, train_head=True):
         block.requires_grad_(True)
     model.ln_f.requires_grad_(True)
     if train_head:
-        model.wte.requires_grad_(True)
+        (model.wte if model.config.tie_word_embeddings else model.lm_head).requires_grad_(True)
     return model.num_parameters(trainable_only=True)
 
 

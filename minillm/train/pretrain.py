@@ -83,7 +83,9 @@ def _check_same_corpus(cfg, meta):
 
 def build_model(cfg, vocab_size):
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+                          tie_word_embeddings=cfg.tie_word_embeddings,
+                          initializer_range=cfg.initializer_range))
     if cfg.dtype == "float64":
         model.to(dtype=np.float64)
     if cfg.device != "cpu":
