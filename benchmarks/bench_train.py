@@ -7,9 +7,12 @@ two Shakespeare configurations (bias-free GPT-2 blocks, vocab 65):
     small  6 layers x 6 heads x 384 dims, T 256, B 8    (shakespeare_char at batch 8)
 
 FLOPs per step = tokens * (6 N + 12 L C T) (PaLM appendix B; N = non-embedding parameters),
-reported as GFLOP/s. Both frameworks run in this process, alternating rounds so that machine
-noise hits both alike; the ratio minillm / PyTorch is printed per config. With ``--rss`` each
-framework also runs alone in a child process to measure its peak resident memory.
+reported as GFLOP/s. The two frameworks alternate rounds so that machine noise hits both alike;
+the ratio minillm / PyTorch is printed per config. minillm runs in this process, PyTorch in a
+worker process of its own that times each round on request: importing minillm changes glibc's
+malloc thresholds for its whole process (minillm/_env.py), and PyTorch is measured as its users
+run it, without that. With ``--rss`` each framework also runs alone in a child process to
+measure its peak resident memory.
 
     python benchmarks/bench_train.py                 # both configs, PyTorch if installed
     python benchmarks/bench_train.py --config small --rounds 5 --rss
@@ -63,8 +66,9 @@ def minillm_step_fn(c, seed=0):
 def torch_gpt(c, gpt2_init=False):
     """The same bias-free GPT in PyTorch eager: SDPA attention, tanh GELU, tied head.
 
-    ``gpt2_init`` re-initialises as minillm (and nanoGPT) do: N(0, 0.02) for matrices and
-    embeddings, 0.02 / sqrt(2 L) for the two residual projections; else PyTorch's defaults."""
+    ``gpt2_init`` re-initialises as minillm (and nanoGPT) do: N(0, std) for matrices and
+    embeddings, std / sqrt(2 L) for the two residual projections, std = c["initializer_range"]
+    (default 0.02, GPT-2's); else PyTorch's defaults."""
     import math
 
     import torch.nn as tnn
@@ -105,11 +109,11 @@ def torch_gpt(c, gpt2_init=False):
 
     model = GPT()
     if gpt2_init:
+        std = c.get("initializer_range", 0.02)
         for name, p in model.named_parameters():
             if p.dim() >= 2:
                 residual = name.endswith((".c_proj.weight", ".proj.weight"))
-                std = 0.02 / math.sqrt(2 * c["n_layer"]) if residual else 0.02
-                torch.nn.init.normal_(p, 0.0, std)
+                torch.nn.init.normal_(p, 0.0, std / math.sqrt(2 * c["n_layer"]) if residual else std)
     return model
 
 
@@ -153,17 +157,59 @@ def time_steps(step, n):
     return (time.perf_counter() - t) / n
 
 
+class TorchWorker:
+    """PyTorch's training step in a child process (no minillm imported there): ``time(n)`` runs
+    n steps in the child and returns the seconds per step it measured."""
+
+    def __init__(self, config, warmup):
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker", config,
+                                      "--warmup", str(warmup)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self._read()  # "ready" once the model is built and warmed up
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the PyTorch worker process died (run it alone with --torch-worker to see why)")
+        return line
+
+    def time(self, n):
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def torch_worker(config, warmup):
+    step = torch_step_fn(CONFIGS[config])
+    for _ in range(warmup):
+        step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(time_steps(step, int(line)), flush=True)
+
+
 def measure(config, frameworks, rounds, steps, warmup=3):
     c = CONFIGS[config]
-    fns = {}
+    timers, worker = {}, None
     for name in frameworks:
-        fns[name] = (minillm_step_fn if name == "minillm" else torch_step_fn)(c)
-        for _ in range(warmup):  # JIT compile (Numba) and allocator warm-up stay out of the timing
-            fns[name]()
-    best = {name: float("inf") for name in fns}
+        if name == "pytorch":
+            worker = TorchWorker(config, warmup)
+            timers[name] = worker.time
+        else:
+            fn = minillm_step_fn(c)
+            for _ in range(warmup):  # JIT compile (Numba) and allocator warm-up stay out of the timing
+                fn()
+            timers[name] = lambda n, fn=fn: time_steps(fn, n)
+    best = {name: float("inf") for name in timers}
     for _ in range(rounds):  # alternate, keep each framework's best round
-        for name, fn in fns.items():
-            best[name] = min(best[name], time_steps(fn, steps))
+        for name, timer in timers.items():
+            best[name] = min(best[name], timer(steps))
+    if worker is not None:
+        worker.close()
     tokens = c["batch_size"] * c["block_size"]
     return {name: {"ms": dt * 1e3, "tok_per_s": tokens / dt, "gflops": flops_per_step(c) / dt / 1e9}
             for name, dt in best.items()}
@@ -194,7 +240,11 @@ def main():
     ap.add_argument("--rss", action="store_true", help="also measure peak RSS in child processes")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--torch-worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.torch_worker:
+        return torch_worker(args.torch_worker, args.warmup)
     frameworks = ["minillm"] + (["pytorch"] if torch_available() and not args.no_torch else [])
     configs = list(CONFIGS) if args.config == "all" else [args.config]
     # Peak RSS first, while this process is still small: Linux carries a process's RSS high-water
@@ -205,7 +255,8 @@ def main():
 
     print(f"kernels={M.get_kernels()}  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}  "
           f"NUMBA_THREADING_LAYER={os.environ.get('NUMBA_THREADING_LAYER', '-')}  "
-          f"numba={'yes' if dispatch.numba_available() else 'no'}  frameworks={','.join(frameworks)}")
+          f"numba={'yes' if dispatch.numba_available() else 'no'}  frameworks={','.join(frameworks)}  "
+          f"malloc={'minillm' if M._env.MALLOC_TUNED else 'default'} (PyTorch: own process, default)")
     results = {}
     print(f"{'config':7s} {'framework':9s} {'ms/step':>9s} {'tok/s':>9s} {'GFLOP/s':>8s} {'peak RSS MiB':>13s}")
     for config in configs:

@@ -69,7 +69,9 @@ def configure():
         vendor, flags = _cpu_flags()
         if vendor == "AuthenticAMD" and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
             os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-    keep_freed_memory()
+    global MALLOC_TUNED
+    MALLOC_TUNED = keep_freed_memory()
 
 
+MALLOC_TUNED = False  # whether configure() set the malloc thresholds
 configure()

@@ -41,6 +41,16 @@ on a quiet machine before trusting any number here.
       (v4 in the same run: 1.4x); tiny fwd+bwd 1.68 vs 4.34 ms (2.6x; v4 2.0x). Noisier runs
       gave 2.1-2.4x at small. The default: it is also the fastest version inside a training
       step. It holds one score tile (under TILE elements), never a (B, H, T, T) array.
+  v6  (attention_blas.py) v5 with the batch split over Python threads, each running its slice
+      with the BLAS single-threaded (kernels/cpu/_blas.py) and the serial row kernels. Alone
+      it is the fastest: small fwd 5.5 ms, bwd 16.1, fwd+bwd 21.5 vs v5 31.7 and reference
+      54.6 (2.5x; the reference lost its page faults to minillm/_env.py's malloc setting, so
+      v5 reads 1.7x in that run). Not the default: inside a training step it gains nothing
+      (small step 958 vs 907 ms best of six interleaved rounds, medians 1198 vs 1159), because
+      after each big matmul OpenBLAS's worker thread spins for up to 2^28 cycles waiting for
+      the next call and takes the second core from the second Python thread. Shorter spins
+      (OPENBLAS_THREAD_TIMEOUT=4..24) made whole steps slower, not faster (tiny 0.68-0.93x
+      PyTorch against 0.92-0.98x at the default).
 
 Why v3/v4 are not faster: LLVM picks 256-bit vectors on this CPU (prefer-vector-width=256) and
 each block product's inner loop is only D = 64 (8 ymm FMAs) or BK = 64 long, so loop overhead, alias checks
@@ -58,7 +68,8 @@ from numba import njit, prange
 
 from .. import reference
 from ._fastmath import fast_exp  # vectorisable exp (range reduction + polynomial)
-from .attention_blas import attention_backward_v5, attention_forward_v5
+from .attention_blas import (attention_backward_v5, attention_backward_v6, attention_forward_v5,
+                             attention_forward_v6)
 
 DEFAULT_VERSION = 5
 BQ = 16  # query rows per block: they share each key block while it sits in L1
@@ -445,10 +456,10 @@ def attention_backward_v4(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
 
 # --------------------------------------------------------------------------- functional wrappers
 FORWARD = {1: attention_forward_v1, 2: attention_forward_v2, 3: attention_forward_v3,
-           4: attention_forward_v4, 5: attention_forward_v5}
+           4: attention_forward_v4, 5: attention_forward_v5, 6: attention_forward_v6}
 BACKWARD = {1: attention_backward_v1, 2: attention_backward_v2, 3: attention_backward_v3,
-            4: attention_backward_v4, 5: attention_backward_v5}
-TAKES_VIEWS = (5,)  # versions that read strided views as they are (the BLAS does the striding)
+            4: attention_backward_v4, 5: attention_backward_v5, 6: attention_backward_v6}
+TAKES_VIEWS = (5, 6)  # versions that read strided views as they are (the BLAS does the striding)
 
 
 def _prep(version, dtype, *arrays):

@@ -41,19 +41,23 @@ def make(shape, dtype, seed=0):
     return q, k, v, do, 1.0 / D**0.5, causal  # a Python float: np.float64 would promote (NEP 50)
 
 
+def check_version(version, shape, dtype, seed=0):
+    """Forward (o, lse) and backward (dq, dk, dv) of one version against the reference."""
+    q, k, v, do, scale, causal = make(shape, dtype, seed)
+    o, lse = R.attention_forward(q, k, v, scale, causal)
+    o2, lse2 = A.attention_forward_version(version, q, k, v, scale, causal)
+    assert_close(o2, o)
+    assert_close(lse2, lse)
+    want = R.attention_backward(do, q, k, v, o, lse, scale, causal)
+    for g, w in zip(A.attention_backward_version(version, do, q, k, v, o, lse, scale, causal), want):
+        assert_close(g, w)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_attention_versions_match_reference(version, dtype):
     for shape in SHAPES:
-        q, k, v, do, scale, causal = make(shape, dtype)
-        o, lse = R.attention_forward(q, k, v, scale, causal)
-        o2, lse2 = A.attention_forward_version(version, q, k, v, scale, causal)
-        assert_close(o2, o)
-        assert_close(lse2, lse)
-        want = R.attention_backward(do, q, k, v, o, lse, scale, causal)
-        got = A.attention_backward_version(version, do, q, k, v, o, lse, scale, causal)
-        for g, w in zip(got, want):
-            assert_close(g, w)
+        check_version(version, shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -65,16 +69,9 @@ def test_v5_tiles_smaller_than_the_problem(dtype, monkeypatch):
     monkeypatch.setattr(attention_blas, "TILE", 2 * 3 * 8 * 40)
     monkeypatch.setattr(attention_blas, "RB", 8)
     for shape in [(5, 3, 37, 37, 6, True), (5, 2, 20, 29, 5, True), (5, 3, 19, 19, 4, False)]:
-        q, k, v, do, scale, causal = make(shape, dtype, seed=3)
-        blocks, bc = attention_blas._plan(*shape[:4], causal)
-        assert bc < shape[0] and (len(blocks) > 1 or not causal)
-        o, lse = R.attention_forward(q, k, v, scale, causal)
-        o2, lse2 = A.attention_forward_version(5, q, k, v, scale, causal)
-        assert_close(o2, o)
-        assert_close(lse2, lse)
-        want = R.attention_backward(do, q, k, v, o, lse, scale, causal)
-        for g, w in zip(A.attention_backward_version(5, do, q, k, v, o, lse, scale, causal), want):
-            assert_close(g, w)
+        blocks, bc = attention_blas._plan(*shape[:4], shape[5])
+        assert bc < shape[0] and (len(blocks) > 1 or not shape[5])
+        check_version(5, shape, dtype, seed=3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -124,3 +121,25 @@ def test_reference_backward_by_finite_differences(causal):
             x[i] = old
             num[i] = (fp - fm) / (2 * eps)
         np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+
+
+def test_blas_thread_count_is_set_and_restored():
+    from minillm.kernels.cpu import _blas
+
+    if not _blas.available():
+        pytest.skip("no OpenBLAS whose thread count can be set (v6 runs as v5)")
+    before = _blas.num_threads()
+    with _blas.single_threaded():
+        assert _blas.num_threads() == 1
+        a = np.ones((70, 70), np.float32)
+        assert float((a @ a)[3, 5]) == 70.0  # the BLAS still works single-threaded
+    assert _blas.num_threads() == before
+
+
+def test_v6_splits_over_batch_or_heads(monkeypatch):
+    # PARALLEL_MIN 0: every call splits; B = 1 splits the heads, H = 1 the batch, B = H = 1 not
+    from minillm.kernels.cpu import _serial
+
+    monkeypatch.setattr(_serial, "PARALLEL_MIN", 0)
+    for shape in [(1, 3, 21, 21, 8, True), (3, 1, 21, 21, 8, True), (1, 1, 9, 9, 4, False)]:
+        check_version(6, shape, np.float64, seed=4)
