@@ -152,3 +152,14 @@ def test_data_prepared_from_another_corpus_is_refused(tmp_path, corpus, capsys):
     assert code == 2 and "prepared from another corpus" in err
     # without --corpus the prepared data is used as it is (prepare first, then pretrain)
     assert main(["pretrain", f"--out_dir={tmp_path / 'o3'}", *base]) == 0
+
+
+def test_tiny_config_is_the_baby_setting():
+    # nanoGPT's CPU "baby" Shakespeare setting, as the README and the issue name it; the one
+    # departure (initial std 0.06, see the config's comment) is pinned here too
+    c = load_config(TrainConfig, "shakespeare_char_tiny", [])
+    assert (c.tokenizer, c.block_size, c.batch_size, c.n_layer, c.n_head, c.n_embd) == ("char", 64, 12, 4, 4, 128)
+    assert (c.dropout, c.learning_rate, c.min_lr, c.max_iters, c.lr_decay_iters) == (0.0, 1e-3, 1e-4, 2000, 2000)
+    assert (c.eval_interval, c.eval_iters, c.warmup_iters, c.beta2) == (250, 20, 100, 0.99)
+    assert c.initializer_range == 0.06 and c.tie_word_embeddings and not c.bias
+    assert load_config(TrainConfig, "shakespeare_char_tiny", ["--initializer_range=0.02"]).initializer_range == 0.02
