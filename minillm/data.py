@@ -128,6 +128,11 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
     raise DataError(f"the corpus {path} does not exist.")
 
 
+def corpus_sha256(text: str) -> str:
+    """The sha256 of a corpus's UTF-8 text, as meta.json records it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def read_corpus(path: str | os.PathLike) -> str:
     """The text of a UTF-8 file, or of a folder's *.txt files joined with "\\n"."""
     parts = []
@@ -254,7 +259,7 @@ def prepare(
         "eos_id": tok.eos_id,
         "corpus": {
             "name": "tinyshakespeare" if corpus is None else path.name,
-            "sha256": hashlib.sha256(corpus_bytes).hexdigest(),
+            "sha256": corpus_sha256(text),
             "chars": len(text),
             "bytes": len(corpus_bytes),
             "train_chars": len(train_text),

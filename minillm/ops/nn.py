@@ -40,13 +40,13 @@ class Embedding(Function):
         flat, rows = idx.reshape(-1), dy.reshape(-1, shape[1])
         if xp is not np:
             xp.add.at(dw, flat, rows)
-            return (dw,)
-        # np.add.at is a slow scatter (12 ms at the small config); sorting the ids and summing
-        # each run of equal ids with reduceat gives the same sums in 2 ms (stable: deterministic)
-        order = np.argsort(flat, kind="stable")
-        ids = flat[order]
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if ids.size else ids
-        if ids.size:
+        elif flat.size:
+            # np.add.at is a slow scatter (12 ms at the small config); sorting the ids and
+            # summing each run of equal ids with reduceat gives the same sums in 2 ms (stable:
+            # deterministic)
+            order = np.argsort(flat, kind="stable")
+            ids = flat[order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
             dw[ids[starts]] = np.add.reduceat(rows[order], starts, axis=0)
         return (dw,)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm import backend
-from minillm.data import TokenData, prepare
+from minillm.data import TokenData, corpus_sha256, prepare, read_corpus
 from minillm.errors import CheckpointError, ConfigError, DataError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
@@ -66,15 +66,10 @@ def _check_same_corpus(cfg, meta):
     """Refuse prepared data made from another corpus than the one the config names (it would
     train on the old text without a word). Without ``corpus`` the prepared data is used as is,
     so ``minillm prepare --out DIR`` then ``pretrain --data_dir=DIR`` works."""
-    import hashlib
-
-    from minillm.data import read_corpus
-
     if not cfg.corpus:
         return
     made_from = meta.get("corpus", {})
-    sha = hashlib.sha256(read_corpus(cfg.corpus).encode("utf-8")).hexdigest()
-    if made_from.get("sha256") not in (None, sha):
+    if made_from.get("sha256") not in (None, corpus_sha256(read_corpus(cfg.corpus))):
         raise ConfigError(
             f"{cfg.data_dir} was prepared from another corpus ({made_from.get('name')}) than "
             f"{cfg.corpus}; use another data_dir or run `minillm prepare` again"
