@@ -3,18 +3,17 @@
 out = a @ b with a: (M, K), b: (K, N), out: (M, N); 2 * M * N * K FLOPs. The dispatcher keeps
 matmul on the BLAS (``a @ b``); these versions show where the BLAS's speed comes from.
 
-Measured with ``python benchmarks/bench_matmul.py`` (float32, 2 threads, fastest call, one run)
-while other sessions kept the 2-core machine at load average ~6: the BLAS itself ran at 22-41
-GFLOP/s instead of the ~200 it reaches on a quiet machine, so read the columns as a rough
-ordering and rerun on a quiet machine:
+Measured with ``python benchmarks/bench_matmul.py`` (float32, 2 threads, fastest call, one run
+on a quiet 2-core AMD EPYC Zen 3, AVX2, whose FP32 peak is about 2 x 94 GFLOP/s):
 
-  shape (M,K)x(K,N)         v1     v2     v3     v4     OpenBLAS  (GFLOP/s)
-  (2048,384)x(384,1152)     -      6.2   10.2   11.1    37.8
-  (768,128)x(128,512)       0.8   13.0   27.5    6.5    21.8
+  shape (M,K)x(K,N)         v1     v2     v3     v4     v5     OpenBLAS  (GFLOP/s)
+  (2048,384)x(384,1152)     -     22.1   23.3   49.4   78.3   174.2
+  (768,128)x(128,512)       0.9   26.5   35.3   48.8   76.2   172.8
 
-On the same loaded run v3 beat the BLAS at the small shape (1.26x) and v4 (2 threads) lost to
-v3: a parallel kernel whose second thread is descheduled waits a whole time slice. At the
-large shape the BLAS stayed 3-4x ahead of every Numba version.
+v5's micro-kernel alone runs at 94 GFLOP/s on one core, the BLAS's speed; what v5 still loses
+is outside it (the copy of each register tile into out, packing, the second pass over out when K
+spans two panels). An earlier run on an Intel machine under heavy load put v3 ahead of the BLAS
+at the small shape, which says more about the load than about v3.
 
   v1  naive (i, j, k): the inner loop walks down a column of b, N floats apart, so every FMA
       misses cache and nothing vectorises.
@@ -24,10 +23,17 @@ large shape the BLAS stayed 3-4x ahead of every Numba version.
       stream over it, and the k loop unrolled by four so each out row is loaded and stored once
       per four FMAs (the v2 loop is bound by L1 load/store traffic, not by FMAs).
   v4  v3 in parallel: prange over blocks of MB output rows (each thread owns its rows, no races).
+  v5  (matmul_packed.py) the BLAS's own method: a and b packed into contiguous slivers, and a
+      register-blocked micro-kernel (kernels/cpu/_microkernel.py, LLVM IR through a Numba
+      intrinsic) that keeps an MR x NR block of out in vector registers for a whole pass over k.
+      The micro-kernel alone runs at about 94 GFLOP/s on one core of an AVX2 Zen 3 (as fast as
+      OpenBLAS per core); the whole v5 at about half the BLAS (see benchmarks/README.md).
 """
 
 import numpy as np
 from numba import njit, prange
+
+from .matmul_packed import matmul_v5
 
 MB, KB, NB = 64, 128, 512  # a (KB, NB) float32 tile of b is 256 KiB: fits in the 2 MiB L2
 
@@ -103,7 +109,7 @@ def matmul_v4(out, a, b):
                 _tile(out, a, b, i0, i1, k0, min(k0 + KB, K), j0, min(j0 + NB, N))
 
 
-VERSIONS = {1: matmul_v1, 2: matmul_v2, 3: matmul_v3, 4: matmul_v4}
+VERSIONS = {1: matmul_v1, 2: matmul_v2, 3: matmul_v3, 4: matmul_v4, 5: matmul_v5}
 
 
 def matmul_version(version, a, b):
