@@ -157,6 +157,14 @@ def time_steps(step, n):
     return (time.perf_counter() - t) / n
 
 
+def _torch_env():
+    """This process's environment less the variables minillm/_env.py added at import: PyTorch
+    runs as its users run it."""
+    from minillm import _env
+
+    return {k: v for k, v in os.environ.items() if k not in _env.ADDED}
+
+
 class TorchWorker:
     """PyTorch's training step in a child process (no minillm imported there): ``time(n)`` runs
     n steps in the child and returns the seconds per step it measured."""
@@ -164,7 +172,7 @@ class TorchWorker:
     def __init__(self, config, warmup):
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker", config,
                                       "--warmup", str(warmup)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, env=_torch_env())
         self._read()  # "ready" once the model is built and warmed up
 
     def _read(self):
@@ -254,6 +262,7 @@ def main():
     from minillm.kernels import dispatch
 
     print(f"kernels={M.get_kernels()}  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}  "
+          f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '-')}  "
           f"NUMBA_THREADING_LAYER={os.environ.get('NUMBA_THREADING_LAYER', '-')}  "
           f"numba={'yes' if dispatch.numba_available() else 'no'}  frameworks={','.join(frameworks)}  "
           f"malloc={'minillm' if M._env.MALLOC_TUNED else 'default'} (PyTorch: own process, default)")

@@ -12,9 +12,10 @@ Matmul stays on the BLAS (``a @ b``) in every CPU mode: the benchmark in
 benchmarks/bench_matmul.py shows OpenBLAS well ahead of the best Numba blocked matmul, so the
 Numba ladder in kernels/cpu/matmul.py is for teaching and benchmarking only.
 
-Attention runs the Numba kernels' DEFAULT_VERSION in "auto" too: v5 (BLAS tile products,
-Numba softmax) measured fastest inside a whole training step. (Before v5 existed, "auto" kept
-attention on the reference, whose batched BLAS products beat the pure-Numba flash kernel v4.)
+Attention runs the Numba kernels' DEFAULT_VERSION in "auto" too: v7 (every product on
+minillm's own micro-kernel, one head per thread) measured fastest inside a whole training step,
+ahead of v5 (BLAS tile products, Numba softmax). (Before v5 existed, "auto" kept attention on the
+reference, whose batched BLAS products beat the pure-Numba flash kernel v4.)
 
 Usage: ``get("layernorm_forward", x)(x, w, b, eps)``. Lookups are cached per (mode, device).
 """

@@ -12,6 +12,14 @@ user has not set, so any of them can be overridden from the environment.
   Zen 4/5. Measured there: float32 matmul about 1.7x faster (400 vs 220 GFLOP/s on 2 cores).
   On Intel CPUs with AVX-512 OpenBLAS already picks SkylakeX and nothing is changed. Only
   effective when NumPy has not been imported yet.
+- OPENBLAS_THREAD_TIMEOUT=4. After each multi-threaded call, OpenBLAS's worker thread busy-waits
+  for the next one for 2^28 cycles (about 0.1 s) by default, and it spins without yielding
+  (strace shows no sched_yield), so on two cores it holds the core that Numba's second thread
+  needs for the kernel that follows the matmul: measured inside a small-config training step,
+  the attention backward took 34 ms a call instead of 13 alone. With 2^4 cycles the worker
+  sleeps at once and is woken (a futex, microseconds) by the next matmul: attention backward
+  16 ms in the step, the matmuls no slower (881 vs 943 ms a step in the same profile). Only
+  effective when NumPy has not been imported yet.
 - glibc malloc keeps freed blocks of up to 32 MiB for reuse (mallopt M_MMAP_THRESHOLD 32 MiB,
   M_TRIM_THRESHOLD 1 GiB). Every training step allocates and frees the same activation and
   gradient buffers; by default glibc hands many of them back to the kernel and the next step
@@ -63,15 +71,23 @@ def keep_freed_memory():
         return False
 
 
+def _default(name, value):
+    if name not in os.environ:
+        os.environ[name] = value
+        ADDED.append(name)
+
+
 def configure():
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-    if "OPENBLAS_CORETYPE" not in os.environ and "numpy" not in sys.modules:
+    _default("NUMBA_THREADING_LAYER", "workqueue")
+    if "numpy" not in sys.modules:  # OpenBLAS reads its variables once, when NumPy loads it
+        _default("OPENBLAS_THREAD_TIMEOUT", "4")
         vendor, flags = _cpu_flags()
         if vendor == "AuthenticAMD" and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
-            os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+            _default("OPENBLAS_CORETYPE", "SkylakeX")
     global MALLOC_TUNED
     MALLOC_TUNED = keep_freed_memory()
 
 
+ADDED = []  # the variables configure() set (benchmarks start PyTorch's process without them)
 MALLOC_TUNED = False  # whether configure() set the malloc thresholds
 configure()

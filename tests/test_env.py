@@ -39,3 +39,46 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
     # with minillm's thresholds only the first round touches new pages.
     assert min(default[1:]) > 5000, default
     assert max(kept[1:]) < 500, kept
+
+
+def _run(code, **env):
+    clean = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_openblas_thread_timeout_is_a_default_the_user_can_override():
+    show = "import os, minillm; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT', '-'), " \
+           "'OPENBLAS_THREAD_TIMEOUT' in minillm._env.ADDED)"
+    assert _run(show) == ["4", "True"]
+    assert _run(show, OPENBLAS_THREAD_TIMEOUT="20") == ["20", "False"]
+    # NumPy already loaded OpenBLAS: setting the variable would change nothing, so it is left alone
+    assert _run("import numpy; " + show) == ["-", "False"]
+
+
+# CPU seconds the process burns while its main thread sleeps for 0.3 s right after a matmul on
+# every core: OpenBLAS's idle workers spinning for the next call.
+_SPIN = """
+import os, time
+import minillm
+import numpy as np
+a = np.ones((600, 600), np.float32)
+spun = []
+for _ in range(3):
+    a @ a
+    t = os.times()
+    time.sleep(0.3)
+    u = os.times()
+    spun.append(u.user + u.system - t.user - t.system)
+print(min(spun))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS spins only with worker threads")
+def test_openblas_workers_sleep_after_a_matmul_instead_of_spinning():
+    ours = float(_run(_SPIN)[0])
+    default = float(_run(_SPIN, OPENBLAS_THREAD_TIMEOUT="28")[0])  # OpenBLAS's own default
+    # 2^28 cycles is about 0.1 s of a spinning core at 2-4 GHz; 2^4 cycles is nothing
+    assert default > 0.04, default
+    assert ours < 0.02, ours

@@ -13,10 +13,14 @@ accumulators, plus 2 registers for the row of b and 1 for the broadcast (of 32).
 2 vector loads, 12 broadcasts, 24 FMAs. On AVX2 (no AVX-512) the same kernel is built with
 32-byte vectors and MR = 6 (12 ymm accumulators of 16). float64 halves VW (NR = 16).
 
-``micro(kc, a, aoff, b, boff, c)``: c[i * NR + j] = sum over p < kc of
-a[aoff + p * MR + i] * b[boff + p * NR + j], for i < MR, j < NR, where a and b are 1-D
-contiguous packed panels (see matmul_packed.py for the packing) and c a contiguous MR * NR tile.
-It writes c (does not add to it). Inlined into the calling Numba function.
+``micro(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, accumulate)``:
+c[coff + i * ldc + j] (+)= sum over p < kc of a[aoff + i * ars + p * acs] * b[boff + p * brs + j]
+for i < MR, j < NR, offsets in elements from each array's data pointer (a packed panel, or a
+matrix read in place through its strides). A packed panel of a (matmul_packed.py) has ars = 1,
+acs = MR; a packed panel of b has brs = NR. Read in place, a may have any strides (each step
+broadcasts MR single elements); b and c need NR contiguous elements per row (c is a whole
+MR x NR block of the result, or a scratch tile the caller copies the edges from). With
+``accumulate`` it adds to c, else it overwrites. Inlined into the calling Numba function.
 """
 
 from llvmlite import ir
@@ -47,13 +51,16 @@ def nr(itemsize):
 
 
 @intrinsic
-def micro(typingctx, kc, a, aoff, b, boff, c):
+def micro(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, accumulate):
     if not all(isinstance(t, types.Array) and t.dtype == a.dtype for t in (a, b, c)):
         return None
-    sig = types.void(kc, a, aoff, b, boff, c)
+    if not all(isinstance(t, types.Integer) for t in (kc, aoff, ars, acs, boff, brs, coff, ldc)):
+        return None
+    i64t = types.int64
+    sig = types.void(i64t, a, i64t, i64t, i64t, b, i64t, i64t, c, i64t, i64t, types.boolean)
 
     def codegen(context, builder, signature, args):
-        kc_v, a_v, aoff_v, b_v, boff_v, c_v = args
+        kc_v, a_v, aoff_v, ars_v, acs_v, b_v, boff_v, brs_v, c_v, coff_v, ldc_v, accumulate_v = args
         # keep 512-bit vectors whole (see the module docstring); a string attribute llvmlite's
         # whitelist does not list, so it goes into the set directly
         set.add(builder.function.attributes, f'"min-legal-vector-width"="{8 * VECTOR_BYTES}"')
@@ -71,7 +78,7 @@ def micro(typingctx, kc, a, aoff, b, boff, c):
 
         ap = builder.gep(data(a, a_v), [aoff_v])
         bp = builder.gep(data(b, b_v), [boff_v])
-        cp = data(c, c_v)
+        cp = builder.gep(data(c, c_v), [coff_v])
         zero = ir.Constant(vty, [0.0] * vw)
         undef = ir.Constant(vty, ir.Undefined)
         splat = ir.Constant(ir.VectorType(i32, vw), [0] * vw)
@@ -82,19 +89,31 @@ def micro(typingctx, kc, a, aoff, b, boff, c):
             vptr = builder.bitcast(builder.gep(ptr, [ir.Constant(i64, offset)]), vty.as_pointer())
             return builder.load(vptr, align=width // 8)  # packed panels: element alignment only
 
+        a_rows = [builder.mul(ir.Constant(i64, i), ars_v) for i in range(MR)]  # loop-invariant
         with cgutils.for_range(builder, kc_v) as loop:
-            arow = builder.gep(ap, [builder.mul(loop.index, ir.Constant(i64, MR))])
-            brow = builder.gep(bp, [builder.mul(loop.index, ir.Constant(i64, n_r))])
+            arow = builder.gep(ap, [builder.mul(loop.index, acs_v)])
+            brow = builder.gep(bp, [builder.mul(loop.index, brs_v)])
             bvec = [vload(brow, j * vw) for j in range(NV)]
             for i in range(MR):
-                s = builder.load(builder.gep(arow, [ir.Constant(i64, i)]))
+                s = builder.load(builder.gep(arow, [a_rows[i]]))
                 sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat)
                 for j in range(NV):
                     builder.store(builder.call(fma, [sv, bvec[j], builder.load(acc[i][j])]), acc[i][j])
-        for i in range(MR):
-            for j in range(NV):
-                dst = builder.bitcast(builder.gep(cp, [ir.Constant(i64, i * n_r + j * vw)]), vty.as_pointer())
-                builder.store(builder.load(acc[i][j]), dst, align=width // 8)
+        def store(add):
+            for i in range(MR):
+                crow = builder.gep(cp, [builder.mul(ir.Constant(i64, i), ldc_v)])
+                for j in range(NV):
+                    dst = builder.bitcast(builder.gep(crow, [ir.Constant(i64, j * vw)]), vty.as_pointer())
+                    val = builder.load(acc[i][j])
+                    if add:
+                        val = builder.fadd(builder.load(dst, align=width // 8), val)
+                    builder.store(val, dst, align=width // 8)
+
+        with builder.if_else(accumulate_v) as (then, otherwise):
+            with then:
+                store(True)
+            with otherwise:
+                store(False)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -39,8 +39,8 @@ on a quiet machine before trusting any number here.
       machine (``python benchmarks/bench_attention.py --versions 4,5``, fastest call):
       small fwd 8.4 ms vs reference 33.6 (4.0x), bwd 21.5 vs 44.4 (2.1x), fwd+bwd 2.6x
       (v4 in the same run: 1.4x); tiny fwd+bwd 1.68 vs 4.34 ms (2.6x; v4 2.0x). Noisier runs
-      gave 2.1-2.4x at small. The default: it is also the fastest version inside a training
-      step. It holds one score tile (under TILE elements), never a (B, H, T, T) array.
+      gave 2.1-2.4x at small. The default until v7. It holds one score tile (under TILE
+      elements), never a (B, H, T, T) array.
   v6  (attention_blas.py) v5 with the batch split over Python threads, each running its slice
       with the BLAS single-threaded (kernels/cpu/_blas.py) and the serial row kernels. Alone
       it is the fastest: small fwd 5.5 ms, bwd 16.1, fwd+bwd 21.5 vs v5 31.7 and reference
@@ -51,6 +51,20 @@ on a quiet machine before trusting any number here.
       the next call and takes the second core from the second Python thread. Shorter spins
       (OPENBLAS_THREAD_TIMEOUT=4..24) made whole steps slower, not faster (tiny 0.68-0.93x
       PyTorch against 0.92-0.98x at the default).
+
+  v7  (attention_micro.py) no BLAS: a prange over the B * H heads, each head on one thread
+      from start to end, every product on matmul v5's register-blocked micro-kernel
+      (kernels/cpu/_microkernel.py); q, do and the score tiles are read in place through their
+      strides, k and v packed once per head; query blocks of RB = 8 MR rows stop at the last key
+      they may see; the softmax passes run over C-contiguous tile rows (a row of a strided
+      view did not vectorise: 3.6 ns per score instead of 0.6). Two threads, AMD EPYC Zen 3
+      (AVX2), ``python benchmarks/bench_attention.py --versions 5,6,7``: small fwd 6.1 ms vs
+      reference 24.7 (4.0x), bwd 13.3 vs 38.8 (2.9x), fwd+bwd 19.4 ms, 3.3x (v5 26.7, 2.4x;
+      v6 23.5, 2.7x); tiny (serial: under PARALLEL_MIN) 1.95 ms, 1.6x, as v5. The default: it
+      has no BLAS worker to wait for, and with OpenBLAS's workers told to sleep after a
+      matmul (minillm/_env.py) its two threads get both cores inside a training step, where
+      v5's many small BLAS calls each pay a hand-off. Small config training step, profiled
+      (OPENBLAS_THREAD_TIMEOUT=4): attention 146 ms a step, against v5's 274.
 
 Why v3/v4 are not faster: LLVM picks 256-bit vectors on this CPU (prefer-vector-width=256) and
 each block product's inner loop is only D = 64 (8 ymm FMAs) or BK = 64 long, so loop overhead, alias checks
@@ -70,8 +84,9 @@ from .. import reference
 from ._fastmath import fast_exp  # vectorisable exp (range reduction + polynomial)
 from .attention_blas import (attention_backward_v5, attention_backward_v6, attention_forward_v5,
                              attention_forward_v6)
+from .attention_micro import attention_backward_v7, attention_forward_v7
 
-DEFAULT_VERSION = 5
+DEFAULT_VERSION = 7
 BQ = 16  # query rows per block: they share each key block while it sits in L1
 BK = 64  # keys per block: a (D, BK) slice of K^T and a (BK, D) slice of V, 16 KiB each at D=64
 NEG_BIG = -1e30  # "minus infinity" that fastmath (which assumes no infs) cannot break
@@ -456,10 +471,12 @@ def attention_backward_v4(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
 
 # --------------------------------------------------------------------------- functional wrappers
 FORWARD = {1: attention_forward_v1, 2: attention_forward_v2, 3: attention_forward_v3,
-           4: attention_forward_v4, 5: attention_forward_v5, 6: attention_forward_v6}
+           4: attention_forward_v4, 5: attention_forward_v5, 6: attention_forward_v6,
+           7: attention_forward_v7}
 BACKWARD = {1: attention_backward_v1, 2: attention_backward_v2, 3: attention_backward_v3,
-            4: attention_backward_v4, 5: attention_backward_v5, 6: attention_backward_v6}
-TAKES_VIEWS = (5, 6)  # versions that read strided views as they are (the BLAS does the striding)
+            4: attention_backward_v4, 5: attention_backward_v5, 6: attention_backward_v6,
+            7: attention_backward_v7}
+TAKES_VIEWS = (5, 6, 7)  # versions that read strided views as they are
 
 
 def _prep(version, dtype, *arrays):

@@ -27,7 +27,7 @@ at the small shape, which says more about the load than about v3.
       register-blocked micro-kernel (kernels/cpu/_microkernel.py, LLVM IR through a Numba
       intrinsic) that keeps an MR x NR block of out in vector registers for a whole pass over k.
       The micro-kernel alone runs at about 94 GFLOP/s on one core of an AVX2 Zen 3 (as fast as
-      OpenBLAS per core); the whole v5 at about half the BLAS (see benchmarks/README.md).
+      OpenBLAS per core); the whole v5 at about half the BLAS (table above).
 """
 
 import numpy as np

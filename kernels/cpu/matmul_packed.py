@@ -77,7 +77,7 @@ def _block(out, ap, bp, tile, i0, mc, kc, j0, nc, nr, first):
         c0 = j0 + s * nr
         cols = min(nr, j0 + nc - c0)
         for r in range(0, mc, MR):
-            micro(kc, ap, r * kc, bp, s * kc * nr, tile)
+            micro(kc, ap, r * kc, 1, MR, bp, s * kc * nr, nr, tile, 0, nr, False)
             rows = min(MR, mc - r)
             for i in range(rows):
                 orow = out[i0 + r + i]

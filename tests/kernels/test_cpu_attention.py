@@ -93,6 +93,30 @@ def test_wrappers_take_non_contiguous_inputs(dtype):
             assert_close(g, w)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_v7_reads_operands_through_any_strides(dtype):
+    # v7 reads q, do and the score tiles in place through their strides, and packs k and v by
+    # index: every operand here has a non-unit last stride, and the outputs are strided views too
+    rng = np.random.default_rng(4)
+    B, H, T, D = 2, 3, 53, 7
+    big = [rng.standard_normal((B, H, T, 2 * D)).astype(dtype) for _ in range(4)]
+    q, k, v, do = (x[..., ::2] for x in big)
+    assert q.strides[-1] == 2 * q.itemsize
+    scale = 0.4
+    o_buf = np.zeros((B, T, H, D + 3), dtype=dtype)
+    o = o_buf[..., :D].transpose(0, 2, 1, 3)  # (B, H, T, D) view into a wider buffer
+    lse = np.empty((B, H, T), dtype=dtype)
+    A.attention_forward_v7(o, lse, q, k, v, dtype(scale), True)
+    ro, rlse = R.attention_forward(q, k, v, scale, True)
+    assert_close(np.ascontiguousarray(o), ro)
+    assert_close(lse, rlse)
+    assert (o_buf[..., D:] == 0).all()  # nothing written outside the view
+    grads = [np.zeros((B, T, H, D), dtype=dtype).transpose(0, 2, 1, 3) for _ in range(3)]
+    A.attention_backward_v7(*grads, do, q, k, v, ro, rlse, dtype(scale), True)
+    for g, w in zip(grads, R.attention_backward(do, q, k, v, ro, rlse, scale, True)):
+        assert_close(np.ascontiguousarray(g), w)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_reference_backward_by_finite_differences(causal):
     # loss = sum(o * r); its gradient wrt o is r, so attention_backward(r, ...) must match
