@@ -14,6 +14,7 @@ full T x T products, twice the work; GFLOP/s here is useful work per second.
 
 import sys
 
+import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only before NumPy loads)
 import numpy as np
 import pytest
 

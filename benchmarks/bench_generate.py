@@ -42,6 +42,7 @@ memory-bound plus Python per-op overhead, and Numba's kernels change little ther
 import sys
 import time
 
+import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only before NumPy loads)
 import numpy as np
 import pytest
 

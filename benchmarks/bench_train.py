@@ -27,6 +27,9 @@ import subprocess
 import sys
 import time
 
+if "--torch-worker" not in sys.argv:  # first: minillm/_env.py's settings (OpenBLAS, threads)
+    import minillm  # noqa: F401      # apply only before NumPy loads; PyTorch's worker skips them
+
 import numpy as np
 
 CONFIGS = {
@@ -157,6 +160,20 @@ def time_steps(step, n):
     return (time.perf_counter() - t) / n
 
 
+def _threading_layer():
+    """The Numba threading layer a parallel kernel starts (minillm/_env.py prefers OpenMP)."""
+    try:
+        import numba
+
+        from minillm.kernels.cpu import layernorm
+
+        x = np.ones((1 << 10, 128), np.float32)  # large enough for the parallel kernel
+        layernorm.layernorm_forward(x, np.ones(128, np.float32), np.zeros(128, np.float32), 1e-5)
+        return numba.threading_layer()
+    except (ImportError, ValueError):
+        return "-"
+
+
 def _torch_env():
     """This process's environment less the variables minillm/_env.py added at import: PyTorch
     runs as its users run it."""
@@ -262,8 +279,7 @@ def main():
     from minillm.kernels import dispatch
 
     print(f"kernels={M.get_kernels()}  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}  "
-          f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '-')}  "
-          f"NUMBA_THREADING_LAYER={os.environ.get('NUMBA_THREADING_LAYER', '-')}  "
+          f"numba threads={_threading_layer()}  "
           f"numba={'yes' if dispatch.numba_available() else 'no'}  frameworks={','.join(frameworks)}  "
           f"malloc={'minillm' if M._env.MALLOC_TUNED else 'default'} (PyTorch: own process, default)")
     results = {}

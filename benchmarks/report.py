@@ -10,6 +10,8 @@ import importlib
 import pathlib
 import sys
 
+import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only before NumPy loads)
+
 HERE = pathlib.Path(__file__).resolve().parent
 
 

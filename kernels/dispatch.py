@@ -8,9 +8,11 @@ Modes (``set_mode`` / env ``MINILLM_KERNELS``):
 CuPy arrays always go to kernels/cuda (or the reference, which runs on CuPy too, for an op
 that has no CUDA kernel yet).
 
-Matmul stays on the BLAS (``a @ b``) in every CPU mode: the benchmark in
-benchmarks/bench_matmul.py shows OpenBLAS well ahead of the best Numba blocked matmul, so the
-Numba ladder in kernels/cpu/matmul.py is for teaching and benchmarking only.
+Matmul's arithmetic stays OpenBLAS's in every CPU mode: benchmarks/bench_matmul.py shows it
+well ahead of the best Numba matmul, so the ladder in kernels/cpu/matmul.py is for teaching
+and benchmarking only. "reference" calls ``a @ b`` (OpenBLAS's own threads); "auto" and "numba"
+call kernels/cpu/matmul_pool.py, the same single-threaded GEMM run from Numba's pool, one block
+of rows per thread, so that no OpenBLAS thread spins on a core a Numba kernel needs next.
 
 Attention runs the Numba kernels' DEFAULT_VERSION in "auto" too: v7 (every product on
 minillm's own micro-kernel, one head per thread) measured fastest inside a whole training step,
@@ -36,7 +38,6 @@ OPS = (
     "adamw_step",
 )
 MODES = ("auto", "reference", "numba")
-_BLAS_FIRST = ("matmul",)  # the BLAS in every CPU mode
 
 _mode = None
 _tables = {}
@@ -78,8 +79,10 @@ def _cpu_table(required):
                 raise RuntimeError("kernel mode 'numba' needs the numba package (pip install numba)")
             return None
         from . import cpu
+        from .cpu import matmul_pool
 
         _tables["numba"] = {op: getattr(cpu, op, None) for op in OPS}
+        _tables["numba"]["matmul"] = matmul_pool.matmul  # (cpu.matmul is the ladder's module)
     return _tables["numba"]
 
 
@@ -112,7 +115,7 @@ def _resolve(name, mode, on_gpu):
     if on_gpu:
         fn = _cuda_table().get(name)
         return fn if fn is not None else _ref_table[name]
-    if mode == "reference" or name in _BLAS_FIRST:
+    if mode == "reference":
         return _ref_table[name]
     table = _cpu_table(required=(mode == "numba"))
     fn = table.get(name) if table is not None else None

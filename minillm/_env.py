@@ -2,23 +2,19 @@
 ``minillm/__init__.py``; imports nothing but the stdlib). Each one only fills in a variable the
 user has not set, so any of them can be overridden from the environment.
 
-- NUMBA_THREADING_LAYER=workqueue. On a 2-core machine Numba's OpenMP pool spins while
-  OpenBLAS's threads run the matmuls (and the other way round); measured in
-  benchmarks/README.md, a layer-norm forward between matmuls took 7.9 ms on the OpenMP layer and
-  0.29 ms on workqueue. Workqueue's one limit: two Python threads must not launch parallel
-  kernels at the same time.
+- NUMBA_THREADING_LAYER_PRIORITY="omp tbb workqueue": Numba's OpenMP pool where libgomp is
+  there. Its idle threads spin briefly (GNU OpenMP: about 300,000 polls) and then sleep, so the
+  next kernel starts at once, and nothing else spins in a training step: matmuls run from
+  the same pool (kernels/cpu/matmul_pool.py: OpenBLAS single-threaded inside each call, one
+  block of rows per Numba thread), so OpenBLAS's own worker, which spins 0.1 s after every
+  call without yielding, never starts. Workqueue (the earlier choice, when the matmuls still
+  used OpenBLAS's threads) sleeps at once, and in this VM waking a sleeping thread cost 0.3-0.8
+  ms a launch: tiny-config step 95-104 ms on workqueue, 58-70 on OpenMP. A user's
+  NUMBA_THREADING_LAYER (or priority) wins.
 - OPENBLAS_CORETYPE=SkylakeX, only on CPUs with the AVX-512 subsets SkylakeX kernels use
   (F, BW, DQ, VL) where OpenBLAS's own detection would pick the AVX2 (Haswell) kernels: AMD
   Zen 4/5. Measured there: float32 matmul about 1.7x faster (400 vs 220 GFLOP/s on 2 cores).
   On Intel CPUs with AVX-512 OpenBLAS already picks SkylakeX and nothing is changed. Only
-  effective when NumPy has not been imported yet.
-- OPENBLAS_THREAD_TIMEOUT=4. After each multi-threaded call, OpenBLAS's worker thread busy-waits
-  for the next one for 2^28 cycles (about 0.1 s) by default, and it spins without yielding
-  (strace shows no sched_yield), so on two cores it holds the core that Numba's second thread
-  needs for the kernel that follows the matmul: measured inside a small-config training step,
-  the attention backward took 34 ms a call instead of 13 alone. With 2^4 cycles the worker
-  sleeps at once and is woken (a futex, microseconds) by the next matmul: attention backward
-  16 ms in the step, the matmuls no slower (881 vs 943 ms a step in the same profile). Only
   effective when NumPy has not been imported yet.
 - glibc malloc keeps freed blocks of up to 32 MiB for reuse (mallopt M_MMAP_THRESHOLD 32 MiB,
   M_TRIM_THRESHOLD 1 GiB). Every training step allocates and frees the same activation and
@@ -78,9 +74,9 @@ def _default(name, value):
 
 
 def configure():
-    _default("NUMBA_THREADING_LAYER", "workqueue")
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        _default("NUMBA_THREADING_LAYER_PRIORITY", "omp tbb workqueue")
     if "numpy" not in sys.modules:  # OpenBLAS reads its variables once, when NumPy loads it
-        _default("OPENBLAS_THREAD_TIMEOUT", "4")
         vendor, flags = _cpu_flags()
         if vendor == "AuthenticAMD" and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
             _default("OPENBLAS_CORETYPE", "SkylakeX")

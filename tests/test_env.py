@@ -42,31 +42,55 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
 
 
 def _run(code, **env):
-    clean = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    names = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")
+    clean = {k: v for k, v in os.environ.items() if k not in names}
     out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
                          capture_output=True, text=True, check=True)
     return out.stdout.split()
 
 
-def test_openblas_thread_timeout_is_a_default_the_user_can_override():
-    show = "import os, minillm; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT', '-'), " \
-           "'OPENBLAS_THREAD_TIMEOUT' in minillm._env.ADDED)"
-    assert _run(show) == ["4", "True"]
-    assert _run(show, OPENBLAS_THREAD_TIMEOUT="20") == ["20", "False"]
-    # NumPy already loaded OpenBLAS: setting the variable would change nothing, so it is left alone
-    assert _run("import numpy; " + show) == ["-", "False"]
+_LAYER = """
+import numpy as np
+import minillm
+from minillm.kernels.cpu import layernorm, _serial
+import numba
+_serial.PARALLEL_MIN = 0  # run the parallel kernel, which starts the threading layer
+x = np.ones((300, 7), np.float32)
+layernorm.layernorm_forward(x, np.ones(7, np.float32), np.zeros(7, np.float32), 1e-5)
+print(numba.threading_layer(), "NUMBA_THREADING_LAYER_PRIORITY" in minillm._env.ADDED)
+"""
 
 
-# CPU seconds the process burns while its main thread sleeps for 0.3 s right after a matmul on
-# every core: OpenBLAS's idle workers spinning for the next call.
+def test_numba_prefers_openmp_unless_the_user_chose_a_layer():
+    code = _LAYER
+    layer, added = _run(code)
+    assert added == "True"
+    assert layer in ("omp", "tbb", "workqueue")  # the first of the priority list this machine has
+    if _has_libgomp():
+        assert layer == "omp"
+    assert _run(code, NUMBA_THREADING_LAYER="workqueue") == ["workqueue", "False"]
+
+
+def _has_libgomp():
+    import ctypes.util
+
+    return ctypes.util.find_library("gomp") is not None
+
+
+# CPU seconds the process burns while its main thread sleeps for 0.3 s right after a big matmul:
+# idle worker threads spinning for the next call. OpenBLAS's own workers spin for 2^28 cycles
+# (about 0.1 s) without yielding; minillm's matmul runs OpenBLAS single-threaded from Numba's
+# pool, whose OpenMP threads spin well under a millisecond before they sleep.
 _SPIN = """
-import os, time
+import os, sys, time
 import minillm
 import numpy as np
+from minillm.kernels.cpu import matmul_pool
 a = np.ones((600, 600), np.float32)
+mm = matmul_pool.matmul if sys.argv[1] == "minillm" else np.matmul
 spun = []
 for _ in range(3):
-    a @ a
+    mm(a, a)
     t = os.times()
     time.sleep(0.3)
     u = os.times()
@@ -75,10 +99,12 @@ print(min(spun))
 """
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS spins only with worker threads")
-def test_openblas_workers_sleep_after_a_matmul_instead_of_spinning():
-    ours = float(_run(_SPIN)[0])
-    default = float(_run(_SPIN, OPENBLAS_THREAD_TIMEOUT="28")[0])  # OpenBLAS's own default
-    # 2^28 cycles is about 0.1 s of a spinning core at 2-4 GHz; 2^4 cycles is nothing
-    assert default > 0.04, default
-    assert ours < 0.02, ours
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="nothing spins with one core")
+def test_no_thread_spins_after_a_minillm_matmul():
+    def spun(which):
+        out = subprocess.run([sys.executable, "-c", _SPIN, which], capture_output=True,
+                             text=True, check=True)
+        return float(out.stdout)
+
+    assert spun("numpy") > 0.04  # OpenBLAS's worker, the control: the test can see a spinner
+    assert spun("minillm") < 0.02

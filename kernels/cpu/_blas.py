@@ -36,7 +36,7 @@ def _find():
             if hasattr(lib, set_name) and hasattr(lib, get_name):
                 setter, getter = getattr(lib, set_name), getattr(lib, get_name)
                 setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                return setter, getter
+                return setter, getter, lib
     return ()
 
 
@@ -47,6 +47,12 @@ def _functions():
 
         _found = _find()
     return _found
+
+
+def library():
+    """The loaded OpenBLAS as a ctypes.CDLL, or None (kernels/cpu/matmul_pool.py calls its GEMM)."""
+    f = _functions()
+    return f[2] if f else None
 
 
 def available():

@@ -1,10 +1,11 @@
 """Serial twins of the parallel kernels, for inputs too small to pay for a second thread.
 
-Why: a ``parallel=True`` kernel hands half its rows to a worker thread and waits for it. On two
-cores the other core is often still held by an OpenBLAS thread spinning after the matmul that
-ran just before, so the worker starts late and a 60 us layer norm at the tiny config (768 x 128)
-took 100-300 us more inside a training step than alone. Run single-threaded, the same loop
-needs no second core at all.
+Why: a ``parallel=True`` kernel hands half its work to a worker thread and waits for it. For a
+few microseconds of work the hand-off costs more than it saves, and more again when the worker
+is asleep (waking a thread on an idle core of this VM took 0.3-0.8 ms) or when its core is
+held by another thread (OpenBLAS's worker spins 0.1 s after each multi-threaded call, which is
+why matmuls now run from Numba's pool, kernels/cpu/matmul_pool.py). Run single-threaded, the
+same loop needs no second core at all.
 
 ``serial(kernel)`` compiles the kernel's own Python source again without ``parallel`` (``prange``
 becomes ``range``), under a different name so that Numba's on-disk cache keeps the two apart.
@@ -16,11 +17,12 @@ import types
 import numba
 from numba import njit
 
-# Elements below which one thread wins inside a training step: the tiny config's activations
-# (98K-393K elements) run serially, the small config's (786K and up) in parallel. Measured in one
-# process, five interleaved rounds of 20 steps (median ms/step), tiny config: always parallel
-# 67.2, serial below 2**19 59.9, below 2**21 58.1; small config: no difference above the noise.
-PARALLEL_MIN = 1 << 19
+# Elements below which one thread wins inside a training step. With the OpenMP threading layer
+# and matmuls on Numba's pool (minillm/_env.py, matmul_pool.py) the tiny config's kernels
+# (98K-393K elements) pay for their second thread: tiny step (median of 40, ms) 50-56 at 2**16
+# and 52-53 at 0 against 57-78 at 2**19, attention 8-9 ms a step against 13-19. (With the
+# workqueue layer and OpenBLAS's spinning worker, 2**19 had won: 67.2 always parallel, 59.9.)
+PARALLEL_MIN = 1 << 16
 
 _twins = {}
 

@@ -60,11 +60,11 @@ on a quiet machine before trusting any number here.
       view did not vectorise: 3.6 ns per score instead of 0.6). Two threads, AMD EPYC Zen 3
       (AVX2), ``python benchmarks/bench_attention.py --versions 5,6,7``: small fwd 6.1 ms vs
       reference 24.7 (4.0x), bwd 13.3 vs 38.8 (2.9x), fwd+bwd 19.4 ms, 3.3x (v5 26.7, 2.4x;
-      v6 23.5, 2.7x); tiny (serial: under PARALLEL_MIN) 1.95 ms, 1.6x, as v5. The default: it
-      has no BLAS worker to wait for, and with OpenBLAS's workers told to sleep after a
-      matmul (minillm/_env.py) its two threads get both cores inside a training step, where
-      v5's many small BLAS calls each pay a hand-off. Small config training step, profiled
-      (OPENBLAS_THREAD_TIMEOUT=4): attention 146 ms a step, against v5's 274.
+      v6 23.5, 2.7x); tiny 1.95 ms, 1.6x, as v5. The default. Inside a training step its two
+      threads need both cores, which they get since the matmuls run from Numba's pool too
+      (kernels/cpu/matmul_pool.py; before, OpenBLAS's worker spun on the second core after
+      every matmul and v7 took 45 ms right after one): small-config step, attention 152-161
+      ms a step (6 layers) against 235-252 for v5 with OpenBLAS's threads.
 
 Why v3/v4 are not faster: LLVM picks 256-bit vectors on this CPU (prefer-vector-width=256) and
 each block product's inner loop is only D = 64 (8 ymm FMAs) or BK = 64 long, so loop overhead, alias checks

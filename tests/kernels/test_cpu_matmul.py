@@ -52,3 +52,53 @@ def test_matmul_packed_empty_inner_dimension_gives_zeros():
     out = np.full((3, 4), np.nan, dtype=np.float32)
     K.matmul_v5(out, np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32))
     assert (out == 0).all()
+
+
+# ----------------------------------------------------------------- matmul_pool (the dispatcher's)
+from minillm.kernels.cpu import _blas, matmul_pool  # noqa: E402
+
+POOL_CASES = [((7, 5), (5, 33)), ((65, 130), (130, 17)), ((2, 3, 5, 7), (7, 4)),
+              ((5, 7), (2, 3, 7, 4)), ((2, 1, 9, 7), (1, 3, 7, 11)), ((4, 33, 17), (4, 17, 9))]
+
+
+def _stored_transposed(x):
+    return x.swapaxes(-1, -2).copy().swapaxes(-1, -2)  # same values, column-major matrices
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooled_matmul_matches_numpy(dtype, kernel_threads, monkeypatch):
+    monkeypatch.setattr(matmul_pool, "PARALLEL_MIN", 0 if kernel_threads == "parallel" else 1 << 62)
+    rng = np.random.default_rng(3)
+    for sa, sb in POOL_CASES:
+        a = rng.standard_normal(sa).astype(dtype)
+        b = rng.standard_normal(sb).astype(dtype)
+        want = R.matmul(a, b)
+        for x in (a, _stored_transposed(a)):
+            for y in (b, _stored_transposed(b)):
+                got = matmul_pool.matmul(x, y)
+                assert got.shape == want.shape and got.dtype == want.dtype
+                rtol = 1e-5 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 10)
+
+
+def test_pooled_matmul_hands_what_the_blas_cannot_take_to_numpy():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((6, 10)).astype(np.float32)
+    b = rng.standard_normal((5, 3)).astype(np.float32)
+    cases = [(a[:, ::2], b), (a.astype(np.int64)[:, :5], b.astype(np.int64)),
+             (a[:, :5], b.astype(np.float64)), (a[:0, :5], b)]
+    for x, y in cases:
+        got = matmul_pool.matmul(x, y)
+        want = x @ y
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError):
+        matmul_pool.matmul(a, b)  # (6, 10) @ (5, 3): NumPy's own error
+
+
+def test_pooled_matmul_leaves_the_blas_thread_count_as_it_was():
+    if not _blas.available():
+        pytest.skip("no OpenBLAS whose thread count can be read")
+    before = _blas.num_threads()
+    matmul_pool.matmul(np.ones((300, 200), np.float32), np.ones((200, 100), np.float32))
+    assert _blas.num_threads() == before
