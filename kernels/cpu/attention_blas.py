@@ -26,6 +26,10 @@ Per tile, backward:  s = q k^T, dp = do v^T (BLAS);  p = exp(scale s - lse), ds 
 q, k, v, o, do, dq, dk, dv may be strided views (e.g. heads split out of a fused (B, T, 3C) qkv
 buffer without a copy): np.matmul hands any view with one unit stride to the BLAS directly.
 
+Since Numba runs on its OpenMP pool (minillm/_env.py), v5's products run with the BLAS
+single-threaded: OpenBLAS's own worker, spinning after each multi-threaded call, would hold the
+core the OpenMP threads of the row kernels need (measured: small fwd+bwd 248 ms instead of 25).
+
 Attention v6: v5 with the batch (or, for a batch smaller than the thread count, the heads) cut
 into one slice per thread, each slice run by v5's loop on its own Python thread with the BLAS
 set to one thread and the row kernels' serial twins (which release the GIL). Why: v5's products
@@ -120,7 +124,17 @@ def _plan(B, H, Tq, Tk, causal):
     return blocks, bc
 
 
-def attention_forward_v5(o, lse, q, k, v, scale, causal, rows=pick):
+def attention_forward_v5(o, lse, q, k, v, scale, causal):
+    with _blas.single_threaded():  # (see the module docstring: one thread pool at a time)
+        _forward_tiles(o, lse, q, k, v, scale, causal)
+
+
+def attention_backward_v5(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
+    with _blas.single_threaded():
+        _backward_tiles(dq, dk, dv, do, q, k, v, o, lse, scale, causal)
+
+
+def _forward_tiles(o, lse, q, k, v, scale, causal, rows=pick):
     # rows(kernel, n): the row kernel to run on a tile of n elements (v6 passes serial twins)
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
@@ -136,7 +150,7 @@ def attention_forward_v5(o, lse, q, k, v, scale, causal, rows=pick):
             np.matmul(s, v[b0:b1, :, :kend], out=o[b0:b1, :, r0:r1])
 
 
-def attention_backward_v5(dq, dk, dv, do, q, k, v, o, lse, scale, causal, rows=pick):
+def _backward_tiles(dq, dk, dv, do, q, k, v, o, lse, scale, causal, rows=pick):
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
     off = Tk - Tq
@@ -182,7 +196,8 @@ def _on_threads(v5, arrays, rest, work):
     B, H = arrays[0].shape[:2]
     axis = 0 if B >= nt else 1 if H >= nt else None
     if nt < 2 or axis is None or work < _serial.PARALLEL_MIN or not _blas.available():
-        return v5(*arrays, *rest)
+        with _blas.single_threaded():
+            return v5(*arrays, *rest)
     twins = {kern: _serial.serial(kern) for kern in (_softmax_rows, _softmax_rows_backward)}
     rows = lambda kern, n: twins[kern]  # noqa: E731  (compiled here, not raced for in the threads)
     cuts = np.linspace(0, arrays[0].shape[axis], nt + 1).astype(int)
@@ -200,9 +215,9 @@ def _on_threads(v5, arrays, rest, work):
 
 def attention_forward_v6(o, lse, q, k, v, scale, causal):
     work = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    _on_threads(attention_forward_v5, (o, lse, q, k, v), (scale, causal), work)
+    _on_threads(_forward_tiles, (o, lse, q, k, v), (scale, causal), work)
 
 
 def attention_backward_v6(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     work = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    _on_threads(attention_backward_v5, (dq, dk, dv, do, q, k, v, o, lse), (scale, causal), work)
+    _on_threads(_backward_tiles, (dq, dk, dv, do, q, k, v, o, lse), (scale, causal), work)
