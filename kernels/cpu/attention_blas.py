@@ -65,29 +65,50 @@ def _row(r, H, nr, kend, r0, off, causal):
     return b, h, i, (min(kend, r0 + i + off + 1) if causal else kend)
 
 
+@njit(**_JIT)
+def softmax_row(row, n, kend, scale):
+    """row[:n] = softmax(scale row[:n]) in place, row[n:kend] = 0 (keys the query may not see;
+    the next product reads whole rows); returns lse = log sum exp(scale row[:n]). Shared with
+    attention v7 (attention_micro.py). A C-contiguous row vectorises; a strided one did not."""
+    zero = row.dtype.type(0.0)
+    m = row.dtype.type(NEG_BIG)
+    for j in range(n):
+        m = fast_max(m, row[j] * scale)
+    total = zero
+    for j in range(n):
+        e = fast_exp(row[j] * scale - m)
+        row[j] = e
+        total += e
+    inv = row.dtype.type(1.0) / total
+    for j in range(n):
+        row[j] *= inv
+    for j in range(n, kend):
+        row[j] = zero
+    return m + math.log(total)
+
+
+@njit(**_JIT)
+def softmax_row_backward(srow, drow, n, kend, lse, delta, scale):
+    """srow: raw scores -> p = exp(scale s - lse); drow: dp -> ds = p (dp - delta) scale; both
+    zero on [n, kend). delta = rowsum(do o) = rowsum(p dp)."""
+    zero = srow.dtype.type(0.0)
+    for j in range(n):
+        p = fast_exp(srow[j] * scale - lse)
+        srow[j] = p
+        drow[j] = p * (drow[j] - delta) * scale
+    for j in range(n, kend):
+        srow[j] = zero
+        drow[j] = zero
+
+
 @njit(parallel=True, **_JIT)
 def _softmax_rows(s, lse, scale, r0, off, causal):
     # s: (bc, H, nr, kend) raw scores q k^T, replaced by p; lse: (bc, H, nr) view, written.
     # Row i of the tile is query r0 + i; with causal it sees keys 0..r0 + i + off.
     bc, H, nr, kend = s.shape
-    zero = s.dtype.type(0.0)
     for r in prange(bc * H * nr):
         b, h, i, n = _row(r, H, nr, kend, r0, off, causal)
-        row = s[b, h, i]
-        m = s.dtype.type(NEG_BIG)
-        for j in range(n):
-            m = fast_max(m, row[j] * scale)
-        total = zero
-        for j in range(n):
-            e = fast_exp(row[j] * scale - m)
-            row[j] = e
-            total += e
-        inv = s.dtype.type(1.0) / total
-        for j in range(n):
-            row[j] *= inv
-        for j in range(n, kend):  # the next product reads whole rows: the unseen keys get 0
-            row[j] = zero
-        lse[b, h, i] = m + math.log(total)
+        lse[b, h, i] = softmax_row(s[b, h, i], n, kend, scale)
 
 
 @njit(parallel=True, **_JIT)
@@ -102,16 +123,7 @@ def _softmax_rows_backward(s, dp, lse, do, o, scale, r0, off, causal):
         delta = zero  # rowsum(do * o) == rowsum(p * dp)
         for d in range(D):
             delta += do[b, h, i, d] * o[b, h, i, d]
-        srow = s[b, h, i]
-        drow = dp[b, h, i]
-        li = lse[b, h, i]
-        for j in range(n):
-            p = fast_exp(srow[j] * scale - li)
-            srow[j] = p
-            drow[j] = p * (drow[j] - delta) * scale
-        for j in range(n, kend):
-            srow[j] = zero
-            drow[j] = zero
+        softmax_row_backward(s[b, h, i], dp[b, h, i], n, kend, lse[b, h, i], delta, scale)
 
 
 def _plan(B, H, Tq, Tk, causal):

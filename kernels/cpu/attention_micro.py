@@ -27,19 +27,16 @@ Backward, per block:  s = q k^T, dp = do v^T;  p = exp(scale s - lse),
 Memory: per thread two (RB, Tk) score tiles and the packed panels; never a (B, H, T, T) array.
 """
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from ._fastmath import fast_exp, fast_max
 from ._microkernel import MR, NV, VECTOR_BYTES, micro
 from ._serial import pick
+from .attention_blas import softmax_row, softmax_row_backward
 from .matmul_packed import _cdiv, _pack_a
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
 RB = 8 * MR  # query rows per block: 48 (AVX2) or 96 (AVX-512)
-NEG_BIG = -1e30
 
 
 @njit(**_JIT)
@@ -151,7 +148,6 @@ def _head_forward(o, lse, q, k, v, scale, causal):
     ktp, vp = _panel(D, Tk, q), _panel(Tk, D, q)
     _pack_t(ktp, k)  # K^T: (D, Tk)
     _pack(vp, v)  # (Tk, D)
-    zero = q.dtype.type(0.0)
     for r0 in range(0, Tq, RB):
         r1 = min(Tq, r0 + RB)
         nrr = r1 - r0
@@ -159,22 +155,8 @@ def _head_forward(o, lse, q, k, v, scale, causal):
         st = s[:nrr, :kend]
         _gemm(st, q[r0:r1], ktp, 0, D * nr, D, False, abuf, tile)  # (nrr, kend) = q k^T
         for i in range(nrr):
-            row = s[i]  # a C-contiguous row (st[i] has unknown strides and would not vectorise)
             n = min(kend, r0 + i + off + 1) if causal else kend
-            m = q.dtype.type(NEG_BIG)
-            for j in range(n):
-                m = fast_max(m, row[j] * scale)
-            total = zero
-            for j in range(n):
-                e = fast_exp(row[j] * scale - m)
-                row[j] = e
-                total += e
-            inv = q.dtype.type(1.0) / total
-            for j in range(n):
-                row[j] *= inv
-            for j in range(n, kend):  # p v reads whole rows: keys this row may not see get 0
-                row[j] = zero
-            lse[r0 + i] = m + math.log(total)
+            lse[r0 + i] = softmax_row(s[i], n, kend, scale)  # s[i]: C-contiguous (st[i] is not)
         _gemm(o[r0:r1], st, vp, 0, Tk * nr, kend, False, abuf, tile)  # (nrr, D) = p v
 
 
@@ -207,15 +189,7 @@ def _head_backward(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
             delta = zero  # rowsum(do * o) == rowsum(p * dp)
             for d in range(D):
                 delta += do[r0 + i, d] * o[r0 + i, d]
-            srow, drow = s[i], ds[i]  # C-contiguous rows, as in the forward
-            li = lse[r0 + i]
-            for j in range(n):
-                p = fast_exp(srow[j] * scale - li)
-                srow[j] = p
-                drow[j] = p * (drow[j] - delta) * scale
-            for j in range(n, kend):
-                srow[j] = zero
-                drow[j] = zero
+            softmax_row_backward(s[i], ds[i], n, kend, lse[r0 + i], delta, scale)
         _gemm(dq[r0:r1], dst, kp, 0, Tk * nr, kend, False, abuf, tile)  # dq = ds k
         _gemm(dk[:kend], dst.T, qp, r0 * nr, Tq * nr, nrr, True, abuf, tile)  # dk += ds^T q
         _gemm(dv[:kend], st.T, dop, r0 * nr, Tq * nr, nrr, True, abuf, tile)  # dv += p^T do

@@ -1,0 +1,73 @@
+"""Where a training step's time goes: every kernel call timed through the dispatcher.
+
+    python benchmarks/profile_step.py --config small --steps 6
+    python benchmarks/profile_step.py --config tiny --steps 40 --attention 5
+
+Wraps each implementation the kernel dispatcher hands out (kernels/dispatch.py) in a timer,
+runs warm-up steps, then prints per step: the wall time, the time inside each op family
+(matmul, attention, gelu, layernorm, adamw, cross_entropy, ...) and the rest (autograd, NumPy
+elementwise ops, Python). Unlike cProfile it adds one perf_counter pair per kernel call, so the
+sums stay close to the unprofiled step.
+"""
+
+import argparse
+import collections
+import os
+import sys
+import time
+
+import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only before NumPy loads)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_train  # noqa: E402
+from minillm.kernels import dispatch  # noqa: E402
+from minillm.kernels.cpu import attention  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", choices=sorted(bench_train.CONFIGS), default="small")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--attention", type=int, default=attention.DEFAULT_VERSION,
+                   help="attention version (kernels/cpu/attention.py)")
+    args = p.parse_args(argv)
+
+    spent = collections.defaultdict(float)
+    resolve = dispatch._resolve
+
+    def timed(name, mode, on_gpu):
+        fn = resolve(name, mode, on_gpu)
+        family = name.split("_")[0] if not name.startswith("cross") else "cross_entropy"
+
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[family] += time.perf_counter() - t
+        return call
+
+    dispatch._resolve = timed
+    dispatch.clear_cache()
+    attention.DEFAULT_VERSION = args.attention
+
+    step = bench_train.minillm_step_fn(bench_train.CONFIGS[args.config])
+    for _ in range(3):
+        step()
+    spent.clear()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    wall = (time.perf_counter() - t) / args.steps * 1e3
+    per = {k: v / args.steps * 1e3 for k, v in spent.items()}
+    rest = wall - sum(per.values())
+    print(f"{args.config}: attention v{args.attention}, {args.steps} steps, ms per step")
+    print(f"{'step':14s} {wall:8.1f}")
+    for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
+        print(f"{k:14s} {v:8.1f}")
+    print(f"{'rest':14s} {rest:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
