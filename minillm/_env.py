@@ -10,7 +10,9 @@ user has not set, so any of them can be overridden from the environment.
   call without yielding, never starts. Workqueue (the earlier choice, when the matmuls still
   used OpenBLAS's threads) sleeps at once, and in this VM waking a sleeping thread cost 0.3-0.8
   ms a launch: tiny-config step 95-104 ms on workqueue, 58-70 on OpenMP. A user's
-  NUMBA_THREADING_LAYER (or priority) wins.
+  NUMBA_THREADING_LAYER (or priority) wins. One limit of GNU OpenMP: a process that forks
+  (multiprocessing's "fork" start method) after running parallel kernels cannot run them in the
+  child; use the "spawn" start method there, or NUMBA_THREADING_LAYER=workqueue.
 - OPENBLAS_CORETYPE=SkylakeX, only on CPUs with the AVX-512 subsets SkylakeX kernels use
   (F, BW, DQ, VL) where OpenBLAS's own detection would pick the AVX2 (Haswell) kernels: AMD
   Zen 4/5. Measured there: float32 matmul about 1.7x faster (400 vs 220 GFLOP/s on 2 cores).
