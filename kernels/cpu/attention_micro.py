@@ -33,7 +33,7 @@ from numba import njit, prange
 from ._microkernel import MR, NV, VECTOR_BYTES, micro
 from ._serial import pick
 from .attention_blas import softmax_row, softmax_row_backward
-from .matmul_packed import _cdiv, _pack_a
+from .matmul_packed import _cdiv, _pack_a, _pack_b
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
 RB = 8 * MR  # query rows per block: 48 (AVX2) or 96 (AVX-512)
@@ -47,19 +47,11 @@ def _nr(x):
 @njit(**_JIT)
 def _pack(bp, x):
     # B = x, (depth, n) -> bp in slivers of nr columns: sliver s at s * depth * nr, row p at
-    # p * nr; columns past n are zero
+    # p * nr; columns past n are zero (matmul v5's layout, one panel as deep as x)
     depth, n = x.shape
     nr = _nr(x)
     for s in range(_cdiv(n, nr)):
-        c0 = s * nr
-        cols = min(nr, n - c0)
-        for p in range(depth):
-            dst = bp[s * depth * nr + p * nr: s * depth * nr + (p + 1) * nr]
-            src = x[p]
-            for j in range(cols):
-                dst[j] = src[c0 + j]
-            for j in range(cols, nr):
-                dst[j] = 0.0
+        _pack_b(bp, x, 0, depth, 0, n, s, nr)
 
 
 @njit(**_JIT)
@@ -119,15 +111,12 @@ def _gemm(out, a, bp, boff, bsl, kc, accumulate, abuf, tile):
 
 @njit(**_JIT)
 def _buffers(q, Tk):
-    # per-task scratch: two score tiles, an edge sliver of a, the register tile, and the packs
-    Tq, D = q.shape
-    nr = _nr(q)
-    dt = q.dtype
-    s = np.empty((RB, Tk), dtype=dt)
-    ds = np.empty((RB, Tk), dtype=dt)
-    abuf = np.empty(MR * max(D, Tk, RB), dtype=dt)
-    tile = np.empty(MR * nr, dtype=dt)
-    return s, ds, abuf, tile
+    # per-task scratch: a score tile, an edge sliver of a, the register tile
+    D = q.shape[1]
+    s = np.empty((RB, Tk), dtype=q.dtype)
+    abuf = np.empty(MR * max(D, Tk, RB), dtype=q.dtype)
+    tile = np.empty(MR * _nr(q), dtype=q.dtype)
+    return s, abuf, tile
 
 
 @njit(**_JIT)
@@ -144,7 +133,7 @@ def _head_forward(o, lse, q, k, v, scale, causal):
     Tk = k.shape[0]
     off = Tk - Tq
     nr = _nr(q)
-    s, _, abuf, tile = _buffers(q, Tk)
+    s, abuf, tile = _buffers(q, Tk)
     ktp, vp = _panel(D, Tk, q), _panel(Tk, D, q)
     _pack_t(ktp, k)  # K^T: (D, Tk)
     _pack(vp, v)  # (Tk, D)
@@ -166,7 +155,8 @@ def _head_backward(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     Tk = k.shape[0]
     off = Tk - Tq
     nr = _nr(q)
-    s, ds, abuf, tile = _buffers(q, Tk)
+    s, abuf, tile = _buffers(q, Tk)
+    ds = np.empty_like(s)  # the second score tile: dp, then ds
     ktp, vtp = _panel(D, Tk, q), _panel(D, Tk, q)
     kp, qp, dop = _panel(Tk, D, q), _panel(Tq, D, q), _panel(Tq, D, q)
     _pack_t(ktp, k)
