@@ -1,0 +1,67 @@
+"""The ladder protocol: how every kernel op, on every device, declares its numbered versions.
+
+An op module (``kernels/cpu/softmax.py``, ``kernels/cuda/layernorm.py``, a folder such as
+``kernels/cpu/attention/``) builds one ``Ladder`` per kernel name (the name of its definition in
+``kernels/reference.py``, e.g. ``"softmax_forward"``) and lists them in a module-level tuple
+``LADDERS``. ``kernels/registry.py`` reads those tuples and is the one place that chooses which
+version runs (op x device x mode x inputs); nothing else picks a version.
+
+Every rung is called exactly like the reference function of the same name (same arguments, same
+return values), so tests and benchmarks can treat all versions of all ops alike. A rung may say
+it cannot take some inputs (``fits`` returns a reason); the registry then runs the reference
+instead and ``describe()`` reports the reason.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One numbered version of a kernel.
+
+    run:  callable with the reference's signature and return values.
+    note: one line saying what this version changes over the one before it, and what it gained.
+    fits: optional ``fits(*args) -> None | str``: None when this version takes these inputs,
+          else a short reason ("float16 input", "head dim 96 > 64") shown by ``describe()``.
+    """
+
+    version: int
+    run: Callable
+    note: str
+    fits: Optional[Callable] = None
+
+    def reason_not(self, *args):
+        """None if this rung takes ``args``, else why not."""
+        return None if self.fits is None else self.fits(*args)
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The numbered versions of one kernel on one device, and which of them runs by default."""
+
+    op: str  # kernel name, as in kernels/reference.py
+    device: str  # "cpu" or "cuda"
+    rungs: tuple
+    default: int
+    about: str = ""  # one line: what the ladder climbs (shown by describe())
+    _by_version: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        by = {r.version: r for r in self.rungs}
+        if len(by) != len(self.rungs):
+            raise ValueError(f"{self.op}/{self.device}: two rungs share a version number")
+        if self.default not in by:
+            raise ValueError(f"{self.op}/{self.device}: default v{self.default} is not a rung")
+        object.__setattr__(self, "_by_version", by)
+
+    @property
+    def versions(self):
+        return tuple(sorted(self._by_version))
+
+    def rung(self, version):
+        try:
+            return self._by_version[version]
+        except KeyError:
+            raise KeyError(f"{self.op} on {self.device} has versions {self.versions}, "
+                           f"not {version}") from None
