@@ -5,14 +5,11 @@ the functions that need it: a CPU-only install never touches cupy, and ``import 
 with nothing but NumPy.
 """
 
-import os
-
 import numpy as np
 
 from minillm.errors import MinillmError
 
 DEFAULT_DTYPE = np.float32  # float32 by default; float64 works everywhere (gradient checks)
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 # ----------------------------------------------------------------------------- array modules
@@ -118,8 +115,3 @@ def kernel(name, like):
     from minillm.kernels import dispatch
 
     return dispatch.get(name, like)
-
-
-def env_flag(name, default=False):
-    v = os.environ.get(name)
-    return default if v is None else v.strip().lower() not in ("", "0", "false", "no")

@@ -144,10 +144,6 @@ def clip_grad_norm_(params, max_norm):
 
 
 # ----------------------------------------------------------------------------- schedules
-def constant_lr(step, lr, **_):
-    return lr
-
-
 def cosine_lr(step, lr, warmup_iters, decay_iters, min_lr):
     """Linear warmup from 0 to ``lr`` over ``warmup_iters`` steps, then cosine decay to
     ``min_lr`` at ``decay_iters``, then ``min_lr`` (nanoGPT's get_lr; step counts from 0)."""

@@ -195,12 +195,5 @@ def load_config(cls, config=None, overrides=()):
     return cfg.validate()
 
 
-def config_from_dict(cls, d):
-    cfg = cls()
-    known = {f.name for f in fields(cls)}
-    apply_overrides(cfg, [(k, v) for k, v in d.items() if k in known], "checkpoint")
-    return cfg
-
-
 def dumps(cfg):
     return json.dumps(cfg.to_dict(), indent=2)

@@ -28,8 +28,6 @@ from minillm.optim import AdamW, cosine_lr, gpt_param_groups
 from minillm.train import checkpoint as ckpt
 from minillm.train.step import estimate_loss, train_step
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
-
 
 def get_lr(cfg, it):
     if not cfg.decay_lr:
