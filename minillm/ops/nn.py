@@ -3,7 +3,7 @@ bias+GELU and scaled dot-product attention.
 
 The fused ones call kernels through the dispatcher (``backend.kernel``), which picks the NumPy
 reference, the Numba CPU kernels or the CUDA kernels; their composite twins (built from the
-primitive ops) are in the tests, which check that both agree in values and gradients.
+primitive ops) are in ops/composite.py, and tests/ops/test_composite.py checks both agree.
 """
 
 import math
