@@ -77,34 +77,69 @@ def _has_libgomp():
     return ctypes.util.find_library("gomp") is not None
 
 
-# CPU seconds the process burns while its main thread sleeps for 0.3 s right after a big matmul:
-# idle worker threads spinning for the next call. OpenBLAS's own workers spin for 2^28 cycles
-# (about 0.1 s) without yielding; minillm's matmul runs OpenBLAS single-threaded from Numba's
-# pool, whose OpenMP threads spin well under a millisecond before they sleep.
-_SPIN = """
-import os, sys, time
-import minillm
+# OpenBLAS's worker threads after a minillm matmul. A multi-threaded OpenBLAS call wakes its
+# workers, which then spin for the next call (about 0.1 s, without yielding) on a core a Numba
+# kernel needs; minillm's matmul runs OpenBLAS single-threaded inside Numba's pool
+# (kernels/cpu/matmul_pool.py), so OpenBLAS's workers never run. The check counts how often
+# each worker was put on a CPU (the third field of /proc/self/task/<tid>/schedstat): a sleeping
+# thread's count does not move. The workers are the threads that ``import minillm`` starts
+# (NumPy loads OpenBLAS, which starts them; Numba's pool starts only with the first kernel).
+# Prints the workers' counts: settled, after three minillm matmuls and a linear layer,
+# settled again, after three NumPy matmuls (the control: the count moves when they run).
+_WAKEUPS = """
+import os, time
+def tasks():
+    return {int(t) for t in os.listdir("/proc/self/task")}
+def scheduled(tid):
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        return int(f.read().split()[2])
+before = tasks()
 import numpy as np
-from minillm.kernels.cpu import matmul_pool
+import minillm as M
+import minillm.functional as F
+workers = sorted(tasks() - before)
+def settled():  # a freshly used worker spins a while before it sleeps
+    counts = None
+    for _ in range(100):
+        now = [scheduled(t) for t in workers]
+        if now == counts:
+            return now
+        counts = now
+        time.sleep(0.2)
+    raise SystemExit("OpenBLAS's workers never went to sleep")
 a = np.ones((600, 600), np.float32)
-mm = matmul_pool.matmul if sys.argv[1] == "minillm" else np.matmul
-spun = []
+x, w = M.Tensor(np.ones((2, 300, 600), np.float32)), M.Tensor(a)
+quiet = settled()
 for _ in range(3):
-    mm(a, a)
-    t = os.times()
-    time.sleep(0.3)
-    u = os.times()
-    spun.append(u.user + u.system - t.user - t.system)
-print(min(spun))
+    M.Tensor(a) @ M.Tensor(a)
+F.linear(x, w)
+after_minillm = [scheduled(t) for t in workers]
+quiet_again = settled()
+for _ in range(3):
+    a @ a
+print(M.get_kernels(), len(workers), *quiet, *after_minillm, *quiet_again,
+      *[scheduled(t) for t in workers])
 """
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="nothing spins with one core")
-def test_no_thread_spins_after_a_minillm_matmul():
-    def spun(which):
-        out = subprocess.run([sys.executable, "-c", _SPIN, which], capture_output=True,
-                             text=True, check=True)
-        return float(out.stdout)
+def _openblas_in_numpy():
+    out = subprocess.run([sys.executable, "-c", "import numpy; print(open('/proc/self/maps').read())"],
+                         capture_output=True, text=True, check=True)
+    return "openblas" in out.stdout.lower()
 
-    assert spun("numpy") > 0.04  # OpenBLAS's worker, the control: the test can see a spinner
-    assert spun("minillm") < 0.02
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="Linux /proc schedstat")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no worker on one core")
+def test_openblas_workers_stay_asleep_during_a_minillm_matmul():
+    if not _openblas_in_numpy():
+        pytest.skip("NumPy is not linked against OpenBLAS")
+    names = ("MINILLM_KERNELS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "GOTO_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    out = subprocess.run([sys.executable, "-c", _WAKEUPS], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    mode, n = out[0], int(out[1])
+    assert mode == "auto" and n >= 1, out  # OpenBLAS starts cores - 1 workers
+    quiet, after_minillm, quiet_again, after_numpy = (
+        [int(c) for c in out[2 + i * n: 2 + (i + 1) * n]] for i in range(4))
+    assert after_minillm == quiet, "an OpenBLAS worker ran during minillm's matmul"
+    assert any(b > a for a, b in zip(quiet_again, after_numpy)), "the control saw no worker run"
