@@ -1,6 +1,6 @@
 # minillm: the two commands of the README, each making its own virtual environment.
 #   make demo   install, fetch tiny Shakespeare, prepare, pretrain the tiny config, plot, sample
-#   make test   install with the test extras and run the test suite (what CI runs)
+#   make test   install with the test extras, lint (ruff) and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -22,6 +22,7 @@ demo: $(STAMP)
 		$$(test -f out/shakespeare_char_tiny/last/state.json && echo --resume)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -2,7 +2,6 @@
 and one clear message + exit code 2 for each kind of bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
