@@ -6,26 +6,26 @@ user has not set, so any of them can be overridden from the environment.
   there. Its idle threads spin briefly (GNU OpenMP: about 300,000 polls) and then sleep, so the
   next kernel starts at once, and nothing else spins in a training step: matmuls run from
   the same pool (kernels/cpu/matmul_pool.py: OpenBLAS single-threaded inside each call, one
-  block of rows per Numba thread), so OpenBLAS's own worker, which spins 0.1 s after every
-  call without yielding, never starts. Workqueue (the earlier choice, when the matmuls still
-  used OpenBLAS's threads) sleeps at once, and in this VM waking a sleeping thread cost 0.3-0.8
-  ms a launch: tiny-config step 95-104 ms on workqueue, 58-70 on OpenMP. A user's
-  NUMBA_THREADING_LAYER (or priority) wins. One limit of GNU OpenMP: a process that forks
-  (multiprocessing's "fork" start method) after running parallel kernels cannot run them in the
-  child; use the "spawn" start method there, or NUMBA_THREADING_LAYER=workqueue.
+  block of rows per Numba thread), so OpenBLAS's own worker, which spins about 0.1 s after
+  every call without yielding, never starts. Workqueue threads sleep at once, and every
+  kernel launch then pays for waking them (a slower training step on workqueue:
+  benchmarks/README.md, "One thread pool"). A user's NUMBA_THREADING_LAYER (or priority)
+  wins. One limit of GNU OpenMP: a process that forks (multiprocessing's "fork" start method)
+  after running parallel kernels cannot run them in the child; use the "spawn" start method
+  there, or NUMBA_THREADING_LAYER=workqueue.
 - OPENBLAS_CORETYPE=SkylakeX, only on CPUs with the AVX-512 subsets SkylakeX kernels use
   (F, BW, DQ, VL) where OpenBLAS's own detection would pick the AVX2 (Haswell) kernels: AMD
-  Zen 4/5. Measured there: float32 matmul about 1.7x faster (400 vs 220 GFLOP/s on 2 cores).
-  On Intel CPUs with AVX-512 OpenBLAS already picks SkylakeX and nothing is changed. Only
-  effective when NumPy has not been imported yet.
+  Zen 4/5, where the SkylakeX kernels run float32 matmul faster (benchmarks/README.md,
+  "OpenBLAS's kernels on AMD AVX-512"). On Intel CPUs with AVX-512 OpenBLAS already picks
+  SkylakeX and nothing is changed. Only effective when NumPy has not been imported yet.
 - glibc malloc keeps freed blocks of up to 32 MiB for reuse (mallopt M_MMAP_THRESHOLD 32 MiB,
   M_TRIM_THRESHOLD 1 GiB). Every training step allocates and frees the same activation and
-  gradient buffers; by default glibc hands many of them back to the kernel and the next step
-  faults them in again, page by page. Measured on the small config (6 x 384, T 256, B 8):
-  34,500 page faults and 126 ms of system time per step before, none after; tiny config 6,000
-  and 11 ms before, none after; peak RSS unchanged (749 / 743 MiB). Skipped where the user set
-  MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES, or MINILLM_MALLOC=default,
-  and off glibc. Blocks above 32 MiB (glibc's limit) are still returned.
+  gradient buffers; with glibc's adaptive defaults many of them go back to the kernel and the
+  next step faults them in again, page by page (page faults and system time per step:
+  benchmarks/README.md, "Page faults"; tests/test_env.py checks the reuse). Skipped where the
+  user set MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES, or
+  MINILLM_MALLOC=default, and off glibc. Blocks above 32 MiB (glibc's limit) are still
+  returned.
 """
 
 import ctypes
