@@ -123,8 +123,8 @@ print(M.get_kernels(), len(workers), *quiet, *after_minillm, *quiet_again,
 
 
 def _openblas_in_numpy():
-    out = subprocess.run([sys.executable, "-c", "import numpy; print(open('/proc/self/maps').read())"],
-                         capture_output=True, text=True, check=True)
+    code = "import numpy; print(open('/proc/self/maps').read())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return "openblas" in out.stdout.lower()
 
 

@@ -123,6 +123,7 @@ def self_attention(qkv, n_head, causal=True, scale=None):
     """Multi-head self-attention from a fused projection: qkv (B, T, 3C) laid out [q | k | v],
     heads in order inside each -> (B, T, C), the heads' outputs side by side."""
     B, T, C3 = qkv.shape
-    heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+    D = C3 // (3 * n_head)
+    heads = qkv.reshape(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
     o = attention(heads[0], heads[1], heads[2], causal=causal, scale=scale)  # (B, H, T, D)
     return o.permute(0, 2, 1, 3).reshape(B, T, C3 // 3)  # (B, T, C)

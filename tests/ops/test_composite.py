@@ -62,8 +62,8 @@ def assert_twins(fused, twin, inputs, dtype, seed=0):
 
 @pytest.mark.parametrize("shape,axis", [((7, 13), -1), ((3, 5, 11), -1), ((6, 9), 0), ((1, 1), -1)])
 def test_softmax(kernels, dtype, shape, axis, rng):
-    assert_twins(lambda x: F.softmax(x, axis), lambda x: C.softmax(x, axis), leaves(rng, dtype, shape),
-                 dtype)
+    assert_twins(lambda x: F.softmax(x, axis), lambda x: C.softmax(x, axis),
+                 leaves(rng, dtype, shape), dtype)
 
 
 @pytest.mark.parametrize("shape,axis", [((7, 13), -1), ((3, 5, 11), -1), ((6, 9), 0), ((1, 1), -1)])
@@ -177,7 +177,8 @@ def test_the_twin_catches_a_wrong_fused_gradient(rng):
 TWINS = {
     "softmax": (lambda x: C.softmax(x, 0), [(4, 5)]),
     "log_softmax": (C.log_softmax, [(4, 5)]),
-    "cross_entropy": (lambda z: C.cross_entropy(z, np.array([[1, -100, 4], [0, 2, 2]])), [(2, 3, 5)]),
+    "cross_entropy": (lambda z: C.cross_entropy(z, np.array([[1, -100, 4], [0, 2, 2]])),
+                      [(2, 3, 5)]),
     "layer_norm": (C.layer_norm, [(3, 6), (6,), (6,)]),
     "gelu": (C.gelu, [(3, 5)]),
     "bias_gelu": (C.bias_gelu, [(3, 5), (5,)]),
