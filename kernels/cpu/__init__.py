@@ -16,6 +16,6 @@ from .softmax import (
 )
 
 # Llama ops (RMSNorm, rotary embeddings, SwiGLU)
-from .rmsnorm import rms_norm_backward, rms_norm_forward  # noqa: E402
-from .rope import rope_backward, rope_forward  # noqa: E402
-from .swiglu import swiglu_backward, swiglu_forward  # noqa: E402
+from .rmsnorm import rms_norm_backward, rms_norm_forward
+from .rope import rope_backward, rope_forward
+from .swiglu import swiglu_backward, swiglu_forward

@@ -136,7 +136,8 @@ def _forward(version, x, w, eps=1e-5):
     out = np.empty_like(x)
     rrms = np.empty(N, dtype=dt)
     if x.size:
-        pick(VERSIONS["rms_norm_forward"][version], x.size)(out, rrms, x, _w(w, C, dt), dt.type(eps))
+        kernel = pick(VERSIONS["rms_norm_forward"][version], x.size)
+        kernel(out, rrms, x, _w(w, C, dt), dt.type(eps))
     return out, rrms
 
 

@@ -85,9 +85,9 @@ def all_configs():
 
 
 # Llama ops (RMSNorm, rotary embeddings, SwiGLU)
-from .rmsnorm import rms_norm_backward, rms_norm_forward  # noqa: E402
-from .rope import rope_backward, rope_forward  # noqa: E402
-from .swiglu import swiglu_backward, swiglu_forward  # noqa: E402
+from .rmsnorm import rms_norm_backward, rms_norm_forward
+from .rope import rope_backward, rope_forward
+from .swiglu import swiglu_backward, swiglu_forward
 
 __all__ += ["rms_norm_backward", "rms_norm_forward", "rope_backward", "rope_forward",
             "swiglu_backward", "swiglu_forward"]

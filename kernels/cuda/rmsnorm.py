@@ -86,7 +86,8 @@ def backward(version, dy, x, w, rrms):
     # enough row groups to give every SM a few blocks; each group writes one partial row
     G = max(1, min(cc.ceil_div(N, R), cc.ceil_div(4 * sms, col_blocks)))
     partial = cp.empty((G, C), cp.float32)
-    cc.launch(_fn("rms_norm_backward_dw_v2"), (col_blocks, G), (32, R), (partial, dy, x, rrms, N, C))
+    cc.launch(_fn("rms_norm_backward_dw_v2"), (col_blocks, G), (32, R),
+              (partial, dy, x, rrms, N, C))
     cc.launch(_fn("rms_norm_colsum"), cc.ceil_div(C, 128), 128, (dw, partial, G, C))
     return dx, dw
 

@@ -58,7 +58,8 @@ def forward(version, gate, up):
     if version == 1:
         cc.launch(_fn("swiglu_forward_v1"), cc.ceil_div(n, T), T, (y, gate, up, n))
     else:
-        cc.launch(_fn("swiglu_forward_v2"), _grid(n), T, (y, gate, up, n, cc.aligned16(y, gate, up)))
+        vec = cc.aligned16(y, gate, up)
+        cc.launch(_fn("swiglu_forward_v2"), _grid(n), T, (y, gate, up, n, vec))
     return y
 
 
