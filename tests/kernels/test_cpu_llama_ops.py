@@ -199,7 +199,8 @@ def test_reference_backwards_match_finite_differences():
         xr, dyr, cos, sin = rope_inputs((1, 2, 3, 6), np.float64, False, 7)
         np.testing.assert_allclose(
             R.rope_backward(dyr, cos, sin, interleaved),
-            numeric_grad(lambda a, c=cos, s=sin, i=interleaved: R.rope_forward(a, c, s, i), xr, dyr),
+            numeric_grad(lambda a, c=cos, s=sin, i=interleaved: R.rope_forward(a, c, s, i),
+                         xr, dyr),
             rtol=1e-6, atol=1e-8)
     gate, up, dy = swiglu_inputs((4, 5), np.float64)
     gate.reshape(-1)[:2] = [-3.0, 2.5]  # finite differences need a non-saturated gate
