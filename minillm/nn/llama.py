@@ -131,13 +131,23 @@ class LlamaAttention(Module):
         if kv_cache is not None:
             k_all, v_all = kv_cache.append(layer, k.data, v.data)  # (B, Hkv, L+T, D)
             k, v = Tensor(k_all), Tensor(v_all)
-        k, v = self._repeat_kv(k), self._repeat_kv(v)  # (B, H, Tk, D)
         mask = None
         if attention_mask is not None:
             m = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
             mask = backend.to_numpy(m).astype(bool)[:, None, None, :]  # (B, 1, 1, Tk)
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, mask=mask,
-                                           scale=1.0 / math.sqrt(D))  # (B, H, T, D)
+        scale = 1.0 / math.sqrt(D)
+        if T == 1 and H > Hkv:
+            # A decode step: the one new query of every head sees every key, so the H / Hkv
+            # query heads of a group become rows of one query block against their shared
+            # key/value head, without causal masking and without copying the cache H / Hkv
+            # times. (Head h = j * rep + r is row r of group j.)
+            qg = q.reshape(B, Hkv, H // Hkv, D)  # (B, Hkv, rep, D)
+            y = F.scaled_dot_product_attention(qg, k, v, causal=False, mask=mask, scale=scale)
+            y = y.reshape(B, H, 1, D)  # (B, H, T, D)
+        else:
+            k, v = self._repeat_kv(k), self._repeat_kv(v)  # (B, H, Tk, D)
+            y = F.scaled_dot_product_attention(q, k, v, causal=True, mask=mask,
+                                               scale=scale)  # (B, H, T, D)
         y = y.permute(0, 2, 1, 3).reshape(B, T, H * D)  # heads side by side
         return self.o_proj(y)  # (B, T, C)
 

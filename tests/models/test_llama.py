@@ -289,3 +289,19 @@ def test_config_round_trip_and_unknown_keys():
 def test_too_long_input_is_a_config_error():
     with pytest.raises(ConfigError, match="longer than block_size"):
         make()(np.zeros((1, 33), np.int64))
+
+
+# --------------------------------------------------------------------------- LoRA drops in
+def test_lora_replaces_the_projections():
+    from minillm.nn import LoRALinear, apply_lora
+
+    m = make(seed=12)
+    idx = np.random.default_rng(13).integers(0, 61, (2, 7))
+    before = m(idx)[0].data
+    names = apply_lora(m, rank=2, targets="self_attn.q_proj,self_attn.v_proj,mlp.down_proj")
+    assert len(names) == 6 and isinstance(m.layers[0].self_attn.q_proj, LoRALinear)
+    np.testing.assert_allclose(m(idx)[0].data, before, rtol=1e-6, atol=1e-6)  # B starts at 0
+    _, loss = m(idx, targets=idx)
+    loss.backward()
+    trained = {n for n, p in m.named_parameters() if p.grad is not None}
+    assert trained and all("lora_" in n for n in trained)
