@@ -62,7 +62,8 @@ class LlamaConfig:
                 raise ConfigError(f"LlamaConfig.{f} must be positive, got {getattr(self, f)!r}")
         for f in ("bos_token_id", "eos_token_id"):
             v = getattr(self, f)
-            if v is not None and not (isinstance(v, (int, np.integer)) and 0 <= v < self.vocab_size):
+            ok = isinstance(v, (int, np.integer)) and 0 <= v < self.vocab_size
+            if v is not None and not ok:
                 raise ConfigError(f"LlamaConfig.{f} must be a token id below vocab_size "
                                   f"{self.vocab_size}, got {v!r}")
 
@@ -123,7 +124,8 @@ class Llama(Module):
         positions are start..start+T-1, start = ``kv_cache.length`` or 0."""
         data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
         if data.ndim != 2:
-            raise ConfigError(f"Llama input must be (batch, time) token ids, got shape {data.shape}")
+            raise ConfigError(f"Llama input must be (batch, time) token ids, got shape "
+                              f"{data.shape}")
         B, T = data.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -182,3 +184,10 @@ class Llama(Module):
         T = T or c.block_size
         return 6 * self.num_parameters(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
 
+    def crop_block_size(self, block_size):
+        """Shrink the context window (e.g. to fine-tune on short texts). Rotary embeddings have
+        no position table, so only the limit changes."""
+        if block_size > self.config.block_size:
+            raise ConfigError(f"cannot grow block_size from {self.config.block_size} to "
+                              f"{block_size}")
+        self.config.block_size = block_size

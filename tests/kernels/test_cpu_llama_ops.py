@@ -209,3 +209,24 @@ def test_reference_backwards_match_finite_differences():
                                rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dup, numeric_grad(lambda a: R.swiglu_forward(gate, a), up, dy),
                                rtol=1e-6, atol=1e-8)
+
+
+def test_cuda_ladders_declare_the_same_ops_without_cupy():
+    """The CUDA modules' ladders (importable without CuPy) cover the same kernels, and each
+    rung says why it cannot take NumPy arrays instead of failing inside a launch."""
+    import importlib
+
+    x = np.zeros((3, 4), np.float32)
+    ops = set()
+    for name in ("rmsnorm", "rope", "swiglu"):
+        for lad in importlib.import_module(f"minillm.kernels.cuda.{name}").LADDERS:
+            assert lad.device == "cuda" and lad.default in lad.versions
+            ops.add(lad.op)
+            args = {"rms_norm_forward": (x, x[0], 1e-5), "rms_norm_backward": (x, x, x[0], x[:, 0]),
+                    "rope_forward": (x[None, None], x[:, :2], x[:, :2], False),
+                    "rope_backward": (x[None, None], x[:, :2], x[:, :2], False),
+                    "swiglu_forward": (x, x), "swiglu_backward": (x, x, x)}[lad.op]
+            for v in lad.versions:
+                assert lad.rung(v).reason_not(*args) == "not a CuPy array"
+    assert ops == {"rms_norm_forward", "rms_norm_backward", "rope_forward", "rope_backward",
+                   "swiglu_forward", "swiglu_backward"}

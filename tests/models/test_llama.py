@@ -24,7 +24,7 @@ def make(seed=0, std=0.3, **overrides):
     cfg = LlamaConfig(**{**TINY, **overrides})
     m = Llama(cfg, init=False)
     rng = np.random.default_rng(seed)
-    for name, p in m.named_parameters():
+    for p in m.parameters():
         if p.ndim == 1:  # norm gains around 1
             p.data = (1 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32)
         else:
@@ -305,3 +305,13 @@ def test_lora_replaces_the_projections():
     loss.backward()
     trained = {n for n, p in m.named_parameters() if p.grad is not None}
     assert trained and all("lora_" in n for n in trained)
+
+
+def test_crop_block_size():
+    m = make()
+    m.crop_block_size(8)
+    assert m(np.zeros((1, 8), np.int64))[0].shape == (1, 8, 61)
+    with pytest.raises(ConfigError, match="longer than block_size 8"):
+        m(np.zeros((1, 9), np.int64))
+    with pytest.raises(ConfigError, match="cannot grow"):
+        m.crop_block_size(64)
