@@ -36,6 +36,9 @@ OPS = (
     "bias_gelu_forward", "bias_gelu_backward",
     "attention_forward", "attention_backward",
     "adamw_step",
+    "rms_norm_forward", "rms_norm_backward",
+    "rope_forward", "rope_backward",
+    "swiglu_forward", "swiglu_backward",
 )
 MODES = ("auto", "reference", "numba")
 

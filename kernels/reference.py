@@ -211,3 +211,110 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     mhat = m / (1.0 - beta1**step)
     vhat = v / (1.0 - beta2**step)
     p -= lr * (mhat / (xp.sqrt(vhat) + eps) + weight_decay * p)
+
+
+# =========================================================================== Llama ops
+# RMSNorm, rotary position embeddings and the SwiGLU gate: the three ops a Llama block adds to
+# GPT-2's (minillm/ops/llama.py wraps them for autograd, kernels/cpu and kernels/cuda hold the
+# fast versions).
+
+
+# --------------------------------------------------------------------------- RMSNorm
+def rms_norm_forward(x, w, eps=1e-5):
+    """y = x * rrms * w,  rrms = 1 / sqrt(mean_c(x^2) + eps)  (Zhang & Sennrich 2019).
+
+    Layer norm without the mean: no centring, no bias. x: (N, C)  w: (C,)
+    Returns y (N, C) and rrms (N,), the one number per row the backward needs.
+    """
+    xp = _xp(x)
+    rrms = 1.0 / xp.sqrt((x * x).mean(axis=-1) + eps)  # (N,)
+    return x * rrms[:, None] * w, rrms
+
+
+def rms_norm_backward(dy, x, w, rrms):
+    """Gradients of rms_norm_forward. Returns dx (N, C), dw (C,).
+
+    With xhat = x * rrms and g = dy * w, since d rrms / d x_c = -rrms^3 x_c / C:
+    dx = rrms * (g - xhat * mean_c(g * xhat)),  dw = sum_n dy * xhat.
+    """
+    xhat = x * rrms[:, None]
+    g = dy * w
+    dx = rrms[:, None] * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dw = (dy * xhat).sum(axis=0)
+    return dx, dw
+
+
+# --------------------------------------------------------------------------- rotary embeddings
+def rope_cos_sin(positions, D, base=10000.0, dtype=np.float32):
+    """cos and sin of the rotary angles theta[p, i] = p * base^(-2i / D), i = 0..D/2-1
+    (Su et al. 2021, RoFormer). positions: (T,) or (B, T) ints -> cos, sin: (..., D/2).
+
+    The angles are formed in float64 (p * freq reaches 1e4 and more, where float32 keeps only
+    three decimals of the angle) and cast to ``dtype`` at the end.
+    """
+    xp = _xp(positions) if not isinstance(positions, (list, tuple, range)) else np
+    pos = xp.asarray(positions).astype(np.float64)
+    inv_freq = base ** (-(xp.arange(0, D // 2, dtype=np.float64) * 2.0) / D)  # (D/2,)
+    angles = pos[..., None] * inv_freq  # (..., D/2)
+    return xp.cos(angles).astype(dtype), xp.sin(angles).astype(dtype)
+
+
+def _rope_pairs(x, interleaved):
+    """The two halves of every rotated pair: (x[2i], x[2i+1]) or (x[i], x[i + D/2])."""
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
+    h = x.shape[-1] // 2
+    return x[..., :h], x[..., h:]
+
+
+def _rope_rotate(x, cos, sin, interleaved):
+    xp = _xp(x)
+    if cos.ndim == 3:  # per-row positions (B, T, D/2): broadcast over the heads
+        cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = _rope_pairs(x, interleaved)
+    y = xp.empty_like(x)
+    y1, y2 = _rope_pairs(y, interleaved)  # views into y
+    y1[...] = x1 * cos - x2 * sin
+    y2[...] = x1 * sin + x2 * cos
+    return y
+
+
+def rope_forward(x, cos, sin, interleaved=False):
+    """Rotary position embedding: each pair (x1, x2) of a head is turned by its angle theta,
+
+        y1 = x1 cos(theta) - x2 sin(theta),   y2 = x1 sin(theta) + x2 cos(theta).
+
+    x: (B, H, T, D)  cos, sin: (T, D/2), or (B, T, D/2) when each row has its own positions.
+    ``interleaved``: the pairs are adjacent, (x[2i], x[2i+1]), as Meta's checkpoints and GGUF
+    files store q and k; otherwise they are the two halves, (x[i], x[i + D/2]), as Hugging Face
+    stores them. Both rotate pair i by theta_i; they differ only in which entries form pair i.
+    """
+    return _rope_rotate(x, cos, sin, interleaved)
+
+
+def rope_backward(dy, cos, sin, interleaved=False):
+    """dx of rope_forward: a rotation is orthogonal, so its transpose is the rotation by -theta:
+    dx1 = dy1 cos + dy2 sin,  dx2 = -dy1 sin + dy2 cos. Needs no saved input."""
+    return _rope_rotate(dy, cos, -sin, interleaved)
+
+
+# --------------------------------------------------------------------------- SwiGLU
+def _sigmoid(xp, x):
+    """1 / (1 + exp(-x)) without overflow: exp of -|x| only."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def swiglu_forward(gate, up):
+    """y = silu(gate) * up,  silu(g) = g * sigmoid(g)  (Shazeer 2020, GLU variants).
+
+    gate, up: any shape, the same. The Llama MLP's activation: down(silu(gate(x)) * up(x)).
+    """
+    return gate * _sigmoid(_xp(gate), gate) * up
+
+
+def swiglu_backward(dy, gate, up):
+    """Returns dgate, dup of y = silu(gate) * up. With s = sigmoid(gate):
+    dgate = dy * up * s * (1 + gate * (1 - s)),  dup = dy * gate * s."""
+    s = _sigmoid(_xp(gate), gate)
+    return dy * up * s * (1.0 + gate * (1.0 - s)), dy * gate * s

@@ -10,3 +10,7 @@ from minillm.ops import (  # noqa: F401
 def silu(x):
     """x * sigmoid(x), composed from primitives (autograd derives its backward)."""
     return x * x.sigmoid()
+
+
+# Llama ops: RMSNorm, rotary embeddings, SwiGLU (fused Functions in minillm/ops/llama.py)
+from minillm.ops.llama import rms_norm, rope, swiglu  # noqa: E402, F401

@@ -14,3 +14,8 @@ from .softmax import (
     softmax_backward,
     softmax_forward,
 )
+
+# Llama ops (RMSNorm, rotary embeddings, SwiGLU)
+from .rmsnorm import rms_norm_backward, rms_norm_forward
+from .rope import rope_backward, rope_forward
+from .swiglu import swiglu_backward, swiglu_forward

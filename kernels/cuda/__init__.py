@@ -15,6 +15,9 @@ Files (each .cu header lists its versions and what each is expected to gain):
   gelu.cu         GELU and bias + GELU forward/backward v1..v2
   adamw.cu        fused AdamW over a flat buffer v1..v2
   attention.cu    flash attention forward/backward: v1 FP32, v2 FP16/BF16 tensor cores
+  rmsnorm.cu      RMSNorm forward v1..v2, backward v1..v2 (Llama)
+  rope.cu         rotary embeddings, one kernel for both directions, v1..v2 (Llama)
+  swiglu.cu       SwiGLU forward/backward v1..v2 (Llama)
 """
 
 from .adamw import adamw_step
@@ -79,3 +82,13 @@ def all_configs():
     for name in MODULES:
         out += importlib.import_module(f"{__name__}.{name}").CONFIGS
     return out
+
+
+# Llama ops (RMSNorm, rotary embeddings, SwiGLU)
+from .rmsnorm import rms_norm_backward, rms_norm_forward
+from .rope import rope_backward, rope_forward
+from .swiglu import swiglu_backward, swiglu_forward
+
+__all__ += ["rms_norm_backward", "rms_norm_forward", "rope_backward", "rope_forward",
+            "swiglu_backward", "swiglu_forward"]
+MODULES += ("rmsnorm", "rope", "swiglu")

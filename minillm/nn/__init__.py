@@ -9,3 +9,8 @@ __all__ = [
     "Module", "ModuleList", "Sequential", "Parameter", "Linear", "Embedding", "LayerNorm",
     "Dropout", "MLP", "CausalSelfAttention", "Block", "KVCache", "LoRALinear", "apply_lora",
 ]
+
+# the layers of a Llama block
+from minillm.nn.llama import LlamaAttention, LlamaBlock, LlamaMLP, RMSNorm  # noqa: E402
+
+__all__ += ["RMSNorm", "LlamaMLP", "LlamaAttention", "LlamaBlock"]

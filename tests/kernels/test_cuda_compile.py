@@ -47,6 +47,9 @@ FAST = [
     ("gelu.cu", k_gelu.DEFINES),
     ("adamw.cu", k_adamw.DEFINES),
     ("attention.cu", k_attention.defines(2, 64, "bfloat16")),
+    ("rmsnorm.cu", _mod("rmsnorm").DEFINES),
+    ("rope.cu", _mod("rope").DEFINES),
+    ("swiglu.cu", _mod("swiglu").DEFINES),
 ]
 SLOW = [c for c in ALL if c not in FAST]
 LAUNCHER = {
@@ -57,6 +60,9 @@ LAUNCHER = {
     "gelu.cu": k_gelu,
     "adamw.cu": k_adamw,
     "attention.cu": k_attention,
+    "rmsnorm.cu": _mod("rmsnorm"),
+    "rope.cu": _mod("rope"),
+    "swiglu.cu": _mod("swiglu"),
 }
 
 

@@ -1,0 +1,193 @@
+"""Llama: the decoder of LLaMA (Touvron et al. 2023) and its descendants (Llama 2/3, SmolLM,
+TinyLlama, Mistral without sliding windows) over minillm's autograd.
+
+token embedding -> n_layer pre-norm LlamaBlocks (RMSNorm, grouped-query attention with rotary
+position embeddings, SwiGLU MLP; no biases, no position table) -> final RMSNorm -> LM head,
+which is the token embedding when ``tie_word_embeddings`` (SmolLM) or its own (V, C) matrix.
+Parameter names are Hugging Face's without the ``model.`` prefix, so checkpoints map 1:1:
+``embed_tokens.weight``, ``layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj,
+post_attention_layernorm, mlp.{gate,up,down}_proj}.weight``, ``norm.weight``, ``lm_head.weight``.
+Initialisation as Hugging Face's: N(0, initializer_range) for every matrix, ones for the norms.
+``Llama(config, init=False)`` allocates the weights without drawing them, for a model about to
+be loaded from a file.
+"""
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import numpy as np
+
+from minillm import backend
+from minillm import functional as F
+from minillm.errors import ConfigError
+from minillm.kernels.reference import rope_cos_sin
+from minillm.nn import KVCache, Module, ModuleList
+from minillm.nn.llama import LlamaBlock, RMSNorm, empty_embedding, empty_linear
+from minillm.tensor import Tensor
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    block_size: int = 2048  # the longest context (Hugging Face: max_position_embeddings)
+    n_layer: int = 22
+    n_head: int = 32
+    n_kv_head: int = 4  # key/value heads; each serves n_head / n_kv_head query heads
+    n_embd: int = 2048
+    intermediate_size: int = 5632  # the SwiGLU MLP's hidden width F
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0  # base of the rotary frequencies
+    rope_interleaved: bool = False  # q/k rows in GGUF/Meta pair order; False: Hugging Face's
+    tie_word_embeddings: bool = True  # LM head = embed_tokens; False: its own lm_head
+    initializer_range: float = 0.02
+    bos_token_id: Optional[int] = None
+    eos_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
+                  "intermediate_size"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"LlamaConfig.{f} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_head={self.n_head} is not divisible by "
+                              f"n_kv_head={self.n_kv_head}")
+        if (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"the head size n_embd / n_head = {self.n_embd // self.n_head} "
+                              f"must be even for rotary embeddings")
+        for f in ("rms_norm_eps", "rope_theta", "initializer_range"):
+            if not float(getattr(self, f)) > 0:
+                raise ConfigError(f"LlamaConfig.{f} must be positive, got {getattr(self, f)!r}")
+        for f in ("bos_token_id", "eos_token_id"):
+            v = getattr(self, f)
+            ok = isinstance(v, (int, np.integer)) and 0 <= v < self.vocab_size
+            if v is not None and not ok:
+                raise ConfigError(f"LlamaConfig.{f} must be a token id below vocab_size "
+                                  f"{self.vocab_size}, got {v!r}")
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown LlamaConfig keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+class Llama(Module):
+    def __init__(self, config, init=True):
+        super().__init__()
+        self.config = c = config
+        self.embed_tokens = empty_embedding(c.vocab_size, c.n_embd)
+        self.layers = ModuleList(
+            LlamaBlock(c.n_embd, c.n_head, c.n_kv_head, c.intermediate_size, c.rms_norm_eps,
+                       c.rope_theta, c.rope_interleaved, init=False)
+            for _ in range(c.n_layer))
+        self.norm = RMSNorm(c.n_embd, c.rms_norm_eps)
+        if not c.tie_word_embeddings:  # created last: a tied model draws the same initial weights
+            self.lm_head = empty_linear(c.n_embd, c.vocab_size)
+        if init:
+            self._init_weights()
+
+    def _init_weights(self):
+        rng = backend.rng()
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                p.data = np.ones_like(p.data)
+            else:
+                p.data = (rng.standard_normal(p.shape) * std).astype(p.dtype)
+
+    @property
+    def lm_head_weight(self):
+        """The (vocab, C) output matrix: embed_tokens' when tied, else lm_head's."""
+        return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def rope_angles(self, positions, dtype=np.float32):
+        """cos, sin (..., D/2) of the rotary angles at integer ``positions`` (T,) or (B, T)."""
+        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype=dtype)
+
+    def forward(self, idx, targets=None, kv_cache=None, attention_mask=None, position_ids=None,
+                ignore_index=-100, last_only=False, return_hidden=False):
+        """idx: (B, T) token ids -> (logits (B, T, V), loss or None); the arguments are those
+        of ``minillm.models.GPT.forward``. ``position_ids`` (B, T) (e.g. counted from each
+        row's first real token under left padding) set the rotary angles; by default the
+        positions are start..start+T-1, start = ``kv_cache.length`` or 0."""
+        data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+        if data.ndim != 2:
+            raise ConfigError(f"Llama input must be (batch, time) token ids, got shape "
+                              f"{data.shape}")
+        B, T = data.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ConfigError(
+                f"sequence of length {start + T} is longer than block_size {self.config.block_size}"
+            )
+        if position_ids is None:
+            pos = np.arange(start, start + T)  # (T,)
+        else:
+            pos = position_ids.data if isinstance(position_ids, Tensor) else position_ids
+        x = self.embed_tokens(data)  # (B, T, C)
+        rope = self.rope_angles(pos, x.dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
+        for i, block in enumerate(self.layers):
+            x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask, rope=rope)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        x = self.norm(x)
+        if return_hidden:
+            return x  # (B, T, C)
+        logits = self.head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
+        return logits, loss
+
+    def head(self, x):
+        """Logits (..., V) of hidden states x (..., C): the ``lm_head`` module when the model
+        has one (untied, or a quantized copy of the tied table a loader attached), else the
+        token embedding's matrix."""
+        lm_head = self._modules.get("lm_head")
+        if lm_head is not None:
+            return lm_head(x)
+        return F.linear(x, self.embed_tokens.weight)
+
+    def new_kv_cache(self, batch_size, max_len=None, dtype=None):
+        c = self.config
+        like = self.embed_tokens.weight.data
+        return KVCache(c.n_layer, batch_size, c.n_kv_head, c.head_dim, max_len or c.block_size,
+                       dtype=dtype or like.dtype, like=like)
+
+    # ------------------------------------------------------------------ accounting
+    def num_parameters(self, non_embedding=False, trainable_only=False):
+        """Parameter count; ``non_embedding`` leaves out the token table when the head is untied
+        (a tied table is counted: it is also the LM head's matmul), as GPT.num_parameters."""
+        n = super().num_parameters(trainable_only=trainable_only)
+        if non_embedding and not self.config.tie_word_embeddings:
+            n -= self.embed_tokens.weight.size
+        return n
+
+    def flops_per_token(self, T=None):
+        """Training FLOPs per token, forward + backward: 6 N for the weight matmuls plus
+        12 L C T for attention's q k^T and p v (PaLM appendix B)."""
+        c = self.config
+        T = T or c.block_size
+        return 6 * self.num_parameters(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
+
+    def crop_block_size(self, block_size):
+        """Shrink the context window (e.g. to fine-tune on short texts). Rotary embeddings have
+        no position table, so only the limit changes."""
+        if block_size > self.config.block_size:
+            raise ConfigError(f"cannot grow block_size from {self.config.block_size} to "
+                              f"{block_size}")
+        self.config.block_size = block_size

@@ -1,0 +1,184 @@
+"""The layers of a Llama block: RMSNorm, the SwiGLU MLP, grouped-query attention with rotary
+position embeddings, and the pre-norm block (Touvron et al. 2023, "LLaMA"; Ainslie et al.
+2023, "GQA").
+
+Attention: q_proj makes H query heads, k_proj and v_proj only Hkv <= H key/value heads; each
+group of H / Hkv query heads shares one key/value head (H = Hkv is ordinary multi-head
+attention, Hkv = 1 multi-query). The key/value heads are repeated to H heads before the fused
+attention kernel, and autograd sums the gradients of the copies back into each head. Positions
+enter only through the rotation of q and k (RoPE), so the KV cache keeps the rotated keys.
+
+Every projection is a module called as a module (``self.q_proj(x)``), never reached through
+its ``.weight``: a LoRALinear or a quantized linear layer (weights kept in GGUF blocks) takes
+its place by attribute assignment.
+
+``init=False`` allocates every weight with np.empty (no random draw): the model either draws
+its own initial weights (minillm.models.llama) or loads them from a file.
+"""
+
+import math
+
+import numpy as np
+
+from minillm import backend
+from minillm import functional as F
+from minillm.errors import ConfigError
+from minillm.kernels.reference import rope_cos_sin
+from minillm.nn.layers import Embedding, Linear
+from minillm.nn.module import Module, Parameter
+from minillm.tensor import Tensor
+
+
+def empty_linear(in_features, out_features):
+    """A bias-free Linear whose weight (out, in) is allocated but not drawn (np.empty)."""
+    lin = Linear.__new__(Linear)
+    Module.__init__(lin)
+    lin.in_features, lin.out_features = in_features, out_features
+    lin.weight = Parameter(np.empty((out_features, in_features), dtype=backend.DEFAULT_DTYPE))
+    lin.bias = None
+    return lin
+
+
+def empty_embedding(num_embeddings, embedding_dim):
+    """An Embedding whose table (V, C) is allocated but not drawn (np.empty)."""
+    emb = Embedding.__new__(Embedding)
+    Module.__init__(emb)
+    emb.num_embeddings, emb.embedding_dim = num_embeddings, embedding_dim
+    emb.weight = Parameter(np.empty((num_embeddings, embedding_dim), dtype=backend.DEFAULT_DTYPE))
+    return emb
+
+
+def _linear(in_features, out_features, init):
+    return Linear(in_features, out_features, bias=False) if init else \
+        empty_linear(in_features, out_features)
+
+
+class RMSNorm(Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(np.ones(dim, dtype=backend.DEFAULT_DTYPE))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class LlamaMLP(Module):
+    """down_proj(silu(gate_proj(x)) * up_proj(x)): C -> F (two projections) -> C, no biases."""
+
+    def __init__(self, n_embd, intermediate_size, init=True):
+        super().__init__()
+        self.gate_proj = _linear(n_embd, intermediate_size, init)
+        self.up_proj = _linear(n_embd, intermediate_size, init)
+        self.down_proj = _linear(intermediate_size, n_embd, init)
+
+    def forward(self, x):  # x: (B, T, C)
+        h = F.swiglu(self.gate_proj(x), self.up_proj(x))  # (B, T, F)
+        return self.down_proj(h)  # (B, T, C)
+
+
+class LlamaAttention(Module):
+    """Causal grouped-query self-attention with rotary embeddings on q and k, no biases.
+
+    q_proj: C -> H*D, k_proj and v_proj: C -> Hkv*D, o_proj: H*D -> C, D = C / H.
+    ``rope_interleaved``: q and k rows laid out for adjacent-pair rotation (GGUF / Meta)
+    rather than half-split (Hugging Face).
+    """
+
+    def __init__(self, n_embd, n_head, n_kv_head=None, rope_theta=10000.0,
+                 rope_interleaved=False, init=True):
+        super().__init__()
+        n_kv_head = n_kv_head or n_head
+        if n_embd % n_head or n_head % n_kv_head:
+            raise ConfigError(f"attention needs n_embd divisible by n_head and n_head by "
+                              f"n_kv_head, got {n_embd}, {n_head}, {n_kv_head}")
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = D = n_embd // n_head
+        self.rope_theta, self.rope_interleaved = float(rope_theta), bool(rope_interleaved)
+        self.q_proj = _linear(n_embd, n_head * D, init)
+        self.k_proj = _linear(n_embd, n_kv_head * D, init)
+        self.v_proj = _linear(n_embd, n_kv_head * D, init)
+        self.o_proj = _linear(n_head * D, n_embd, init)
+
+    def rope_angles(self, positions, dtype=np.float32):
+        """cos, sin (..., D/2) for integer ``positions`` (T,) or (B, T)."""
+        return rope_cos_sin(positions, self.head_dim, self.rope_theta, dtype=dtype)
+
+    def forward(self, x, kv_cache=None, layer=0, attention_mask=None, position_ids=None,
+                rope=None):
+        """x: (B, T, C) -> (B, T, C). With ``kv_cache``, x holds only the new positions, which
+        start at ``kv_cache.length``. ``attention_mask`` (B, Tk) bool is False at (left)
+        padding. ``rope``: (cos, sin) of the positions of x, shared by all layers (the model
+        computes them once); else they are computed from ``position_ids`` (T,) or (B, T), by
+        default start..start+T-1."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        if rope is None:
+            start = kv_cache.length if kv_cache is not None else 0
+            pos = np.arange(start, start + T) if position_ids is None else position_ids
+            rope = self.rope_angles(pos.data if isinstance(pos, Tensor) else pos, x.dtype)
+        cos, sin = rope
+        q = self.q_proj(x).reshape(B, T, H, D).permute(0, 2, 1, 3)  # (B, H, T, D)
+        k = self.k_proj(x).reshape(B, T, Hkv, D).permute(0, 2, 1, 3)  # (B, Hkv, T, D)
+        v = self.v_proj(x).reshape(B, T, Hkv, D).permute(0, 2, 1, 3)  # (B, Hkv, T, D)
+        q = F.rope(q, cos, sin, self.rope_interleaved)
+        k = F.rope(k, cos, sin, self.rope_interleaved)
+        if kv_cache is not None:
+            k_all, v_all = kv_cache.append(layer, k.data, v.data)  # (B, Hkv, L+T, D)
+            k, v = Tensor(k_all), Tensor(v_all)
+        mask = None
+        if attention_mask is not None:
+            m = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+            mask = backend.to_numpy(m).astype(bool)[:, None, None, :]  # (B, 1, 1, Tk)
+        scale = 1.0 / math.sqrt(D)
+        if T == 1 and H > Hkv:
+            # A decode step: the one new query of every head sees every key, so the H / Hkv
+            # query heads of a group become rows of one query block against their shared
+            # key/value head, without causal masking and without copying the cache H / Hkv
+            # times. (Head h = j * rep + r is row r of group j.)
+            qg = q.reshape(B, Hkv, H // Hkv, D)  # (B, Hkv, rep, D)
+            y = F.scaled_dot_product_attention(qg, k, v, causal=False, mask=mask, scale=scale)
+            y = y.reshape(B, H, 1, D)  # (B, H, T, D)
+        else:
+            k, v = self._repeat_kv(k), self._repeat_kv(v)  # (B, H, Tk, D)
+            y = F.scaled_dot_product_attention(q, k, v, causal=True, mask=mask,
+                                               scale=scale)  # (B, H, T, D)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, H * D)  # heads side by side
+        return self.o_proj(y)  # (B, T, C)
+
+    def _repeat_kv(self, t):
+        """(B, Hkv, Tk, D) -> (B, H, Tk, D): kv head j serves query heads j*rep .. j*rep+rep-1."""
+        rep = self.n_head // self.n_kv_head
+        if rep == 1:
+            return t
+        B, Hkv, Tk, D = t.shape
+        if not t.requires_grad:  # cached keys/values: a plain array repeat
+            xp = backend.array_module(t.data)
+            return Tensor(xp.repeat(t.data, rep, axis=1))
+        return t.unsqueeze(2).expand(B, Hkv, rep, Tk, D).reshape(B, Hkv * rep, Tk, D)
+
+
+class LlamaBlock(Module):
+    """Pre-norm Llama block: x + self_attn(input_layernorm(x)), then
+    x + mlp(post_attention_layernorm(x))."""
+
+    def __init__(self, n_embd, n_head, n_kv_head, intermediate_size, rms_norm_eps=1e-5,
+                 rope_theta=10000.0, rope_interleaved=False, init=True):
+        super().__init__()
+        self.input_layernorm = RMSNorm(n_embd, rms_norm_eps)
+        self.self_attn = LlamaAttention(n_embd, n_head, n_kv_head, rope_theta, rope_interleaved,
+                                        init=init)
+        self.post_attention_layernorm = RMSNorm(n_embd, rms_norm_eps)
+        self.mlp = LlamaMLP(n_embd, intermediate_size, init=init)
+
+    def forward(self, x, kv_cache=None, layer=0, attention_mask=None, position_ids=None,
+                rope=None):
+        x = x + self.self_attn(self.input_layernorm(x), kv_cache=kv_cache, layer=layer,
+                               attention_mask=attention_mask, position_ids=position_ids,
+                               rope=rope)
+        return x + self.mlp(self.post_attention_layernorm(x))
