@@ -1,0 +1,262 @@
+"""The generation engine behind ``minillm serve``: continuous batching on one thread.
+
+Requests arrive through a bounded queue (``submit``; a full queue raises ``QueueFull``, which
+the HTTP layer answers with 503). One engine thread loops:
+
+1. admit waiting requests while the batch has free rows: each prompt is prefilled alone (batch
+   1, an ordinary ``model.new_kv_cache``), its first token sampled from the last position's
+   logits, and its cache copied into a free row of the ``RaggedKVCache``;
+2. one decode step over every row in the batch: (B, 1) tokens, each at its own position, with
+   the attention mask hiding what belongs to longer rows (see minillm.serve.kvcache);
+3. sample each row's next token with that request's own sampler state; requests that finish
+   (an end token, a stop string, their token budget) or were cancelled leave the batch and
+   their row is given to the last one.
+
+So a request joins the running batch at the step after its prefill and the others never wait
+for it to finish. Each request draws from its own ``numpy.random.Generator`` (seeded by its
+``seed``), in the order of its own tokens, so its text does not depend on what else is in the
+batch; the logits do, by float32 rounding only (a batched matmul sums in another order), which
+the tests keep clear of by using greedy decoding on weights whose top-2 logit gaps are large.
+
+Results leave through each request's ``sink(event, payload)``, called on the engine thread
+(the HTTP layer forwards them into its event loop with ``call_soon_threadsafe``):
+``("prompt", PromptLogprobs)`` once when prompt log-probabilities were asked for, then
+``("token", Token)`` per generated token, then ``("done", (finish_reason, n_generated))``,
+or ``("error", message)``.
+"""
+
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from minillm import backend
+from minillm.autograd import no_grad
+from minillm.errors import MinillmError
+from minillm.sample import _TextTracker, sample_next
+from minillm.serve.kvcache import RaggedKVCache
+
+
+class QueueFull(MinillmError):
+    """The engine's waiting queue is full (the server answers 503 with Retry-After)."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    seed: Optional[int] = None  # None: fresh entropy
+    stop: list = field(default_factory=list)  # stop strings, not part of the text
+    stop_ids: frozenset = frozenset()  # end tokens (eos, end of turn), not part of the text
+    logprobs: Optional[int] = None  # None: none; k >= 0: each token's logprob and top k
+    prompt_logprobs: Optional[int] = None  # likewise for the prompt's tokens (echo)
+
+
+@dataclass
+class Token:
+    id: int
+    text: str  # the text that became certain with this token ('' while held back)
+    logprob: Optional[float] = None
+    top: Optional[list] = None  # [(id, logprob)] most probable first
+
+
+@dataclass
+class PromptLogprobs:
+    logprobs: list  # per prompt token; None for the first (nothing predicts it)
+    top: list  # per prompt token: [(id, logprob)] or None for the first
+
+
+class Request:
+    """One sequence to generate. ``cancel()`` may be called from any thread."""
+
+    def __init__(self, prompt_ids, params, sink):
+        self.prompt_ids = [int(i) for i in prompt_ids]
+        self.params, self.sink = params, sink
+        self.cancelled = False
+        self.rng = np.random.default_rng(params.seed)
+        self.tracker = None
+        self.generated = 0
+        self.next_token = None  # the sampled token that the next decode step feeds
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def log_softmax(logits):
+    z = logits - logits.max()
+    return z - math.log(np.exp(z).sum())
+
+
+def _top(lp, k):
+    if not k:
+        return []
+    idx = np.argpartition(-lp, min(k, lp.size - 1))[:k]
+    idx = idx[np.argsort(-lp[idx], kind="stable")]
+    return [(int(i), float(lp[i])) for i in idx]
+
+
+class Engine:
+    """Continuous-batching generation for one model and tokenizer.
+
+    ``max_batch``: rows decoded together; ``queue_size``: requests that may wait for a row.
+    """
+
+    def __init__(self, model, tokenizer, max_batch=8, queue_size=64):
+        if max_batch < 1 or queue_size < 1:
+            raise MinillmError(f"max_batch and queue_size must be at least 1, got {max_batch} "
+                               f"and {queue_size}.")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch = int(max_batch)
+        self.block_size = model.config.block_size
+        self.vocab = tokenizer.vocab_size  # ids past it (a padded model vocabulary) are never drawn
+        self.inbox = queue.Queue(maxsize=int(queue_size))
+        self.active = []  # requests in rows 0..len-1 of the cache, in row order
+        self.cache = None
+        self._thread, self._stop = None, threading.Event()
+        like = model.lm_head_weight.data
+        self._on_gpu = backend.is_cupy(like)
+
+    # ------------------------------------------------------------------ outside the thread
+    def start(self):
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="minillm-engine",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self):
+        if self._thread is not None:
+            self._stop.set()
+            try:
+                self.inbox.put_nowait(None)  # wake the loop
+            except queue.Full:
+                pass
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, prompt_ids, params, sink: Callable):
+        """Queue one request; raises QueueFull when ``queue_size`` requests already wait."""
+        if not prompt_ids:
+            raise MinillmError("a request needs at least one prompt token.")
+        if len(prompt_ids) + params.max_tokens > self.block_size:
+            raise MinillmError(f"{len(prompt_ids)} prompt tokens + {params.max_tokens} new ones "
+                               f"do not fit the context of {self.block_size}.")
+        req = Request(prompt_ids, params, sink)
+        try:
+            self.inbox.put_nowait(req)
+        except queue.Full:
+            raise QueueFull(f"{self.inbox.maxsize} requests are already waiting.") from None
+        return req
+
+    # ------------------------------------------------------------------ the thread
+    def _loop(self):
+        self.model.eval()
+        while not self._stop.is_set():
+            try:
+                self._admit(block=not self.active)
+                if self.active:
+                    self._decode_step()
+            except Exception as e:  # a failed step fails its requests, never the server
+                for req in self.active:
+                    req.sink("error", f"generation failed: {e}")
+                self.active, self.cache = [], None
+        for req in self.active:
+            req.sink("error", "the server is shutting down.")
+
+    def _admit(self, block):
+        while len(self.active) < self.max_batch:
+            try:
+                req = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if req is None or self._stop.is_set():
+                return
+            if req.cancelled:
+                continue
+            try:
+                self._prefill(req)
+            except Exception as e:
+                req.sink("error", f"generation failed: {e}")
+
+    def _to_dev(self, a):
+        return backend.to_device(a, "cuda") if self._on_gpu else a
+
+    def _prefill(self, req):
+        p = req.params
+        ids = req.prompt_ids
+        P = len(ids)
+        want_prompt = p.prompt_logprobs is not None
+        cache = self.model.new_kv_cache(1, max_len=P)
+        with no_grad():
+            logits, _ = self.model(self._to_dev(np.asarray([ids], dtype=np.int64)),
+                                   kv_cache=cache, last_only=not want_prompt)
+        logits = backend.to_numpy(logits.data)[0].astype(np.float64)[:, : self.vocab]  # (T, V)
+        if want_prompt:
+            lps, tops = [None], [None]
+            for j in range(1, P):
+                lp = log_softmax(logits[j - 1])
+                lps.append(float(lp[ids[j]]))
+                tops.append(_top(lp, p.prompt_logprobs))
+            req.sink("prompt", PromptLogprobs(lps, tops))
+        req.tracker = _TextTracker(self.tokenizer, list(p.stop))
+        if p.max_tokens == 0:
+            req.sink("done", ("length", 0))
+            return
+        if self._emit(req, logits[-1]):
+            return
+        if self.cache is None:
+            self.cache = RaggedKVCache.for_model(self.model, self.max_batch)
+        self.cache.load_row(len(self.active), cache, P)
+        self.active.append(req)
+
+    def _emit(self, req, logits):
+        """Sample the request's next token from logits (V,); send it; return True when the
+        request has finished (or was cancelled)."""
+        if req.cancelled:
+            return True
+        p = req.params
+        t = int(sample_next(logits, req.rng, p.temperature, p.top_k, p.top_p))
+        req.generated += 1
+        if t in p.stop_ids:
+            req.sink("done", ("stop", req.generated))
+            return True
+        lp = top = None
+        if p.logprobs is not None:
+            ls = log_softmax(logits)
+            lp, top = float(ls[t]), _top(ls, p.logprobs)
+        piece = req.tracker.push(t)
+        if req.tracker.done:
+            req.sink("token", Token(t, piece, lp, top))
+            req.sink("done", ("stop", req.generated))
+            return True
+        if req.generated >= p.max_tokens:
+            piece += req.tracker.finish()
+            req.sink("token", Token(t, piece, lp, top))
+            req.sink("done", ("length", req.generated))
+            return True
+        req.sink("token", Token(t, piece, lp, top))
+        req.next_token = t
+        return False
+
+    def _decode_step(self):
+        B = len(self.active)
+        mask, pos = self.cache.step_inputs(B)  # (B, Tk), (B, 1)
+        ids = np.asarray([[r.next_token] for r in self.active], dtype=np.int64)  # (B, 1)
+        with no_grad():
+            logits, _ = self.model(self._to_dev(ids), kv_cache=self.cache,
+                                   attention_mask=mask, position_ids=self._to_dev(pos),
+                                   last_only=True)
+        logits = backend.to_numpy(logits.data)[:, -1, : self.vocab].astype(np.float64)  # (B, V)
+        finished = [b for b, req in enumerate(self.active) if self._emit(req, logits[b])]
+        for b in reversed(finished):  # highest rows first, so each move keeps rows packed
+            last = len(self.active) - 1
+            self.cache.move_row(last, b)
+            self.active[b] = self.active[last]
+            self.active.pop()
