@@ -311,8 +311,10 @@ def run_chat(args):
         print()
 
 
+from minillm.serve.cli import add_serve  # noqa: E402  (the server's flags live with it)
+
 COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_classify,
-            add_finetune_demo_data, add_sample, add_chat]
+            add_finetune_demo_data, add_sample, add_chat, add_serve]
 
 
 def main(argv=None):

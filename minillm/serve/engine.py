@@ -67,6 +67,7 @@ class Token:
 
 @dataclass
 class PromptLogprobs:
+    ids: list  # the prompt's token ids
     logprobs: list  # per prompt token; None for the first (nothing predicts it)
     top: list  # per prompt token: [(id, logprob)] or None for the first
 
@@ -204,7 +205,7 @@ class Engine:
                 lp = log_softmax(logits[j - 1])
                 lps.append(float(lp[ids[j]]))
                 tops.append(_top(lp, p.prompt_logprobs))
-            req.sink("prompt", PromptLogprobs(lps, tops))
+            req.sink("prompt", PromptLogprobs(list(ids), lps, tops))
         req.tracker = _TextTracker(self.tokenizer, list(p.stop))
         if p.max_tokens == 0:
             req.sink("done", ("length", 0))
