@@ -1,0 +1,96 @@
+"""``minillm serve``'s checks before it loads anything: the bind address, the extra it needs."""
+
+import sys
+
+import pytest
+
+from minillm.cli import main
+from minillm.serve.cli import _bind, is_loopback
+
+
+@pytest.mark.parametrize("host, loop", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                        ("[::1]", True), ("127.0.0.9", True),
+                                        ("0.0.0.0", False), ("192.168.1.4", False),
+                                        ("::", False), ("example.org", False)])
+def test_loopback_addresses(host, loop):
+    assert is_loopback(host) is loop
+
+
+def test_a_public_address_needs_a_key_or_insecure(capsys):
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--api-key" in err and "--insecure" in err and len(err.splitlines()) == 1
+
+
+def test_without_the_serve_extra_one_sentence_names_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "minillm[serve]" in err and "Traceback" not in err
+
+
+def test_port_0_binds_a_free_port():
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.getsockname()[1] > 0
+    finally:
+        sock.close()
+
+
+def test_serve_is_a_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--model", "--ckpt", "--host", "--port", "--api-key", "--insecure",
+                 "--max-batch", "--queue"):
+        assert flag in out
+
+
+SERVE_SCRIPT = """
+import sys
+from minillm import backend
+from minillm.models import GPT, GPTConfig
+from minillm.tokenizers import CharTokenizer
+import minillm.serve.cli as cli
+
+def load_model(name):  # stands in for minillm.load: a tiny random GPT, no chat template
+    backend.manual_seed(0)
+    tok = CharTokenizer.from_text("abcdefgh ")
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=1,
+                         n_embd=8)), tok
+
+cli.load_model = load_model
+from minillm.cli import main
+sys.exit(main(["serve", "--ckpt", "runs/tiny", "--port", "0", "--api-key", "k"]))
+"""
+
+
+def test_serve_prints_its_url_and_answers(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("minillm serve: tiny at http://127.0.0.1:"), line
+        url = line.split(" at ")[1].split()[0].rstrip("/")
+        for _ in range(100):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer k"},
+                       json={"model": "tiny", "prompt": "abc", "max_tokens": 3,
+                             "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
