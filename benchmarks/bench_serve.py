@@ -1,0 +1,205 @@
+"""Serving throughput: N concurrent clients (1, 4, 8) each streaming a completion of --tokens
+tokens from ``minillm serve``'s API; aggregate decode tokens/s, and time to first token p50/p95.
+
+    python benchmarks/bench_serve.py --model smollm2-135m-instruct            # the real model
+    python benchmarks/bench_serve.py --tiny --clients 1,2 --tokens 8           # a smoke check
+    python benchmarks/bench_serve.py --ckpt model.gguf --llama-cpp            # + llama.cpp
+
+The server runs in this process (uvicorn on 127.0.0.1, a free port, a background thread); the
+clients are threads with the ``openai`` client, each sending the same prompt at temperature 0,
+all started together. Tokens are counted from the usage each stream ends with (a completion
+that meets eos early counts what it made). Continuous batching should make the aggregate rate
+at 8 clients several times one client's (decoding is memory-bound: one step over 8 rows reads
+the weights once), and keep the time to first token close to one prefill.
+
+Before timing, one request is checked against ``minillm.generate`` (greedy, the same prompt):
+a server that gives other text than the library is not timed.
+
+With ``--llama-cpp`` (needs ``llama-cpp-python[server]`` installed, and a GGUF --ckpt), the same
+clients run against llama.cpp's own OpenAI-compatible server on the same file and thread count.
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+PROMPT = "The capital of France is a city where"
+
+
+def percentile(xs, q):
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def one_client(client, model, prompt, tokens, out, i):
+    t0 = time.perf_counter()
+    first, n = None, 0
+    stream = client.completions.create(model=model, prompt=prompt, max_tokens=tokens,
+                                       temperature=0, stream=True,
+                                       stream_options={"include_usage": True})
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].text:
+            first = time.perf_counter() - t0
+        if chunk.usage is not None:
+            n = chunk.usage.completion_tokens
+    out[i] = (first if first is not None else time.perf_counter() - t0, n)
+
+
+def run_clients(base_url, model, prompt, clients, tokens, api_key="bench"):
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+    out = [None] * clients
+    threads = [threading.Thread(target=one_client, args=(client, model, prompt, tokens, out, i))
+               for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttft = [o[0] for o in out]
+    total = sum(o[1] for o in out)
+    return total / wall, percentile(ttft, 50), percentile(ttft, 95), total
+
+
+class InProcessServer:
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join()
+
+
+def tiny_model():
+    from minillm import backend
+    from minillm.models import GPT, GPTConfig
+    from minillm.tokenizers import CharTokenizer
+
+    backend.manual_seed(0)
+    tok = CharTokenizer.from_text("".join(chr(c) for c in range(32, 127)))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=2,
+                          n_embd=64, initializer_range=0.3))
+    return model, tok
+
+
+def llama_cpp_server(path, threads):
+    """llama.cpp's server on a free port (a subprocess), or None when it is not installed."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama.cpp: llama_cpp is not installed (pip install 'llama-cpp-python[server]')")
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", path,
+                             "--n_threads", str(threads), "--port", str(port),
+                             "--host", "127.0.0.1", "--n_ctx", "2048"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/v1/models").status_code == 200:
+                return proc, url + "/v1"
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    print("llama.cpp: its server did not start")
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, help="a built-in model name")
+    src.add_argument("--ckpt", default=None, help="a model file or directory")
+    src.add_argument("--tiny", action="store_true", help="a tiny random GPT (smoke check)")
+    p.add_argument("--clients", default="1,4,8", help="comma-separated client counts")
+    p.add_argument("--tokens", type=int, default=64, help="new tokens per client")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--llama-cpp", action="store_true",
+                   help="also run llama.cpp's server on the same GGUF --ckpt")
+    args = p.parse_args(argv)
+
+    import minillm
+    from minillm.serve.app import ServedModel, create_app
+    from minillm.serve.engine import Engine
+
+    if args.tiny:
+        model, tok = tiny_model()
+        name = "tiny"
+    else:
+        from minillm.serve.cli import load_model
+
+        source = args.ckpt or args.model or "smollm2-135m-instruct"
+        model, tok = load_model(source)
+        name = "bench"
+    counts = [int(c) for c in args.clients.split(",")]
+    threads = int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1))
+    engine = Engine(model, tok, max_batch=max(args.max_batch, max(counts)), queue_size=64)
+    app = create_app([ServedModel(name, engine, tok)])
+    rows = []
+    with InProcessServer(app) as server:
+        import openai
+
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="bench", max_retries=0)
+        got = client.completions.create(model=name, prompt=PROMPT, max_tokens=args.tokens,
+                                        temperature=0).choices[0].text
+        want = minillm.generate(model, tok, PROMPT, max_new_tokens=args.tokens, greedy=True)
+        if got != want:
+            sys.exit(f"the server's greedy text differs from minillm.generate's:\n{got!r}\n"
+                     f"{want!r}\nnot timing a wrong server.")
+        run_clients(server.url + "/v1", name, PROMPT, 1, 2)  # warm-up (JIT compilation)
+        for n in counts:
+            rows.append(("minillm", n) + run_clients(server.url + "/v1", name, PROMPT, n,
+                                                     args.tokens))
+    if args.llama_cpp:
+        if not (args.ckpt and args.ckpt.endswith(".gguf")):
+            print("llama.cpp: needs --ckpt FILE.gguf")
+        else:
+            started = llama_cpp_server(args.ckpt, threads)
+            if started:
+                proc, url = started
+                try:
+                    run_clients(url, "bench", PROMPT, 1, 2)
+                    for n in counts:
+                        rows.append(("llama.cpp", n) + run_clients(url, "bench", PROMPT, n,
+                                                                   args.tokens))
+                finally:
+                    proc.terminate()
+                    proc.wait()
+    print(f"{args.tokens} new tokens per client, {threads} threads, prompt {PROMPT!r}")
+    print(f"{'server':<10} {'clients':>7} {'tokens/s':>10} {'x 1 client':>10} "
+          f"{'TTFT p50 s':>11} {'TTFT p95 s':>11} {'tokens':>7}")
+    base = {}
+    for server_name, n, rate, p50, p95, total in rows:
+        base.setdefault(server_name, rate)
+        print(f"{server_name:<10} {n:>7} {rate:>10.1f} {rate / base[server_name]:>10.2f} "
+              f"{p50:>11.3f} {p95:>11.3f} {total:>7}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
