@@ -61,6 +61,10 @@ class ServedModel:
                 "owned_by": "minillm"}
 
 
+class ClientGone(Exception):
+    """The client closed the connection: its requests were cancelled, nobody reads on."""
+
+
 class _Run:
     """The engine requests of one HTTP request and the queue their events arrive in."""
 
@@ -91,7 +95,7 @@ class _Run:
                 self.checked = now
                 if await request.is_disconnected():
                     self.cancel()
-                    raise asyncio.CancelledError
+                    raise ClientGone
             try:
                 return await asyncio.wait_for(self.events.get(), timeout=CHECK)
             except asyncio.TimeoutError:
@@ -385,9 +389,8 @@ def _sse(chunks, run):
                 yield f"data: {json.dumps(c)}\n\n"
         except P.APIError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
-        except asyncio.CancelledError:
-            run.cancel()
-            raise
+        except ClientGone:
+            return
         finally:
             run.cancel()  # a finished run ignores it; an abandoned one stops generating
         yield "data: [DONE]\n\n"
@@ -405,7 +408,7 @@ def create_app(models, api_key=None, max_body=MAX_BODY):
     with the application and stop with it."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     api = API(models, api_key=api_key, max_body=max_body)
@@ -416,6 +419,8 @@ def create_app(models, api_key=None, max_body=MAX_BODY):
                 out = await fn(request)
             except P.APIError as e:
                 return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+            except ClientGone:
+                return Response(status_code=499)  # nginx's "client closed request"; unread
             return out if not isinstance(out, dict) else JSONResponse(out)
         return handle
 
@@ -423,7 +428,7 @@ def create_app(models, api_key=None, max_body=MAX_BODY):
         return HTMLResponse(chat_page())
 
     async def health(request):
-        return JSONResponse({"status": "ok", "models": list(api.models)})
+        return JSONResponse({"status": "ok"})
 
     async def http_error(request, exc):
         err = P.APIError(exc.status_code, exc.detail or "error")

@@ -152,6 +152,17 @@ def test_echo_with_max_tokens_0_gives_the_prompt_logprobs(server, client):
     assert r2.choices[0].logprobs.token_logprobs == c.logprobs.token_logprobs
 
 
+def test_streamed_echo_and_logprobs_equal_the_plain_answer(server, client):
+    kw = dict(model="tiny", prompt="one fish", max_tokens=6, temperature=0, echo=True,
+              logprobs=2)
+    plain = client.completions.create(**kw).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **kw) if c.choices]
+    assert "".join(c.text for c in chunks) == plain.text
+    for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        streamed = [x for c in chunks if c.logprobs for x in getattr(c.logprobs, field)]
+        assert streamed == getattr(plain.logprobs, field)
+
+
 def test_generated_logprobs_equal_the_forward_pass(server, client):
     prompt = "the dog"
     r = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0,

@@ -103,8 +103,16 @@ def tiny():
     return _gpt(tok.vocab_size, seed=5), tok
 
 
-def test_concurrent_requests_get_their_solo_text(tiny):
+@pytest.fixture(scope="module", params=["gpt", "llama-gqa"])
+def tiny_any(request, tiny):
     model, tok = tiny
+    if request.param == "llama-gqa":
+        model = _llama(tok.vocab_size, 2, seed=5)
+    return model, tok
+
+
+def test_concurrent_requests_get_their_solo_text(tiny_any):
+    model, tok = tiny_any
     prompts = ["the cat", "a", "hello world, and", "xyz", "q", "more text here", "ab", "zz top"]
     want = [minillm.generate(model, tok, p, max_new_tokens=n, greedy=True)
             for p, n in zip(prompts, range(10, 18))]
