@@ -260,7 +260,7 @@ class API:
             else:
                 text = tok.decode(ids)
             prompts.append((text, ids))
-        echo = P._bool(body, "echo")
+        echo = P.boolean(body, "echo")
         logprobs = P.completion_logprobs(body)
         jobs, settings = [], None
         for p, (text, ids) in enumerate(prompts):

@@ -57,7 +57,7 @@ def _number(body, name, default, lo, hi, integer=False):
     return v
 
 
-def _bool(body, name, default=False):
+def boolean(body, name, default=False):
     v = body.get(name, default)
     if v is None:
         return default
@@ -108,12 +108,12 @@ def common_params(body, default_max, prompt_len, context, max_name="max_tokens")
     seed = _number(body, "seed", None, -(2**63), 2**63 - 1, integer=True)
     if seed is not None and seed < 0:
         seed = seed % 2**63
-    stream = _bool(body, "stream")
+    stream = boolean(body, "stream")
     opts = body.get("stream_options")
     if opts is not None and (not isinstance(opts, dict) or not stream):
         raise bad("'stream_options' must be an object, and only with stream true.",
                   param="stream_options")
-    include_usage = _bool(opts or {}, "include_usage")
+    include_usage = boolean(opts or {}, "include_usage")
     room = context - prompt_len
     max_tokens = _number(body, max_name, None, 0, 2**31, integer=True)
     if max_tokens is None and max_name != "max_tokens":
@@ -137,7 +137,7 @@ def common_params(body, default_max, prompt_len, context, max_name="max_tokens")
 
 def chat_logprobs(body):
     """None, or the number of top alternatives (0..20) per token."""
-    want = _bool(body, "logprobs")
+    want = boolean(body, "logprobs")
     top = _number(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True)
     if top is not None and not want:
         raise bad("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")

@@ -264,3 +264,37 @@ def test_a_client_that_disconnects_stops_its_generation(server, client):
     time.sleep(1.0)
     assert server.slow.calls == calls  # nothing runs any more
     assert calls < 60  # 120 steps of 20 ms would still be running
+
+
+@pytest.mark.parametrize("path, body", [
+    ("completions", {"model": "tiny", "prompt": "a", "stream_options": {"include_usage": True}}),
+    ("completions", {"model": "tiny", "prompt": [1, "a"]}),
+    ("completions", {"model": "tiny", "prompt": []}),
+    ("completions", {"model": "tiny", "prompt": [10_000]}),
+    ("completions", {"model": "tiny", "prompt": "a", "n": 0}),
+    ("completions", {"model": "tiny", "prompt": "a", "max_tokens": -1}),
+    ("completions", {"model": "tiny", "prompt": "a", "stop": [1]}),
+    ("completions", {"model": "tiny", "prompt": "a", "logprobs": 50}),
+    ("completions", {"model": "tiny", "prompt": "a", "stream": "yes"}),
+    ("completions", {"prompt": "a"}),
+    ("chat/completions", {"model": "tiny-chat", "messages": []}),
+    ("chat/completions", {"model": "tiny-chat", "messages": [{"content": "x"}]}),
+    ("chat/completions", {"model": "tiny-chat", "messages": [{"role": "user", "content": 3}]}),
+    ("chat/completions", {"model": "tiny-chat", "top_logprobs": 2,
+                          "messages": [{"role": "user", "content": "x"}]}),
+])
+def test_invalid_requests_are_400_in_openai_shape(server, path, body):
+    r = httpx.post(f"{server.url}/v1/{path}", json=body,
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"].endswith(".")
+
+
+def test_bad_json_and_unknown_routes(server):
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers=auth)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = httpx.get(server.url + "/v1/nothing", headers=auth)
+    assert r.status_code == 404 and "error" in r.json()
+    assert httpx.get(server.url + "/v1/completions", headers=auth).status_code == 405
