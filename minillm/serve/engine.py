@@ -198,11 +198,11 @@ class Engine:
         with no_grad():
             logits, _ = self.model(self._to_dev(np.asarray([ids], dtype=np.int64)),
                                    kv_cache=cache, last_only=not want_prompt)
-        logits = backend.to_numpy(logits.data)[0].astype(np.float64)[:, : self.vocab]  # (T, V)
+        logits = backend.to_numpy(logits.data)[0, :, : self.vocab]  # (T, V), T = P or 1
         if want_prompt:
             lps, tops = [None], [None]
-            for j in range(1, P):
-                lp = log_softmax(logits[j - 1])
+            for j in range(1, P):  # row by row in float64 (a (P, V) float64 copy is large)
+                lp = log_softmax(logits[j - 1].astype(np.float64))
                 lps.append(float(lp[ids[j]]))
                 tops.append(_top(lp, p.prompt_logprobs))
             req.sink("prompt", PromptLogprobs(list(ids), lps, tops))
@@ -210,7 +210,7 @@ class Engine:
         if p.max_tokens == 0:
             req.sink("done", ("length", 0))
             return
-        if self._emit(req, logits[-1]):
+        if self._emit(req, logits[-1].astype(np.float64)):
             return
         if self.cache is None:
             self.cache = RaggedKVCache.for_model(self.model, self.max_batch)
