@@ -2,6 +2,11 @@
 
     minillm serve --model smollm2-135m-instruct --port 8000
     minillm serve --ckpt out/shakespeare_char_tiny --host 0.0.0.0 --api-key SECRET
+    minillm serve --ckpt out/base --adapter out/lora_a --adapter out/lora_b
+
+Each ``--adapter DIR`` is served as one more model id (the folder's name): its base with the
+adapter merged in, a model of its own with its own engine (so memory grows by one model per
+adapter; the engines take turns on the CPU).
 """
 
 import ipaddress
@@ -23,6 +28,8 @@ def add_serve(sub):
                      help="a built-in model name (default: smollm2-135m-instruct)")
     src.add_argument("--ckpt", default=None,
                      help="a model file or directory minillm loads (its runs, GGUF, HF GPT-2)")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="a LoRA adapter folder, served as one more model id (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: 8000)")
     p.add_argument("--api-key", default=None,
@@ -93,10 +100,18 @@ def run_serve(args):
         raise MinillmError("--max-batch and --queue must be at least 1.")
     source = args.ckpt or args.model or DEFAULT_CHAT_MODEL
     name = args.model or (Path(args.ckpt).stem if args.ckpt else DEFAULT_CHAT_MODEL)
-    model, tokenizer = load_model(source)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue)
-    served = ServedModel(name, engine, tokenizer, getattr(tokenizer, "chat_template", None))
-    app = create_app([served], api_key=args.api_key)
+    sources = [(name, source)] + [(Path(a).resolve().name, a) for a in args.adapter]
+    names = [n for n, _ in sources]
+    if len(set(names)) != len(names):
+        raise MinillmError(f"two models would have one id ({', '.join(names)}); give the "
+                           f"adapter folders distinct names.")
+    served = []
+    for model_id, path in sources:
+        model, tokenizer = load_model(path)
+        engine = Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue)
+        served.append(ServedModel(model_id, engine, tokenizer,
+                                  getattr(tokenizer, "chat_template", None)))
+    app = create_app(served, api_key=args.api_key)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -39,6 +39,11 @@ from minillm.errors import MinillmError
 from minillm.sample import _TextTracker, sample_next
 from minillm.serve.kvcache import RaggedKVCache
 
+# One model call at a time across every engine of the process (a server with adapters runs one
+# engine per model id): Numba's workqueue threading layer must not be entered from two threads
+# at once, and autograd's no_grad switch is one flag for the whole process.
+FORWARD_LOCK = threading.Lock()
+
 
 class QueueFull(MinillmError):
     """The engine's waiting queue is full (the server answers 503 with Retry-After)."""
@@ -195,7 +200,7 @@ class Engine:
         P = len(ids)
         want_prompt = p.prompt_logprobs is not None
         cache = self.model.new_kv_cache(1, max_len=P)
-        with no_grad():
+        with FORWARD_LOCK, no_grad():
             logits, _ = self.model(self._to_dev(np.asarray([ids], dtype=np.int64)),
                                    kv_cache=cache, last_only=not want_prompt)
         logits = backend.to_numpy(logits.data)[0, :, : self.vocab]  # (T, V), T = P or 1
@@ -250,7 +255,7 @@ class Engine:
         B = len(self.active)
         mask, pos = self.cache.step_inputs(B)  # (B, Tk), (B, 1)
         ids = np.asarray([[r.next_token] for r in self.active], dtype=np.int64)  # (B, 1)
-        with no_grad():
+        with FORWARD_LOCK, no_grad():
             logits, _ = self.model(self._to_dev(ids), kv_cache=self.cache,
                                    attention_mask=mask, position_ids=self._to_dev(pos),
                                    last_only=True)

@@ -54,14 +54,15 @@ from minillm.tokenizers import CharTokenizer
 import minillm.serve.cli as cli
 
 def load_model(name):  # stands in for minillm.load: a tiny random GPT, no chat template
-    backend.manual_seed(0)
+    backend.manual_seed(0 if name == "runs/tiny" else 1)  # an adapter: other weights
     tok = CharTokenizer.from_text("abcdefgh ")
     return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=1,
                          n_embd=8)), tok
 
 cli.load_model = load_model
 from minillm.cli import main
-sys.exit(main(["serve", "--ckpt", "runs/tiny", "--port", "0", "--api-key", "k"]))
+sys.exit(main(["serve", "--ckpt", "runs/tiny", "--adapter", "runs/lora_a", "--port", "0",
+               "--api-key", "k"]))
 """
 
 
@@ -84,10 +85,17 @@ def test_serve_prints_its_url_and_answers(tmp_path):
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer k"},
-                       json={"model": "tiny", "prompt": "abc", "max_tokens": 3,
-                             "temperature": 0}, timeout=60)
-        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3
+        auth = {"Authorization": "Bearer k"}
+        models = httpx.get(url + "/v1/models", headers=auth).json()["data"]
+        assert [m["id"] for m in models] == ["tiny", "lora_a"]
+        texts = []
+        for model in ("tiny", "lora_a"):
+            r = httpx.post(url + "/v1/completions", headers=auth,
+                           json={"model": model, "prompt": "abc", "max_tokens": 8,
+                                 "temperature": 0}, timeout=60)
+            assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3
+            texts.append(r.json()["choices"][0]["text"])
+        assert texts[0] != texts[1]  # each id answers with its own weights
     finally:
         proc.send_signal(signal.SIGINT)
         try:
