@@ -100,7 +100,7 @@ def server(tiny):
     stalled = Stalled(model, tok, max_batch=1, queue_size=1)
     stalled.submit([0], stalled_params(), lambda *a: None)  # the one place in its queue, taken
     models = [ServedModel("tiny", engine, tok), ServedModel("tiny-chat", engine, tok, Template()),
-              ServedModel("slow", Engine(slow, tok, max_batch=2), tok),
+              ServedModel("slow", Engine(slow, tok, max_batch=2), tok, Template()),
               ServedModel("stalled", stalled, tok)]
     app = create_app(models, api_key=API_KEY, max_body=MAX_BODY)
     with Server(app) as s:

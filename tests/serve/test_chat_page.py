@@ -3,6 +3,7 @@ driven by selenium) loads /, sends a message, and sees the streamed reply appear
 
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -72,3 +73,37 @@ def test_the_page_streams_a_reply(server, client, browser):
     assert want.strip() and reply.text == want.strip()  # .text drops outer whitespace
     browser.find_element(By.ID, "new").click()
     assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+
+
+def test_the_stop_button_ends_the_generation(server, client, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server.url + "/")
+    browser.find_element(By.TAG_NAME, "summary").click()
+    key = browser.find_element(By.ID, "key")
+    key.send_keys(API_KEY)
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
+    wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 4)
+    Select(browser.find_element(By.ID, "model")).select_by_value("slow")  # 20 ms a token
+    for field, value in (("max_tokens", "100"), ("temperature", "0")):
+        browser.find_element(By.ID, field).clear()
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "input").send_keys("hi")
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda b: b.find_element(By.CSS_SELECTOR, ".msg.assistant").text.strip())
+    browser.find_element(By.ID, "stop").click()
+    wait.until(lambda b: b.find_element(By.ID, "stop").get_attribute("class") == "hidden")
+    time.sleep(1.0)  # the server notices the closed connection within a quarter second
+    calls = server.slow.calls
+    time.sleep(1.0)
+    assert server.slow.calls == calls  # generation has stopped
+    assert not browser.find_element(By.ID, "input").get_attribute("disabled")
+    # ... well before the end: the whole greedy reply (same weights, fast) is far longer
+    full = client.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=100,
+        temperature=0)
+    shown = browser.find_element(By.CSS_SELECTOR, ".msg.assistant").text
+    assert full.usage.completion_tokens == 100 and calls < 80  # prefill + steps so far
+    assert full.choices[0].message.content.strip().startswith(shown)
