@@ -9,13 +9,9 @@ import pytest
 
 from minillm import backend
 from minillm.models import GPT, GPTConfig
+from minillm.serve.app import ServedModel, create_app
+from minillm.serve.engine import Engine
 from minillm.tokenizers import CharTokenizer
-
-pytest.importorskip("starlette")
-uvicorn = pytest.importorskip("uvicorn")
-
-from minillm.serve.app import ServedModel, create_app  # noqa: E402
-from minillm.serve.engine import Engine  # noqa: E402
 
 TEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;!?'\n"
 API_KEY = "test-key"
@@ -58,6 +54,8 @@ class Stalled(Engine):
 
 class Server:
     def __init__(self, app):
+        import uvicorn
+
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -94,6 +92,8 @@ def tiny():
 
 @pytest.fixture(scope="package")
 def server(tiny):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
     model, tok = tiny
     engine = Engine(model, tok, max_batch=8, queue_size=32)
     slow = Slow(model)
@@ -105,6 +105,7 @@ def server(tiny):
     app = create_app(models, api_key=API_KEY, max_body=MAX_BODY)
     with Server(app) as s:
         s.engine, s.slow, s.model, s.tok = engine, slow, model, tok
+        s.api_key, s.max_body, s.template = API_KEY, MAX_BODY, Template()
         yield s
 
 

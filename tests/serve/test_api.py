@@ -6,7 +6,6 @@ import json
 import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
 
@@ -15,8 +14,7 @@ from minillm import functional as F
 from minillm.autograd import no_grad
 
 openai = pytest.importorskip("openai")
-
-from tests.serve.conftest import API_KEY, MAX_BODY, Template  # noqa: E402
+httpx = pytest.importorskip("httpx")
 
 
 def log_softmax(model, ids):
@@ -64,7 +62,7 @@ def test_chat_streamed_equals_plain_and_renders_the_template(server, client):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
     plain = client.chat.completions.create(model="tiny-chat", messages=msgs, max_tokens=15,
                                            temperature=0)
-    prompt = Template().render(msgs, add_generation_prompt=True)
+    prompt = server.template.render(msgs, add_generation_prompt=True)
     reply = plain.choices[0].message.content
     assert plain.object == "chat.completion" and plain.choices[0].message.role == "assistant"
     assert reply == minillm.generate(server.model, server.tok, prompt, max_new_tokens=15,
@@ -81,7 +79,7 @@ def test_chat_streamed_equals_plain_and_renders_the_template(server, client):
     assert chunks[-1].usage == plain.usage
     # the wire format: only data lines, ending with data: [DONE]
     r = httpx.post(server.url + "/v1/chat/completions",
-                   headers={"Authorization": f"Bearer {API_KEY}"},
+                   headers={"Authorization": f"Bearer {server.api_key}"},
                    json={"model": "tiny-chat", "messages": msgs, "max_tokens": 3,
                          "stream": True}, timeout=60)
     events = [e for e in r.text.split("\n\n") if e]
@@ -179,7 +177,7 @@ def test_generated_logprobs_equal_the_forward_pass(server, client):
     chat = client.chat.completions.create(model="tiny-chat", messages=msgs, max_tokens=6,
                                           temperature=0, logprobs=True, top_logprobs=2)
     text = chat.choices[0].message.content
-    prompt_ids = server.tok.encode(Template().render(msgs, True))
+    prompt_ids = server.tok.encode(server.template.render(msgs, True))
     reply_ids = server.tok.encode(text)
     lsm = log_softmax(server.model, prompt_ids + reply_ids)
     P = len(prompt_ids)
@@ -214,12 +212,12 @@ def test_errors_have_the_status_and_shape_of_openai(server, client):
         wrong.models.list()
     assert httpx.get(server.url + "/v1/models").status_code == 401
     with pytest.raises(openai.APIStatusError) as e:
-        client.completions.create(model="tiny", prompt="a" * (MAX_BODY + 1))
+        client.completions.create(model="tiny", prompt="a" * (server.max_body + 1))
     assert e.value.status_code == 413
     with pytest.raises(openai.APIStatusError) as e:
         client.completions.create(model="stalled", prompt="a")
     assert e.value.status_code == 503
-    r = httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+    r = httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {server.api_key}"},
                    json={"model": "stalled", "prompt": "a"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     err = r.json()["error"]
@@ -285,14 +283,14 @@ def test_a_client_that_disconnects_stops_its_generation(server, client):
 ])
 def test_invalid_requests_are_400_in_openai_shape(server, path, body):
     r = httpx.post(f"{server.url}/v1/{path}", json=body,
-                   headers={"Authorization": f"Bearer {API_KEY}"})
+                   headers={"Authorization": f"Bearer {server.api_key}"})
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["message"].endswith(".")
 
 
 def test_bad_json_and_unknown_routes(server):
-    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    auth = {"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"}
     r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers=auth)
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     r = httpx.get(server.url + "/v1/nothing", headers=auth)

@@ -7,8 +7,6 @@ import time
 
 import pytest
 
-from tests.serve.conftest import API_KEY
-
 webdriver = pytest.importorskip("selenium.webdriver")
 
 
@@ -52,7 +50,7 @@ def test_the_page_streams_a_reply(server, client, browser):
     # the server wants a key: the page keeps it in localStorage; give it and list the models
     browser.find_element(By.TAG_NAME, "summary").click()
     key = browser.find_element(By.ID, "key")
-    key.send_keys(API_KEY)
+    key.send_keys(server.api_key)
     browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
     wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 4)
     Select(browser.find_element(By.ID, "model")).select_by_value("tiny-chat")
@@ -83,7 +81,7 @@ def test_the_stop_button_ends_the_generation(server, client, browser):
     browser.get(server.url + "/")
     browser.find_element(By.TAG_NAME, "summary").click()
     key = browser.find_element(By.ID, "key")
-    key.send_keys(API_KEY)
+    key.send_keys(server.api_key)
     browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
     wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 4)
     Select(browser.find_element(By.ID, "model")).select_by_value("slow")  # 20 ms a token

@@ -71,8 +71,8 @@ def test_serve_prints_its_url_and_answers(tmp_path):
     import subprocess
     import time
 
-    import httpx
-
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
     proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
