@@ -148,6 +148,10 @@ class API:
 
     def submit(self, served, run, jobs):
         """Submit (index, ids, params) jobs; all or none (a full queue cancels the rest)."""
+        room = served.engine.inbox.maxsize
+        if len(jobs) > room:
+            raise P.bad(f"this request asks for {len(jobs)} completions (prompts x n); the "
+                        f"server queues at most {room} at a time (minillm serve --queue).")
         try:
             for index, ids, params in jobs:
                 run.requests.append(served.engine.submit(ids, params, run.sink(index)))

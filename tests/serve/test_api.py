@@ -217,6 +217,8 @@ def test_errors_have_the_status_and_shape_of_openai(server, client):
     with pytest.raises(openai.APIStatusError) as e:
         client.completions.create(model="stalled", prompt="a")
     assert e.value.status_code == 503
+    with pytest.raises(openai.BadRequestError):  # more than its queue ever holds: not a retry
+        client.completions.create(model="stalled", prompt="a", n=2)
     r = httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {server.api_key}"},
                    json={"model": "stalled", "prompt": "a"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
