@@ -3,9 +3,11 @@
 Requests arrive through a bounded queue (``submit``; a full queue raises ``QueueFull``, which
 the HTTP layer answers with 503). One engine thread loops:
 
-1. admit waiting requests while the batch has free rows: each prompt is prefilled alone (batch
-   1, an ordinary ``model.new_kv_cache``), its first token sampled from the last position's
-   logits, and its cache copied into a free row of the ``RaggedKVCache``;
+1. admit waiting requests while the batch has free rows and prefill their prompts: those that
+   arrived together run as one right-padded batch through an ordinary ``model.new_kv_cache``
+   (up to PREFILL_TOKENS padded positions; a request that wants its prompt's log-probabilities
+   runs alone), each first token is sampled from its last real position, and each prompt's
+   keys and values are copied into a free row of the ``RaggedKVCache``;
 2. one decode step over every row in the batch: (B, 1) tokens, each at its own position, with
    the attention mask hiding what belongs to longer rows (see minillm.serve.kvcache);
 3. sample each row's next token with that request's own sampler state; requests that finish
@@ -13,7 +15,7 @@ the HTTP layer answers with 503). One engine thread loops:
    their row is given to the last one.
 
 So a request joins the running batch at the step after its prefill and the others never wait
-for it to finish. Each request draws from its own ``numpy.random.Generator`` (seeded by its
+for it to finish; clients that arrive together wait for one prefill pass, not one each. Each request draws from its own ``numpy.random.Generator`` (seeded by its
 ``seed``), in the order of its own tokens, so its text does not depend on what else is in the
 batch; the logits do, by float32 rounding only (a batched matmul sums in another order), which
 the tests keep clear of by using greedy decoding on weights whose top-2 logit gaps are large.
@@ -34,15 +36,18 @@ from typing import Callable, Optional
 import numpy as np
 
 from minillm import backend
+from minillm import functional as F
 from minillm.autograd import no_grad
 from minillm.errors import MinillmError
 from minillm.sample import _TextTracker, sample_next
 from minillm.serve.kvcache import RaggedKVCache
+from minillm.tensor import Tensor
 
 # One model call at a time across every engine of the process (a server with adapters runs one
 # engine per model id): Numba's workqueue threading layer must not be entered from two threads
 # at once, and autograd's no_grad switch is one flag for the whole process.
 FORWARD_LOCK = threading.Lock()
+PREFILL_TOKENS = 2048  # padded prompt positions (prompts x longest) one prefill pass may hold
 
 
 class QueueFull(MinillmError):
@@ -176,51 +181,95 @@ class Engine:
             req.sink("error", "the server is shutting down.")
 
     def _admit(self, block):
-        while len(self.active) < self.max_batch:
+        """Take waiting requests while rows are free and prefill them, several prompts in one
+        forward pass where they fit PREFILL_TOKENS padded positions."""
+        taken = []
+        while len(self.active) + len(taken) < self.max_batch:
             try:
                 req = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
             except queue.Empty:
-                return
+                break
             block = False
             if req is None or self._stop.is_set():
-                return
-            if req.cancelled:
-                continue
-            try:
-                self._prefill(req)
-            except Exception as e:
-                req.sink("error", f"generation failed: {e}")
+                break
+            if not req.cancelled:
+                taken.append(req)
+        group = []
+        for req in taken:
+            alone = req.params.prompt_logprobs is not None  # needs every position's logits
+            longest = max(len(r.prompt_ids) for r in group + [req])
+            if group and (alone or longest * (len(group) + 1) > PREFILL_TOKENS):
+                self._prefill(group)
+                group = []
+            group.append(req)
+            if alone:
+                self._prefill(group)
+                group = []
+        if group:
+            self._prefill(group)
 
     def _to_dev(self, a):
         return backend.to_device(a, "cuda") if self._on_gpu else a
 
-    def _prefill(self, req):
-        p = req.params
-        ids = req.prompt_ids
-        P = len(ids)
-        want_prompt = p.prompt_logprobs is not None
-        cache = self.model.new_kv_cache(1, max_len=P)
+    def _head(self, h):
+        """Logits of final hidden states h (..., C): Llama's ``head``, GPT's tied matrix."""
+        head = getattr(self.model, "head", None)
+        return head(h) if head is not None else F.linear(h, self.model.lm_head_weight)
+
+    def _prefill(self, group):
+        """Run the prompts of ``group`` as one right-padded batch (k, Pmax) through a fresh
+        KVCache: causal attention keeps each real token from seeing the padding after it and
+        every row starts at position 0, so no mask is needed. Each row's first token comes
+        from its last real position; its cache rows 0..P-1 move into the ragged cache."""
+        try:
+            self._prefill_rows(group)
+        except Exception as e:
+            for req in group:
+                req.sink("error", f"generation failed: {e}")
+
+    def _prefill_rows(self, group):
+        k = len(group)
+        lens = [len(r.prompt_ids) for r in group]
+        P = max(lens)
+        ids = np.zeros((k, P), dtype=np.int64)  # (k, P) right-padded with id 0
+        for b, r in enumerate(group):
+            ids[b, : lens[b]] = r.prompt_ids
+        first = group[0].params
+        cache = self.model.new_kv_cache(k, max_len=P)
         with FORWARD_LOCK, no_grad():
-            logits, _ = self.model(self._to_dev(np.asarray([ids], dtype=np.int64)),
-                                   kv_cache=cache, last_only=not want_prompt)
-        logits = backend.to_numpy(logits.data)[0, :, : self.vocab]  # (T, V), T = P or 1
-        if want_prompt:
-            lps, tops = [None], [None]
-            for j in range(1, P):  # row by row in float64 (a (P, V) float64 copy is large)
-                lp = log_softmax(logits[j - 1].astype(np.float64))
-                lps.append(float(lp[ids[j]]))
-                tops.append(_top(lp, p.prompt_logprobs))
-            req.sink("prompt", PromptLogprobs(list(ids), lps, tops))
-        req.tracker = _TextTracker(self.tokenizer, list(p.stop))
-        if p.max_tokens == 0:
-            req.sink("done", ("length", 0))
-            return
-        if self._emit(req, logits[-1].astype(np.float64)):
-            return
-        if self.cache is None:
-            self.cache = RaggedKVCache.for_model(self.model, self.max_batch)
-        self.cache.load_row(len(self.active), cache, P)
-        self.active.append(req)
+            if first.prompt_logprobs is not None:  # a group of one: every position's logits
+                logits, _ = self.model(self._to_dev(ids), kv_cache=cache)  # (1, P, V)
+                rows = backend.to_numpy(logits.data)[0, :, : self.vocab]  # (P, V)
+                self._prompt_logprobs(group[0], rows)
+                last = rows[-1:]  # (1, V)
+            else:
+                h = self.model(self._to_dev(ids), kv_cache=cache, return_hidden=True)  # (k, P, C)
+                xp = backend.array_module(h.data)
+                h_last = h.data[xp.arange(k), xp.asarray(lens) - 1][:, None, :]  # (k, 1, C)
+                logits = self._head(Tensor(h_last))  # (k, 1, V)
+                last = backend.to_numpy(logits.data)[:, 0, : self.vocab]  # (k, V)
+        for b, req in enumerate(group):
+            req.tracker = _TextTracker(self.tokenizer, list(req.params.stop))
+            if req.params.max_tokens == 0:
+                req.sink("done", ("length", 0))
+                continue
+            if self._emit(req, last[b].astype(np.float64)):
+                continue
+            if self.cache is None:
+                self.cache = RaggedKVCache.for_model(self.model, self.max_batch)
+            self.cache.load_row(len(self.active), cache, lens[b], src=b)
+            self.active.append(req)
+
+    def _prompt_logprobs(self, req, rows):
+        """Each prompt token's log-probability given the ones before it (none for the first),
+        row by row in float64 (a (P, V) float64 copy of a long prompt would be large)."""
+        ids, k = req.prompt_ids, req.params.prompt_logprobs
+        lps, tops = [None], [None]
+        for j in range(1, len(ids)):
+            lp = log_softmax(rows[j - 1].astype(np.float64))
+            lps.append(float(lp[ids[j]]))
+            tops.append(_top(lp, k))
+        req.sink("prompt", PromptLogprobs(list(ids), lps, tops))
 
     def _emit(self, req, logits):
         """Sample the request's next token from logits (V,); send it; return True when the

@@ -102,12 +102,12 @@ class RaggedKVCache:
                     arrays.append(new)
         self.capacity = cap
 
-    def load_row(self, row, cache, n):
-        """Copy the first n positions of a batch-1 ``KVCache`` (a prefilled prompt) into
+    def load_row(self, row, cache, n, src=0):
+        """Copy the first n positions of row ``src`` of a ``KVCache`` (prefilled prompts) into
         ``row``."""
         self.ensure(n)
-        for dst, src in zip(self.k + self.v, cache.k + cache.v):
-            dst[row, :, :n] = src[0, :, :n]
+        for dst, a in zip(self.k + self.v, cache.k + cache.v):
+            dst[row, :, :n] = a[src, :, :n]
         self.lengths[row] = n
 
     def move_row(self, src, dst):

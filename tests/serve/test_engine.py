@@ -137,6 +137,48 @@ def test_concurrent_requests_get_their_solo_text(tiny_any):
         assert reason == ("length" if len(ids) == 10 + i else "stop")
 
 
+class Recording:
+    """Wraps a model and records the (batch, time) shape of every call."""
+
+    def __init__(self, model):
+        self.model, self.shapes = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, idx, **kw):
+        self.shapes.append(np.asarray(idx).shape)
+        return self.model(idx, **kw)
+
+
+def test_requests_waiting_together_are_prefilled_in_one_pass(tiny_any):
+    model, tok = tiny_any
+    prompts = ["the cat sat on", "a", "hello world", "xyz.", "q q q q q q q"]
+    want = [minillm.generate(model, tok, p, max_new_tokens=9, greedy=True) for p in prompts]
+    rec = Recording(model)
+    engine = Engine(rec, tok, max_batch=8)
+    sinks = [queue.Queue() for _ in prompts]
+    for p, q in zip(prompts, sinks):  # all waiting before the loop starts
+        engine.submit(tok.encode(p), SamplingParams(max_tokens=9, temperature=0.0,
+                                                    stop_ids=frozenset([tok.eos_id])),
+                      lambda kind, x, q=q: q.put((kind, x)))
+    engine.start()
+    try:
+        for q, w in zip(sinks, want):
+            text = ""
+            while True:
+                kind, x = q.get(timeout=60)
+                if kind == "done":
+                    break
+                assert kind == "token", x
+                text += x.text
+            assert text == w
+    finally:
+        engine.close()
+    assert rec.shapes[0] == (len(prompts), max(len(p) for p in prompts))  # one padded prefill
+    assert all(s[1] == 1 for s in rec.shapes[1:])  # then decode steps only
+
+
 def test_seeded_sampling_stop_strings_and_logprobs(tiny):
     model, tok = tiny
     engine = Engine(model, tok).start()
