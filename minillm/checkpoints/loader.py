@@ -63,8 +63,8 @@ def load(path_or_name, device="cpu", dropout=None, **options):
     return model.eval(), run.load_tokenizer(ckpt)
 
 
-def _missing(path):
-    return (f"there is no checkpoint at {path}; pass {ACCEPTED} (for GPT-2 where there is "
+def _missing(path, why=""):
+    return (f"there is no checkpoint at {path}{why}; pass {ACCEPTED} (for GPT-2 where there is "
             f"internet: `huggingface-cli download gpt2 --local-dir {path}`)")
 
 
@@ -97,7 +97,7 @@ def _load_gguf(path, device="cpu", dropout=None, **options):
 def _resolve_builtin(name):
     """The local path of the built-in model ``name``."""
     if find_spec("minillm.checkpoints.builtin") is None:
-        raise CheckpointError(_missing(Path(name)) + " (and this minillm has no built-in models)")
+        raise CheckpointError(_missing(name, " and this minillm has no built-in models"))
     from minillm.checkpoints import builtin
 
     return builtin.resolve(name)

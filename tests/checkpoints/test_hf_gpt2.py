@@ -16,10 +16,10 @@ from safetensors.numpy import load_file, save_file
 
 import minillm as M
 from minillm import backend
-from minillm.cli import main
 from minillm.checkpoints import hf_gpt2
 from minillm.checkpoints import run as checkpoint
 from minillm.checkpoints.hf_gpt2 import export_hf, load_hf
+from minillm.cli import main
 from minillm.errors import CheckpointError
 from minillm.models import GPT, GPTConfig
 from minillm.tokenizers import CharTokenizer, GPT2Tokenizer

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import minillm as M
+from minillm.checkpoints import run as ckpt
 from minillm.errors import CheckpointError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW
-from minillm.checkpoints import run as ckpt
 
 CFG = dict(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
