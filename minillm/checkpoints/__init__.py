@@ -12,6 +12,5 @@ Importing this package registers ``load`` as the loader behind ``GPT.from_pretra
 """
 
 from minillm.checkpoints.loader import load
-from minillm.checkpoints.run import save
 
-__all__ = ["load", "save"]
+__all__ = ["load"]
