@@ -100,10 +100,10 @@ def add_export(sub):
 
 
 def run_export(args):
-    from minillm.train.checkpoint import load_pretrained
-    from minillm.train.hf import MINILLM_TOKENIZER_DIR, export_hf
+    from minillm.checkpoints import load
+    from minillm.checkpoints.hf_gpt2 import MINILLM_TOKENIZER_DIR, export_hf
 
-    model, tokenizer = load_pretrained(args.ckpt)
+    model, tokenizer = load(args.ckpt)
     names = export_hf(model, tokenizer, args.out)
     shown = sorted({n.split("/")[0] + ("/" if "/" in n else "") for n in names})
     print(f"exported {model.num_parameters():,} parameters to {args.out}: {', '.join(shown)}")
@@ -239,11 +239,21 @@ def add_sample(sub):
     p.set_defaults(run=run_sample)
 
 
+def _load_for_sampling(args):
+    """(model, tokenizer) from --ckpt; a checkpoint without a tokenizer cannot be sampled."""
+    from minillm.checkpoints import load
+
+    model, tokenizer = load(args.ckpt, device=args.device)
+    if tokenizer is None:
+        raise MinillmError(f"{args.ckpt} holds no tokenizer, so its text cannot be encoded; save "
+                           f"the checkpoint with its tokenizer.")
+    return model, tokenizer
+
+
 def run_sample(args):
     from pathlib import Path
 
     from minillm.sample import stream
-    from minillm.train.checkpoint import load_pretrained
 
     prompt = args.prompt
     if prompt.startswith("FILE:"):
@@ -254,7 +264,7 @@ def run_sample(args):
             raise MinillmError(f"cannot read the prompt file {path} ({e}).") from None
     if args.num_samples < 1:
         raise MinillmError(f"--num-samples must be at least 1, got {args.num_samples}.")
-    model, tokenizer = load_pretrained(args.ckpt, device=args.device)
+    model, tokenizer = _load_for_sampling(args)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i  # sample i uses seed + i
         pieces = stream(model, tokenizer, prompt, seed=seed, **_sampling_options(args))
@@ -276,9 +286,8 @@ def add_chat(sub):
 
 def run_chat(args):
     from minillm.sample import CHAT_HELP, Chat
-    from minillm.train.checkpoint import load_pretrained
 
-    model, tokenizer = load_pretrained(args.ckpt, device=args.device)
+    model, tokenizer = _load_for_sampling(args)
     opts = _sampling_options(args)
     chat = Chat(model, tokenizer, seed=args.seed, **opts)
     tty = sys.stdin.isatty()

@@ -1,7 +1,7 @@
 """Text generation: the sampler (temperature, top-k, top-p, repetition penalty) and the
 generate loop with a KV cache, as one Python API: ``generate`` returns text, ``stream`` yields it.
 
-    model, tok = load_pretrained("out/shakespeare_char")
+    model, tok = minillm.load("out/shakespeare_char")
     print(generate(model, tok, "ROMEO:", max_new_tokens=200, temperature=0.8, top_k=200, seed=1))
     for piece in stream(model, tok, "ROMEO:", stop="\\n\\n"):
         print(piece, end="", flush=True)

@@ -14,7 +14,7 @@ subtracting B A again, so the base weights come back bit-identical (subtracting 
 rounding error in W, and the adapter's fingerprint of the base would no longer match).
 
 This module works on Modules only (no files): saving and loading adapters lives in
-``minillm.train.adapter``.
+``minillm.checkpoints.adapter``.
 """
 
 import hashlib

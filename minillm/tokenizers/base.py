@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence, Union
 
+from minillm.checkpoints.atomic import write_file
 from minillm.errors import TokenizerError
 
 EOT_TOKEN = "<|endoftext|>"
@@ -77,7 +77,7 @@ class Tokenizer(ABC):
         data = self._save_data(directory)
         config = {"kind": self.kind, "format": FORMAT_VERSION, "data": data}
         path = directory / CONFIG_NAME
-        atomic_write(path, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
+        write_file(path, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
         return path
 
     def __repr__(self) -> str:
@@ -130,32 +130,3 @@ def read_texts(text_or_paths: TextOrPaths) -> str:
                 f"tokenizer training file {p} is not UTF-8 text (bad byte at offset {e.start})."
             ) from None
     return "\n".join(parts)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
-
-    The bytes go to a temporary file in the same directory, are fsynced, then renamed over
-    ``path`` (``os.replace`` is atomic on POSIX and Windows within one filesystem).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read the umask is to set it and restore it
-    os.umask(mask)
-    return mask

@@ -30,8 +30,9 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
+from minillm.checkpoints.atomic import write_file
 from minillm.errors import TokenizerError
-from minillm.tokenizers.base import EOT_TOKEN, Tokenizer, atomic_write
+from minillm.tokenizers.base import EOT_TOKEN, Tokenizer
 
 VOCAB_NAME = "vocab.json"
 MERGES_NAME = "merges.txt"
@@ -263,8 +264,8 @@ class GPT2Tokenizer(Tokenizer):
         # Hugging Face's layout, so the directory also loads with transformers' GPT2Tokenizer.
         vocab = json.dumps(self.vocab, ensure_ascii=False).encode("utf-8")
         merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges)
-        atomic_write(directory / VOCAB_NAME, vocab)
-        atomic_write(directory / MERGES_NAME, merges.encode("utf-8"))
+        write_file(directory / VOCAB_NAME, vocab)
+        write_file(directory / MERGES_NAME, merges.encode("utf-8"))
         return {"vocab": VOCAB_NAME, "merges": MERGES_NAME, "vocab_size": self.vocab_size}
 
     @classmethod
