@@ -36,6 +36,7 @@ OPS = (
     "bias_gelu_forward", "bias_gelu_backward",
     "attention_forward", "attention_backward",
     "adamw_step",
+    "qmatmul_forward", "qmatmul_backward_input",
 )
 MODES = ("auto", "reference", "numba")
 

@@ -211,3 +211,20 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     mhat = m / (1.0 - beta1**step)
     vhat = v / (1.0 - beta2**step)
     p -= lr * (mhat / (xp.sqrt(vhat) + eps) + weight_decay * p)
+
+
+# --------------------------------------------------------------------------- quantized matmul
+def qmatmul_forward(x, qw):
+    """y = x W^T with W (O, K) held in GGML blocks (a kernels.quant.QuantWeight).
+
+    The definition the quantized kernels must equal: dequantize W, then an ordinary product in
+    x's dtype. x: (N, K) -> y: (N, O). (llama.cpp instead rounds x to 8 bits inside the
+    product; here activations keep their precision.)
+    """
+    return x @ qw.dequantize().astype(x.dtype, copy=False).T
+
+
+def qmatmul_backward_input(dy, qw):
+    """dx = dy W for y = x W^T with W frozen in blocks: dy (N, O) -> dx (N, K). No dW: a
+    quantized base weight does not train (LoRA adapters beside it do)."""
+    return dy @ qw.dequantize().astype(dy.dtype, copy=False)
