@@ -39,10 +39,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..ladder import Ladder, Rung
-from ..quant import FORMATS, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
+from ..quant import FORMATS, MATMUL_TYPES, QuantWeight
 from ._serial import pick
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy")
+_JIT = {"fastmath": True, "cache": True, "error_model": "numpy"}
 QK = 32  # weights per block in every format here
 OT = 4  # output rows per tile in v3
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from minillm.errors import TokenizerError
 from minillm.tokenizers.base import CONFIG_NAME, EOT_TOKEN, TextOrPaths, Tokenizer
+from minillm.tokenizers.bpe import ByteLevelBPETokenizer
 from minillm.tokenizers.char import CharTokenizer
 from minillm.tokenizers.gpt2 import GPT2Tokenizer
 from minillm.tokenizers.sentencepiece import SentencePieceTokenizer
@@ -27,6 +28,7 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     CharTokenizer.kind: CharTokenizer,
     SentencePieceTokenizer.kind: SentencePieceTokenizer,
     GPT2Tokenizer.kind: GPT2Tokenizer,
+    ByteLevelBPETokenizer.kind: ByteLevelBPETokenizer,
 }
 
 
@@ -73,10 +75,11 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 
 
 __all__ = [
-    "CharTokenizer",
     "EOT_TOKEN",
-    "SentencePieceTokenizer",
     "TOKENIZERS",
+    "ByteLevelBPETokenizer",
+    "CharTokenizer",
+    "SentencePieceTokenizer",
     "Tokenizer",
     "load_tokenizer",
     "train_tokenizer",

@@ -5,13 +5,12 @@ import zlib
 
 import numpy as np
 import pytest
-
 from minillm.kernels import quant as Q
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import qmatmul as K
 
 gguf = pytest.importorskip("gguf")
-from gguf import quants as gq  # noqa: E402
+from gguf import quants as gq
 
 FORMATS = [Q.Q8_0, Q.Q4_0, Q.Q4_1]
 SHAPES = [(N, O, Kd) for N in (1, 3, 17) for O in (7, 33) for Kd in (64, 96)]
@@ -44,7 +43,7 @@ def test_forward_rung_matches_dequantize_then_matmul(version, qtype, shape, dtyp
     N, O, Kd = shape
     qw = Q.QuantWeight.from_float(weights((O, Kd)), qtype)
     x = np.random.default_rng(N * O + Kd).standard_normal((N, Kd)).astype(dtype)
-    rung = dict((v, r) for r, v in rungs("qmatmul_forward"))[version]
+    rung = {v: r for r, v in rungs("qmatmul_forward")}[version]
     got = rung.run(x, qw)
     assert got.dtype == dtype and got.shape == (N, O)
     want = R.qmatmul_forward(x, qw)  # in x's dtype
@@ -63,7 +62,7 @@ def test_backward_input_rung_matches_reference(version, qtype, shape, dtype):
     N, O, Kd = shape
     qw = Q.QuantWeight.from_float(weights((O, Kd), 1), qtype)
     dy = np.random.default_rng(N + O + Kd).standard_normal((N, O)).astype(dtype)
-    rung = dict((v, r) for r, v in rungs("qmatmul_backward_input"))[version]
+    rung = {v: r for r, v in rungs("qmatmul_backward_input")}[version]
     got = rung.run(dy, qw)
     assert got.dtype == dtype and got.shape == (N, Kd)
     w64 = qw.dequantize().astype(np.float64)
