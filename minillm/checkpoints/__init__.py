@@ -1,0 +1,1 @@
+"""Model files in and out: every checkpoint format minillm reads and writes."""
