@@ -241,6 +241,15 @@ def open_gguf(path):
         raise CheckpointError(f"{path}: {e}") from None
 
 
+def _type_name(qtype):
+    try:
+        import gguf
+
+        return gguf.GGMLQuantizationType(qtype).name
+    except (ImportError, ValueError):
+        return f"number {qtype}"
+
+
 def _parse(path, buf, size):
     c = _Cursor(buf)
     c.pos = 4
@@ -283,8 +292,9 @@ def _parse(path, buf, size):
     for name, dims, qtype, offset in infos:
         try:
             f = Q.block_format(qtype)
-        except ValueError as e:
-            raise CheckpointError(f"tensor {name!r}: {e}.") from None
+        except ValueError:
+            raise CheckpointError(f"tensor {name!r} has type {_type_name(qtype)}, which is not "
+                                  f"supported; supported types: {', '.join(Q.BY_NAME)}.") from None
         if any(d < 1 for d in dims) or dims[0] % f.block_size:
             raise CheckpointError(f"tensor {name!r} has impossible dimensions {dims} for "
                                   f"type {f.name}.")
@@ -429,7 +439,7 @@ def _tokenizer(md):
 
 def _load_tensor(f, info, dtype):
     raw = f.raw(info.name)
-    if len(info.shape) == 1 or info.qtype == Q.F32 or dtype == "float32":
+    if len(info.shape) == 1 or dtype == "float32" or (dtype == "stored" and info.qtype == Q.F32):
         return Q.dequantize(raw, info.qtype, info.shape)
     out, n_in = info.shape
     if dtype == "q8_0" and info.qtype != Q.Q8_0:
