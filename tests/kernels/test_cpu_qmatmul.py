@@ -130,3 +130,16 @@ def test_quant_weight_rows_and_sizes():
         Q.block_format(99)
     with pytest.raises(ValueError, match="multiple of 32"):
         Q.QuantWeight.from_float(np.zeros((2, 40)), Q.Q8_0)
+
+
+def test_read_only_blocks_as_mapped_from_a_file():
+    qw = Q.QuantWeight.from_float(weights((33, 96), 4), Q.Q4_1)
+    blocks = qw.blocks.copy()
+    blocks.flags.writeable = False
+    ro = Q.QuantWeight(Q.Q4_1, qw.shape, blocks)
+    x = np.random.default_rng(5).standard_normal((3, 96)).astype(np.float32)
+    for version in (1, 2, 3):
+        np.testing.assert_array_equal(K.run("qmatmul_forward", version, x, ro),
+                                      K.run("qmatmul_forward", version, x, qw))
+    np.testing.assert_array_equal(K.qmatmul_backward_input(x[:, :33], ro),
+                                  K.qmatmul_backward_input(x[:, :33], qw))

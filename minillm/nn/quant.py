@@ -1,0 +1,69 @@
+"""Layers whose weights stay in GGML blocks: QuantLinear and QuantEmbedding.
+
+A quantized layer holds a ``kernels.quant.QuantWeight`` (Q8_0: 8.5 bits per weight, Q4_1: 5)
+instead of a float32 Parameter (32 bits), and runs through kernels that dequantize inside the
+product. The weight is frozen: it is not a Parameter, so ``parameters()`` and optimizers never
+see it, and ``named_quant_weights(model)`` finds it for export (by the name a Linear's weight
+would have). Activations stay float32, so outputs equal those of a Linear holding the
+dequantized weight, to float32 rounding.
+"""
+
+import numpy as np
+
+from minillm.kernels.quant import QuantWeight
+from minillm.nn.module import Module, Parameter
+from minillm.ops.quant import quant_embedding, quant_linear
+
+
+class QuantLinear(Module):
+    """y = x W^T (+ b) with W: (out_features, in_features) in blocks; called like nn.Linear."""
+
+    def __init__(self, weight, bias=None):
+        super().__init__()
+        if not isinstance(weight, QuantWeight):
+            raise TypeError(f"QuantLinear holds a QuantWeight, not {type(weight).__name__}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight  # frozen, not a Parameter
+        self.bias = None if bias is None else Parameter(np.asarray(bias, dtype=np.float32))
+
+    @classmethod
+    def from_linear(cls, linear, qtype="q8_0"):
+        """Quantize an nn.Linear's weight (its bias, if any, stays float32 and trainable)."""
+        qw = QuantWeight.from_float(np.asarray(linear.weight.data), qtype)
+        return cls(qw, None if linear.bias is None else linear.bias.data)
+
+    def forward(self, x):
+        y = quant_linear(x, self.weight)  # (..., out)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self):
+        return (f"{self.in_features}, {self.out_features}, {self.weight.format.name}, "
+                f"bias={self.bias is not None}")
+
+
+class QuantEmbedding(Module):
+    """A frozen lookup table (num_embeddings, embedding_dim) in blocks: only the rows looked up
+    are dequantized. Its ``weight`` can also serve a tied output head (QuantLinear(weight))."""
+
+    def __init__(self, weight):
+        super().__init__()
+        if not isinstance(weight, QuantWeight):
+            raise TypeError(f"QuantEmbedding holds a QuantWeight, not {type(weight).__name__}")
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.weight = weight
+
+    def forward(self, idx):
+        return quant_embedding(idx, self.weight)  # (..., C)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.weight.format.name}"
+
+
+def named_quant_weights(module):
+    """(name, QuantWeight) for every quantized layer under ``module``, named as the Linear or
+    Embedding weight would be ("layers.0.mlp.up_proj.weight"); a shared weight once."""
+    seen = set()
+    for name, m in module.named_modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            yield (f"{name}.weight" if name else "weight"), m.weight
