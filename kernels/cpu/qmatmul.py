@@ -38,6 +38,7 @@ qmatmul_backward_input
 import numpy as np
 from numba import njit, prange
 
+from .. import reference
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, MATMUL_TYPES, QuantWeight
 from ._serial import pick
@@ -270,9 +271,15 @@ def run(op, version, *args):
         version, *args)
 
 
+# The defaults. A weight in a format without kernels here (F16, BF16, Q5, K-quants: rungs'
+# ``fits`` names it) goes to the reference, dequantize then matmul, as the registry does.
 def qmatmul_forward(x, qw):
+    if _fits(x, qw) is not None:
+        return reference.qmatmul_forward(x, qw)
     return _forward(DEFAULT_VERSION["qmatmul_forward"], x, qw)
 
 
 def qmatmul_backward_input(dy, qw):
+    if _fits(dy, qw) is not None:
+        return reference.qmatmul_backward_input(dy, qw)
     return _backward_input(DEFAULT_VERSION["qmatmul_backward_input"], dy, qw)

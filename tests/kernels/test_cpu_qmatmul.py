@@ -78,7 +78,12 @@ def test_ladders_declare_defaults_and_refuse_other_formats():
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.F16)
     assert ops["qmatmul_forward"].rung(3).reason_not(np.zeros((1, 32)), qw)
     with pytest.raises(TypeError, match="Q8_0, Q4_0 or Q4_1"):
-        K.qmatmul_forward(np.zeros((1, 32), np.float32), qw)
+        K.run("qmatmul_forward", 3, np.zeros((1, 32), np.float32), qw)
+    # the default sends formats without a kernel to the reference
+    x = np.ones((2, 32), np.float32)
+    np.testing.assert_array_equal(K.qmatmul_forward(x, qw), R.qmatmul_forward(x, qw))
+    np.testing.assert_array_equal(K.qmatmul_backward_input(x[:, :3], qw),
+                                  R.qmatmul_backward_input(x[:, :3], qw))
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.Q8_0)
     with pytest.raises(ValueError, match=r"\(N, 32\)"):
         K.qmatmul_forward(np.zeros((1, 31), np.float32), qw)
