@@ -178,8 +178,69 @@ def pretokenize_digits(text: str) -> list[str]:
     return out
 
 
+_CONTRACTIONS = ("s", "t", "m", "d")
+_CONTRACTIONS3 = ("re", "ve", "ll")
+
+
+def pretokenize_llama3(text: str) -> list[str]:
+    r"""Split ``text`` as regex.findall does with Llama 3's pattern (GGUF pre "llama-bpe"):
+        (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
+        | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+    Unlike GPT-2's: contractions in any case, numbers in groups of at most three digits, a
+    letter run may take any one non-newline character in front (" the", "(the", "\tthe"),
+    punctuation takes the newlines after it, and newlines are split from the spaces after them.
+    """
+    cls = char_class
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        k = cls(ch)
+        if ch == "'" and i + 1 < n:  # contractions, any case
+            if text[i + 1].lower() in _CONTRACTIONS:
+                out.append(text[i:i + 2])
+                i += 2
+                continue
+            if text[i + 1:i + 3].lower() in _CONTRACTIONS3:
+                out.append(text[i:i + 3])
+                i += 3
+                continue
+        # [^\r\n\p{L}\p{N}]?\p{L}+
+        start = i
+        if k == LETTER or (k != NUMBER and ch not in "\r\n" and i + 1 < n
+                           and cls(text[i + 1]) == LETTER):
+            j = i + 1
+            while j < n and cls(text[j]) == LETTER:
+                j += 1
+        elif k == NUMBER:  # \p{N}{1,3}
+            j = i + 1
+            while j < n and j - i < 3 and cls(text[j]) == NUMBER:
+                j += 1
+        elif k == OTHER or (ch == " " and i + 1 < n and cls(text[i + 1]) == OTHER):
+            j = i + 1  # ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+            while j < n and cls(text[j]) == OTHER:
+                j += 1
+            while j < n and text[j] in "\r\n":
+                j += 1
+        else:  # a whitespace run
+            end = i
+            while end < n and cls(text[end]) == SPACE:
+                end += 1
+            last_nl = max(text.rfind("\n", i, end), text.rfind("\r", i, end))
+            if last_nl >= 0:  # \s*[\r\n]+: up to the run's last newline
+                j = last_nl + 1
+            elif end < n and end - i > 1:  # \s+(?!\S): leave one space to lead the next piece
+                j = end - 1
+            else:  # \s+ (the run ends the text, or is one character before a non-space)
+                j = end
+        out.append(text[start:j])
+        i = j
+    return out
+
+
 # tokenizer.ggml.pre -> the pre-tokenizer of that vocabulary
-PRETOKENIZERS = {"gpt2": pretokenize, "default": pretokenize, "smollm": pretokenize_digits}
+PRETOKENIZERS = {"gpt2": pretokenize, "default": pretokenize, "smollm": pretokenize_digits,
+                 "llama-bpe": pretokenize_llama3}
 
 
 def split_special(text: str, allowed: Sequence[str]):

@@ -165,3 +165,20 @@ def test_real_tokenizer(real):
     for text in ["Hello world", "The capital of France is Paris.", " unbelievable!"]:
         want = [tokens.index(s) for w in pretokenize_digits(text) for s in naive_bpe(w, merges)]
         assert tok.encode(text) == want
+
+
+def test_llama3_pretokenizer_matches_regex():
+    regex = pytest.importorskip("regex")
+    from minillm.tokenizers.bpe import pretokenize_llama3
+
+    pattern = regex.compile(
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    rng = random.Random(11)
+    alphabet = ["a", "B", "é", "日", "1", "٢", "'", "S", "re", "LL", " ", "  ", "\n", "\r", "\t",
+                ".", "(", "😀", "\u00a0", "-", "\x85"]
+    for _ in range(1500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 16)))
+        assert pretokenize_llama3(text) == pattern.findall(text), repr(text)
+    assert pretokenize_llama3("I'M 12345 (ok)\n\n  x") == [
+        "I", "'M", " ", "123", "45", " (", "ok", ")\n\n", " ", " x"]
