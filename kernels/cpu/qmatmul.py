@@ -26,13 +26,20 @@ qmatmul_forward
   v3  prange over tiles of OT output rows; each tile's blocks are unpacked once into a small
       float buffer (OT, K) (nibble unpacking in straight loops LLVM vectorises), then every x row
       is dotted with each buffered row: contiguous products that vectorise, the dequantization
-      paid once per tile whatever N is, and each x row read once per OT output rows.  (default)
+      paid once per tile whatever N is, and each x row read once per OT output rows; each
+      thread takes a contiguous run of tiles and allocates its buffer once.  (default, N < 16)
       fraction of memory bandwidth: not measured yet.
+  v4  for prompts: W dequantized whole into a float temporary (O, K) by a parallel Numba loop
+      (the same unpacking as v3), then the BLAS GEMM on Numba's pool (matmul_pool.py). The
+      temporary lives for one call; the dequantization costs O K against the product's N O K.
+      (default for N >= GEMM_MIN_ROWS)
+      fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
       (o, block) unpacked once into a 32-float buffer, then dx[n, block] += dy[n, o] * buffer
-      for every n, contiguous and vectorised.  (default)
+      for every n, contiguous and vectorised.  (default, N < 16)
+  v3  W dequantized whole, then the pool's GEMM dy @ W.  (default for N >= GEMM_MIN_ROWS)
 """
 
 import numpy as np
@@ -41,7 +48,8 @@ from numba import njit, prange
 from .. import reference
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, MATMUL_TYPES, QuantWeight
-from ._serial import pick
+from . import matmul_pool
+from ._serial import pick, threads
 
 _JIT = {"fastmath": True, "cache": True, "error_model": "numpy"}
 QK = 32  # weights per block in every format here
@@ -138,26 +146,46 @@ def qmatmul_forward_v2(out, x, blocks, qt, f16):
 
 
 @njit(parallel=True, **_JIT)
-def qmatmul_forward_v3(out, x, blocks, qt, f16):
+def qmatmul_forward_v3(out, x, blocks, qt, f16, nt):
+    # nt: chunks of tiles, one per thread, so each thread allocates its tile buffer once
     N, K = x.shape
     O = blocks.shape[0]
     ts, _ = _layout(qt)
     t = f16.dtype.type
-    for tile in prange((O + OT - 1) // OT):
-        o0 = tile * OT
-        rows = min(OT, O - o0)
-        buf = np.empty((OT, K), dtype=f16.dtype)  # this tile's rows of W, dequantized
-        for r in range(rows):
-            for b in range(K // QK):
-                _unpack(buf[r], b * QK, blocks[o0 + r], b * ts, qt, f16)
-        for n in range(N):
-            xn = x[n]
+    n_tiles = (O + OT - 1) // OT
+    for c in prange(nt):
+        buf = np.empty((OT, K), dtype=f16.dtype)  # one tile's rows of W, dequantized
+        for tile in range(c * n_tiles // nt, (c + 1) * n_tiles // nt):
+            o0 = tile * OT
+            rows = min(OT, O - o0)
             for r in range(rows):
-                w = buf[r]
-                acc = t(0)
-                for k in range(K):
-                    acc += xn[k] * w[k]
-                out[n, o0 + r] = acc
+                for b in range(K // QK):
+                    _unpack(buf[r], b * QK, blocks[o0 + r], b * ts, qt, f16)
+            for n in range(N):
+                xn = x[n]
+                for r in range(rows):
+                    w = buf[r]
+                    acc = t(0)
+                    for k in range(K):
+                        acc += xn[k] * w[k]
+                    out[n, o0 + r] = acc
+
+
+@njit(parallel=True, **_JIT)
+def dequantize_rows(w, blocks, qt, f16):
+    # w: (O, K) in f16's dtype <- every block of W (v4 and the backward's v3 take this path)
+    O, K = w.shape
+    ts, _ = _layout(qt)
+    for o in prange(O):
+        for b in range(K // QK):
+            _unpack(w[o], b * QK, blocks[o], b * ts, qt, f16)
+
+
+def qmatmul_forward_v4(out, x, blocks, qt, f16):
+    # W dequantized whole into a temporary (O, K), then the BLAS GEMM from Numba's pool
+    w = np.empty((blocks.shape[0], x.shape[1]), dtype=x.dtype)
+    pick(dequantize_rows, w.size)(w, blocks, qt, f16)
+    out[...] = matmul_pool.matmul(x, w.T)
 
 
 # --------------------------------------------------------------------------- backward (dx)
@@ -192,6 +220,13 @@ def qmatmul_backward_input_v2(dx, dy, blocks, qt, f16):
                     dx[n, k0 + j] += g * w[j]
 
 
+def qmatmul_backward_input_v3(dx, dy, blocks, qt, f16):
+    # dx (N, K) = dy (N, O) @ W (O, K), W dequantized whole, then the pool GEMM
+    w = np.empty((blocks.shape[0], dx.shape[1]), dtype=dx.dtype)
+    pick(dequantize_rows, w.size)(w, blocks, qt, f16)
+    dx[...] = matmul_pool.matmul(dy, w)
+
+
 # --------------------------------------------------------------------------- wrappers
 def _float(a):
     a = np.ascontiguousarray(a)
@@ -214,8 +249,13 @@ def _forward(version, x, qw):
     _check(qw, x, K, "x")
     out = np.empty((x.shape[0], O), dtype=x.dtype)
     if out.size:
-        kernel = pick(FORWARD[version], x.shape[0] * O * K)
-        kernel(out, x, qw.blocks, qw.qtype, _F16[x.dtype])
+        kernel = FORWARD[version]
+        if hasattr(kernel, "targetoptions"):  # a Numba kernel (v4 is Python around two)
+            kernel = pick(kernel, x.shape[0] * O * K)
+        args = (out, x, qw.blocks, qw.qtype, _F16[x.dtype])
+        if version == 3:
+            args += (threads(kernel),)
+        kernel(*args)
     return out
 
 
@@ -225,14 +265,24 @@ def _backward_input(version, dy, qw):
     _check(qw, dy, O, "dy")
     dx = np.zeros((dy.shape[0], K), dtype=dy.dtype)
     if dx.size:
-        kernel = pick(BACKWARD_INPUT[version], dy.shape[0] * O * K)
+        kernel = BACKWARD_INPUT[version]
+        if hasattr(kernel, "targetoptions"):
+            kernel = pick(kernel, dy.shape[0] * O * K)
         kernel(dx, dy, qw.blocks, qw.qtype, _F16[dy.dtype])
     return dx
 
 
-FORWARD = {1: qmatmul_forward_v1, 2: qmatmul_forward_v2, 3: qmatmul_forward_v3}
-BACKWARD_INPUT = {1: qmatmul_backward_input_v1, 2: qmatmul_backward_input_v2}
+FORWARD = {1: qmatmul_forward_v1, 2: qmatmul_forward_v2, 3: qmatmul_forward_v3,
+           4: qmatmul_forward_v4}
+BACKWARD_INPUT = {1: qmatmul_backward_input_v1, 2: qmatmul_backward_input_v2,
+                  3: qmatmul_backward_input_v3}
 DEFAULT_VERSION = {"qmatmul_forward": 3, "qmatmul_backward_input": 2}
+# Rows of x (or dy) from which the defaults dequantize W whole and call the GEMM (forward v4,
+# backward v3) instead of the fused kernels: decoding (N = 1) reads each weight once, a prompt
+# (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS, not a measured
+# crossover: benchmarks/bench_llm.py should set it. The registry's size rule; the default
+# functions below apply it.
+GEMM_MIN_ROWS = 16
 
 
 def _fits(a, qw):
@@ -254,12 +304,15 @@ LADDERS = (
         _rung(_forward, FORWARD, 1, "plain loops, each weight decoded alone, one thread"),
         _rung(_forward, FORWARD, 2, "prange over output rows, scale decoded once per block"),
         _rung(_forward, FORWARD, 3, "tiles of 4 rows unpacked once, vectorised dot per x row"),
+        _rung(_forward, FORWARD, 4, "W dequantized whole (parallel), then the pool's GEMM"),
     ), default=DEFAULT_VERSION["qmatmul_forward"],
         about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product"),
     Ladder("qmatmul_backward_input", "cpu", (
         _rung(_backward_input, BACKWARD_INPUT, 1, "plain loops, one thread"),
         _rung(_backward_input, BACKWARD_INPUT, 2,
               "prange over 32-column blocks, each block unpacked once"),
+        _rung(_backward_input, BACKWARD_INPUT, 3,
+              "W dequantized whole (parallel), then the pool's GEMM"),
     ), default=DEFAULT_VERSION["qmatmul_backward_input"],
         about="dx = dy W for a frozen quantized W (LoRA on a quantized base)"),
 )
@@ -276,10 +329,12 @@ def run(op, version, *args):
 def qmatmul_forward(x, qw):
     if _fits(x, qw) is not None:
         return reference.qmatmul_forward(x, qw)
-    return _forward(DEFAULT_VERSION["qmatmul_forward"], x, qw)
+    big = np.shape(x)[0] >= GEMM_MIN_ROWS
+    return _forward(4 if big else DEFAULT_VERSION["qmatmul_forward"], x, qw)
 
 
 def qmatmul_backward_input(dy, qw):
     if _fits(dy, qw) is not None:
         return reference.qmatmul_backward_input(dy, qw)
-    return _backward_input(DEFAULT_VERSION["qmatmul_backward_input"], dy, qw)
+    big = np.shape(dy)[0] >= GEMM_MIN_ROWS
+    return _backward_input(3 if big else DEFAULT_VERSION["qmatmul_backward_input"], dy, qw)

@@ -38,7 +38,7 @@ def tol_close(got, want, dtype, scale):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: Q.FORMATS[t].name)
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_forward_rung_matches_dequantize_then_matmul(version, qtype, shape, dtype):
     N, O, Kd = shape
     qw = Q.QuantWeight.from_float(weights((O, Kd)), qtype)
@@ -57,7 +57,7 @@ def test_forward_rung_matches_dequantize_then_matmul(version, qtype, shape, dtyp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: Q.FORMATS[t].name)
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_backward_input_rung_matches_reference(version, qtype, shape, dtype):
     N, O, Kd = shape
     qw = Q.QuantWeight.from_float(weights((O, Kd), 1), qtype)
@@ -75,6 +75,8 @@ def test_ladders_declare_defaults_and_refuse_other_formats():
     ops = {lad.op: lad for lad in K.LADDERS}
     assert set(ops) == {"qmatmul_forward", "qmatmul_backward_input"}
     assert ops["qmatmul_forward"].default == 3 and ops["qmatmul_backward_input"].default == 2
+    assert ops["qmatmul_forward"].versions == (1, 2, 3, 4)
+    assert ops["qmatmul_backward_input"].versions == (1, 2, 3)
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.F16)
     assert ops["qmatmul_forward"].rung(3).reason_not(np.zeros((1, 32)), qw)
     with pytest.raises(TypeError, match="Q8_0, Q4_0 or Q4_1"):
@@ -87,6 +89,17 @@ def test_ladders_declare_defaults_and_refuse_other_formats():
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.Q8_0)
     with pytest.raises(ValueError, match=r"\(N, 32\)"):
         K.qmatmul_forward(np.zeros((1, 31), np.float32), qw)
+
+
+def test_defaults_switch_to_the_gemm_rungs_for_many_rows(monkeypatch):
+    qw = Q.QuantWeight.from_float(weights((7, 64)), Q.Q8_0)
+    calls = []
+    monkeypatch.setitem(K.FORWARD, 4, lambda out, x, *a: calls.append(("fwd", len(x))))
+    monkeypatch.setitem(K.BACKWARD_INPUT, 3, lambda dx, dy, *a: calls.append(("bwd", len(dy))))
+    K.qmatmul_forward(np.zeros((K.GEMM_MIN_ROWS, 64), np.float32), qw)
+    K.qmatmul_forward(np.zeros((K.GEMM_MIN_ROWS - 1, 64), np.float32), qw)
+    K.qmatmul_backward_input(np.zeros((K.GEMM_MIN_ROWS, 7), np.float32), qw)
+    assert calls == [("fwd", K.GEMM_MIN_ROWS), ("bwd", K.GEMM_MIN_ROWS)]
 
 
 def test_empty_batch():
@@ -143,7 +156,7 @@ def test_read_only_blocks_as_mapped_from_a_file():
     blocks.flags.writeable = False
     ro = Q.QuantWeight(Q.Q4_1, qw.shape, blocks)
     x = np.random.default_rng(5).standard_normal((3, 96)).astype(np.float32)
-    for version in (1, 2, 3):
+    for version in (1, 2, 3, 4):
         np.testing.assert_array_equal(K.run("qmatmul_forward", version, x, ro),
                                       K.run("qmatmul_forward", version, x, qw))
     np.testing.assert_array_equal(K.qmatmul_backward_input(x[:, :33], ro),
