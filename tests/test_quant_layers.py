@@ -84,3 +84,20 @@ def test_embedding_rows_and_tied_head_and_export_names():
         m.up(Tensor(np.zeros((1, 31), np.float32)))
     with pytest.raises(TypeError, match="QuantWeight"):
         QuantLinear(np.zeros((4, 32)))
+
+
+def test_layers_from_file_weights():
+    from minillm.nn import Embedding
+    from minillm.nn.quant import embedding_from, linear_from
+
+    q = qweight((8, 64), "q4_1")
+    assert isinstance(linear_from(q), QuantLinear)
+    f16 = Q.QuantWeight.from_float(q.dequantize(), Q.F16)
+    lin = linear_from(f16)  # no kernel for F16: a float Linear
+    assert isinstance(lin, Linear) and lin.bias is None and lin.weight.dtype == np.float32
+    np.testing.assert_array_equal(lin.weight.data, f16.dequantize())
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(linear_from(w).weight.data, w)
+    assert isinstance(embedding_from(f16), QuantEmbedding)
+    e = embedding_from(w)
+    assert isinstance(e, Embedding) and np.array_equal(e(np.array([2])).data, w[[2]])

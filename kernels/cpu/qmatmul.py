@@ -13,7 +13,8 @@ float32's 32, Q8_0 8.5: the point of keeping W in blocks. Prefill (N > 1) reuses
 weight N times and becomes compute-bound, which is where unpacking a block once pays.
 
 Versions (fraction of memory bandwidth reached at N = 1 on SmolLM2-135M's shapes: to be
-measured by benchmarks/bench_llm.py; no figure is quoted until it has run):
+measured with ``python benchmarks/bench_qmatmul.py``, which prints W's bytes per second as a
+fraction of a parallel read measured in the same run; no figure is quoted until it has run):
 
 qmatmul_forward
   v1  plain loops (n, o, k), one thread; every weight decoded from its bytes on its own (block

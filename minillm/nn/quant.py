@@ -67,3 +67,31 @@ def named_quant_weights(module):
         if isinstance(m, (QuantLinear, QuantEmbedding)) and id(m.weight) not in seen:
             seen.add(id(m.weight))
             yield (f"{name}.weight" if name else "weight"), m.weight
+
+
+def linear_from(weight):
+    """A bias-free layer holding ``weight`` (out, in) as read from a file: a QuantLinear for a
+    QuantWeight in a format with product kernels (Q8_0, Q4_0, Q4_1), else a float32 Linear
+    (dequantized: F16, BF16, Q5 and K-quant matrices have no kernels here)."""
+    from minillm.kernels.quant import MATMUL_TYPES
+    from minillm.nn.layers import Linear
+
+    if isinstance(weight, QuantWeight) and weight.qtype in MATMUL_TYPES:
+        return QuantLinear(weight)
+    w = weight.dequantize() if isinstance(weight, QuantWeight) else np.asarray(weight)
+    layer = Linear(w.shape[1], w.shape[0], bias=False)
+    layer.weight = Parameter(np.ascontiguousarray(w, dtype=np.float32))
+    return layer
+
+
+def embedding_from(weight):
+    """A QuantEmbedding for any QuantWeight (rows are dequantized as looked up), else an
+    nn.Embedding holding the float32 table."""
+    from minillm.nn.layers import Embedding
+
+    if isinstance(weight, QuantWeight):
+        return QuantEmbedding(weight)
+    w = np.asarray(weight, dtype=np.float32)
+    layer = Embedding(*w.shape)
+    layer.weight = Parameter(np.ascontiguousarray(w))
+    return layer
