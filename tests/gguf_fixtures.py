@@ -81,6 +81,28 @@ def tiny_vocab():
     return tokens, types, [f"{a} {b}" for a, b in merges]
 
 
+def tiny_spm_vocab():
+    """(pieces, scores, token_types) of a SentencePiece-style vocabulary: <unk> <s> </s>, the
+    256 byte pieces, CORPUS's characters and the text of the byte-level merges, scored by rank
+    (spaces spelled "\u2581")."""
+    from minillm.tokenizers.bpe import UNICODE_TO_BYTE
+
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    seen = set(pieces)
+    words = sorted(set(CORPUS.replace("\n", ""))) + [
+        bytes(UNICODE_TO_BYTE[c] for c in a + b).decode("utf-8", "replace")
+        for a, b in learn_merges(CORPUS)]
+    for w in words:
+        w = w.replace(" ", "\u2581")
+        if w not in seen and "\ufffd" not in w:
+            seen.add(w)
+            pieces.append(w)
+            types.append(1)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces) - 259)]
+    return pieces, scores, types
+
+
 @dataclass
 class Expected:
     config: dict
@@ -99,15 +121,19 @@ def _gguf_names():
 
 
 def write_tiny_gguf(path, *, types=None, tie=True, arch="llama", drop=(), seed=0, pre="smollm",
-                    shapes=None, metadata=None):
+                    shapes=None, metadata=None, tokenizer="gpt2"):
     """Write a 2-layer Llama GGUF; ``types`` maps a parameter-name suffix to a GGML type id
     (overriding DEFAULT_TYPES), ``drop`` GGUF tensor names to leave out, ``shapes`` GGUF names to
-    a wrong shape to write instead."""
+    a wrong shape to write instead. ``tokenizer="llama"`` writes a SentencePiece-style vocabulary
+    (tiny_spm_vocab) instead of the byte-level BPE."""
     import gguf
     from gguf import quants
 
     gguf_name = _gguf_names()
     tokens, token_types, merges = tiny_vocab()
+    if tokenizer == "llama":
+        tokens, scores, token_types = tiny_spm_vocab()
+        merges = []
     cfg = dict(TINY, vocab_size=len(tokens), tie_word_embeddings=tie, rope_interleaved=True,
                bos_token_id=1, eos_token_id=2)
     C, V, F, H, Hkv = 64, len(tokens), 96, 4, 2
@@ -139,11 +165,14 @@ def write_tiny_gguf(path, *, types=None, tie=True, arch="llama", drop=(), seed=0
         w.add_rope_freq_base(cfg["rope_theta"])
         w.add_rope_dimension_count(hd)
     w.add_name("tiny random llama")
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
+    w.add_tokenizer_model(tokenizer)
     w.add_token_list(tokens)
     w.add_token_types(token_types)
-    w.add_token_merges(merges)
+    if tokenizer == "llama":
+        w.add_token_scores(scores)
+    else:
+        w.add_tokenizer_pre(pre)
+        w.add_token_merges(merges)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_pad_token_id(2)

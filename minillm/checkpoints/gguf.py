@@ -320,8 +320,9 @@ class GGUFModel:
                 n_embd, intermediate_size, rms_norm_eps, rope_theta, rope_interleaved,
                 tie_word_embeddings, bos_token_id, eos_token_id).
     tensors:    parameter name -> float32 ndarray or kernels.quant.QuantWeight.
-    tokenizer:  a ByteLevelBPETokenizer (None when the file's tokenizer kind is not supported;
-                ``tokenizer_note`` says why).
+    tokenizer:  a ByteLevelBPETokenizer ("gpt2" vocabularies) or GGUFSentencePieceTokenizer
+                ("llama"); None when the file's tokenizer kind is not supported
+                (``tokenizer_note`` says why).
     metadata:   every other metadata key, as plain Python values; ``metadata_types`` their GGUF
                 value types (so that a rewrite keeps them).
     tensor_types: parameter name -> GGML type id as stored in the file.
@@ -411,27 +412,40 @@ def _config(md, tensors):
 def _tokenizer(md):
     """(tokenizer or None, note) from the tokenizer.ggml.* metadata."""
     from minillm.tokenizers.bpe import ByteLevelBPETokenizer
+    from minillm.tokenizers.gguf_spm import GGUFSentencePieceTokenizer
 
     kind = md.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         return None, (f"tokenizer model {kind!r} is not supported; minillm reads 'gpt2' "
-                      "(byte-level BPE) vocabularies.")
-    tokens, merges = md.get("tokenizer.ggml.tokens"), md.get("tokenizer.ggml.merges", [])
-    types = md.get("tokenizer.ggml.token_type")
-    if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) and tokens
-            and isinstance(merges, list) and all(isinstance(m, str) for m in merges)):
-        raise CheckpointError("the GGUF tokenizer's tokens or merges are missing or not "
-                              "lists of strings.")
-    eos = md.get("tokenizer.ggml.eos_token_id")
-    if eos is None:
+                      "(byte-level BPE) and 'llama' (SentencePiece BPE) vocabularies.")
+    tokens, types = md.get("tokenizer.ggml.tokens"), md.get("tokenizer.ggml.token_type")
+    if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)):
+        raise CheckpointError("the GGUF tokenizer's token list is missing or not strings.")
+    if types is not None and not (isinstance(types, list)
+                                  and all(type(k) is int for k in types)):
+        raise CheckpointError("the GGUF tokenizer's token types are not integers.")
+    ids = {k: md.get(f"tokenizer.ggml.{k}") for k in ("bos_token_id", "eos_token_id",
+                                                      "unknown_token_id", "padding_token_id")}
+    if ids["eos_token_id"] is None:
         raise CheckpointError("the GGUF tokenizer has no tokenizer.ggml.eos_token_id.")
+    common = {"eos_id": ids["eos_token_id"], "bos_id": ids["bos_token_id"],
+              "pad_id": ids["padding_token_id"], "unk_id": ids["unknown_token_id"]}
     try:
-        tok = ByteLevelBPETokenizer.from_token_list(
-            tokens, merges, types, pre=md.get("tokenizer.ggml.pre", "default"),
-            eos_id=eos, bos_id=md.get("tokenizer.ggml.bos_token_id"),
-            pad_id=md.get("tokenizer.ggml.padding_token_id"),
-            unk_id=md.get("tokenizer.ggml.unknown_token_id"),
-            add_bos=bool(md.get("tokenizer.ggml.add_bos_token", False)))
+        if kind == "gpt2":
+            merges = md.get("tokenizer.ggml.merges", [])
+            if not (isinstance(merges, list) and all(isinstance(m, str) for m in merges)):
+                raise CheckpointError("the GGUF tokenizer's merges are not strings.")
+            tok = ByteLevelBPETokenizer.from_token_list(
+                tokens, merges, types, pre=md.get("tokenizer.ggml.pre", "default"),
+                add_bos=bool(md.get("tokenizer.ggml.add_bos_token", False)), **common)
+        else:
+            scores = md.get("tokenizer.ggml.scores")
+            if not (isinstance(scores, list) and all(isinstance(x, (int, float))
+                                                     for x in scores)):
+                raise CheckpointError("the GGUF SentencePiece vocabulary has no scores.")
+            tok = GGUFSentencePieceTokenizer(
+                tokens, scores, types, add_bos=bool(md.get("tokenizer.ggml.add_bos_token", True)),
+                add_space_prefix=bool(md.get("tokenizer.ggml.add_space_prefix", True)), **common)
     except TokenizerError as e:
         raise CheckpointError(f"the GGUF tokenizer cannot be used: {e}") from None
     return tok, None
@@ -519,6 +533,8 @@ def _add(writer, key, value, vtype):
 
 
 def _tokenizer_metadata(tok):
+    """tokenizer.ggml.* keys (value, type) for a ByteLevelBPETokenizer (model "gpt2") or a
+    GGUFSentencePieceTokenizer (model "llama")."""
     tokens = getattr(tok, "tokens", None)
     if tokens is None:
         tokens = [""] * tok.vocab_size
@@ -527,12 +543,20 @@ def _tokenizer_metadata(tok):
     types = getattr(tok, "token_types", None)
     if types is None:
         types = tok._save_data(Path("."))["token_types"]  # derived from specials; writes nothing
-    md = {"tokenizer.ggml.model": ("gpt2", STRING), "tokenizer.ggml.pre": (tok.pre, STRING),
-          "tokenizer.ggml.tokens": (list(tokens), (ARRAY, STRING)),
-          "tokenizer.ggml.token_type": (list(types), (ARRAY, I32)),
-          "tokenizer.ggml.merges": ([f"{a} {b}" for a, b in tok.merges], (ARRAY, STRING)),
-          "tokenizer.ggml.bos_token_id": (tok.bos_id, U32),
-          "tokenizer.ggml.eos_token_id": (tok.eos_id, U32)}
+    spm = hasattr(tok, "scores")
+    md = {"tokenizer.ggml.model": ("llama" if spm else "gpt2", STRING)}
+    if spm:
+        md["tokenizer.ggml.tokens"] = (list(tokens), (ARRAY, STRING))
+        md["tokenizer.ggml.scores"] = ([float(x) for x in tok.scores], (ARRAY, F32))
+        md["tokenizer.ggml.token_type"] = (list(types), (ARRAY, I32))
+        md["tokenizer.ggml.add_space_prefix"] = (tok.add_space_prefix, BOOL)
+    else:
+        md["tokenizer.ggml.pre"] = (tok.pre, STRING)
+        md["tokenizer.ggml.tokens"] = (list(tokens), (ARRAY, STRING))
+        md["tokenizer.ggml.token_type"] = (list(types), (ARRAY, I32))
+        md["tokenizer.ggml.merges"] = ([f"{a} {b}" for a, b in tok.merges], (ARRAY, STRING))
+    md["tokenizer.ggml.bos_token_id"] = (tok.bos_id, U32)
+    md["tokenizer.ggml.eos_token_id"] = (tok.eos_id, U32)
     if getattr(tok, "unk_id", None) is not None:
         md["tokenizer.ggml.unknown_token_id"] = (tok.unk_id, U32)
     if tok.pad_id is not None:

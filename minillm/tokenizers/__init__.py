@@ -20,6 +20,7 @@ from minillm.errors import TokenizerError
 from minillm.tokenizers.base import CONFIG_NAME, EOT_TOKEN, TextOrPaths, Tokenizer
 from minillm.tokenizers.bpe import ByteLevelBPETokenizer
 from minillm.tokenizers.char import CharTokenizer
+from minillm.tokenizers.gguf_spm import GGUFSentencePieceTokenizer
 from minillm.tokenizers.gpt2 import GPT2Tokenizer
 from minillm.tokenizers.sentencepiece import SentencePieceTokenizer
 
@@ -29,6 +30,7 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     SentencePieceTokenizer.kind: SentencePieceTokenizer,
     GPT2Tokenizer.kind: GPT2Tokenizer,
     ByteLevelBPETokenizer.kind: ByteLevelBPETokenizer,
+    GGUFSentencePieceTokenizer.kind: GGUFSentencePieceTokenizer,
 }
 
 
@@ -79,6 +81,7 @@ __all__ = [
     "TOKENIZERS",
     "ByteLevelBPETokenizer",
     "CharTokenizer",
+    "GGUFSentencePieceTokenizer",
     "SentencePieceTokenizer",
     "Tokenizer",
     "load_tokenizer",

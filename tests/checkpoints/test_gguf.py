@@ -252,3 +252,33 @@ def test_real_smollm2_file_against_the_gguf_reader():
     w = m.tensors["layers.3.mlp.down_proj.weight"]
     t = next(t for t in r.tensors if t.name == "blk.3.ffn_down.weight")
     np.testing.assert_array_equal(w.dequantize(), gguf.quants.dequantize(t.data, t.tensor_type))
+
+
+def test_sentencepiece_vocabulary_reads_and_round_trips(tmp_path):
+    from minillm.tokenizers.gguf_spm import GGUFSentencePieceTokenizer
+
+    path, expect = write_tiny_gguf(tmp_path / "spm.gguf", tokenizer="llama")
+    m = G.read_gguf(path)
+    tok = m.tokenizer
+    assert isinstance(tok, GGUFSentencePieceTokenizer) and tok.tokens == expect.tokens
+    assert tok.add_bos is False and tok.add_space_prefix is True
+    text = "The capital of France is Paris. 日本"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and len(ids) < len(text)
+    out = G.write_gguf(tmp_path / "spm2.gguf", m.config, m.tensors, tok, m.chat_template,
+                       m.metadata, m.metadata_types)
+    t2 = G.read_gguf(out).tokenizer
+    assert (t2.tokens, t2.scores, t2.token_types) == (tok.tokens, tok.scores, tok.token_types)
+    assert t2.encode(text) == ids
+
+
+def test_unsupported_tokenizer_model_is_a_note(tmp_path):
+    path, _ = write_tiny_gguf(tmp_path / "t.gguf")
+    data = path.read_bytes()
+    key = b"tokenizer.ggml.model"
+    at = data.find(key) + len(key) + 4 + 8  # value type, string length
+    assert data[at:at + 4] == b"gpt2"
+    path.write_bytes(data[:at] + b"rwkv" + data[at + 4:])
+    m = G.read_gguf(path)
+    assert m.tokenizer is None and "'rwkv' is not supported" in m.tokenizer_note
+    assert len(m.tensors) == 20
