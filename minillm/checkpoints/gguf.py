@@ -200,6 +200,9 @@ class _Cursor:
             if it == STRING:
                 self.need(n * 8)  # every string has at least its 8-byte length
                 return [self.string() for _ in range(n)]
+        if t == ARRAY:
+            raise CheckpointError("GGUF metadata holds an array of arrays, which no Llama "
+                                  "model uses.")
         raise CheckpointError(f"GGUF metadata holds a value of unknown type {t}.")
 
 
@@ -578,6 +581,11 @@ def write_gguf(path, config, tensors, tokenizer=None, chat_template=None, metada
     import gguf
 
     path = Path(path)
+    need = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
+            "intermediate_size", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
+    lacking = [k for k in need if k not in config]
+    if lacking:
+        raise CheckpointError(f"the config lacks {', '.join(lacking)}, which a GGUF file needs.")
     want = expected_shapes(config)
     missing = [p for p in want if p not in tensors]
     extra = [p for p in tensors if p not in want]

@@ -105,6 +105,23 @@ def test_read_write_read_is_bit_identical(tiny, tmp_path):
     assert len(r.tensors) == len(m.tensors)
 
 
+def test_write_checks_config_and_tensors(tiny, tmp_path):
+    m = G.read_gguf(tiny[0])
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = {k: v for k, v in m.config.items() if k != "rope_theta"}
+    with pytest.raises(CheckpointError, match="lacks rope_theta") as e:
+        G.write_gguf(out / "w.gguf", cfg, m.tensors)
+    one_sentence(e)
+    tensors = {k: v for k, v in m.tensors.items() if k != "norm.weight"}
+    with pytest.raises(CheckpointError, match="missing"):
+        G.write_gguf(out / "w.gguf", m.config, tensors)
+    tensors = dict(m.tensors, **{"norm.weight": np.ones(3, np.float32)})
+    with pytest.raises(CheckpointError, match=r"norm.weight has shape \(3,\)"):
+        G.write_gguf(out / "w.gguf", m.config, tensors)
+    assert not list(out.iterdir())  # nothing half-written is left behind
+
+
 def test_rope_rows_layouts(tiny, tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((4 * 16, 64)).astype(np.float32)
@@ -204,6 +221,9 @@ def test_hostile_counts_fail_fast(tmp_path):
         G.open_gguf(path)
     path.write_bytes(_header((b"x", struct.pack("<I", 99) + bytes(8))))
     with pytest.raises(CheckpointError, match="unknown type 99"):
+        G.open_gguf(path)
+    path.write_bytes(_header((b"x", struct.pack("<IIQ", G.ARRAY, G.ARRAY, 1) + bytes(16))))
+    with pytest.raises(CheckpointError, match="array of arrays"):
         G.open_gguf(path)
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1 << 40, 0) + bytes(16))
     with pytest.raises(CheckpointError, match="more than any model"):
