@@ -302,3 +302,19 @@ def test_unsupported_tokenizer_model_is_a_note(tmp_path):
     m = G.read_gguf(path)
     assert m.tokenizer is None and "'rwkv' is not supported" in m.tokenizer_note
     assert len(m.tensors) == 20
+
+
+def test_a_failed_write_leaves_the_old_file(tiny, tmp_path, monkeypatch):
+    m = G.read_gguf(tiny[0])
+    target = tmp_path / "out" / "model.gguf"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+
+    def boom(self, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        G.write_gguf(target, m.config, m.tensors, m.tokenizer)
+    assert target.read_bytes() == b"old" and [p.name for p in target.parent.iterdir()] == [
+        "model.gguf"]
