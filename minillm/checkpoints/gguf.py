@@ -649,9 +649,12 @@ def write_gguf(path, config, tensors, tokenizer=None, chat_template=None, metada
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if writer.fout is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, a read-only folder: one sentence
+            raise CheckpointError(f"could not write the GGUF file {path} "
+                                  f"({e.strerror or e}).") from None
         raise
     return path
