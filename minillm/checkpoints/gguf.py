@@ -229,12 +229,17 @@ def open_gguf(path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"the GGUF file {path} does not exist.")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if size < 24 or head != MAGIC:
-            raise CheckpointError(f"{path} is not a GGUF file (it does not start with 'GGUF').")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if size < 24 or head != MAGIC:
+                raise CheckpointError(f"{path} is not a GGUF file (it does not start with "
+                                      "'GGUF').")
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise CheckpointError(f"could not read the GGUF file {path} ({e.strerror or e}).") \
+            from None
     try:
         return _parse(path, buf, size)
     except _Truncated:
