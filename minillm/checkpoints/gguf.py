@@ -507,7 +507,10 @@ def read_gguf(path, dtype="stored"):
     rest = {k: v for k, v in md.items()
             if k not in _TOKENIZER_ARRAYS and k != "tokenizer.chat_template"}
     template = md.get("tokenizer.chat_template")
-    return GGUFModel(cfg, tensors, tokenizer, template if isinstance(template, str) else None,
+    template = template if isinstance(template, str) else None
+    if tokenizer is not None:
+        tokenizer.chat_template = template  # so that a saved tokenizer.json carries it
+    return GGUFModel(cfg, tensors, tokenizer, template,
                      rest, {k: f.types[k] for k in rest},
                      {p: i.qtype for p, i in by_param.items()}, note)
 
@@ -579,8 +582,9 @@ def write_gguf(path, config, tensors, tokenizer=None, chat_template=None, metada
 
     tensors: parameter name -> float array (written F32) or QuantWeight (written in its format,
     bytes unchanged). With ``config["rope_interleaved"]`` false, q/k rows are permuted into
-    GGUF's layout first. ``metadata`` adds other keys (e.g. ``general.name``), with their
-    types from ``metadata_types`` or guessed; keys this function writes itself are skipped.
+    GGUF's layout first. The chat template defaults to the tokenizer's ``chat_template``.
+    ``metadata`` adds other keys (e.g. ``general.name``), with their types from
+    ``metadata_types`` or guessed; keys this function writes itself take precedence.
     The file is written under a temporary name and renamed, so a crash leaves no half file.
     """
     import gguf
@@ -633,6 +637,8 @@ def write_gguf(path, config, tensors, tokenizer=None, chat_template=None, metada
             own["general.quantization_version"] = (2, U32)
         if tokenizer is not None:
             own.update(_tokenizer_metadata(tokenizer))
+        if chat_template is None and tokenizer is not None:
+            chat_template = getattr(tokenizer, "chat_template", None)
         if chat_template is not None:
             own["tokenizer.chat_template"] = (chat_template, STRING)
         types = dict(metadata_types or {})

@@ -282,6 +282,7 @@ class ByteLevelBPETokenizer(Tokenizer):
 
     kind = "bpe"
     _CACHE_LIMIT = 100_000  # words; cleared when full, so memory stays bounded on huge corpora
+    chat_template: str | None = None  # the model's Jinja chat template, saved alongside
 
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], *,
                  pre: str = "gpt2", special: dict[str, int] | None = None,
@@ -437,7 +438,7 @@ class ByteLevelBPETokenizer(Tokenizer):
                 "merges": [f"{a} {b}" for a, b in self.merges], "pre": self.pre,
                 "eos_id": self.eos_id, "bos_id": self.bos_id, "pad_id": self.pad_id,
                 "unk_id": self.unk_id, "add_bos": self.add_bos,
-                "parse_special": self.parse_special}
+                "parse_special": self.parse_special, "chat_template": self.chat_template}
 
     @classmethod
     def _from_data(cls, data: dict[str, Any], directory: Path) -> ByteLevelBPETokenizer:
@@ -451,4 +452,7 @@ class ByteLevelBPETokenizer(Tokenizer):
                 raise TypeError
         except (KeyError, TypeError):
             raise TokenizerError(f"the BPE tokenizer.json in {directory} is corrupt.") from None
-        return cls.from_token_list(tokens, merges, types, **options)
+        tok = cls.from_token_list(tokens, merges, types, **options)
+        template = data.get("chat_template")
+        tok.chat_template = template if isinstance(template, str) else None
+        return tok

@@ -73,6 +73,7 @@ class GGUFSentencePieceTokenizer(Tokenizer):
     """Pieces (id order), scores and token types of a GGUF ``llama`` vocabulary."""
 
     kind = "gguf_spm"
+    chat_template: str | None = None  # the model's Jinja chat template, saved alongside
 
     def __init__(self, tokens: Sequence[str], scores: Sequence[float],
                  token_types: Sequence[int] | None = None, *, bos_id: int | None = 1,
@@ -190,7 +191,8 @@ class GGUFSentencePieceTokenizer(Tokenizer):
         return {"tokens": self.tokens, "scores": self.scores, "token_types": self.token_types,
                 "bos_id": self.bos_id, "eos_id": self.eos_id, "unk_id": self.unk_id,
                 "pad_id": self.pad_id, "add_bos": self.add_bos,
-                "add_space_prefix": self.add_space_prefix, "parse_special": self.parse_special}
+                "add_space_prefix": self.add_space_prefix, "parse_special": self.parse_special,
+                "chat_template": self.chat_template}
 
     @classmethod
     def _from_data(cls, data: dict[str, Any], directory: Path) -> GGUFSentencePieceTokenizer:
@@ -204,4 +206,7 @@ class GGUFSentencePieceTokenizer(Tokenizer):
                 raise TypeError
         except (KeyError, TypeError):
             raise TokenizerError(f"the tokenizer.json in {directory} is corrupt.") from None
-        return cls(tokens, scores, types, **options)
+        tok = cls(tokens, scores, types, **options)
+        template = data.get("chat_template")
+        tok.chat_template = template if isinstance(template, str) else None
+        return tok

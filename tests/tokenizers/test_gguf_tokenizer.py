@@ -182,3 +182,11 @@ def test_llama3_pretokenizer_matches_regex():
         assert pretokenize_llama3(text) == pattern.findall(text), repr(text)
     assert pretokenize_llama3("I'M 12345 (ok)\n\n  x") == [
         "I", "'M", " ", "123", "45", " (", "ok", ")\n\n", " ", " x"]
+
+
+def test_saved_tokenizer_carries_the_chat_template(tmp_path):
+    path, expect = write_tiny_gguf(tmp_path / "t.gguf")
+    tok = read_gguf(path).tokenizer
+    assert tok.chat_template == expect.chat_template
+    tok.save(tmp_path / "ckpt")
+    assert load_tokenizer(tmp_path / "ckpt").chat_template == CHATML
