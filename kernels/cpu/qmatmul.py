@@ -48,7 +48,7 @@ from numba import njit, prange
 
 from .. import reference
 from ..ladder import Ladder, Rung
-from ..quant import FORMATS, MATMUL_TYPES, QuantWeight
+from ..quant import FORMATS, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
 from . import matmul_pool
 from ._serial import pick, threads
 
@@ -66,9 +66,9 @@ _F16 = {np.dtype(t): np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype
 @njit(fastmath=True, error_model="numpy")
 def _layout(qt):
     # (bytes per block, bytes before the codes) of a format
-    if qt == 8:  # Q8_0: d, 32 int8
+    if qt == Q8_0:  # d, 32 int8
         return 34, 2
-    if qt == 2:  # Q4_0: d, 16 bytes of nibbles
+    if qt == Q4_0:  # d, 16 bytes of nibbles
         return 18, 2
     return 20, 4  # Q4_1: d, m, 16 bytes of nibbles
 
@@ -77,7 +77,7 @@ def _layout(qt):
 def _scales(row, off, qt, f16):
     # d and m of the block at byte `off` of `row` (m = 0 where the format has none)
     d = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
-    if qt == 3:
+    if qt == Q4_1:
         return d, f16[np.int64(row[off + 2]) | (np.int64(row[off + 3]) << 8)]
     return d, d - d
 
@@ -85,12 +85,12 @@ def _scales(row, off, qt, f16):
 @njit(fastmath=True, error_model="numpy")
 def _code(row, off, qt, j):
     # the integer code of weight j of the block at `off`, centred: w = d * code + m
-    if qt == 8:
+    if qt == Q8_0:
         q = np.int32(row[off + 2 + j])
         return q - ((q >> 7) << 8)  # the byte read as int8
-    b = np.int32(row[off + (2 if qt == 2 else 4) + (j & 15)])
+    b = np.int32(row[off + (2 if qt == Q4_0 else 4) + (j & 15)])
     q = (b & 15) if j < 16 else (b >> 4)
-    return q - 8 if qt == 2 else q
+    return q - 8 if qt == Q4_0 else q
 
 
 @njit(fastmath=True, error_model="numpy")
@@ -98,13 +98,13 @@ def _unpack(dst, k0, row, off, qt, f16):
     # dst[k0 : k0 + 32] = the 32 weights of the block at `off`, in dst's dtype
     t = f16.dtype.type
     d, m = _scales(row, off, qt, f16)
-    if qt == 8:
+    if qt == Q8_0:
         for j in range(QK):
             q = np.int32(row[off + 2 + j])
             dst[k0 + j] = d * t(q - ((q >> 7) << 8)) + m
     else:
-        h = 2 if qt == 2 else 4
-        c = 8 if qt == 2 else 0
+        h = 2 if qt == Q4_0 else 4  # bytes before the nibbles
+        c = 8 if qt == Q4_0 else 0  # Q4_0's codes are centred on 8
         for j in range(QK // 2):
             b = np.int32(row[off + h + j])
             dst[k0 + j] = d * t((b & 15) - c) + m
