@@ -101,3 +101,26 @@ def test_layers_from_file_weights():
     assert isinstance(embedding_from(f16), QuantEmbedding)
     e = embedding_from(w)
     assert isinstance(e, Embedding) and np.array_equal(e(np.array([2])).data, w[[2]])
+
+
+def test_quantize_linears_in_place():
+    from minillm.nn import Sequential
+    from minillm.nn.quant import quantize_linears
+
+    class Block(Module):
+        def __init__(self):
+            super().__init__()
+            self.up = Linear(64, 96, bias=False)
+            self.down = Linear(96, 64)
+            self.odd = Linear(40, 8)  # 40 is no whole number of blocks: stays float
+
+    model = Sequential([Block(), Block()])
+    x = Tensor(np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32))
+    before = model[0].down(model[0].up(x)).data
+    names = quantize_linears(model, "q8_0", skip=("1.down",))
+    assert names == ["0.up", "0.down", "1.up"]
+    assert isinstance(model[0].up, QuantLinear) and type(model[1].down) is Linear
+    assert type(model[0].odd) is Linear
+    assert [n for n, _ in model.named_parameters()][:1] == ["0.down.bias"]
+    after = model[0].down(model[0].up(x)).data
+    np.testing.assert_allclose(after, before, atol=0.02 * np.abs(before).max())

@@ -95,3 +95,24 @@ def embedding_from(weight):
     layer = Embedding(*w.shape)
     layer.weight = Parameter(np.ascontiguousarray(w))
     return layer
+
+
+def quantize_linears(model, qtype="q8_0", skip=()):
+    """Replace every nn.Linear of ``model`` (whose in_features is a whole number of 32-weight
+    blocks and whose name does not end with a suffix in ``skip``) by a QuantLinear holding its
+    weight in ``qtype``, in place, keeping module order; ``--dtype q8_0`` on a float model.
+    Returns the names of the replaced layers."""
+    from minillm.nn.layers import Linear
+
+    replaced = []
+    for name, parent in list(model.named_modules()):
+        for child_name, child in list(parent._modules.items()):
+            full = f"{name}.{child_name}" if name else child_name
+            if (type(child) is Linear and child.in_features % 32 == 0
+                    and not any(full == s or full.endswith("." + s) for s in skip)):
+                q = QuantLinear.from_linear(child, qtype)
+                q.train(child.training)
+                parent._modules[child_name] = q
+                object.__setattr__(parent, child_name, q)
+                replaced.append(full)
+    return replaced
