@@ -319,3 +319,25 @@ def test_a_failed_write_leaves_the_old_file(tiny, tmp_path, monkeypatch):
     one_sentence(e)
     assert target.read_bytes() == b"old" and [p.name for p in target.parent.iterdir()] == [
         "model.gguf"]
+
+
+@pytest.mark.slow
+def test_real_weights_through_the_quantized_products():
+    import os
+
+    from minillm.kernels import reference as R
+    from minillm.kernels.cpu import qmatmul as K
+
+    if not os.path.exists(REAL):
+        pytest.skip("the SmolLM2 GGUF is not cached")
+    m = G.read_gguf(REAL)
+    rng = np.random.default_rng(0)
+    for p in ("layers.0.self_attn.q_proj.weight", "layers.29.mlp.down_proj.weight",
+              "embed_tokens.weight"):
+        qw = m.tensors[p]
+        for N in (1, 5, 40):
+            x = rng.standard_normal((N, qw.shape[1])).astype(np.float32)
+            want = R.qmatmul_forward(x, qw)
+            got = K.qmatmul_forward(x, qw)
+            scale = float(np.abs(x).sum(axis=1).max() * np.abs(qw.rows(np.arange(64))).max())
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale, err_msg=p)
