@@ -30,9 +30,10 @@ qmatmul_forward
       paid once per tile whatever N is, and each x row read once per OT output rows; each
       thread takes a contiguous run of tiles and allocates its buffer once.  (default, N < 16)
       fraction of memory bandwidth: not measured yet.
-  v4  for prompts: W dequantized whole into a float temporary (O, K) by a parallel Numba loop
-      (the same unpacking as v3), then the BLAS GEMM on Numba's pool (matmul_pool.py). The
-      temporary lives for one call; the dequantization costs O K against the product's N O K.
+  v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
+      unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
+      49152-row head never needs its 113 MiB float copy), each panel then one BLAS GEMM on
+      Numba's pool (matmul_pool.py). The dequantization costs O K against the product's N O K.
       (default for N >= GEMM_MIN_ROWS)
       fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
 qmatmul_backward_input
@@ -40,7 +41,8 @@ qmatmul_backward_input
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
       (o, block) unpacked once into a 32-float buffer, then dx[n, block] += dy[n, o] * buffer
       for every n, contiguous and vectorised.  (default, N < 16)
-  v3  W dequantized whole, then the pool's GEMM dy @ W.  (default for N >= GEMM_MIN_ROWS)
+  v3  W dequantized a panel at a time, dx += dy[:, panel] @ W[panel] on the pool's GEMM.
+      (default for N >= GEMM_MIN_ROWS)
 """
 
 import numpy as np
@@ -55,6 +57,7 @@ from ._serial import pick, threads
 _JIT = {"fastmath": True, "cache": True, "error_model": "numpy"}
 QK = 32  # weights per block in every format here
 OT = 4  # output rows per tile in v3
+PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
 
 # float16 bit pattern -> value, in each activation dtype (256 KiB for float32): exact, and a
 # load instead of bit arithmetic for every block scale
@@ -182,11 +185,19 @@ def dequantize_rows(w, blocks, qt, f16):
             _unpack(w[o], b * QK, blocks[o], b * ts, qt, f16)
 
 
+def _panels(O, K):
+    # row ranges of W whose float copy stays under PANEL_ELEMS elements (at least 32 rows)
+    step = max(32, PANEL_ELEMS // max(K, 1))
+    return [(o0, min(O, o0 + step)) for o0 in range(0, O, step)]
+
+
 def qmatmul_forward_v4(out, x, blocks, qt, f16):
-    # W dequantized whole into a temporary (O, K), then the BLAS GEMM from Numba's pool
-    w = np.empty((blocks.shape[0], x.shape[1]), dtype=x.dtype)
-    pick(dequantize_rows, w.size)(w, blocks, qt, f16)
-    out[...] = matmul_pool.matmul(x, w.T)
+    # W dequantized panel by panel into a float temporary, each panel then one GEMM on the pool
+    K = x.shape[1]
+    for o0, o1 in _panels(blocks.shape[0], K):
+        w = np.empty((o1 - o0, K), dtype=x.dtype)  # (P, K)
+        pick(dequantize_rows, w.size)(w, blocks[o0:o1], qt, f16)
+        out[:, o0:o1] = matmul_pool.matmul(x, w.T)  # (N, P)
 
 
 # --------------------------------------------------------------------------- backward (dx)
@@ -222,10 +233,12 @@ def qmatmul_backward_input_v2(dx, dy, blocks, qt, f16):
 
 
 def qmatmul_backward_input_v3(dx, dy, blocks, qt, f16):
-    # dx (N, K) = dy (N, O) @ W (O, K), W dequantized whole, then the pool GEMM
-    w = np.empty((blocks.shape[0], dx.shape[1]), dtype=dx.dtype)
-    pick(dequantize_rows, w.size)(w, blocks, qt, f16)
-    dx[...] = matmul_pool.matmul(dy, w)
+    # dx (N, K) = sum over panels of rows of W: dy[:, panel] (N, P) @ W[panel] (P, K)
+    K = dx.shape[1]
+    for o0, o1 in _panels(blocks.shape[0], K):
+        w = np.empty((o1 - o0, K), dtype=dx.dtype)
+        pick(dequantize_rows, w.size)(w, blocks[o0:o1], qt, f16)
+        dx += matmul_pool.matmul(np.ascontiguousarray(dy[:, o0:o1]), w)
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -278,7 +291,7 @@ FORWARD = {1: qmatmul_forward_v1, 2: qmatmul_forward_v2, 3: qmatmul_forward_v3,
 BACKWARD_INPUT = {1: qmatmul_backward_input_v1, 2: qmatmul_backward_input_v2,
                   3: qmatmul_backward_input_v3}
 DEFAULT_VERSION = {"qmatmul_forward": 3, "qmatmul_backward_input": 2}
-# Rows of x (or dy) from which the defaults dequantize W whole and call the GEMM (forward v4,
+# Rows of x (or dy) from which the defaults dequantize W by panels and call the GEMM (forward v4,
 # backward v3) instead of the fused kernels: decoding (N = 1) reads each weight once, a prompt
 # (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS, not a measured
 # crossover: benchmarks/bench_llm.py should set it. The registry's size rule; the default
@@ -305,7 +318,7 @@ LADDERS = (
         _rung(_forward, FORWARD, 1, "plain loops, each weight decoded alone, one thread"),
         _rung(_forward, FORWARD, 2, "prange over output rows, scale decoded once per block"),
         _rung(_forward, FORWARD, 3, "tiles of 4 rows unpacked once, vectorised dot per x row"),
-        _rung(_forward, FORWARD, 4, "W dequantized whole (parallel), then the pool's GEMM"),
+        _rung(_forward, FORWARD, 4, "W dequantized by panels (parallel), each the pool's GEMM"),
     ), default=DEFAULT_VERSION["qmatmul_forward"],
         about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product"),
     Ladder("qmatmul_backward_input", "cpu", (
@@ -313,7 +326,7 @@ LADDERS = (
         _rung(_backward_input, BACKWARD_INPUT, 2,
               "prange over 32-column blocks, each block unpacked once"),
         _rung(_backward_input, BACKWARD_INPUT, 3,
-              "W dequantized whole (parallel), then the pool's GEMM"),
+              "W dequantized by panels (parallel), each the pool's GEMM"),
     ), default=DEFAULT_VERSION["qmatmul_backward_input"],
         about="dx = dy W for a frozen quantized W (LoRA on a quantized base)"),
 )

@@ -102,6 +102,16 @@ def test_defaults_switch_to_the_gemm_rungs_for_many_rows(monkeypatch):
     assert calls == [("fwd", K.GEMM_MIN_ROWS), ("bwd", K.GEMM_MIN_ROWS)]
 
 
+@pytest.mark.parametrize("version", [("qmatmul_forward", 4), ("qmatmul_backward_input", 3)])
+def test_gemm_rungs_in_several_panels(monkeypatch, version):
+    op, v = version
+    monkeypatch.setattr(K, "PANEL_ELEMS", 40 * 64)  # 40 rows a panel: (40, 40, 20) for O = 100
+    qw = Q.QuantWeight.from_float(weights((100, 64), 7), Q.Q4_1)
+    a = np.random.default_rng(8).standard_normal((17, 64 if v == 4 else 100)).astype(np.float32)
+    got, want = K.run(op, v, a, qw), getattr(R, op)(a, qw)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
 def test_empty_batch():
     qw = Q.QuantWeight.from_float(weights((5, 64)), Q.Q4_1)
     assert K.qmatmul_forward(np.zeros((0, 64), np.float32), qw).shape == (0, 5)
