@@ -39,6 +39,7 @@ OPS = (
     "rms_norm_forward", "rms_norm_backward",
     "rope_forward", "rope_backward",
     "swiglu_forward", "swiglu_backward",
+    "qmatmul_forward", "qmatmul_backward_input",
 )
 MODES = ("auto", "reference", "numba")
 

@@ -318,3 +318,18 @@ def swiglu_backward(dy, gate, up):
     dgate = dy * up * s * (1 + gate * (1 - s)),  dup = dy * gate * s."""
     s = _sigmoid(_xp(gate), gate)
     return dy * up * s * (1.0 + gate * (1.0 - s)), dy * gate * s
+# --------------------------------------------------------------------------- quantized matmul
+def qmatmul_forward(x, qw):
+    """y = x W^T with W (O, K) held in GGML blocks (a kernels.quant.QuantWeight).
+
+    The definition the quantized kernels must equal: dequantize W, then an ordinary product in
+    x's dtype. x: (N, K) -> y: (N, O). (llama.cpp instead rounds x to 8 bits inside the
+    product; here activations keep their precision.)
+    """
+    return x @ qw.dequantize().astype(x.dtype, copy=False).T
+
+
+def qmatmul_backward_input(dy, qw):
+    """dx = dy W for y = x W^T with W frozen in blocks: dy (N, O) -> dx (N, K). No dW: a
+    quantized base weight does not train (LoRA adapters beside it do)."""
+    return dy @ qw.dequantize().astype(dy.dtype, copy=False)

@@ -8,6 +8,7 @@ from .crossentropy import cross_entropy_backward, cross_entropy_forward
 from .adamw import adamw_step
 from .gelu import bias_gelu_backward, bias_gelu_forward, gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
+from .qmatmul import qmatmul_backward_input, qmatmul_forward
 from .softmax import (
     log_softmax_backward,
     log_softmax_forward,

@@ -5,13 +5,16 @@ the tokenizer is saved next to the prepared data and the checkpoint: a directory
 ``tokenizer.json`` (``{"kind": ..., "format": 1, "data": {...}}``) plus any model file the kind
 needs (SentencePiece keeps its binary ``tokenizer.model`` beside it).
 
-Every tokenizer has exactly one special token, ``"<|endoftext|>"`` (the GPT-2 spelling), whose id
-is ``eos_id``. It marks the end of a document; ``bos_id`` may be the same id (as in GPT-2), and
-``pad_id`` is ``None`` unless the kind has a real padding token. Ordinary ``encode`` never emits a
-special id: text that happens to contain the characters ``<|endoftext|>`` is encoded as those
-characters, and callers append ``eos_id`` themselves. Likewise ``decode`` renders special ids as
-the empty string, so stopping at end-of-text is the caller's job (the sampler checks ids, not
-strings).
+The tokenizers minillm trains and GPT-2's have exactly one special token, ``"<|endoftext|>"``
+(the GPT-2 spelling), whose id is ``eos_id``. It marks the end of a document; ``bos_id`` may be
+the same id (as in GPT-2), and ``pad_id`` is ``None`` unless the kind has a real padding token.
+Their ordinary ``encode`` never emits a special id: text that happens to contain the characters
+``<|endoftext|>`` is encoded as those characters, and callers append ``eos_id`` themselves.
+Tokenizers read from a model file (GGUF: ``bpe``, ``gguf_spm``) keep that model's own special
+tokens (``<|im_start|>``, ``<|im_end|>``, ...) and parse them in the text by default, as the chat
+prompts rendered from the model's template need; ``encode(text, allowed_special=())`` turns that
+off. Every kind's ``decode`` renders control tokens as the empty string, so stopping at
+end-of-text is the caller's job (the sampler checks ids, not strings).
 """
 
 from __future__ import annotations

@@ -376,5 +376,5 @@ def test_dispatcher_routes_cupy_arrays_to_kernels_cuda():
     import minillm.kernels.cuda as KC
 
     x = cp.zeros((2, 3), cp.float32)
-    for op in dispatch.OPS:
-        assert dispatch.get(op, x) is getattr(KC, op)
+    for op in dispatch.OPS:  # an op with no CUDA kernel (the quantized products) -> reference
+        assert dispatch.get(op, x) is (getattr(KC, op, None) or getattr(R, op))
