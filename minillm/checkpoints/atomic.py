@@ -1,6 +1,7 @@
 """Atomic writes: a crash at any moment leaves the old file (or directory) or the new one.
 
     write_file(path, data)         one file: a temporary name beside it, fsync, rename over it
+    replacing(path)                the same for a file another writer makes (GGUF, a download)
     write_dir(directory, files)    a whole directory (a checkpoint): name -> bytes
     recover_dir(directory)         after a crash between write_dir's two renames, put the old one back
 
@@ -19,6 +20,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -50,14 +52,19 @@ def _umask():
     return mask
 
 
-def write_file(path, data):
-    """Write ``data`` (bytes or a memoryview) to ``path``, replacing it atomically."""
+@contextmanager
+def replacing(path):
+    """``with replacing(path) as tmp:`` write the new file at ``tmp`` (any way: a library's writer,
+    a stream); on leaving the block it is fsynced and renamed over ``path``. An exception removes
+    it and leaves ``path`` as it was."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -66,6 +73,12 @@ def write_file(path, data):
             pass
         raise
     fsync_dir(path.parent)
+
+
+def write_file(path, data):
+    """Write ``data`` (bytes or a memoryview) to ``path``, replacing it atomically."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        _write_all(f, data)
 
 
 def write_dir(directory, files):

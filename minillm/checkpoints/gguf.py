@@ -33,7 +33,6 @@ read -> write -> read is bit-identical.
 from __future__ import annotations
 
 import mmap
-import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minillm.checkpoints.atomic import replacing
 from minillm.errors import CheckpointError, TokenizerError
 from minillm.kernels import quant as Q
 
@@ -587,8 +587,6 @@ def write_gguf(path, config, tensors, tokenizer=None, chat_template=None, metada
     ``metadata_types`` or guessed; keys this function writes itself take precedence.
     The file is written under a temporary name and renamed, so a crash leaves no half file.
     """
-    import gguf
-
     path = Path(path)
     need = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
             "intermediate_size", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
@@ -614,7 +612,20 @@ def write_gguf(path, config, tensors, tokenizer=None, chat_template=None, metada
             w = rope_rows_to_gguf(w, H if "q_proj" in p else Hkv)
         arrays[gguf_name(p)] = w
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with replacing(path) as tmp:
+            _write_file(tmp, config, arrays, tokenizer, chat_template, metadata, metadata_types)
+    except OSError as e:  # a full disk, a read-only folder: one sentence
+        raise CheckpointError(f"could not write the GGUF file {path} "
+                              f"({e.strerror or e}).") from None
+    return path
+
+
+def _write_file(tmp, config, arrays, tokenizer, chat_template, metadata, metadata_types):
+    """Write the GGUF file at ``tmp`` with gguf's writer (write_gguf makes it atomic)."""
+    import gguf
+
+    H, Hkv = config["n_head"], config["n_kv_head"]
     writer = gguf.GGUFWriter(tmp, "llama")
     try:
         C = config["n_embd"]
@@ -657,15 +668,6 @@ def write_gguf(path, config, tensors, tokenizer=None, chat_template=None, metada
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
+    finally:
         if writer.fout is not None:
             writer.close()
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):  # a full disk, a read-only folder: one sentence
-            raise CheckpointError(f"could not write the GGUF file {path} "
-                                  f"({e.strerror or e}).") from None
-        raise
-    return path
