@@ -183,7 +183,7 @@ def _forward(model, ids, mask, cache, new):
         start, first = N - filled - new, filled
     m = mask[:, start:]  # (B, Tk) the keys this step attends over
     pos = np.maximum(np.cumsum(m, axis=1) - 1, 0)  # (B, Tk) 0 at each row's first real token
-    like = model.lm_head_weight.data  # (GPT and Llama alike) where the weights live
+    like = next(iter(model.parameters())).data  # where the weights live (GPT and Llama alike)
     to_dev = (lambda a: backend.to_device(a, "cuda")) if backend.is_cupy(like) else (lambda a: a)
     logits, _ = model(
         to_dev(ids[:, start + first:]), kv_cache=cache, last_only=True,  # (B, T) fed columns

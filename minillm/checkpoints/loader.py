@@ -2,7 +2,7 @@
 
 What it reads, in the order it decides:
 
-    "model.gguf"          a path ending in .gguf: minillm.checkpoints.gguf.load_gguf
+    "model.gguf"          a path ending in .gguf: minillm.checkpoints.llama.load_gguf
     "out/run"             a minillm run folder: its best/ checkpoint, else last/
     "out/run/last"        a checkpoint directory itself (model.safetensors + config.json)
     "out/lora"            a LoRA fine-tune run or adapter directory: the base it names, then the
@@ -15,11 +15,11 @@ What it reads, in the order it decides:
 """
 
 import os
-from importlib.util import find_spec
 from pathlib import Path
 
-from minillm.checkpoints import adapter, hf_gpt2, run
+from minillm.checkpoints import adapter, builtin, hf_gpt2, run
 from minillm.checkpoints.atomic import recover_dir
+from minillm.checkpoints.llama import load_gguf
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models import pretrained
 from minillm.nn.lora import merge_lora
@@ -38,6 +38,9 @@ def load(path_or_name, device="cpu", dropout=None, **options):
     """
     text = os.fspath(path_or_name)
     path = Path(text)
+    if not path.exists() and "/" not in text and os.sep not in text:
+        path = builtin.resolve(text)  # a built-in name (one sentence if it is none)
+        text = str(path)
     if text.endswith(".gguf"):
         return _load_gguf(path, device=device, dropout=dropout, **options)
     if options:
@@ -45,8 +48,6 @@ def load(path_or_name, device="cpu", dropout=None, **options):
                           f"take options besides device and dropout)")
     recover_dir(path)  # a checkpoint directory a crash left moved aside
     if not path.exists():
-        if "/" not in text and os.sep not in text:
-            return load(_resolve_builtin(text), device=device, dropout=dropout)
         raise CheckpointError(_missing(path))
     if hf_gpt2.is_hf_gpt2_dir(path):  # config.json says GPT-2 (minillm export or a HF download)
         return hf_gpt2.load_hf(path, device=device, dropout=dropout)
@@ -79,28 +80,10 @@ def _load_with_adapter(directory, device="cpu", dropout=None):
     return model.eval(), tokenizer
 
 
-def _require(module, what):
-    """One sentence when this install lacks ``module`` (a reader another part of minillm adds)."""
-    if find_spec(module) is None:
-        raise ConfigError(f"this minillm cannot read {what}: its module {module} is missing")
-
-
 def _load_gguf(path, device="cpu", dropout=None, **options):
-    _require("minillm.checkpoints.gguf", f"GGUF files such as {path}")
-    from minillm.checkpoints import gguf
-
     if dropout is not None:
         options["dropout"] = dropout
-    return gguf.load_gguf(path, device=device, **options)
-
-
-def _resolve_builtin(name):
-    """The local path of the built-in model ``name``."""
-    if find_spec("minillm.checkpoints.builtin") is None:
-        raise CheckpointError(_missing(name, " and this minillm has no built-in models"))
-    from minillm.checkpoints import builtin
-
-    return builtin.resolve(name)
+    return load_gguf(path, device=device, **options)
 
 
 pretrained.register_loader(load)

@@ -17,15 +17,22 @@ def _uniform(shape, bound):
     return backend.rng().uniform(-bound, bound, size=shape).astype(backend.DEFAULT_DTYPE)
 
 
+def _empty(shape, bound=None):
+    return np.empty(shape, dtype=backend.DEFAULT_DTYPE)
+
+
 class Linear(Module):
     """y = x W^T + b with W: (out_features, in_features), as torch.nn.Linear."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, init=True):
+        """``init=False`` allocates the weights without drawing them (np.empty): for a layer
+        whose weights are about to be loaded from a file."""
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = Parameter(_uniform((out_features, in_features), bound))
-        self.bias = Parameter(_uniform((out_features,), bound)) if bias else None
+        draw = _uniform if init else _empty
+        self.weight = Parameter(draw((out_features, in_features), bound))
+        self.bias = Parameter(draw((out_features,), bound)) if bias else None
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -37,11 +44,13 @@ class Linear(Module):
 class Embedding(Module):
     """A lookup table (num_embeddings, embedding_dim): integer ids -> rows."""
 
-    def __init__(self, num_embeddings, embedding_dim):
+    def __init__(self, num_embeddings, embedding_dim, init=True):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        w = backend.rng().standard_normal((num_embeddings, embedding_dim))
-        self.weight = Parameter(w.astype(backend.DEFAULT_DTYPE))
+        shape = (num_embeddings, embedding_dim)
+        w = backend.rng().standard_normal(shape).astype(backend.DEFAULT_DTYPE) if init else \
+            _empty(shape)
+        self.weight = Parameter(w)
 
     def forward(self, idx):
         return F.embedding(idx, self.weight)

@@ -79,7 +79,7 @@ def linear_from(weight):
     if isinstance(weight, QuantWeight) and weight.qtype in MATMUL_TYPES:
         return QuantLinear(weight)
     w = weight.dequantize() if isinstance(weight, QuantWeight) else np.asarray(weight)
-    layer = Linear(w.shape[1], w.shape[0], bias=False)
+    layer = Linear(w.shape[1], w.shape[0], bias=False, init=False)
     layer.weight = Parameter(np.ascontiguousarray(w, dtype=np.float32))
     return layer
 
@@ -92,7 +92,7 @@ def embedding_from(weight):
     if isinstance(weight, QuantWeight):
         return QuantEmbedding(weight)
     w = np.asarray(weight, dtype=np.float32)
-    layer = Embedding(*w.shape)
+    layer = Embedding(*w.shape, init=False)
     layer.weight = Parameter(np.ascontiguousarray(w))
     return layer
 
