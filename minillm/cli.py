@@ -205,9 +205,22 @@ def run_finetune_demo_data(args):
 
 
 # ----------------------------------------------------------------------------- sample, chat
-def _add_sampling_flags(p, max_new_tokens=256):
-    p.add_argument("--ckpt", required=True,
-                   help="checkpoint directory (or a training output folder with best/ or last/)")
+def _add_model_flags(p, default_model=None):
+    """--ckpt PATH | --model NAME, and --dtype for GGUF weights."""
+    src = p.add_mutually_exclusive_group(required=default_model is None)
+    src.add_argument("--ckpt", help="a run or checkpoint directory, a LoRA run, a Hugging Face "
+                                    "GPT-2 directory or a .gguf file")
+    src.add_argument("--model", metavar="NAME",
+                     help="a built-in model, fetched once: smollm2-135m-instruct"
+                          + (f" (default: {default_model})" if default_model else ""))
+    p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
+                   help="GGUF weights in memory: as the file stores them (default), float32, "
+                        "or requantized to q8_0")
+    p.set_defaults(default_model=default_model)
+
+
+def _add_sampling_flags(p, max_new_tokens=256, default_model=None):
+    _add_model_flags(p, default_model)
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
     p.add_argument("--top-k", type=int, default=200, help="0 = no limit (default: 200)")
@@ -239,13 +252,21 @@ def add_sample(sub):
     p.set_defaults(run=run_sample)
 
 
+def _model_source(args):
+    """What --ckpt / --model (or the command's default model) names."""
+    return args.ckpt or args.model or args.default_model
+
+
 def _load_for_sampling(args):
-    """(model, tokenizer) from --ckpt; a checkpoint without a tokenizer cannot be sampled."""
+    """(model, tokenizer) from --ckpt or --model; a checkpoint without a tokenizer cannot be
+    sampled."""
     from minillm.checkpoints import load
 
-    model, tokenizer = load(args.ckpt, device=args.device)
+    source = _model_source(args)
+    options = {"dtype": args.dtype} if args.dtype else {}
+    model, tokenizer = load(source, device=args.device, **options)
     if tokenizer is None:
-        raise MinillmError(f"{args.ckpt} holds no tokenizer, so its text cannot be encoded; save "
+        raise MinillmError(f"{source} holds no tokenizer, so its text cannot be encoded; save "
                            f"the checkpoint with its tokenizer.")
     return model, tokenizer
 
@@ -276,23 +297,42 @@ def run_sample(args):
 
 
 def add_chat(sub):
-    p = sub.add_parser("chat", help="talk with a trained model (reads lines from stdin)",
-                       description="Chat through a plain transcript (User: ... / Assistant: ...); "
-                                   "the reply stops at the next 'User:'. Type /help for commands; "
-                                   "/quit or Ctrl-D ends.")
-    _add_sampling_flags(p, max_new_tokens=200)
+    p = sub.add_parser(
+        "chat", help="talk with a model (the built-in SmolLM2-135M-Instruct by default)",
+        description="Chat with a model. A model with a chat template (instruction-tuned GGUF "
+                    "models such as the built-in one) is prompted through it, and the "
+                    "conversation stays in the KV cache between turns; other models through a "
+                    "plain transcript (User: ... / Assistant: ...). Replies stream as they come. "
+                    "Standard input may be a pipe: one message per line. Type /help for "
+                    "commands; /quit or Ctrl-D ends.")
+    _add_sampling_flags(p, max_new_tokens=512, default_model="smollm2-135m-instruct")
+    p.add_argument("--system", default=None, help="system prompt (models with a chat template)")
     p.set_defaults(run=run_chat)
 
 
+def _new_chat(args, model, tokenizer):
+    from minillm.chat import TemplateChat
+    from minillm.sample import Chat
+
+    opts = _sampling_options(args)
+    if getattr(tokenizer, "chat_template", None):
+        del opts["use_cache"]  # the template chat always keeps its cache
+        return TemplateChat.for_model(model, tokenizer, system=args.system, seed=args.seed,
+                                      **opts)
+    if args.system:
+        raise MinillmError(f"{_model_source(args)} has no chat template, so it takes no "
+                           f"--system prompt.")
+    return Chat(model, tokenizer, seed=args.seed, **opts)
+
+
 def run_chat(args):
-    from minillm.sample import CHAT_HELP, Chat
+    from minillm.sample import CHAT_HELP
 
     model, tokenizer = _load_for_sampling(args)
-    opts = _sampling_options(args)
-    chat = Chat(model, tokenizer, seed=args.seed, **opts)
+    chat = _new_chat(args, model, tokenizer)
     tty = sys.stdin.isatty()
     if tty:
-        print(f"chatting with {args.ckpt}; {CHAT_HELP}")
+        print(f"chatting with {_model_source(args)}; {CHAT_HELP}")
     while True:
         if tty:
             print("you> ", end="", flush=True)

@@ -111,3 +111,60 @@ def test_chat_through_the_files_template(tiny):
             break
         expected.append(nxt)
     assert reply == tok.decode(expected)
+
+
+def test_cli_chat_and_sample_on_a_gguf_file(tiny, monkeypatch, capsys):
+    import io
+    import sys
+
+    from minillm.cli import main
+
+    path, _ = tiny
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n/temp 0.5\n"
+                                                  "Hello again\n"))
+    assert main(["chat", "--ckpt", str(path), "--greedy", "--max-new-tokens", "5",
+                 "--system", "Be brief."]) == 0
+    out = capsys.readouterr().out.splitlines()
+    model, tok = minillm.load(path)
+    chat = TemplateChat.for_model(model, tok, system="Be brief.", greedy=True, max_new_tokens=5)
+    assert out[0] == "".join(chat.send("What is the capital of France?"))
+    assert out[1] == "(temperature = 0.5)" and len(out) == 3
+    assert main(["sample", "--ckpt", str(path), "--dtype", "float32", "--prompt", "The fox",
+                 "--greedy", "--max-new-tokens", "4"]) == 0
+    plain, _ = minillm.load(path, dtype="float32")
+    text = minillm.generate(plain, tok, "The fox", greedy=True, max_new_tokens=4)
+    assert capsys.readouterr().out == "The fox" + text + "\n---------------\n"
+
+
+def test_cli_chat_refuses_a_system_prompt_without_a_template(monkeypatch, capsys, tmp_path):
+    import io
+    import sys
+
+    from minillm.cli import main
+    from minillm.models import GPT, GPTConfig
+    from minillm.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text("abc ")
+    minillm.save(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=1,
+                               n_embd=8)), tmp_path / "ck", tokenizer=tok)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("abc\n"))
+    assert main(["chat", "--ckpt", str(tmp_path / "ck"), "--system", "x"]) == 2
+    assert "has no chat template, so it takes no --system prompt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_builtin_model_answers_paris(monkeypatch, capsys):
+    """The real SmolLM2-135M-Instruct (fetched once), Q4_1 as stored, greedy: the float32
+    model's answer, which llama.cpp's 8-bit activations change (shared/REAL_LLM_NOTES.md)."""
+    import io
+    import sys
+
+    from minillm.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n"))
+    assert main(["chat", "--greedy", "--max-new-tokens", "30"]) == 0
+    assert "Paris" in capsys.readouterr().out
+    model, tok = minillm.load("smollm2-135m-instruct")
+    assert tok.encode("12345") == [tok.token_id(d) for d in "12345"]  # digits one by one
+    c = model.config
+    assert (c.n_layer, c.n_head, c.n_kv_head, c.n_embd, c.vocab_size) == (30, 9, 3, 576, 49152)
