@@ -276,11 +276,11 @@ def main():
     # mark across fork+exec, so a child started after the timing runs would report ours.
     peak_rss = {(cfg, name): peak_rss_child(cfg, name, steps=3) for cfg in configs for name in frameworks} if args.rss else {}
     import minillm as M
-    from minillm.kernels import dispatch
+    from minillm.kernels import registry
 
     print(f"kernels={M.get_kernels()}  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}  "
           f"numba threads={_threading_layer()}  "
-          f"numba={'yes' if dispatch.numba_available() else 'no'}  frameworks={','.join(frameworks)}  "
+          f"numba={'yes' if registry.numba_available() else 'no'}  frameworks={','.join(frameworks)}  "
           f"malloc={'minillm' if M._env.MALLOC_TUNED else 'default'} (PyTorch: own process, default)")
     results = {}
     print(f"{'config':7s} {'framework':9s} {'ms/step':>9s} {'tok/s':>9s} {'GFLOP/s':>8s} {'peak RSS MiB':>13s}")
