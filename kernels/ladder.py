@@ -12,8 +12,8 @@ it cannot take some inputs (``fits`` returns a reason); the registry then tries 
 listed in ``Ladder.also`` in order, then the reference, and ``describe()`` reports the reason.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Rung:
     version: int
     run: Callable
     note: str
-    fits: Optional[Callable] = None
+    fits: Callable | None = None
 
     def reason_not(self, *args):
         """None if this rung takes ``args``, else why not."""

@@ -85,9 +85,9 @@ _SPIN = """
 import os, sys, time
 import minillm
 import numpy as np
-from minillm.kernels.cpu import matmul_pool
+from minillm.kernels.cpu.matmul import pool
 a = np.ones((600, 600), np.float32)
-mm = matmul_pool.matmul if sys.argv[1] == "minillm" else np.matmul
+mm = pool.matmul if sys.argv[1] == "minillm" else np.matmul
 spun = []
 for _ in range(3):
     mm(a, a)

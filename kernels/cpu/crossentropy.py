@@ -39,8 +39,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._fastmath import fast_exp, fast_max
 from ..ladder import Ladder, Rung, dtype_fits
+from ._fastmath import fast_exp, fast_max
 from ._serial import pick, picks
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")

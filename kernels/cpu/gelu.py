@@ -43,10 +43,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._fastmath import fast_exp, fast_tanh
 from ..ladder import Ladder, Rung, dtype_fits
 from ..reference import GELU_A, GELU_K
-from ._serial import pick, picks, threads as _threads
+from ._fastmath import fast_exp, fast_tanh
+from ._serial import pick, picks
+from ._serial import threads as _threads
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _EMAX = 40.0  # cap on -2u in the backward (see _dgelu_sig)

@@ -35,7 +35,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..ladder import Ladder, Rung, dtype_fits
-from ._serial import pick, picks, threads as _threads
+from ._serial import pick, picks
+from ._serial import threads as _threads
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 

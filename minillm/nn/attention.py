@@ -15,7 +15,7 @@ import numpy as np
 from minillm import backend
 from minillm import functional as F
 from minillm.kernels.reference import causal_mask
-from minillm.nn.layers import Dropout, LayerNorm, Linear, MLP
+from minillm.nn.layers import MLP, Dropout, LayerNorm, Linear
 from minillm.nn.module import Module
 from minillm.tensor import Tensor
 

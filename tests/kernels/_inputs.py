@@ -10,7 +10,6 @@ slack output i needs beyond rounding of its own size (layer norm's dx: see there
 """
 
 import numpy as np
-
 from minillm.kernels import reference as R
 
 ROWS = [(N, C) for N in (1, 7, 33) for C in (1, 5, 65, 257)]
@@ -209,7 +208,7 @@ def extra_atol(op, args, i):
     """Absolute slack for output i beyond its own rounding. Layer norm's dx: rounding of
     g - mean(g) is multiplied by rstd, which is 1/sqrt(eps) = 316 when C = 1 (var = 0)."""
     if op == "layernorm_backward" and i == 0:
-        dy, x, w, mean, rstd = args
+        dy, x, w, _mean, rstd = args
         g = np.abs(dy * (w if w is not None else 1))
         return 4 * np.finfo(x.dtype).eps * float(rstd.max() * g.max()) if g.size else 0.0
     return 0.0

@@ -6,7 +6,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import layernorm as K
 

@@ -10,11 +10,9 @@ import zlib
 
 import numpy as np
 import pytest
-
+from _inputs import CASES, call, extra_atol, rtol
 from minillm.kernels import reference as R
 from minillm.kernels import registry
-
-from _inputs import CASES, call, extra_atol, rtol
 
 pytest.importorskip("numba")
 
@@ -117,3 +115,18 @@ def test_unknown_kernel_and_mode_are_clear_errors():
         registry.get("softmax_sideways")
     with pytest.raises(ValueError, match="unknown kernel mode"):
         registry.set_mode("fast")
+
+
+def test_minillm_kernels_prints_the_table(capsys):
+    from minillm.cli import main
+
+    prev = registry.get_mode()
+    try:
+        assert main(["kernels", "--mode", "numba"]) == 0
+    finally:
+        registry.set_mode(prev)
+    out = capsys.readouterr().out
+    assert "kernel mode: numba" in out
+    lad = LADDERS["attention_forward"]
+    assert any(line.split()[:3] == ["attention_forward", "cpu", f"v{lad.default}"]
+               for line in out.splitlines())

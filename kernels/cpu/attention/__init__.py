@@ -50,9 +50,16 @@ import numpy as np
 from ...ladder import Ladder, Rung, dtype_fits
 from .. import _serial
 from .blas_tiles import attention_backward_v5, attention_forward_v5
-from .flash import (attention_backward_v1, attention_backward_v2, attention_backward_v3,
-                    attention_backward_v4, attention_forward_v1, attention_forward_v2,
-                    attention_forward_v3, attention_forward_v4)
+from .flash import (
+    attention_backward_v1,
+    attention_backward_v2,
+    attention_backward_v3,
+    attention_backward_v4,
+    attention_forward_v1,
+    attention_forward_v2,
+    attention_forward_v3,
+    attention_forward_v4,
+)
 from .micro import attention_backward_v7, attention_forward_v7
 
 
