@@ -52,11 +52,13 @@ def _run(code, **env):
 _LAYER = """
 import numpy as np
 import minillm
-from minillm.kernels.cpu import layernorm, _serial
+from minillm.kernels import registry
+from minillm.kernels.cpu import _serial
 import numba
 _serial.PARALLEL_MIN = 0  # run the parallel kernel, which starts the threading layer
 x = np.ones((300, 7), np.float32)
-layernorm.layernorm_forward(x, np.ones(7, np.float32), np.zeros(7, np.float32), 1e-5)
+lad = registry.ladder("layernorm_forward")
+lad.rung(lad.default).run(x, np.ones(7, np.float32), np.zeros(7, np.float32), 1e-5)
 print(numba.threading_layer(), "NUMBA_THREADING_LAYER_PRIORITY" in minillm._env.ADDED)
 """
 
