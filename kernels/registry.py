@@ -217,7 +217,8 @@ def describe(devices=None):
                 notes.append(f"one thread below {_serial.PARALLEL_MIN:,} elements")
             if rung.fits is not None:
                 also = "".join(f"v{v}, then " for v in lad.also if v != version)
-                notes.append(f"{also}reference unless {rung.fits.__doc__ or 'fits'}")
+                notes.append(f"takes {rung.fits.__doc__ or 'what its fits accepts'}, "
+                             f"else {also}the reference")
             rows.append((op, device, f"v{version}", _short(module), "; ".join(notes)))
     return rows
 

@@ -67,8 +67,10 @@ def fits_backward(dy, x, w, mean, rstd):
 def _registers(fits):
     def fits_registers(*args):
         reason = fits(*args)
+        if reason is not None:
+            return reason
         C = args[0].shape[1] if fits is fits_forward else args[1].shape[1]
-        return reason or (f"rows of {C} > {MAX_C_REGISTERS}" if C > MAX_C_REGISTERS else None)
+        return f"rows of {C} > {MAX_C_REGISTERS}" if C > MAX_C_REGISTERS else None
     fits_registers.__doc__ = f"{fits.__doc__}, C <= {MAX_C_REGISTERS}"
     return fits_registers
 

@@ -73,8 +73,9 @@ _NOTES = {1: "one thread per row", 2: "one warp per row, shuffles", 3: "one bloc
 
 
 def _ladder(op, default, also=()):
+    long_rows = op.endswith("forward")  # forward v2 hands rows over LONG_ROW to v3
     return Ladder(op, "cuda", default=default, also=also, rungs=tuple(
-        Rung(v, _version(op, v), _NOTES[v], fits_warp_row if v == 2 else fits)
+        Rung(v, _version(op, v), _NOTES[v], fits_warp_row if v == 2 and long_rows else fits)
         for v in _VERSIONS[op]))
 
 
