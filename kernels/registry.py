@@ -125,7 +125,7 @@ def _device(like):
 
 def _choice(op, mode, device):
     """(Ladder or None, module name, why): what runs for ``op`` before looking at inputs."""
-    if not hasattr(reference, op) or op in _NOT_KERNELS:
+    if op not in ops():
         raise KeyError(f"no kernel named {op!r}")
     ref = reference.__name__
     if device == "cpu":
