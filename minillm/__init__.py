@@ -12,6 +12,7 @@ from minillm import _env  # noqa: E402,F401  (thread and BLAS settings, before N
 from minillm import functional  # noqa: E402
 from minillm.autograd import enable_grad, is_grad_enabled, no_grad  # noqa: E402
 from minillm.backend import get_kernels, manual_seed, set_kernels  # noqa: E402
+from minillm.checkpoints import load  # noqa: E402  (also registers GPT.from_pretrained's loader)
 from minillm.errors import MinillmError  # noqa: E402
 from minillm.ops import cat, concat, stack, where  # noqa: E402
 from minillm.tensor import Tensor, arange, ones, randn, tensor, zeros  # noqa: E402
@@ -19,7 +20,7 @@ from minillm.tensor import Tensor, arange, ones, randn, tensor, zeros  # noqa: E
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "arange", "cat", "concat", "stack", "where",
     "no_grad", "enable_grad", "is_grad_enabled", "manual_seed", "set_kernels", "get_kernels",
-    "functional", "MinillmError", "__version__", "generate", "stream",
+    "functional", "MinillmError", "__version__", "generate", "stream", "load", "save", "finetune",
 ]
 
 
@@ -42,18 +43,12 @@ def stream(model, tokenizer, prompt, **options):
     return _stream(model, tokenizer, prompt, **options)
 
 
-def save(model, directory, config=None):
-    """Save a model's weights and config to ``directory`` (safetensors + JSON, atomic)."""
-    from minillm.train.checkpoint import save as _save
+def save(model, directory, config=None, tokenizer=None):
+    """Save a model's weights and config (and tokenizer) to ``directory`` (safetensors + JSON,
+    atomic); ``load(directory)`` gives them back."""
+    from minillm.checkpoints import run
 
-    _save(directory, model, config=config)
-
-
-def load(directory, device="cpu"):
-    """Load a GPT saved by ``save`` (or by training) from ``directory``."""
-    from minillm.train.checkpoint import load_model
-
-    return load_model(directory, device=device)[0]
+    run.save(directory, model, config=config, tokenizer=tokenizer)
 
 
 def finetune(base, data, **options):

@@ -20,9 +20,17 @@ import numpy as np
 
 from minillm.autograd import no_grad
 from minillm.errors import MinillmError, TokenizerError
-from minillm.sample import _TextTracker, apply_repetition_penalty, check_options, sample_next
+from minillm.sample import (
+    _TextTracker,
+    apply_repetition_penalty,
+    chat_command,
+    check_options,
+    sample_next,
+)
+from minillm.tokenizers.chat_template import ChatTemplate
 
 GROW = 256  # cache positions added at a time (a full 8192-position cache would cost 377 MB)
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 def common_prefix(a, b):
@@ -54,6 +62,24 @@ class TemplateChat:
         self.system = system
         self.cache, self.cached = None, []  # cached: the ids whose k, v the cache holds
         self.reset()
+
+    @classmethod
+    def for_model(cls, model, tokenizer, system=None, **options):
+        """A TemplateChat through ``tokenizer.chat_template``, or None when it has none. The
+        reply stops at eos and at the template's end-of-turn tokens."""
+        source = getattr(tokenizer, "chat_template", None)
+        if not source:
+            return None
+        text = {i: s for s, i in getattr(tokenizer, "vocab", {}).items()}
+        template = ChatTemplate(source, bos_token=text.get(tokenizer.bos_id),
+                                eos_token=text.get(tokenizer.eos_id))
+        vocab = getattr(tokenizer, "vocab", {})
+        stop_ids = {tokenizer.eos_id} | {vocab[s] for s in END_OF_TURN if s in vocab}
+        return cls(model, tokenizer, template.render, stop_ids, system=system, **options)
+
+    def command(self, line):
+        """Run a /command (see minillm.sample.CHAT_HELP); return (text, keep chatting?)."""
+        return chat_command(self, line)
 
     def check(self, options=None):
         o = options or self.options

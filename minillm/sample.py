@@ -1,7 +1,7 @@
 """Text generation: the sampler (temperature, top-k, top-p, repetition penalty) and the
 generate loop with a KV cache, as one Python API: ``generate`` returns text, ``stream`` yields it.
 
-    model, tok = load_pretrained("out/shakespeare_char")
+    model, tok = minillm.load("out/shakespeare_char")
     print(generate(model, tok, "ROMEO:", max_new_tokens=200, temperature=0.8, top_k=200, seed=1))
     for piece in stream(model, tok, "ROMEO:", stop="\\n\\n"):
         print(piece, end="", flush=True)
@@ -183,7 +183,7 @@ def _forward(model, ids, mask, cache, new):
         start, first = N - filled - new, filled
     m = mask[:, start:]  # (B, Tk) the keys this step attends over
     pos = np.maximum(np.cumsum(m, axis=1) - 1, 0)  # (B, Tk) 0 at each row's first real token
-    like = model.lm_head_weight.data  # (GPT and Llama alike) where the weights live
+    like = next(iter(model.parameters())).data  # where the weights live (GPT and Llama alike)
     to_dev = (lambda a: backend.to_device(a, "cuda")) if backend.is_cupy(like) else (lambda a: a)
     logits, _ = model(
         to_dev(ids[:, start + first:]), kv_cache=cache, last_only=True,  # (B, T) fed columns
@@ -338,31 +338,40 @@ class Chat:
 
     def command(self, line):
         """Run a /command; return (text to show, whether to keep chatting)."""
-        name, _, arg = line.strip().partition(" ")
-        arg = arg.strip()
-        if name in ("/quit", "/exit"):
-            return "", False
-        if name == "/reset":
-            self.reset()
-            return "(conversation cleared)", True
-        if name == "/help":
-            return CHAT_HELP, True
-        keys = {"/temp": ("temperature", float), "/top_k": ("top_k", int),
-                "/top_p": ("top_p", float), "/max": ("max_new_tokens", int)}
-        if name not in keys:
-            return f"unknown command {name}; type /help for the list.", True
-        key, cast = keys[name]
-        try:
-            value = cast(arg)
-        except ValueError:
-            return f"{name} needs a number, got {arg!r}.", True
-        if key == "top_k" and value == 0:
-            value = None  # 0 turns top-k off, as on the command line
-        new = dict(self.options, **{key: value})
-        try:
-            check_options(*(new[k] for k in ("max_new_tokens", "temperature", "top_k",
-                                             "top_p", "repetition_penalty")))
-        except MinillmError as e:
-            return str(e), True
-        self.options = new
-        return f"({key} = {value})", True
+        return chat_command(self, line)
+
+    def check(self, options):
+        check_options(*(options[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p",
+                                             "repetition_penalty")))
+
+
+def chat_command(chat, line):
+    """Run a /command on ``chat`` (``Chat`` or ``minillm.chat.TemplateChat``: anything with
+    ``options``, ``check(options)`` and ``reset()``); return (text to show, keep chatting?)."""
+    name, _, arg = line.strip().partition(" ")
+    arg = arg.strip()
+    if name in ("/quit", "/exit"):
+        return "", False
+    if name == "/reset":
+        chat.reset()
+        return "(conversation cleared)", True
+    if name == "/help":
+        return CHAT_HELP, True
+    keys = {"/temp": ("temperature", float), "/top_k": ("top_k", int),
+            "/top_p": ("top_p", float), "/max": ("max_new_tokens", int)}
+    if name not in keys:
+        return f"unknown command {name}; type /help for the list.", True
+    key, cast = keys[name]
+    try:
+        value = cast(arg)
+    except ValueError:
+        return f"{name} needs a number, got {arg!r}.", True
+    if key == "top_k" and value == 0:
+        value = None  # 0 turns top-k off, as on the command line
+    new = dict(chat.options, **{key: value})
+    try:
+        chat.check(new)
+    except MinillmError as e:
+        return str(e), True
+    chat.options = new
+    return f"({key} = {value})", True

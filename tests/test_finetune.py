@@ -9,11 +9,11 @@ import pytest
 
 import minillm as M
 from minillm import functional as F
+from minillm.checkpoints import run as ckpt
 from minillm.cli import main
 from minillm.errors import ConfigError, DataError
 from minillm.models import GPT, GPTConfig
 from minillm.tokenizers import CharTokenizer
-from minillm.train import checkpoint as ckpt
 from minillm.train import tasks
 from minillm.train.demo_data import make_demo_data
 from minillm.train.finetune import (
@@ -82,7 +82,7 @@ def test_sft_targets_only_response_and_eos():
 
 
 def test_sft_loss_counts_only_response_tokens(base):
-    model, _ = ckpt.load_pretrained(base)
+    model, _ = M.load(base)
     exs = [
         tasks.sft_targets(*tasks.sft_example(TOK, p, r, 48))
         for p, r in [("hello world", "cat"), ("a", "dog dog")]
@@ -147,7 +147,7 @@ def test_unseen_label_errors(tmp_path, base):
 
 
 def test_freeze_except_last(base):
-    model, _ = ckpt.load_pretrained(base)
+    model, _ = M.load(base)
     n = freeze_except_last(model, 1)
     names = {k for k, p in model.named_parameters() if p.requires_grad}
     assert names == {k for k in model.state_dict() if k.startswith(("h.1.", "ln_f.", "wte."))}
@@ -183,8 +183,8 @@ def test_lora_sft_run_saves_adapter_that_reloads(tmp_path, base):
     assert cfg["rank"] == 2 and cfg["base"] == str(base.resolve()) and cfg["task"] == "sft"
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 0 and "val_loss" in log[-1]
-    # the saved best adapter, loaded through load_pretrained, gives the logged val loss
-    model, tok = ckpt.load_pretrained(tmp_path / "out")
+    # the saved best adapter, loaded through minillm.load, gives the logged val loss
+    model, tok = M.load(tmp_path / "out")
     val = [
         tasks.sft_targets(*tasks.sft_example(tok, r["prompt"], r["response"], 48))
         for r in sft_records(24)
@@ -284,9 +284,9 @@ def test_cli_full_sft_checkpoint_is_samplable(tmp_path, base):
         )
         == 0
     )
-    model, tok = ckpt.load_pretrained(out)
+    model, tok = M.load(out)
     assert model.config.block_size == 40 and tok.vocab_size == TOK.vocab_size
-    base_model, _ = ckpt.load_pretrained(base)
+    base_model, _ = M.load(base)
     assert np.array_equal(
         model.h[0].attn.c_attn.weight.data, base_model.h[0].attn.c_attn.weight.data
     )

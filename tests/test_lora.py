@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import minillm as M
+from minillm.checkpoints import run as ckpt
+from minillm.checkpoints.adapter import load_adapter, save_adapter
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models import GPT, GPTConfig
 from minillm.nn import Linear
@@ -20,8 +22,6 @@ from minillm.nn.lora import (
 from minillm.optim import AdamW
 from minillm.testing import gradcheck
 from minillm.tokenizers import CharTokenizer
-from minillm.train import checkpoint as ckpt
-from minillm.train.adapter import load_adapter, save_adapter
 from minillm.train.step import train_step
 
 CFG = dict(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
@@ -171,8 +171,8 @@ def test_adapter_save_load_reproduces_logits(tmp_path):
     fresh = make()  # same base weights, no LoRA yet: load_adapter applies it
     load_adapter(fresh, tmp_path / "ad")
     np.testing.assert_array_equal(fresh.eval()(IDX)[0].numpy(), want)
-    # load_pretrained on the adapter directory loads base + adapter (merged), and the tokenizer
-    lm, tok = ckpt.load_pretrained(tmp_path / "ad")
+    # minillm.load on the adapter directory loads base + adapter (merged), and the tokenizer
+    lm, tok = M.load(tmp_path / "ad")
     assert tok.vocab_size == CFG["vocab_size"] and all(layer.merged for _, layer in lora_layers(lm))
     np.testing.assert_allclose(lm(IDX)[0].numpy(), want, rtol=1e-5, atol=1e-5)
 

@@ -314,7 +314,7 @@ def test_lazy_top_level_api(model, tok):
 # ----------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, model, tok):
-    from minillm.train.checkpoint import save
+    from minillm.checkpoints.run import save
 
     d = tmp_path_factory.mktemp("ckpt") / "model"
     save(d, model, tokenizer=tok)

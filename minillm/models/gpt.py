@@ -16,6 +16,7 @@ import numpy as np
 from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
+from minillm.models import pretrained
 from minillm.nn import Block, Dropout, Embedding, KVCache, LayerNorm, Linear, Module, ModuleList
 from minillm.tensor import Tensor
 
@@ -82,12 +83,11 @@ class GPT(Module):
                 p.data = (rng.standard_normal(p.shape) * s).astype(p.dtype)
 
     @classmethod
-    def from_pretrained(cls, path, dropout=None):
-        """A GPT with the weights of a local Hugging Face GPT-2 directory (gpt2 ... gpt2-xl);
-        the conversion is in minillm.models.hf_gpt2."""
-        from minillm.models.hf_gpt2 import from_pretrained
-
-        return from_pretrained(path, dropout=dropout)
+    def from_pretrained(cls, path, dropout=None, **options):
+        """A GPT (eval mode) from anything ``minillm.load`` reads: a local Hugging Face GPT-2
+        directory (gpt2 ... gpt2-xl), a minillm run or checkpoint, a LoRA fine-tune run.
+        ``dropout``: None keeps the file's; a number overrides it (for fine-tuning)."""
+        return pretrained.from_pretrained(cls, path, dropout=dropout, **options)
 
     @property
     def lm_head_weight(self):

@@ -21,8 +21,8 @@ from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
 from minillm.kernels.reference import rope_cos_sin
-from minillm.nn import KVCache, Module, ModuleList
-from minillm.nn.llama import LlamaBlock, RMSNorm, empty_embedding, empty_linear
+from minillm.nn import Embedding, KVCache, Linear, Module, ModuleList
+from minillm.nn.llama import LlamaBlock, RMSNorm
 from minillm.tensor import Tensor
 
 
@@ -87,14 +87,14 @@ class Llama(Module):
     def __init__(self, config, init=True):
         super().__init__()
         self.config = c = config
-        self.embed_tokens = empty_embedding(c.vocab_size, c.n_embd)
+        self.embed_tokens = Embedding(c.vocab_size, c.n_embd, init=False)
         self.layers = ModuleList(
             LlamaBlock(c.n_embd, c.n_head, c.n_kv_head, c.intermediate_size, c.rms_norm_eps,
                        c.rope_theta, c.rope_interleaved, init=False)
             for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, c.rms_norm_eps)
         if not c.tie_word_embeddings:  # created last: a tied model draws the same initial weights
-            self.lm_head = empty_linear(c.n_embd, c.vocab_size)
+            self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, init=False)
         if init:
             self._init_weights()
 
@@ -164,7 +164,7 @@ class Llama(Module):
 
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):
         c = self.config
-        like = self.embed_tokens.weight.data
+        like = self.norm.weight.data  # always a float array (the matrices may be quantized)
         return KVCache(c.n_layer, batch_size, c.n_kv_head, c.head_dim, max_len or c.block_size,
                        dtype=dtype or like.dtype, like=like)
 

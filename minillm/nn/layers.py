@@ -17,18 +17,29 @@ def _uniform(shape, bound):
     return backend.rng().uniform(-bound, bound, size=shape).astype(backend.DEFAULT_DTYPE)
 
 
+def _empty(shape, bound=None):
+    return np.empty(shape, dtype=backend.DEFAULT_DTYPE)
+
+
 class Linear(Module):
     """y = x W^T + b with W: (out_features, in_features), as torch.nn.Linear."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, init=True):
+        """``init=False`` allocates the weights without drawing them (np.empty): for a layer
+        whose weights are about to be loaded from a file."""
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = Parameter(_uniform((out_features, in_features), bound))
-        self.bias = Parameter(_uniform((out_features,), bound)) if bias else None
+        draw = _uniform if init else _empty
+        self.weight = Parameter(draw((out_features, in_features), bound))
+        self.bias = Parameter(draw((out_features,), bound)) if bias else None
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
+
+    def project(self, x):
+        """x W^T without the bias (the MLP adds the bias inside its fused bias + GELU)."""
+        return F.linear(x, self.weight)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -37,11 +48,13 @@ class Linear(Module):
 class Embedding(Module):
     """A lookup table (num_embeddings, embedding_dim): integer ids -> rows."""
 
-    def __init__(self, num_embeddings, embedding_dim):
+    def __init__(self, num_embeddings, embedding_dim, init=True):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        w = backend.rng().standard_normal((num_embeddings, embedding_dim))
-        self.weight = Parameter(w.astype(backend.DEFAULT_DTYPE))
+        shape = (num_embeddings, embedding_dim)
+        w = backend.rng().standard_normal(shape).astype(backend.DEFAULT_DTYPE) if init else \
+            _empty(shape)
+        self.weight = Parameter(w)
 
     def forward(self, idx):
         return F.embedding(idx, self.weight)
@@ -84,8 +97,8 @@ class Dropout(Module):
 class MLP(Module):
     """The transformer feed-forward block: Linear(C, 4C) -> GELU -> Linear(4C, C) -> Dropout.
 
-    With biases, the first Linear's bias add and the GELU run as one fused kernel (bias_gelu);
-    a replaced c_fc (e.g. a LoRALinear) is called as a module instead.
+    With biases, the first Linear's bias add and the GELU run as one fused op (bias_gelu) on
+    c_fc's bias-free product ``c_fc.project(x)``, which a LoRALinear c_fc also provides.
     """
 
     def __init__(self, n_embd, bias=True, dropout=0.0):
@@ -95,8 +108,8 @@ class MLP(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x):  # x: (B, T, C)
-        if type(self.c_fc) is Linear and self.c_fc.bias is not None:  # not when LoRA wraps it
-            h = F.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # (B, T, 4C)
+        if self.c_fc.bias is not None:
+            h = F.bias_gelu(self.c_fc.project(x), self.c_fc.bias)  # (B, T, 4C)
         else:
             h = F.gelu(self.c_fc(x))  # (B, T, 4C)
         return self.dropout(self.c_proj(h))  # (B, T, C)

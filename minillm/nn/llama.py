@@ -24,33 +24,13 @@ from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
 from minillm.kernels.reference import rope_cos_sin
-from minillm.nn.layers import Embedding, Linear
+from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
 from minillm.tensor import Tensor
 
 
-def empty_linear(in_features, out_features):
-    """A bias-free Linear whose weight (out, in) is allocated but not drawn (np.empty)."""
-    lin = Linear.__new__(Linear)
-    Module.__init__(lin)
-    lin.in_features, lin.out_features = in_features, out_features
-    lin.weight = Parameter(np.empty((out_features, in_features), dtype=backend.DEFAULT_DTYPE))
-    lin.bias = None
-    return lin
-
-
-def empty_embedding(num_embeddings, embedding_dim):
-    """An Embedding whose table (V, C) is allocated but not drawn (np.empty)."""
-    emb = Embedding.__new__(Embedding)
-    Module.__init__(emb)
-    emb.num_embeddings, emb.embedding_dim = num_embeddings, embedding_dim
-    emb.weight = Parameter(np.empty((num_embeddings, embedding_dim), dtype=backend.DEFAULT_DTYPE))
-    return emb
-
-
 def _linear(in_features, out_features, init):
-    return Linear(in_features, out_features, bias=False) if init else \
-        empty_linear(in_features, out_features)
+    return Linear(in_features, out_features, bias=False, init=init)
 
 
 class RMSNorm(Module):

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from minillm.errors import TokenizerError
 from minillm.tokenizers.base import CONFIG_NAME, EOT_TOKEN, TextOrPaths, Tokenizer
+from minillm.tokenizers.bpe import ByteLevelBPETokenizer
 from minillm.tokenizers.char import CharTokenizer
+from minillm.tokenizers.gguf_spm import GGUFSentencePieceTokenizer
 from minillm.tokenizers.gpt2 import GPT2Tokenizer
 from minillm.tokenizers.sentencepiece import SentencePieceTokenizer
 
@@ -27,6 +29,8 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     CharTokenizer.kind: CharTokenizer,
     SentencePieceTokenizer.kind: SentencePieceTokenizer,
     GPT2Tokenizer.kind: GPT2Tokenizer,
+    ByteLevelBPETokenizer.kind: ByteLevelBPETokenizer,
+    GGUFSentencePieceTokenizer.kind: GGUFSentencePieceTokenizer,
 }
 
 
@@ -73,10 +77,12 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 
 
 __all__ = [
-    "CharTokenizer",
     "EOT_TOKEN",
-    "SentencePieceTokenizer",
     "TOKENIZERS",
+    "ByteLevelBPETokenizer",
+    "CharTokenizer",
+    "GGUFSentencePieceTokenizer",
+    "SentencePieceTokenizer",
     "Tokenizer",
     "load_tokenizer",
     "train_tokenizer",

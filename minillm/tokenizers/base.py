@@ -5,24 +5,27 @@ the tokenizer is saved next to the prepared data and the checkpoint: a directory
 ``tokenizer.json`` (``{"kind": ..., "format": 1, "data": {...}}``) plus any model file the kind
 needs (SentencePiece keeps its binary ``tokenizer.model`` beside it).
 
-Every tokenizer has exactly one special token, ``"<|endoftext|>"`` (the GPT-2 spelling), whose id
-is ``eos_id``. It marks the end of a document; ``bos_id`` may be the same id (as in GPT-2), and
-``pad_id`` is ``None`` unless the kind has a real padding token. Ordinary ``encode`` never emits a
-special id: text that happens to contain the characters ``<|endoftext|>`` is encoded as those
-characters, and callers append ``eos_id`` themselves. Likewise ``decode`` renders special ids as
-the empty string, so stopping at end-of-text is the caller's job (the sampler checks ids, not
-strings).
+The tokenizers minillm trains and GPT-2's have exactly one special token, ``"<|endoftext|>"``
+(the GPT-2 spelling), whose id is ``eos_id``. It marks the end of a document; ``bos_id`` may be
+the same id (as in GPT-2), and ``pad_id`` is ``None`` unless the kind has a real padding token.
+Their ordinary ``encode`` never emits a special id: text that happens to contain the characters
+``<|endoftext|>`` is encoded as those characters, and callers append ``eos_id`` themselves.
+Tokenizers read from a model file (GGUF: ``bpe``, ``gguf_spm``) keep that model's own special
+tokens (``<|im_start|>``, ``<|im_end|>``, ...) and parse them in the text by default, as the chat
+prompts rendered from the model's template need; ``encode(text, allowed_special=())`` turns that
+off. Every kind's ``decode`` renders control tokens as the empty string, so stopping at
+end-of-text is the caller's job (the sampler checks ids, not strings).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence, Union
 
+from minillm.checkpoints.atomic import write_file
 from minillm.errors import TokenizerError
 
 EOT_TOKEN = "<|endoftext|>"
@@ -77,7 +80,7 @@ class Tokenizer(ABC):
         data = self._save_data(directory)
         config = {"kind": self.kind, "format": FORMAT_VERSION, "data": data}
         path = directory / CONFIG_NAME
-        atomic_write(path, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
+        write_file(path, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
         return path
 
     def __repr__(self) -> str:
@@ -130,32 +133,3 @@ def read_texts(text_or_paths: TextOrPaths) -> str:
                 f"tokenizer training file {p} is not UTF-8 text (bad byte at offset {e.start})."
             ) from None
     return "\n".join(parts)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
-
-    The bytes go to a temporary file in the same directory, are fsynced, then renamed over
-    ``path`` (``os.replace`` is atomic on POSIX and Windows within one filesystem).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read the umask is to set it and restore it
-    os.umask(mask)
-    return mask

@@ -33,12 +33,12 @@ from typing import Any, Iterable
 
 import sentencepiece as spm
 
+from minillm.checkpoints.atomic import write_file
 from minillm.errors import TokenizerError
 from minillm.tokenizers.base import (
     EOT_TOKEN,
     TextOrPaths,
     Tokenizer,
-    atomic_write,
     read_texts,
     unknown_chars_error,
 )
@@ -171,7 +171,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     # -- persistence -------------------------------------------------------------------------
     def _save_data(self, directory: Path) -> dict[str, Any]:
-        atomic_write(directory / MODEL_FILE, self.model_proto)
+        write_file(directory / MODEL_FILE, self.model_proto)
         return {
             "model_file": MODEL_FILE,
             "model_type": self.model_type,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minillm.checkpoints.atomic import write_file
 from minillm.errors import DataError
 
 CLASSIFY_SPEAKERS = ("ROMEO", "MENENIUS", "PETRUCHIO", "DUKE VINCENTIO")
@@ -64,11 +65,7 @@ def classify_records(sp, speakers, rng, lines_per_example=2):
 
 
 def _write_jsonl(path, records):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_file(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
 
 
 def make_demo_data(out_dir, corpus=None, seed=0, n_sft=2000, speakers=CLASSIFY_SPEAKERS):

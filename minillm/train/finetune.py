@@ -23,13 +23,20 @@ import numpy as np
 
 from minillm import backend
 from minillm.autograd import no_grad
+from minillm.checkpoints import load
+from minillm.checkpoints import run as ckpt
+from minillm.checkpoints.adapter import (
+    is_adapter_dir,
+    load_adapter,
+    read_adapter_config,
+    resolve_base,
+    save_adapter,
+)
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models.classifier import GPTClassifier
 from minillm.nn.lora import LoRAConfig, apply_lora
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
-from minillm.train import checkpoint as ckpt
 from minillm.train import tasks
-from minillm.train.adapter import is_adapter_dir, save_adapter
 from minillm.train.step import train_step
 
 TASKS, METHODS = ("sft", "classify"), ("lora", "full")
@@ -59,10 +66,9 @@ def freeze_except_last(model, k, train_head=True):
 
 def resolve_checkpoint(path):
     """A checkpoint directory, or OUT_DIR/best or OUT_DIR/last of a training run."""
-    path = Path(path)
-    for p in (path, path / "best", path / "last"):
-        if (p / ckpt.MODEL_FILE).exists() or is_adapter_dir(p):
-            return p
+    found = ckpt.resolve_checkpoint(path)
+    if found is not None:
+        return found
     raise CheckpointError(
         f"no checkpoint at {path} (expected {ckpt.MODEL_FILE} or adapter_config.json)"
     )
@@ -152,7 +158,9 @@ def finetune(
         raise CheckpointError(
             f"the base {base_path} is an adapter; fine-tune from a full checkpoint"
         )
-    gpt, tok = ckpt.load_pretrained(base_path, device=device)
+    gpt, tok = load(base_path, device=device)
+    if tok is None:
+        raise CheckpointError(f"the base {base_path} holds no tokenizer; save it with its tokenizer")
     if block_size is not None:
         if block_size > gpt.config.block_size:
             raise ConfigError(
@@ -343,8 +351,6 @@ def load_classifier(path, device="cpu"):
     directory (its base is loaded, LoRA applied and merged) or a full classifier checkpoint."""
     from minillm.models import GPT, GPTConfig
     from minillm.nn.lora import merge_lora
-    from minillm.tokenizers import load_tokenizer
-    from minillm.train.adapter import load_adapter, read_adapter_config, resolve_base
 
     path = resolve_checkpoint(path)
     cfg = read_adapter_config(path) if is_adapter_dir(path) else ckpt.load_config(path)
@@ -354,7 +360,7 @@ def load_classifier(path, device="cpu"):
         )
     labels = list(cfg["labels"])
     if is_adapter_dir(path):
-        gpt, tok = ckpt.load_pretrained(resolve_base(path, cfg), device=device)
+        gpt, tok = load(resolve_base(path, cfg), device=device)
         net = GPTClassifier(gpt, len(labels))
         load_adapter(net, path)
         merge_lora(net)
@@ -363,7 +369,7 @@ def load_classifier(path, device="cpu"):
         ckpt.load_into(net, path)
         if device != "cpu":
             net.to(device)
-        tok = load_tokenizer(path)
+        tok = ckpt.load_tokenizer(path)
     return net.eval(), tok, labels
 
 

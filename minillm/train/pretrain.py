@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from minillm import backend
+from minillm.checkpoints import run as ckpt
 from minillm.data import TokenData, corpus_sha256, prepare, read_corpus
 from minillm.errors import CheckpointError, ConfigError, DataError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
-from minillm.train import checkpoint as ckpt
 from minillm.train.step import estimate_loss, train_step
 
 

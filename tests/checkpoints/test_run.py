@@ -1,4 +1,4 @@
-"""Checkpoints: bit-identical round trip, atomic writes that survive a kill, clear errors."""
+"""minillm checkpoints: bit-identical round trip, atomic writes that survive a kill, clear errors."""
 
 import subprocess
 import sys
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import minillm as M
+from minillm.checkpoints import run as ckpt
 from minillm.errors import CheckpointError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW
-from minillm.train import checkpoint as ckpt
 
 CFG = dict(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
@@ -25,7 +25,8 @@ def test_save_load_bit_identical(tmp_path):
     m = make()
     idx = np.arange(16).reshape(2, 8) % 13
     M.save(m, tmp_path / "ck")
-    m2 = M.load(tmp_path / "ck").eval()
+    m2, tok = M.load(tmp_path / "ck")
+    assert tok is None  # saved without one
     np.testing.assert_array_equal(m(idx)[0].numpy(), m2(idx)[0].numpy())
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
 
@@ -60,18 +61,18 @@ def test_write_killed_half_way_leaves_old_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
         import os, minillm as M
         from minillm.models import GPT, GPTConfig
-        from minillm.train import checkpoint as ckpt
-        real = ckpt._write_bytes
-        def dying(path, data):
-            real(path, data[: len(data) // 2])
+        from minillm.checkpoints import atomic
+        real = atomic._write_all
+        def dying(f, data):
+            real(f, data[: len(data) // 2])
             os._exit(9)
-        ckpt._write_bytes = dying
+        atomic._write_all = dying
         M.manual_seed(5)
         M.save(GPT(GPTConfig(**{CFG!r})), {str(tmp_path / "ck")!r})
     """)
     r = subprocess.run([sys.executable, "-c", script])
     assert r.returncode == 9
-    np.testing.assert_array_equal(M.load(tmp_path / "ck").eval()(idx)[0].numpy(), want)
+    np.testing.assert_array_equal(M.load(tmp_path / "ck")[0](idx)[0].numpy(), want)
 
 
 def test_crash_between_renames_is_recovered(tmp_path):

@@ -16,14 +16,14 @@ from safetensors.numpy import load_file, save_file
 
 import minillm as M
 from minillm import backend
+from minillm.checkpoints import hf_gpt2
+from minillm.checkpoints import run as checkpoint
+from minillm.checkpoints.hf_gpt2 import export_hf, load_hf
 from minillm.cli import main
 from minillm.errors import CheckpointError
 from minillm.models import GPT, GPTConfig
-from minillm.models import hf_gpt2
 from minillm.tokenizers import CharTokenizer, GPT2Tokenizer
 from minillm.tokenizers.gpt2 import BYTE_TO_UNICODE
-from minillm.train import checkpoint
-from minillm.train.hf import export_hf, load_hf
 
 L, H, C, P = 2, 2, 16, 12  # layers, heads, width, positions
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n")]
@@ -128,10 +128,10 @@ def test_load_matches_independent_numpy_forward(tmp_path, prefix, extra):
     np.testing.assert_array_equal(model.h[1].mlp.c_fc.weight.numpy(), w["h.1.mlp.c_fc.weight"].T)
 
 
-def test_load_pretrained_gives_model_and_gpt2_tokenizer(tmp_path):
+def test_load_gives_model_and_gpt2_tokenizer(tmp_path):
     d = write_hf_dir(tmp_path / "gpt2")
     state = backend.get_rng_state()
-    model, tok = checkpoint.load_pretrained(d)
+    model, tok = M.load(d)
     assert backend.get_rng_state() == state  # loading does not consume the seeded stream
     assert isinstance(tok, GPT2Tokenizer) and tok.eos_id == 261 and tok.vocab_size == V
     ids = tok.encode(" the tin")  # the merges apply: " the" -> Ġthe, " tin" -> Ġt + in
@@ -194,7 +194,7 @@ def test_export_then_load_is_bit_identical(tmp_path):
     assert cfg["n_positions"] == cfg["n_ctx"] == P and cfg["vocab_size"] == V
     assert cfg["activation_function"] == "gelu_new" and cfg["tie_word_embeddings"] is True
     assert cfg["eos_token_id"] == cfg["bos_token_id"] == 261
-    model2, tok2 = checkpoint.load_pretrained(tmp_path / "out")
+    model2, tok2 = M.load(tmp_path / "out")
     np.testing.assert_array_equal(logits(model2), logits(model))
     assert tok2.vocab == tok.vocab and tok2.merges == tok.merges
 
@@ -211,7 +211,7 @@ def test_export_bias_free_char_model_computes_the_same_function(tmp_path):
     assert not w["h.0.attn.c_attn.bias"].any() and not w["ln_f.bias"].any()  # zeros, as promised
     ids = np.array([[1, 5, 9, 2, 30, 39, 0, 11]])
     np.testing.assert_allclose(numpy_gpt2(w, ids), logits(model, ids), rtol=1e-4, atol=1e-4)
-    model2, tok2 = checkpoint.load_pretrained(tmp_path / "out")
+    model2, tok2 = M.load(tmp_path / "out")
     assert model2.config.bias is True and isinstance(tok2, CharTokenizer)
     assert tok2.encode("hello, world") == tok.encode("hello, world")
     np.testing.assert_allclose(logits(model2, ids), logits(model, ids), rtol=1e-6, atol=1e-6)
@@ -301,6 +301,8 @@ def test_broken_directory_gives_one_clear_sentence(tmp_path, damage, match):
 
 def test_missing_directory(tmp_path):
     with pytest.raises(CheckpointError, match=r"no GPT-2 directory at .*huggingface-cli download gpt2"):
+        load_hf(tmp_path / "gpt2")
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*huggingface-cli download gpt2"):
         GPT.from_pretrained(tmp_path / "gpt2")
     assert "gpt2-xl" in hf_gpt2.how_to_get("x", n_layer=48)  # the hint names the right size
 

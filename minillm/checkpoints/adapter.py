@@ -8,13 +8,16 @@
 The fingerprint (``minillm.nn.lora.base_fingerprint``: names, shapes and float32 bytes of every
 base parameter) is what ties an adapter to its base: an adapter loaded onto any other model, even
 one with the same shapes, is refused with an error that says so. Written atomically like every
-checkpoint (``checkpoint.write_checkpoint``).
+checkpoint (``atomic.write_dir``). ``minillm.load`` on an adapter directory (or its run folder)
+loads the base, then the adapter, and merges it.
 """
 
 import json
 from pathlib import Path
 
 from minillm import backend
+from minillm.checkpoints.atomic import recover_dir, write_dir
+from minillm.checkpoints.formats import read_json, read_safetensors, safetensors_bytes
 from minillm.errors import CheckpointError, ConfigError
 from minillm.nn.lora import (
     LoRAConfig,
@@ -22,10 +25,8 @@ from minillm.nn.lora import (
     base_fingerprint,
     lora_layers,
     lora_state_dict,
-    merge_lora,
     unmerge_lora,
 )
-from minillm.train import checkpoint as ckpt
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -55,16 +56,16 @@ def save_adapter(directory, model, lora_config, base_path, extra=None):
         **(extra or {}),
     )
     files = {
-        ADAPTER_FILE: ckpt._safetensors_bytes(tensors, {"format": "minillm-lora"}),
+        ADAPTER_FILE: safetensors_bytes(tensors, {"format": "minillm-lora"}),
         ADAPTER_CONFIG: json.dumps(cfg, indent=2, sort_keys=True).encode(),
     }
-    ckpt.write_checkpoint(directory, files)
+    write_dir(directory, files)
 
 
 def read_adapter_config(directory):
     directory = Path(directory)
-    ckpt._recover(directory)
-    cfg = ckpt._read_json(directory / ADAPTER_CONFIG)
+    recover_dir(directory)
+    cfg = read_json(directory / ADAPTER_CONFIG)
     missing = [k for k in ("rank", "alpha", "targets", "base", "base_fingerprint") if k not in cfg]
     if missing:
         raise CheckpointError(f"{directory / ADAPTER_CONFIG} lacks {', '.join(missing)}")
@@ -88,7 +89,7 @@ def load_adapter(model, directory):
     if not lora_layers(model):
         apply_lora(model, cfg["rank"], cfg["alpha"], cfg.get("dropout", 0.0), cfg["targets"])
     unmerge_lora(model)  # new A, B must not land on top of an old merged update
-    tensors = ckpt._read_safetensors(directory / ADAPTER_FILE)
+    tensors = read_safetensors(directory / ADAPTER_FILE)
     own = dict(model.named_parameters())
     for name, arr in tensors.items():
         if name not in own:
@@ -130,15 +131,3 @@ def resolve_base(directory, cfg):
         )
     return base
 
-
-def load_lm_with_adapter(directory, device="cpu", merge=True):
-    """(model, tokenizer) for a language-model adapter: load its base checkpoint (and tokenizer),
-    apply LoRA, load the adapter, and merge it for inference speed. Used by ``load_pretrained``."""
-    cfg = read_adapter_config(directory)
-    if cfg.get("task", "sft") == "classify":
-        raise CheckpointError(f"{directory} is a classification adapter; use `minillm classify`")
-    model, tokenizer = ckpt.load_pretrained(resolve_base(directory, cfg), device=device)
-    load_adapter(model, directory)
-    if merge:
-        merge_lora(model)
-    return model.eval(), tokenizer

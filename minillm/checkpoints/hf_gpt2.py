@@ -1,4 +1,8 @@
-"""Hugging Face GPT-2 checkpoints <-> minillm's GPT (gpt2, gpt2-medium, gpt2-large, gpt2-xl).
+"""Hugging Face GPT-2 directories <-> minillm's GPT (gpt2, gpt2-medium, gpt2-large, gpt2-xl).
+
+    model, tok = load_hf("gpt2")              # config.json + model.safetensors + vocab/merges
+    export_hf(model, tok, "out/hf")           # the same layout, loadable by transformers:
+                                              # GPT2LMHeadModel.from_pretrained("out/hf")
 
 A Hugging Face GPT-2 directory (``huggingface-cli download gpt2 --local-dir gpt2``) holds
 
@@ -20,9 +24,19 @@ minillm's GPT exactly; only the spelling of the weights differs:
    output columns are q | k | v, each H heads of D contiguous columns: the (3, H, D) order that
    minillm's attention reshapes to, so no rows move.
 
-Weights are read with a small safetensors reader (header + np.memmap) so that a tensor is only
-read when converted: gpt2-xl's 6 GB file never sits in memory twice, the mask buffers are never
-read, and float16 / bfloat16 files (NumPy has no bfloat16) load as float32.
+Weights are read lazily (``formats.read_safetensors``: header + np.memmap), so that a tensor is
+only read when converted: gpt2-xl's 6 GB file never sits in memory twice, the mask buffers are
+never read, and float16 / bfloat16 files (NumPy has no bfloat16) load as float32.
+
+An export is written atomically (``atomic.write_dir``) and contains
+
+    config.json, model.safetensors          always (float32, HF names, Conv1D layout)
+    vocab.json, merges.txt,                 when the tokenizer is GPT-2 byte-level BPE: the files
+      tokenizer_config.json                 transformers' GPT2Tokenizer reads
+    minillm_tokenizer/                      for any other minillm tokenizer (char, SentencePiece):
+                                            its own files, which transformers cannot read. A
+                                            subfolder, because HF reads a top-level
+                                            tokenizer.json as its own (different) format.
 """
 
 import json
@@ -32,6 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from minillm import backend
+from minillm.checkpoints.atomic import write_dir
+from minillm.checkpoints.formats import read_json, read_safetensors, safetensors_bytes, to_float32
+from minillm.checkpoints.run import tokenizer_files
 from minillm.errors import CheckpointError
 from minillm.models.gpt import GPT, GPTConfig
 
@@ -45,6 +62,10 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # not h.N.attn.c_attn.bias
 _HUB_NAME = {12: "gpt2", 24: "gpt2-medium", 36: "gpt2-large", 48: "gpt2-xl"}  # by n_layer
+MINILLM_TOKENIZER_DIR = "minillm_tokenizer"
+GPT2_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+_EXPORT_NAMES = {CONFIG_FILE, WEIGHTS_FILE, "tokenizer_config.json", MINILLM_TOKENIZER_DIR,
+                 *GPT2_TOKENIZER_FILES}
 
 
 def how_to_get(path, n_layer=12):
@@ -58,8 +79,8 @@ def how_to_get(path, n_layer=12):
 def is_hf_gpt2_dir(path):
     """True if ``path`` has a Hugging Face GPT-2 config.json (not a minillm checkpoint's)."""
     try:
-        cfg = json.loads((Path(path) / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        cfg = read_json(Path(path) / CONFIG_FILE)
+    except CheckpointError:
         return False
     return isinstance(cfg, dict) and "model" not in cfg and (
         cfg.get("model_type") == "gpt2" or "n_positions" in cfg)
@@ -73,10 +94,7 @@ def read_hf_config(path):
     f = path / CONFIG_FILE
     if not f.is_file():
         raise CheckpointError(f"the GPT-2 directory {path} has no {CONFIG_FILE}; {how_to_get(path)}.")
-    try:
-        cfg = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{f} is not readable JSON ({e}); {how_to_get(path)}.") from None
+    cfg = read_json(f, hint=how_to_get(path))
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{f} is not a GPT-2 config (a JSON object is expected).")
     return cfg
@@ -167,13 +185,6 @@ def hf_shapes(c):
     return shapes
 
 
-def _to_float32(a):
-    """float32 copy of a memmapped tensor; bfloat16 arrives as raw uint16 (see read_safetensors)."""
-    if a.dtype == np.uint16:  # bfloat16: the top 16 bits of a float32
-        return (a.astype(np.uint32) << 16).view(np.float32)
-    return np.array(a, dtype=np.float32)
-
-
 def _check_tensors(tensors, config, where):
     """HF name -> array (prefix stripped, buffers and a tied lm_head dropped), checked against
     the shapes the config implies. Raises CheckpointError naming the first problem."""
@@ -197,20 +208,15 @@ def _check_tensors(tensors, config, where):
         if tuple(out[short].shape) != shape:
             raise CheckpointError(f"tensor {short} in {where} has shape {tuple(out[short].shape)}, but "
                                   f"the config needs {shape}.")
-    if lm_head is not None and not np.array_equal(_to_float32(lm_head), _to_float32(out["wte.weight"])):
+    if lm_head is not None and not np.array_equal(to_float32(lm_head), to_float32(out["wte.weight"])):
         raise CheckpointError(f"{where} has an lm_head.weight that differs from wte.weight, but its "
                               "config ties the two (tie_word_embeddings is true).")
     return out
 
 
-def load_into_gpt(model, tensors, where):
-    """Copy HF tensors (name -> array) into a minillm GPT, transposing Conv1D weights."""
-    _copy_checked(model, _check_tensors(tensors, model.config, where))
-
-
 def _copy_checked(model, hf):
     for name, p in model.named_parameters():
-        a = _to_float32(hf[name])
+        a = to_float32(hf[name])
         if name.endswith(CONV1D):
             a = np.ascontiguousarray(a.T)  # (in, out) -> (out, in)
         p.data = a.astype(p.data.dtype, copy=False)
@@ -235,53 +241,17 @@ def hf_state_dict(model):
 
 
 # ----------------------------------------------------------------------------- files
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-
-
-def read_safetensors(path):
-    """name -> read-only np.memmap view of one .safetensors file (read lazily).
-
-    Format: 8 bytes little-endian header length N, N bytes of JSON {name: {"dtype", "shape",
-    "data_offsets": [begin, end]}, "__metadata__": {...}}, then the data; offsets count from
-    the end of the header. bfloat16 is returned as its raw uint16 bits.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= size - 8:
-                raise ValueError(f"header length {n} does not fit a file of {size} bytes")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        out = {}
-        for name, info in header.items():
-            dtype = _DTYPES.get(info["dtype"])
-            if dtype is None:
-                raise ValueError(f"tensor {name} has dtype {info['dtype']}, not a float type")
-            begin, end = info["data_offsets"]
-            shape = tuple(info["shape"])
-            if end > size - 8 - n or end - begin != np.dtype(dtype).itemsize * int(np.prod(shape)):
-                raise ValueError(f"tensor {name} runs past the end of the file")
-            if end == begin:
-                out[name] = np.zeros(shape, dtype=dtype)
-                continue
-            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + n + begin, shape=shape)
-        return out
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({e}).") from None
-
-
 def read_hf_weights(path, n_layer=12):
     """All tensors of a HF directory: model.safetensors, or the shards its index.json lists."""
     path = Path(path)
     if (path / WEIGHTS_FILE).is_file():
         return read_safetensors(path / WEIGHTS_FILE)
     if (path / INDEX_FILE).is_file():
+        index = read_json(path / INDEX_FILE)
         try:
-            shards = sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"{path / INDEX_FILE} is corrupt ({e}).") from None
+            shards = sorted(set(index["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{path / INDEX_FILE} is corrupt (no weight_map: {e}).") from None
         tensors = {}
         for shard in shards:
             if not (path / shard).is_file():
@@ -303,7 +273,7 @@ class _Uninitialised(GPT):
         pass
 
 
-def from_pretrained(path, dropout=None):
+def load_hf_model(path, dropout=None):
     """A minillm GPT (eval mode) with the weights of the Hugging Face GPT-2 directory ``path``.
 
     The global RNG is left as it was (building the layers draws initial weights, which are then
@@ -322,3 +292,79 @@ def from_pretrained(path, dropout=None):
     model.__class__ = GPT  # a plain GPT from here on
     _copy_checked(model, hf)
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- model + tokenizer
+def load_hf(path, device="cpu", dropout=None):
+    """(model in eval mode, tokenizer) from a Hugging Face GPT-2 directory or a minillm export."""
+    from minillm.tokenizers import GPT2Tokenizer, load_tokenizer
+
+    path = Path(path)
+    model = load_hf_model(path, dropout=dropout)
+    if any((path / f).exists() for f in GPT2_TOKENIZER_FILES):
+        missing = [f for f in GPT2_TOKENIZER_FILES if not (path / f).is_file()]
+        if missing:
+            raise CheckpointError(f"the GPT-2 directory {path} has no {missing[0]}; "
+                                  f"{how_to_get(path, model.config.n_layer)}.")
+        tokenizer = GPT2Tokenizer.from_directory(path)
+    elif (path / MINILLM_TOKENIZER_DIR).is_dir():
+        tokenizer = load_tokenizer(path / MINILLM_TOKENIZER_DIR)
+    else:
+        raise CheckpointError(f"the GPT-2 directory {path} has no vocab.json or merges.txt; "
+                              f"{how_to_get(path, model.config.n_layer)}.")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"the tokenizer in {path} has {tokenizer.vocab_size} tokens but the model "
+                              f"only {model.config.vocab_size} embeddings.")
+    if device != "cpu":
+        model.to(device)
+    return model, tokenizer
+
+
+def _check_out_dir(out):
+    """export replaces the whole directory: refuse one that holds anything but an earlier export,
+    so that a typo in --out cannot delete the user's files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a directory; choose a new or empty --out.")
+    others = sorted(p.name for p in out.iterdir() if p.name not in _EXPORT_NAMES)
+    if others:
+        raise CheckpointError(f"{out} already holds {others[0]}, which an export would delete; "
+                              "choose a new or empty directory.")
+
+
+def _hf_tokenizer_config(n_positions):
+    eot = "<|endoftext|>"
+    return {"tokenizer_class": "GPT2Tokenizer", "model_max_length": n_positions,
+            "bos_token": eot, "eos_token": eot, "unk_token": eot, "add_prefix_space": False}
+
+
+def export_hf(model, tokenizer, out_dir):
+    """Write ``model`` (+ ``tokenizer``) as a Hugging Face GPT-2 directory; return its file names.
+
+    ``model`` is a minillm GPT (biases or not: a bias=False model is exported with zero biases,
+    the same function). ``tokenizer`` may be None (weights only); bos/eos ids then default to
+    the last vocabulary id, as in GPT-2.
+    """
+    out = Path(out_dir)
+    _check_out_dir(out)
+    c = model.config
+    eos = getattr(tokenizer, "eos_id", c.vocab_size - 1)
+    bos = getattr(tokenizer, "bos_id", eos)
+    config = hf_config_from_gpt(c, bos_token_id=bos, eos_token_id=eos)
+    files = {
+        CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
+        # "format": "pt" is what transformers checks for in a safetensors archive's metadata
+        WEIGHTS_FILE: safetensors_bytes(hf_state_dict(model), metadata={"format": "pt"}),
+    }
+    if tokenizer is not None:
+        saved = tokenizer_files(tokenizer)
+        if getattr(tokenizer, "kind", None) == "gpt2":
+            # only HF's files; minillm's tokenizer.json would be misread by transformers
+            files.update({f: saved[f] for f in GPT2_TOKENIZER_FILES})
+            tok_cfg = _hf_tokenizer_config(c.block_size)
+            files["tokenizer_config.json"] = (json.dumps(tok_cfg, indent=2) + "\n").encode()
+        else:
+            files.update({f"{MINILLM_TOKENIZER_DIR}/{name}": b for name, b in saved.items()})
+    write_dir(out, files)
+    return sorted(files)

@@ -1,0 +1,354 @@
+"""Products with quantized weights (Numba): y = x W^T and dx = dy W, W kept in GGML blocks.
+
+W: (O, K) as a kernels.quant.QuantWeight (Q8_0, Q4_0 or Q4_1: K / 32 blocks per row, a
+float16 scale d, for Q4_1 a float16 offset m, and 32 packed codes q; w = d * q + m, see
+kernels/quant.py). x, y, dy, dx stay float32 (or float64): the weights are dequantized inside
+the product, never the activations, so every version equals the reference (dequantize, then
+matmul; kernels/reference.py) to float32 rounding. llama.cpp instead rounds x to 8 bits inside
+these products, which changes greedy answers of small models (issue 19).
+
+Decoding one token is a matrix-vector product (N = 1): each weight is read once and used once,
+so the time is the bytes of W over the memory bandwidth. Q4_1 reads 5 bits per weight instead of
+float32's 32, Q8_0 8.5: the point of keeping W in blocks. Prefill (N > 1) reuses each decoded
+weight N times and becomes compute-bound, which is where unpacking a block once pays.
+
+Versions (fraction of memory bandwidth reached at N = 1 on SmolLM2-135M's shapes: to be
+measured with ``python benchmarks/bench_qmatmul.py``, which prints W's bytes per second as a
+fraction of a parallel read measured in the same run; no figure is quoted until it has run):
+
+qmatmul_forward
+  v1  plain loops (n, o, k), one thread; every weight decoded from its bytes on its own (block
+      scale re-read per weight), float64 accumulator. The readable definition.
+      fraction of memory bandwidth: not measured yet.
+  v2  prange over output rows; K walked block by block, the scale (and offset) decoded once per
+      block, codes extracted in the inner loop; the x rows loop inside the output row, so one
+      row of blocks (a few hundred bytes) stays in L1 for all N rows of x.
+      fraction of memory bandwidth: not measured yet.
+  v3  prange over tiles of OT output rows; each tile's blocks are unpacked once into a small
+      float buffer (OT, K) (nibble unpacking in straight loops LLVM vectorises), then every x row
+      is dotted with each buffered row: contiguous products that vectorise, the dequantization
+      paid once per tile whatever N is, and each x row read once per OT output rows; each
+      thread takes a contiguous run of tiles and allocates its buffer once.  (default, N < 16)
+      fraction of memory bandwidth: not measured yet.
+  v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
+      unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
+      49152-row head never needs its 113 MiB float copy), each panel then one BLAS GEMM on
+      Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
+      (default for N >= GEMM_MIN_ROWS)
+      fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
+qmatmul_backward_input
+  v1  plain loops (n, o, k), one thread, weights decoded one by one.
+  v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
+      (o, block) unpacked once into a 32-float buffer, then dx[n, block] += dy[n, o] * buffer
+      for every n, contiguous and vectorised.  (default, N < 16)
+  v3  W dequantized a panel at a time, dx += dy[:, panel] @ W[panel] on the pool's GEMM.
+      (default for N >= GEMM_MIN_ROWS)
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .. import reference
+from ..ladder import Ladder, Rung
+from ..quant import FORMATS, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
+from .matmul import pool as matmul_pool
+from ._serial import pick, threads
+
+_JIT = {"fastmath": True, "cache": True, "error_model": "numpy"}
+QK = 32  # weights per block in every format here
+OT = 4  # output rows per tile in v3
+PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
+
+# float16 bit pattern -> value, in each activation dtype (256 KiB for float32): exact, and a
+# load instead of bit arithmetic for every block scale
+_F16 = {np.dtype(t): np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(t)
+        for t in (np.float32, np.float64)}
+
+
+# --------------------------------------------------------------------------- block decoding
+@njit(fastmath=True, error_model="numpy")
+def _layout(qt):
+    # (bytes per block, bytes before the codes) of a format
+    if qt == Q8_0:  # d, 32 int8
+        return 34, 2
+    if qt == Q4_0:  # d, 16 bytes of nibbles
+        return 18, 2
+    return 20, 4  # Q4_1: d, m, 16 bytes of nibbles
+
+
+@njit(fastmath=True, error_model="numpy")
+def _scales(row, off, qt, f16):
+    # d and m of the block at byte `off` of `row` (m = 0 where the format has none)
+    d = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
+    if qt == Q4_1:
+        return d, f16[np.int64(row[off + 2]) | (np.int64(row[off + 3]) << 8)]
+    return d, d - d
+
+
+@njit(fastmath=True, error_model="numpy")
+def _code(row, off, qt, j):
+    # the integer code of weight j of the block at `off`, centred: w = d * code + m
+    if qt == Q8_0:
+        q = np.int32(row[off + 2 + j])
+        return q - ((q >> 7) << 8)  # the byte read as int8
+    b = np.int32(row[off + (2 if qt == Q4_0 else 4) + (j & 15)])
+    q = (b & 15) if j < 16 else (b >> 4)
+    return q - 8 if qt == Q4_0 else q
+
+
+@njit(fastmath=True, error_model="numpy")
+def _unpack(dst, k0, row, off, qt, f16):
+    # dst[k0 : k0 + 32] = the 32 weights of the block at `off`, in dst's dtype
+    t = f16.dtype.type
+    d, m = _scales(row, off, qt, f16)
+    if qt == Q8_0:
+        for j in range(QK):
+            q = np.int32(row[off + 2 + j])
+            dst[k0 + j] = d * t(q - ((q >> 7) << 8)) + m
+    else:
+        h = 2 if qt == Q4_0 else 4  # bytes before the nibbles
+        c = 8 if qt == Q4_0 else 0  # Q4_0's codes are centred on 8
+        for j in range(QK // 2):
+            b = np.int32(row[off + h + j])
+            dst[k0 + j] = d * t((b & 15) - c) + m
+            dst[k0 + j + QK // 2] = d * t((b >> 4) - c) + m
+
+
+# --------------------------------------------------------------------------- forward
+@njit(**_JIT)
+def qmatmul_forward_v1(out, x, blocks, qt, f16):
+    # out: (N, O)  x: (N, K)  blocks: (O, K / 32 * bytes per block) uint8
+    N, K = x.shape
+    O = blocks.shape[0]
+    ts, _ = _layout(qt)
+    for n in range(N):
+        for o in range(O):
+            acc = 0.0
+            for k in range(K):
+                off = (k // QK) * ts
+                d, m = _scales(blocks[o], off, qt, f16)
+                acc += x[n, k] * (d * _code(blocks[o], off, qt, k % QK) + m)
+            out[n, o] = acc
+
+
+@njit(parallel=True, **_JIT)
+def qmatmul_forward_v2(out, x, blocks, qt, f16):
+    N, K = x.shape
+    O = blocks.shape[0]
+    ts, _ = _layout(qt)
+    t = f16.dtype.type
+    for o in prange(O):
+        row = blocks[o]
+        for n in range(N):
+            acc = t(0)
+            for b in range(K // QK):
+                off = b * ts
+                d, m = _scales(row, off, qt, f16)
+                for j in range(QK):
+                    acc += x[n, b * QK + j] * (d * t(_code(row, off, qt, j)) + m)
+            out[n, o] = acc
+
+
+@njit(parallel=True, **_JIT)
+def qmatmul_forward_v3(out, x, blocks, qt, f16, nt):
+    # nt: chunks of tiles, one per thread, so each thread allocates its tile buffer once
+    N, K = x.shape
+    O = blocks.shape[0]
+    ts, _ = _layout(qt)
+    t = f16.dtype.type
+    n_tiles = (O + OT - 1) // OT
+    for c in prange(nt):
+        buf = np.empty((OT, K), dtype=f16.dtype)  # one tile's rows of W, dequantized
+        for tile in range(c * n_tiles // nt, (c + 1) * n_tiles // nt):
+            o0 = tile * OT
+            rows = min(OT, O - o0)
+            for r in range(rows):
+                for b in range(K // QK):
+                    _unpack(buf[r], b * QK, blocks[o0 + r], b * ts, qt, f16)
+            for n in range(N):
+                xn = x[n]
+                for r in range(rows):
+                    w = buf[r]
+                    acc = t(0)
+                    for k in range(K):
+                        acc += xn[k] * w[k]
+                    out[n, o0 + r] = acc
+
+
+@njit(parallel=True, **_JIT)
+def dequantize_rows(w, blocks, qt, f16):
+    # w: (O, K) in f16's dtype <- every block of W (v4 and the backward's v3 take this path)
+    O, K = w.shape
+    ts, _ = _layout(qt)
+    for o in prange(O):
+        for b in range(K // QK):
+            _unpack(w[o], b * QK, blocks[o], b * ts, qt, f16)
+
+
+def _panels(O, K):
+    # row ranges of W whose float copy stays under PANEL_ELEMS elements (at least 32 rows)
+    step = max(32, PANEL_ELEMS // max(K, 1))
+    return [(o0, min(O, o0 + step)) for o0 in range(0, O, step)]
+
+
+def qmatmul_forward_v4(out, x, blocks, qt, f16):
+    # W dequantized panel by panel into a float temporary, each panel then one GEMM on the pool
+    K = x.shape[1]
+    for o0, o1 in _panels(blocks.shape[0], K):
+        w = np.empty((o1 - o0, K), dtype=x.dtype)  # (P, K)
+        pick(dequantize_rows, w.size)(w, blocks[o0:o1], qt, f16)
+        out[:, o0:o1] = matmul_pool.matmul(x, w.T)  # (N, P)
+
+
+# --------------------------------------------------------------------------- backward (dx)
+@njit(**_JIT)
+def qmatmul_backward_input_v1(dx, dy, blocks, qt, f16):
+    # dx: (N, K) zeroed  dy: (N, O)  blocks: (O, ...) uint8
+    N, K = dx.shape
+    O = blocks.shape[0]
+    ts, _ = _layout(qt)
+    for n in range(N):
+        for o in range(O):
+            g = dy[n, o]
+            for k in range(K):
+                off = (k // QK) * ts
+                d, m = _scales(blocks[o], off, qt, f16)
+                dx[n, k] += g * (d * _code(blocks[o], off, qt, k % QK) + m)
+
+
+@njit(parallel=True, **_JIT)
+def qmatmul_backward_input_v2(dx, dy, blocks, qt, f16):
+    N, K = dx.shape
+    O = blocks.shape[0]
+    ts, _ = _layout(qt)
+    for b in prange(K // QK):
+        k0 = b * QK
+        w = np.empty(QK, dtype=f16.dtype)
+        for o in range(O):
+            _unpack(w, 0, blocks[o], b * ts, qt, f16)
+            for n in range(N):
+                g = dy[n, o]
+                for j in range(QK):
+                    dx[n, k0 + j] += g * w[j]
+
+
+def qmatmul_backward_input_v3(dx, dy, blocks, qt, f16):
+    # dx (N, K) = sum over panels of rows of W: dy[:, panel] (N, P) @ W[panel] (P, K)
+    K = dx.shape[1]
+    for o0, o1 in _panels(blocks.shape[0], K):
+        w = np.empty((o1 - o0, K), dtype=dx.dtype)
+        pick(dequantize_rows, w.size)(w, blocks[o0:o1], qt, f16)
+        dx += matmul_pool.matmul(np.ascontiguousarray(dy[:, o0:o1]), w)
+
+
+# --------------------------------------------------------------------------- wrappers
+def _float(a):
+    a = np.ascontiguousarray(a)
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        a = a.astype(np.float32)
+    return a
+
+
+def _check(qw, a, axis_len, what):
+    if not isinstance(qw, QuantWeight) or qw.qtype not in MATMUL_TYPES:
+        kind = FORMATS[qw.qtype].name if isinstance(qw, QuantWeight) else type(qw).__name__
+        raise TypeError(f"quantized products take Q8_0, Q4_0 or Q4_1 weights, not {kind}")
+    if a.ndim != 2 or a.shape[1] != axis_len:
+        raise ValueError(f"{what} must be (N, {axis_len}) for a weight {qw.shape}, got {a.shape}")
+
+
+def _forward(version, x, qw):
+    x = _float(x)
+    O, K = qw.shape
+    _check(qw, x, K, "x")
+    out = np.empty((x.shape[0], O), dtype=x.dtype)
+    if out.size:
+        kernel = FORWARD[version]
+        if hasattr(kernel, "targetoptions"):  # a Numba kernel (v4 is Python around two)
+            kernel = pick(kernel, x.shape[0] * O * K)
+        args = (out, x, qw.blocks, qw.qtype, _F16[x.dtype])
+        if version == 3:
+            args += (threads(kernel),)
+        kernel(*args)
+    return out
+
+
+def _backward_input(version, dy, qw):
+    dy = _float(dy)
+    O, K = qw.shape
+    _check(qw, dy, O, "dy")
+    dx = np.zeros((dy.shape[0], K), dtype=dy.dtype)
+    if dx.size:
+        kernel = BACKWARD_INPUT[version]
+        if hasattr(kernel, "targetoptions"):
+            kernel = pick(kernel, dy.shape[0] * O * K)
+        kernel(dx, dy, qw.blocks, qw.qtype, _F16[dy.dtype])
+    return dx
+
+
+FORWARD = {1: qmatmul_forward_v1, 2: qmatmul_forward_v2, 3: qmatmul_forward_v3,
+           4: qmatmul_forward_v4}
+BACKWARD_INPUT = {1: qmatmul_backward_input_v1, 2: qmatmul_backward_input_v2,
+                  3: qmatmul_backward_input_v3}
+DEFAULT_VERSION = {"qmatmul_forward": 3, "qmatmul_backward_input": 2}
+# Rows of x (or dy) from which the defaults dequantize W by panels and call the GEMM (forward v4,
+# backward v3) instead of the fused kernels: decoding (N = 1) reads each weight once, a prompt
+# (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS, not a measured
+# crossover: benchmarks/bench_llm.py should set it. The registry's size rule; the default
+# functions below apply it.
+GEMM_MIN_ROWS = 16
+
+
+def _fits(a, qw):
+    if not isinstance(qw, QuantWeight) or qw.qtype not in MATMUL_TYPES:
+        return "weight not Q8_0/Q4_0/Q4_1"
+    return None
+
+
+def _rung(wrapper, kernels, version, note):
+    def run(a, qw):
+        return wrapper(version, a, qw)
+
+    run.__name__ = f"{kernels[version].__name__}_call"
+    return Rung(version, run, note, _fits)
+
+
+LADDERS = (
+    Ladder("qmatmul_forward", "cpu", (
+        _rung(_forward, FORWARD, 1, "plain loops, each weight decoded alone, one thread"),
+        _rung(_forward, FORWARD, 2, "prange over output rows, scale decoded once per block"),
+        _rung(_forward, FORWARD, 3, "tiles of 4 rows unpacked once, vectorised dot per x row"),
+        _rung(_forward, FORWARD, 4, "W dequantized by panels (parallel), each the pool's GEMM"),
+    ), default=DEFAULT_VERSION["qmatmul_forward"],
+        about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product"),
+    Ladder("qmatmul_backward_input", "cpu", (
+        _rung(_backward_input, BACKWARD_INPUT, 1, "plain loops, one thread"),
+        _rung(_backward_input, BACKWARD_INPUT, 2,
+              "prange over 32-column blocks, each block unpacked once"),
+        _rung(_backward_input, BACKWARD_INPUT, 3,
+              "W dequantized by panels (parallel), each the pool's GEMM"),
+    ), default=DEFAULT_VERSION["qmatmul_backward_input"],
+        about="dx = dy W for a frozen quantized W (LoRA on a quantized base)"),
+)
+
+
+def run(op, version, *args):
+    """Call version ``version`` of ``op`` (tests and benchmarks use this)."""
+    return {"qmatmul_forward": _forward, "qmatmul_backward_input": _backward_input}[op](
+        version, *args)
+
+
+# The defaults. A weight in a format without kernels here (F16, BF16, Q5, K-quants: rungs'
+# ``fits`` names it) goes to the reference, dequantize then matmul, as the registry does.
+def qmatmul_forward(x, qw):
+    if _fits(x, qw) is not None:
+        return reference.qmatmul_forward(x, qw)
+    big = np.shape(x)[0] >= GEMM_MIN_ROWS
+    return _forward(4 if big else DEFAULT_VERSION["qmatmul_forward"], x, qw)
+
+
+def qmatmul_backward_input(dy, qw):
+    if _fits(dy, qw) is not None:
+        return reference.qmatmul_backward_input(dy, qw)
+    big = np.shape(dy)[0] >= GEMM_MIN_ROWS
+    return _backward_input(3 if big else DEFAULT_VERSION["qmatmul_backward_input"], dy, qw)

@@ -1,0 +1,73 @@
+"""A Llama model from the tensors of a file, without random initialisation.
+
+``build_llama(config, tensors)`` takes LlamaConfig fields and parameter name -> float32 array or
+``QuantWeight`` (the names of minillm.models.llama, Hugging Face's without ``model.``) and
+returns the model: float arrays fill the Parameters in place; quantized matrices replace their
+Linear by a ``QuantLinear`` that keeps the blocks (the product dequantizes inside the kernel), a
+quantized token table becomes a ``QuantEmbedding``, and when the head is tied to it the head is a
+``QuantLinear`` over the same blocks, so the file's bytes are held once.
+
+``load_gguf(path, dtype=...)`` is ``minillm.load`` for ``.gguf`` files: dtype "stored" keeps every
+matrix as the file stores it (4.5 bits a weight for Q4_1), "q8_0" requantizes to Q8_0, "float32"
+dequantizes everything.
+"""
+
+from minillm.checkpoints.gguf import DTYPES, read_gguf
+from minillm.errors import CheckpointError, ConfigError
+from minillm.kernels.quant import MATMUL_TYPES, QuantWeight
+from minillm.models.llama import Llama, LlamaConfig
+from minillm.nn.quant import QuantLinear, embedding_from, linear_from
+
+
+def _parent(model, name):
+    """(module, attribute) that holds parameter ``name`` ("layers.0.mlp.up_proj.weight")."""
+    *path, attr, _ = name.split(".")
+    m = model
+    for p in path:
+        m = m[int(p)] if p.isdigit() else getattr(m, p)
+    return m, attr
+
+
+def build_llama(config, tensors):
+    """The Llama model holding ``tensors`` (every parameter the config implies, nothing else)."""
+    cfg = LlamaConfig.from_dict(config)
+    model = Llama(cfg, init=False)
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(tensors))
+    extra = sorted(set(tensors) - set(params))
+    if missing or extra:
+        raise CheckpointError(f"the weights do not fit the model: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}")
+    for name, w in tensors.items():
+        p = params[name]
+        if tuple(w.shape) != tuple(p.shape):
+            raise CheckpointError(f"{name} has shape {tuple(w.shape)}, the model needs "
+                                  f"{tuple(p.shape)}")
+        if not isinstance(w, QuantWeight):
+            p.data = w  # float32, as read (the reader owns no other reference)
+            continue
+        parent, attr = _parent(model, name)
+        layer = embedding_from(w) if name == "embed_tokens.weight" else linear_from(w)
+        setattr(parent, attr, layer)
+    if cfg.tie_word_embeddings and isinstance(tensors["embed_tokens.weight"], QuantWeight):
+        w = tensors["embed_tokens.weight"]
+        model.lm_head = QuantLinear(w) if w.qtype in MATMUL_TYPES else linear_from(w)
+    return model
+
+
+def load_gguf(path, device="cpu", dtype="stored", **options):
+    """(model in eval mode, tokenizer with its chat template) of a Llama GGUF file."""
+    if options:
+        raise ConfigError(f"a GGUF model takes no option {', '.join(sorted(options))}; "
+                          f"its options are dtype ({', '.join(DTYPES)}) and device")
+    g = read_gguf(path, dtype=dtype)
+    if g.tokenizer is None:
+        raise CheckpointError(f"{path}: {g.tokenizer_note}")
+    model = build_llama(g.config, g.tensors)
+    if device != "cpu":
+        if any(isinstance(m, QuantLinear) for m in model.modules()):
+            raise ConfigError("quantized weights run on the CPU; load with dtype='float32' "
+                              f"(--dtype float32) to use {device}")
+        model.to(device)
+    g.tokenizer.chat_template = g.chat_template
+    return model.eval(), g.tokenizer

@@ -1,0 +1,89 @@
+"""The one loader: ``minillm.load(path_or_name)`` -> (model in eval mode, tokenizer).
+
+What it reads, in the order it decides:
+
+    "model.gguf"          a path ending in .gguf: minillm.checkpoints.llama.load_gguf
+    "out/run"             a minillm run folder: its best/ checkpoint, else last/
+    "out/run/last"        a checkpoint directory itself (model.safetensors + config.json)
+    "out/lora"            a LoRA fine-tune run or adapter directory: the base it names, then the
+                          adapter, merged into the weights
+    "gpt2/"               a Hugging Face GPT-2 directory (config.json with GPT2Config fields)
+    "smollm2"             a name without a slash that is not an existing path: a built-in model,
+                          which minillm.checkpoints.builtin resolves to a local path
+
+``GPT.from_pretrained`` reads through this function too (registered in minillm.models.pretrained).
+"""
+
+import os
+from pathlib import Path
+
+from minillm.checkpoints import adapter, builtin, hf_gpt2, run
+from minillm.checkpoints.atomic import recover_dir
+from minillm.checkpoints.llama import load_gguf
+from minillm.errors import CheckpointError, ConfigError
+from minillm.models import pretrained
+from minillm.nn.lora import merge_lora
+
+ACCEPTED = ("a minillm run or checkpoint directory, a LoRA fine-tune run, a Hugging Face GPT-2 "
+            "directory, a .gguf file or a built-in model name")
+
+
+def load(path_or_name, device="cpu", dropout=None, **options):
+    """(model in eval mode, tokenizer) for a run, checkpoint, adapter, HF GPT-2 directory, GGUF
+    file or built-in name (see the module docstring).
+
+    ``device``: "cpu" or "cuda". ``dropout``: None keeps the file's; a number overrides it (for
+    fine-tuning; eval mode ignores it). ``options``: passed on to the GGUF reader. The tokenizer
+    is None for a minillm checkpoint saved without one (``minillm.save(model, dir)``).
+    """
+    text = os.fspath(path_or_name)
+    path = Path(text)
+    if not path.exists() and "/" not in text and os.sep not in text:
+        path = builtin.resolve(text)  # a built-in name (one sentence if it is none)
+        text = str(path)
+    if text.endswith(".gguf"):
+        return _load_gguf(path, device=device, dropout=dropout, **options)
+    if options:
+        raise ConfigError(f"unknown load options {', '.join(sorted(options))} (only GGUF files "
+                          f"take options besides device and dropout)")
+    recover_dir(path)  # a checkpoint directory a crash left moved aside
+    if not path.exists():
+        raise CheckpointError(_missing(path))
+    if hf_gpt2.is_hf_gpt2_dir(path):  # config.json says GPT-2 (minillm export or a HF download)
+        return hf_gpt2.load_hf(path, device=device, dropout=dropout)
+    ckpt = run.resolve_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(f"{path} holds no checkpoint (no {run.MODEL_FILE}, "
+                              f"{adapter.ADAPTER_CONFIG}, best/ or last/); pass {ACCEPTED}")
+    if adapter.is_adapter_dir(ckpt):
+        return _load_with_adapter(ckpt, device=device, dropout=dropout)
+    cfg = run.load_config(ckpt)
+    if isinstance(cfg, dict) and cfg.get("task") == "classify":
+        raise CheckpointError(f"{ckpt} is a classification checkpoint; use `minillm classify`")
+    model, _ = run.load_model(ckpt, device=device, dropout=dropout)
+    return model.eval(), run.load_tokenizer(ckpt)
+
+
+def _missing(path, why=""):
+    return (f"there is no checkpoint at {path}{why}; pass {ACCEPTED} (for GPT-2 where there is "
+            f"internet: `huggingface-cli download gpt2 --local-dir {path}`)")
+
+
+def _load_with_adapter(directory, device="cpu", dropout=None):
+    """Base model and tokenizer, then the LoRA adapter in ``directory``, merged for speed."""
+    cfg = adapter.read_adapter_config(directory)
+    if cfg.get("task", "sft") == "classify":
+        raise CheckpointError(f"{directory} is a classification adapter; use `minillm classify`")
+    model, tokenizer = load(adapter.resolve_base(directory, cfg), device=device, dropout=dropout)
+    adapter.load_adapter(model, directory)
+    merge_lora(model)
+    return model.eval(), tokenizer
+
+
+def _load_gguf(path, device="cpu", dropout=None, **options):
+    if dropout is not None:
+        options["dropout"] = dropout
+    return load_gguf(path, device=device, **options)
+
+
+pretrained.register_loader(load)

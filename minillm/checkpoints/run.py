@@ -1,0 +1,138 @@
+"""minillm's own checkpoints: a directory of safetensors + JSON, written atomically; never pickle.
+
+    DIR/model.safetensors      weights (name -> array), as ``model.state_dict()``
+    DIR/config.json            {"model": GPTConfig fields, ...extra, e.g. the train config}
+    DIR/optimizer.safetensors  optimizer state arrays (training checkpoints only)
+    DIR/state.json             step, RNG states, best val loss, ... (training checkpoints only)
+    DIR/tokenizer.json, ...    the tokenizer's files, when saved with one
+
+A training run writes two such directories into its output folder, ``OUT/best`` (the best
+validation loss so far) and ``OUT/last`` (the latest state, which ``--resume`` continues), next to
+``OUT/log.jsonl``; ``resolve_checkpoint`` picks the one to load. Every directory is written with
+``atomic.write_dir``, and every read first runs ``atomic.recover_dir``, so a crash between that
+writer's two renames is repaired on the next read.
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from minillm.checkpoints.adapter import ADAPTER_CONFIG
+from minillm.checkpoints.atomic import recover_dir, write_dir
+from minillm.checkpoints.formats import read_json, read_safetensors, safetensors_bytes, to_float32
+from minillm.errors import CheckpointError, MinillmError
+from minillm.models import GPT, GPTConfig
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+RUN_SUBDIRS = ("best", "last")  # in the order a run folder is loaded from
+
+
+def tokenizer_files(tokenizer):
+    """name -> bytes of the files ``tokenizer.save`` writes (to go into a checkpoint)."""
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save(d)
+        return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+
+
+def save(directory, model, config=None, optimizer=None, state=None, tokenizer=None):
+    """Save ``model`` weights (+ ``config`` dict, optimizer arrays, ``state`` dict, and the
+    tokenizer's files, so that the directory alone is enough to sample from the model)."""
+    files = {MODEL_FILE: safetensors_bytes(model.state_dict(), {"format": "minillm"})}
+    if tokenizer is not None:
+        files.update(tokenizer_files(tokenizer))
+    cfg = dict(config or {})
+    if "model" not in cfg and hasattr(model, "config"):
+        cfg["model"] = model.config.to_dict()
+    files[CONFIG_FILE] = json.dumps(cfg, indent=2, sort_keys=True).encode()
+    if optimizer is not None:
+        files[OPTIM_FILE] = safetensors_bytes(optimizer.state_arrays())
+    if state is not None:
+        files[STATE_FILE] = json.dumps(state, indent=2).encode()
+    write_dir(directory, files)
+
+
+def is_checkpoint_dir(path):
+    """True for a directory holding a checkpoint: weights, or a LoRA adapter."""
+    path = Path(path)
+    return (path / MODEL_FILE).is_file() or (path / ADAPTER_CONFIG).is_file()
+
+
+def resolve_checkpoint(path):
+    """The checkpoint directory ``path`` names: ``path`` itself, else the run folder's ``best/``,
+    else its ``last/``; None if there is none. Recovers each candidate first."""
+    path = Path(path)
+    for p in (path, *(path / sub for sub in RUN_SUBDIRS)):
+        recover_dir(p)
+        if is_checkpoint_dir(p):
+            return p
+    return None
+
+
+def load_config(directory):
+    directory = Path(directory)
+    recover_dir(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint at {directory} (expected a directory with {MODEL_FILE})")
+    return read_json(directory / CONFIG_FILE)
+
+
+def load_weights(directory):
+    """name -> array of DIR/model.safetensors (read lazily; BF16 widened to float32)."""
+    weights = read_safetensors(Path(directory) / MODEL_FILE)
+    return {k: to_float32(a) if a.dtype == np.uint16 else a for k, a in weights.items()}
+
+
+def load_model(directory, device="cpu", dropout=None):
+    """(GPT built from DIR/config.json with DIR/model.safetensors loaded, the config dict).
+    ``dropout``: None keeps the saved model's; a number overrides it (for fine-tuning)."""
+    cfg = load_config(directory)
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE} has no 'model' section")
+    model_cfg = dict(cfg["model"])
+    if dropout is not None:
+        model_cfg["dropout"] = float(dropout)
+    model = GPT(GPTConfig.from_dict(model_cfg))
+    load_into(model, directory)
+    if device != "cpu":
+        model.to(device)
+    return model, cfg
+
+
+def load_into(model, directory):
+    """Load DIR's weights into an existing model; a shape mismatch is a CheckpointError."""
+    weights = load_weights(directory)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except MinillmError as e:
+        raise CheckpointError(f"checkpoint {directory} does not match this model: {e}") from None
+
+
+def load_training_state(directory, optimizer):
+    """Restore optimizer arrays and return the state dict (step, RNG states, ...)."""
+    directory = Path(directory)
+    state = read_json(directory / STATE_FILE)
+    arrays = read_safetensors(directory / OPTIM_FILE)
+    try:
+        optimizer.load_state_arrays(arrays, state.get("optimizer_step", state.get("step", 0)))
+    except Exception as e:  # noqa: BLE001  (wrong count, names or shapes of arrays)
+        raise CheckpointError(f"optimizer state in {directory} does not match this model ({e})") from None
+    return state
+
+
+def load_tokenizer(directory):
+    """The tokenizer saved in DIR, or None when the checkpoint was saved without one."""
+    from minillm.tokenizers import load_tokenizer as _load
+    from minillm.tokenizers.base import CONFIG_NAME
+
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).exists():
+        return None
+    try:
+        return _load(directory)
+    except Exception as e:  # noqa: BLE001  (a damaged file may fail the reader in any way)
+        raise CheckpointError(f"checkpoint {directory} has no usable tokenizer ({e})") from None

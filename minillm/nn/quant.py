@@ -1,0 +1,118 @@
+"""Layers whose weights stay in GGML blocks: QuantLinear and QuantEmbedding.
+
+A quantized layer holds a ``kernels.quant.QuantWeight`` (Q8_0: 8.5 bits per weight, Q4_1: 5)
+instead of a float32 Parameter (32 bits), and runs through kernels that dequantize inside the
+product. The weight is frozen: it is not a Parameter, so ``parameters()`` and optimizers never
+see it, and ``named_quant_weights(model)`` finds it for export (by the name a Linear's weight
+would have). Activations stay float32, so outputs equal those of a Linear holding the
+dequantized weight, to float32 rounding.
+"""
+
+import numpy as np
+
+from minillm.kernels.quant import QuantWeight
+from minillm.nn.module import Module, Parameter
+from minillm.ops.quant import quant_embedding, quant_linear
+
+
+class QuantLinear(Module):
+    """y = x W^T (+ b) with W: (out_features, in_features) in blocks; called like nn.Linear."""
+
+    def __init__(self, weight, bias=None):
+        super().__init__()
+        if not isinstance(weight, QuantWeight):
+            raise TypeError(f"QuantLinear holds a QuantWeight, not {type(weight).__name__}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight  # frozen, not a Parameter
+        self.bias = None if bias is None else Parameter(np.asarray(bias, dtype=np.float32))
+
+    @classmethod
+    def from_linear(cls, linear, qtype="q8_0"):
+        """Quantize an nn.Linear's weight (its bias, if any, stays float32 and trainable)."""
+        qw = QuantWeight.from_float(np.asarray(linear.weight.data), qtype)
+        return cls(qw, None if linear.bias is None else linear.bias.data)
+
+    def forward(self, x):
+        y = quant_linear(x, self.weight)  # (..., out)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self):
+        return (f"{self.in_features}, {self.out_features}, {self.weight.format.name}, "
+                f"bias={self.bias is not None}")
+
+
+class QuantEmbedding(Module):
+    """A frozen lookup table (num_embeddings, embedding_dim) in blocks: only the rows looked up
+    are dequantized. Its ``weight`` can also serve a tied output head (QuantLinear(weight))."""
+
+    def __init__(self, weight):
+        super().__init__()
+        if not isinstance(weight, QuantWeight):
+            raise TypeError(f"QuantEmbedding holds a QuantWeight, not {type(weight).__name__}")
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.weight = weight
+
+    def forward(self, idx):
+        return quant_embedding(idx, self.weight)  # (..., C)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.weight.format.name}"
+
+
+def named_quant_weights(module):
+    """(name, QuantWeight) for every quantized layer under ``module``, named as the Linear or
+    Embedding weight would be ("layers.0.mlp.up_proj.weight"); a shared weight once."""
+    seen = set()
+    for name, m in module.named_modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            yield (f"{name}.weight" if name else "weight"), m.weight
+
+
+def linear_from(weight):
+    """A bias-free layer holding ``weight`` (out, in) as read from a file: a QuantLinear for a
+    QuantWeight in a format with product kernels (Q8_0, Q4_0, Q4_1), else a float32 Linear
+    (dequantized: F16, BF16, Q5 and K-quant matrices have no kernels here)."""
+    from minillm.kernels.quant import MATMUL_TYPES
+    from minillm.nn.layers import Linear
+
+    if isinstance(weight, QuantWeight) and weight.qtype in MATMUL_TYPES:
+        return QuantLinear(weight)
+    w = weight.dequantize() if isinstance(weight, QuantWeight) else np.asarray(weight)
+    layer = Linear(w.shape[1], w.shape[0], bias=False, init=False)
+    layer.weight = Parameter(np.ascontiguousarray(w, dtype=np.float32))
+    return layer
+
+
+def embedding_from(weight):
+    """A QuantEmbedding for any QuantWeight (rows are dequantized as looked up), else an
+    nn.Embedding holding the float32 table."""
+    from minillm.nn.layers import Embedding
+
+    if isinstance(weight, QuantWeight):
+        return QuantEmbedding(weight)
+    w = np.asarray(weight, dtype=np.float32)
+    layer = Embedding(*w.shape, init=False)
+    layer.weight = Parameter(np.ascontiguousarray(w))
+    return layer
+
+
+def quantize_linears(model, qtype="q8_0", skip=()):
+    """Replace every nn.Linear of ``model`` (whose in_features is a whole number of 32-weight
+    blocks and whose name does not end with a suffix in ``skip``) by a QuantLinear holding its
+    weight in ``qtype``, in place, keeping module order; ``--dtype q8_0`` on a float model.
+    Returns the names of the replaced layers."""
+    from minillm.nn.layers import Linear
+
+    replaced = []
+    for name, parent in list(model.named_modules()):
+        for child_name, child in list(parent._modules.items()):
+            full = f"{name}.{child_name}" if name else child_name
+            if (type(child) is Linear and child.in_features % 32 == 0
+                    and not any(full == s or full.endswith("." + s) for s in skip)):
+                q = QuantLinear.from_linear(child, qtype)
+                q.train(child.training)
+                parent._modules[child_name] = q
+                object.__setattr__(parent, child_name, q)
+                replaced.append(full)
+    return replaced
