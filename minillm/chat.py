@@ -33,6 +33,22 @@ GROW = 256  # cache positions added at a time (a full 8192-position cache would 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
+def chat_template_of(tokenizer):
+    """(ChatTemplate, stop ids) for a tokenizer that carries a chat template
+    (``tokenizer.chat_template``, the Jinja source a loader put there), or None. The template
+    gets the tokenizer's bos and eos strings; a reply stops at eos and at the end-of-turn
+    tokens of END_OF_TURN that the vocabulary has."""
+    source = getattr(tokenizer, "chat_template", None)
+    if not source:
+        return None
+    vocab = getattr(tokenizer, "vocab", {})
+    text = {i: s for s, i in vocab.items()}
+    template = ChatTemplate(source, bos_token=text.get(tokenizer.bos_id),
+                            eos_token=text.get(tokenizer.eos_id))
+    stop_ids = {tokenizer.eos_id} | {vocab[s] for s in END_OF_TURN if s in vocab}
+    return template, frozenset(int(i) for i in stop_ids)
+
+
 def common_prefix(a, b):
     n = min(len(a), len(b))
     i = 0
@@ -67,14 +83,10 @@ class TemplateChat:
     def for_model(cls, model, tokenizer, system=None, **options):
         """A TemplateChat through ``tokenizer.chat_template``, or None when it has none. The
         reply stops at eos and at the template's end-of-turn tokens."""
-        source = getattr(tokenizer, "chat_template", None)
-        if not source:
+        found = chat_template_of(tokenizer)
+        if found is None:
             return None
-        text = {i: s for s, i in getattr(tokenizer, "vocab", {}).items()}
-        template = ChatTemplate(source, bos_token=text.get(tokenizer.bos_id),
-                                eos_token=text.get(tokenizer.eos_id))
-        vocab = getattr(tokenizer, "vocab", {})
-        stop_ids = {tokenizer.eos_id} | {vocab[s] for s in END_OF_TURN if s in vocab}
+        template, stop_ids = found
         return cls(model, tokenizer, template.render, stop_ids, system=system, **options)
 
     def command(self, line):

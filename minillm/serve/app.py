@@ -23,42 +23,45 @@ from minillm.serve.engine import Engine, QueueFull
 MAX_BODY = 4 * 1024 * 1024  # bytes of a request body
 RETRY_AFTER = "1"  # seconds, on 503
 CHECK = 0.25  # seconds between checks that the client is still connected
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-
-
-def end_of_turn_ids(tokenizer):
-    """The ids that end a chat reply: eos, and every end-of-turn marker the tokenizer encodes
-    as one token (ChatML's <|im_end|>, Llama 3's <|eot_id|>, ...)."""
-    ids = {int(tokenizer.eos_id)}
-    for s in END_OF_TURN:
-        try:
-            enc = tokenizer.encode(s)
-        except (TokenizerError, ValueError):
-            continue
-        if len(enc) == 1:
-            ids.add(int(enc[0]))
-    return frozenset(ids)
 
 
 @dataclass
 class ServedModel:
     """A model id the server answers to: its engine, tokenizer and chat template (an object
-    with ``render(messages, add_generation_prompt)``, or None for a base model)."""
+    with ``render(messages, add_generation_prompt)``, or None for a base model). A chat reply
+    ends at one of ``stop_ids`` (default: the tokenizer's eos); a completion at eos.
+    ``served_model`` builds one from a loaded model."""
 
     name: str
     engine: Engine
     tokenizer: object
     chat_template: Optional[object] = None
+    stop_ids: Optional[frozenset] = None
     created: int = 0
 
     def __post_init__(self):
         self.created = self.created or P.now()
         self.context = self.engine.block_size
-        self.chat_stop_ids = end_of_turn_ids(self.tokenizer)
+        self.stop_ids = frozenset(self.stop_ids or [int(self.tokenizer.eos_id)])
 
     def info(self):
         return {"id": self.name, "object": "model", "created": self.created,
                 "owned_by": "minillm"}
+
+
+def served_model(name, model, tokenizer, max_batch=8, queue_size=64):
+    """The ServedModel of a model and tokenizer as ``minillm.load`` returns them: its own
+    engine, and the chat template the tokenizer carries (``minillm.chat.chat_template_of``)."""
+    from minillm.chat import chat_template_of
+
+    if tokenizer is None:
+        raise MinillmError(f"the model {name} was saved without a tokenizer; the server needs "
+                           f"one to read prompts (save it with minillm.save(model, dir, "
+                           f"tokenizer=...)).")
+    found = chat_template_of(tokenizer)
+    template, stop_ids = found if found is not None else (None, None)
+    engine = Engine(model, tokenizer, max_batch=max_batch, queue_size=queue_size)
+    return ServedModel(name, engine, tokenizer, template, stop_ids)
 
 
 class ClientGone(Exception):
@@ -199,7 +202,7 @@ class API:
         ids = self.encode(served.tokenizer, text, "messages")
         params, n, stream, include_usage = P.common_params(
             body, None, len(ids), served.context, max_name="max_completion_tokens")
-        params.stop_ids = served.chat_stop_ids
+        params.stop_ids = served.stop_ids
         params.logprobs = P.chat_logprobs(body)
         run = _Run()
         self.submit(served, run, [(j, ids, _seeded(params, j)) for j in range(n)])

@@ -28,6 +28,10 @@ def add_serve(sub):
                      help="a built-in model name (default: smollm2-135m-instruct)")
     src.add_argument("--ckpt", default=None,
                      help="a model file or directory minillm loads (its runs, GGUF, HF GPT-2)")
+    p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
+                   help="GGUF weights in memory: as the file stores them (default), float32, "
+                        "or requantized to q8_0")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR",
                    help="a LoRA adapter folder, served as one more model id (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -59,12 +63,12 @@ def check_bind(host, api_key, insecure):
                            f"(or --insecure to serve without one).")
 
 
-def load_model(name_or_path):
+def load_model(name_or_path, **options):
     """(model, tokenizer) of a built-in name or a path, through minillm's one loader; the
     tokenizer carries the chat template as ``tokenizer.chat_template`` (None if none)."""
     import minillm
 
-    return minillm.load(name_or_path)
+    return minillm.load(name_or_path, **options)
 
 
 def _bind(host, port):
@@ -90,8 +94,7 @@ def run_serve(args):
         raise MinillmError("minillm serve needs starlette and uvicorn: "
                            "pip install 'minillm[serve]'.") from None
     from minillm.checkpoints.builtin import DEFAULT_CHAT_MODEL
-    from minillm.serve.app import ServedModel, create_app
-    from minillm.serve.engine import Engine
+    from minillm.serve.app import create_app, served_model
 
     check_bind(args.host, args.api_key, args.insecure)
     if not 0 <= args.port <= 65535:
@@ -107,10 +110,12 @@ def run_serve(args):
                            f"adapter folders distinct names.")
     served = []
     for model_id, path in sources:
-        model, tokenizer = load_model(path)
-        engine = Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue)
-        served.append(ServedModel(model_id, engine, tokenizer,
-                                  getattr(tokenizer, "chat_template", None)))
+        options = {"device": args.device}
+        if args.dtype and path == source:  # GGUF weights of the served model (not adapters)
+            options["dtype"] = args.dtype
+        model, tokenizer = load_model(path, **options)
+        served.append(served_model(model_id, model, tokenizer, max_batch=args.max_batch,
+                                   queue_size=args.queue))
     app = create_app(served, api_key=args.api_key)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]

@@ -129,7 +129,7 @@ class Engine:
         self.active = []  # requests in rows 0..len-1 of the cache, in row order
         self.cache = None
         self._thread, self._stop = None, threading.Event()
-        like = model.lm_head_weight.data
+        like = next(iter(model.parameters())).data  # where the weights live
         self._on_gpu = backend.is_cupy(like)
 
     # ------------------------------------------------------------------ outside the thread

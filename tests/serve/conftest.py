@@ -80,6 +80,13 @@ class Server:
 
 
 @pytest.fixture(scope="package")
+def server_class():
+    """``Server(app)``: a context manager running ``app`` on 127.0.0.1 (for other models)."""
+    pytest.importorskip("uvicorn")
+    return Server
+
+
+@pytest.fixture(scope="package")
 def tiny():
     backend.manual_seed(11)
     tok = CharTokenizer.from_text(TEXT)

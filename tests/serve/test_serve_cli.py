@@ -53,7 +53,7 @@ from minillm.models import GPT, GPTConfig
 from minillm.tokenizers import CharTokenizer
 import minillm.serve.cli as cli
 
-def load_model(name):  # stands in for minillm.load: a tiny random GPT, no chat template
+def load_model(name, **options):  # stands in for minillm.load: a tiny random GPT, no template
     backend.manual_seed(0 if name == "runs/tiny" else 1)  # an adapter: other weights
     tok = CharTokenizer.from_text("abcdefgh ")
     return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=1,
