@@ -102,3 +102,40 @@ def test_serve_prints_its_url_and_answers(tmp_path):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_serve_a_gguf_file_and_chat(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("gguf")
+    from gguf_fixtures import write_tiny_gguf
+
+    path, _ = write_tiny_gguf(tmp_path / "tiny.gguf")
+    proc = subprocess.Popen([sys.executable, "-m", "minillm", "serve", "--ckpt", str(path),
+                             "--port", "0", "--max-batch", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("minillm serve: tiny at http://127.0.0.1:"), (line, proc.stderr)
+        url = line.split(" at ")[1].split()[0].rstrip("/")
+        for _ in range(100):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        r = httpx.post(url + "/v1/chat/completions", timeout=60,
+                       json={"model": "tiny", "max_tokens": 5, "temperature": 0,
+                             "messages": [{"role": "user", "content": "Hello, world!"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
