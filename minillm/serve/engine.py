@@ -315,3 +315,5 @@ class Engine:
             self.cache.move_row(last, b)
             self.active[b] = self.active[last]
             self.active.pop()
+        if not self.active:
+            self.cache = None  # an idle server gives back what its longest request grew
