@@ -213,3 +213,41 @@ def chat_token_logprob(tokenizer, tid, lp, top):
     d = entry(tid, lp)
     d["top_logprobs"] = [entry(i, v) for i, v in top]
     return d
+
+
+class CompletionLogprobs:
+    """The logprobs object of each completion choice (tokens, token_logprobs, top_logprobs,
+    text_offset: offsets into prompt + completion), built as events arrive."""
+
+    def __init__(self, tokenizer, texts, echo, want):
+        self.tok, self.texts, self.echo, self.want = tokenizer, texts, echo, want
+        self.lp = [{"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                   for _ in texts]
+        self.offset = [0 if echo else len(t) for t in texts]
+
+    def _push(self, i, tid, lp, top):
+        d, s = self.lp[i], self.tok.decode([tid])
+        d["tokens"].append(s)
+        d["token_logprobs"].append(lp)
+        d["top_logprobs"].append(None if top is None else
+                                 {self.tok.decode([t]): v for t, v in top})
+        d["text_offset"].append(self.offset[i])
+        self.offset[i] += len(s)
+        n = len(d["tokens"]) - 1
+        return {k: v[n:] for k, v in d.items()}
+
+    def add(self, i, kind, x):
+        """(text to add, the logprobs of this event or None) for a prompt or token event."""
+        if kind == "prompt":
+            return "", self._prompt(i, x)
+        lp = self._push(i, x.id, x.logprob, x.top) if self.want is not None else None
+        return x.text, lp
+
+    def _prompt(self, i, x):
+        start = len(self.lp[i]["tokens"])
+        for tid, lp, top in zip(x.ids, x.logprobs, x.top):
+            self._push(i, tid, lp, top)
+        return {k: v[start:] for k, v in self.lp[i].items()}
+
+    def logprobs_of(self, i):
+        return self.lp[i] if self.want is not None else None
