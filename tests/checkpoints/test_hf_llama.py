@@ -352,3 +352,38 @@ def test_real_model_exported_both_ways_answers_the_same(tmp_path):
             assert np.array_equal(v.blocks, w.blocks), name
         else:
             assert v.tobytes() == w.tobytes(), name
+
+
+def test_a_sentencepiece_vocabulary_goes_to_gguf_only(tmp_path, capsys):
+    path, _ = write_tiny_gguf(tmp_path / "spm.gguf", tokenizer="llama")
+    model, tok = minillm.load(path)
+    with pytest.raises(CheckpointError, match="use --format gguf"):
+        export_hf_llama(model, tok, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    back = read_gguf(export_gguf(model, tok, tmp_path / "again.gguf"))
+    assert back.tokenizer.encode("The fox runs.") == tok.encode("The fox runs.")
+    assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "hf")]) == 2
+    assert "--format gguf" in capsys.readouterr().err
+
+
+def test_reads_the_older_spellings_of_hub_files(tiny, tmp_path):
+    """Merges as "a b" strings, special tokens as {"content": ...} and a list of named chat
+    templates, as older tokenizer files on the hub spell them."""
+    path, expect, model, tok = tiny
+    d = _exported(tiny, tmp_path)
+    data = json.loads((d / "tokenizer.json").read_text())
+    data["model"]["merges"] = [f"{a} {b}" for a, b in data["model"]["merges"]]
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    tc["eos_token"] = {"content": tc["eos_token"], "special": True}
+    tc["chat_template"] = [{"name": "default", "template": tc["chat_template"]},
+                           {"name": "tool_use", "template": "{{ 1 }}"}]
+    (d / "tokenizer_config.json").write_text(json.dumps(tc))
+    _, tok2 = minillm.load(d)
+    assert tok2.eos_id == 2 and tok2.chat_template == expect.chat_template
+    for text in TRICKY:
+        assert tok2.encode(text) == tok.encode(text), text
+    tc["eos_token"] = "<|no such token|>"
+    (d / "tokenizer_config.json").write_text(json.dumps(tc))
+    with pytest.raises(CheckpointError, match="is not in the vocabulary"):
+        minillm.load(d)
