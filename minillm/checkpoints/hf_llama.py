@@ -8,7 +8,8 @@ A directory holds
     config.json               LlamaForCausalLM's config (model_type "llama")
     model.safetensors         float32 weights named ``model.embed_tokens.weight``,
                               ``model.layers.N.self_attn.q_proj.weight``, ..., ``model.norm.weight``,
-                              and ``lm_head.weight`` only when the head is untied
+                              and ``lm_head.weight`` only when the head is untied (read also:
+                              float16/bfloat16, or shards listed in model.safetensors.index.json)
     tokenizer.json            the `tokenizers` library's format: a BPE model (vocab + merges),
                               the pre-tokenizer, the ByteLevel decoder, the added (special) tokens
     tokenizer_config.json     bos/eos/pad/unk, add_bos_token, model_max_length, chat_template
@@ -40,6 +41,7 @@ from minillm.kernels.quant import QuantWeight
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"  # the shards of a large checkpoint
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
@@ -173,12 +175,30 @@ def hf_state_dict(model):
     return out
 
 
+def _read_tensors(path):
+    """name -> mapped array of model.safetensors, or of the shards model.safetensors.index.json
+    lists (each a plain file name in ``path``: the index is untrusted)."""
+    if (path / WEIGHTS_FILE).is_file() or not (path / INDEX_FILE).is_file():
+        return read_safetensors(path / WEIGHTS_FILE)
+    index = read_json(path / INDEX_FILE)
+    shards = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(shards, dict) or not all(isinstance(f, str) for f in shards.values()):
+        raise CheckpointError(f"{path / INDEX_FILE} has no weight_map of file names.")
+    tensors = {}
+    for shard in sorted(set(shards.values())):
+        if Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise CheckpointError(f"{path / INDEX_FILE} names the shard {shard!r}, which is not "
+                                  "a .safetensors file name in the directory.")
+        tensors.update(read_safetensors(path / shard))
+    return tensors
+
+
 def read_hf_llama_weights(path, config):
     """Parameter name (minillm's) -> float32 array, checked against the shapes ``config``
     implies before any tensor is read."""
     path = Path(path)
     want = expected_shapes(config)
-    tensors = read_safetensors(path / WEIGHTS_FILE)  # header checked; data mapped, not read
+    tensors = _read_tensors(path)  # headers checked; data mapped, not read
     if config["tie_word_embeddings"]:
         tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
     found = {}
@@ -370,6 +390,13 @@ def tokenizer_from_json(data, tok_cfg, where="tokenizer.json"):
         special[key] = None if name is None else by_text[name]
     if special["eos_token"] is None:
         raise CheckpointError(f"{TOKENIZER_CONFIG_FILE} names no eos_token.")
+    add_bos = tok_cfg.get("add_bos_token")
+    if add_bos is None:  # Llama 3 says it only in the post-processor: [bos] + the text
+        single = (data.get("post_processor") or {}).get("single")
+        first = single[0] if isinstance(single, list) and single else {}
+        add_bos = (isinstance(first, dict) and isinstance(first.get("SpecialToken"), dict)
+                   and first["SpecialToken"].get("id") == tokens[special["bos_token"] or 0]
+                   and special["bos_token"] is not None)
     template = tok_cfg.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -378,7 +405,7 @@ def tokenizer_from_json(data, tok_cfg, where="tokenizer.json"):
         tok = ByteLevelBPETokenizer.from_token_list(
             tokens, pairs, types, pre=pre, eos_id=special["eos_token"],
             bos_id=special["bos_token"], pad_id=special["pad_token"],
-            unk_id=special["unk_token"], add_bos=bool(tok_cfg.get("add_bos_token", False)))
+            unk_id=special["unk_token"], add_bos=bool(add_bos))
     except TokenizerError as e:
         raise CheckpointError(f"{where}: {e}") from None
     tok.chat_template = template if isinstance(template, str) else None

@@ -387,3 +387,45 @@ def test_reads_the_older_spellings_of_hub_files(tiny, tmp_path):
     (d / "tokenizer_config.json").write_text(json.dumps(tc))
     with pytest.raises(CheckpointError, match="is not in the vocabulary"):
         minillm.load(d)
+
+
+def test_sharded_weights_and_bad_shard_names(tiny, tmp_path):
+    path, expect, model, tok = tiny
+    d = _exported(tiny, tmp_path)
+    w = load_file(str(d / "model.safetensors"))
+    names = sorted(w)
+    half = {n: w[n] for n in names[: len(names) // 2]}
+    rest = {n: w[n] for n in names[len(names) // 2:]}
+    save_file(half, str(d / "model-00001-of-00002.safetensors"))
+    save_file(rest, str(d / "model-00002-of-00002.safetensors"))
+    (d / "model.safetensors").unlink()
+    weight_map = {n: "model-00001-of-00002.safetensors" for n in half}
+    weight_map.update({n: "model-00002-of-00002.safetensors" for n in rest})
+    index = d / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    back, _ = minillm.load(d)
+    np.testing.assert_allclose(logits(back, IDS), logits(model, IDS), rtol=1e-5, atol=1e-5)
+    weight_map[names[0]] = "../../etc/passwd.safetensors"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="not a .safetensors file name in the directory"):
+        minillm.load(d)
+
+
+def test_a_tokenizer_that_prepends_bos(tiny, tmp_path):
+    path, expect, model, tok = tiny
+    bos_tok = ByteLevelBPETokenizer.from_token_list(
+        tok.tokens, [f"{a} {b}" for a, b in tok.merges], tok.token_types, pre=tok.pre,
+        eos_id=tok.eos_id, bos_id=tok.bos_id, pad_id=tok.pad_id, unk_id=tok.unk_id,
+        add_bos=True)
+    export_hf_llama(model, bos_tok, tmp_path / "hf")
+    data = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
+    assert data["post_processor"]["type"] == "TemplateProcessing"
+    _, back = minillm.load(tmp_path / "hf")
+    assert back.add_bos and back.encode("hi there") == bos_tok.encode("hi there")
+    assert back.encode("hi there")[0] == tok.bos_id
+    # without add_bos_token in tokenizer_config.json (Llama 3), the post-processor says it
+    tc_path = tmp_path / "hf" / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text())
+    del tc["add_bos_token"]
+    tc_path.write_text(json.dumps(tc))
+    assert minillm.load(tmp_path / "hf")[1].add_bos
