@@ -34,10 +34,11 @@ import numpy as np
 
 from minillm.checkpoints.atomic import write_dir
 from minillm.checkpoints.formats import read_json, read_safetensors, safetensors_bytes, to_float32
-from minillm.checkpoints.gguf import expected_shapes, rope_rows_to_hf
+from minillm.checkpoints.gguf import DTYPES, expected_shapes, rope_rows_to_hf
 from minillm.checkpoints.llama import build_llama, llama_tensors
 from minillm.errors import CheckpointError, ConfigError, TokenizerError
 from minillm.kernels.quant import QuantWeight
+from minillm.nn.quant import quantize_linears
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -457,8 +458,16 @@ def export_hf_llama(model, tokenizer, out):
     return sorted(files)
 
 
-def load_hf_llama(path, device="cpu"):
-    """(model in eval mode, tokenizer or None) of a Hugging Face Llama directory."""
+def load_hf_llama(path, device="cpu", dtype="stored", **options):
+    """(model in eval mode, tokenizer or None) of a Hugging Face Llama directory. ``dtype``:
+    "stored" or "float32" hold the weights as float32; "q8_0" quantizes every linear layer
+    (the token table and a tied head stay float32)."""
+    if options:
+        raise ConfigError(f"a Hugging Face Llama directory takes no option "
+                          f"{', '.join(sorted(options))}; its options are dtype "
+                          f"({', '.join(DTYPES)}) and device")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     path = Path(path)
     where = str(path / CONFIG_FILE)
     config = llama_config_from_hf(read_json(path / CONFIG_FILE), where)
@@ -477,6 +486,11 @@ def load_hf_llama(path, device="cpu"):
         if config[key] is None and tokenizer is not None:
             config[key] = getattr(tokenizer, tok_key)
     model = build_llama(config, tensors)
+    if dtype == "q8_0":
+        if device != "cpu":
+            raise ConfigError(f"quantized weights run on the CPU; load with dtype 'float32' to "
+                              f"use {device}")
+        quantize_linears(model, "q8_0")
     if device != "cpu":
         model.to(device)
     return model.eval(), tokenizer

@@ -45,14 +45,14 @@ def load(path_or_name, device="cpu", dropout=None, **options):
         text = str(path)
     if text.endswith(".gguf"):
         return _load_gguf(path, device=device, dropout=dropout, **options)
-    if options:
+    if options and not hf_llama.is_hf_llama_dir(path):
         raise ConfigError(f"unknown load options {', '.join(sorted(options))} (only GGUF files "
                           f"take options besides device and dropout)")
     recover_dir(path)  # a checkpoint directory a crash left moved aside
     if not path.exists():
         raise CheckpointError(_missing(path))
     if hf_llama.is_hf_llama_dir(path):  # config.json says model_type "llama"
-        return hf_llama.load_hf_llama(path, device=device)
+        return hf_llama.load_hf_llama(path, device=device, **options)
     if hf_gpt2.is_hf_gpt2_dir(path):  # config.json says GPT-2 (minillm export or a HF download)
         return hf_gpt2.load_hf(path, device=device, dropout=dropout)
     ckpt = run.resolve_checkpoint(path)

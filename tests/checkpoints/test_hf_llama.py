@@ -429,3 +429,22 @@ def test_a_tokenizer_that_prepends_bos(tiny, tmp_path):
     del tc["add_bos_token"]
     tc_path.write_text(json.dumps(tc))
     assert minillm.load(tmp_path / "hf")[1].add_bos
+
+
+def test_hf_directory_with_dtype_options(tiny, tmp_path):
+    from minillm.errors import ConfigError
+    from minillm.nn.quant import QuantLinear
+
+    path, expect, model, tok = tiny
+    d = _exported(tiny, tmp_path)
+    plain, _ = minillm.load(d, dtype="float32")
+    q8, _ = minillm.load(d, dtype="q8_0")
+    layers = [m for m in q8.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 7 * expect.config["n_layer"] + (not expect.config["tie_word_embeddings"])
+    assert all(m.weight.qtype == 8 for m in layers)
+    a, b = logits(q8, IDS), logits(plain, IDS)  # 8-bit weights: close, not equal
+    assert 0 < np.abs(a - b).max() < 0.05 * np.abs(b).max()
+    with pytest.raises(ConfigError, match="takes no option quantize"):
+        minillm.load(d, quantize="q4")
+    with pytest.raises(ConfigError, match="dtype 'q4' is not one of"):
+        minillm.load(d, dtype="q4")
