@@ -165,12 +165,13 @@ def _threading_layer():
     try:
         import numba
 
-        from minillm.kernels.cpu import layernorm
+        from minillm.kernels import registry
 
+        lad = registry.ladder("layernorm_forward")
         x = np.ones((1 << 10, 128), np.float32)  # large enough for the parallel kernel
-        layernorm.layernorm_forward(x, np.ones(128, np.float32), np.zeros(128, np.float32), 1e-5)
+        lad.rung(lad.default).run(x, np.ones(128, np.float32), np.zeros(128, np.float32), 1e-5)
         return numba.threading_layer()
-    except (ImportError, ValueError):
+    except (ImportError, RuntimeError, ValueError):
         return "-"
 
 
@@ -276,11 +277,11 @@ def main():
     # mark across fork+exec, so a child started after the timing runs would report ours.
     peak_rss = {(cfg, name): peak_rss_child(cfg, name, steps=3) for cfg in configs for name in frameworks} if args.rss else {}
     import minillm as M
-    from minillm.kernels import dispatch
+    from minillm.kernels import registry
 
     print(f"kernels={M.get_kernels()}  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}  "
           f"numba threads={_threading_layer()}  "
-          f"numba={'yes' if dispatch.numba_available() else 'no'}  frameworks={','.join(frameworks)}  "
+          f"numba={'yes' if registry.numba_available() else 'no'}  frameworks={','.join(frameworks)}  "
           f"malloc={'minillm' if M._env.MALLOC_TUNED else 'default'} (PyTorch: own process, default)")
     results = {}
     print(f"{'config':7s} {'framework':9s} {'ms/step':>9s} {'tok/s':>9s} {'GFLOP/s':>8s} {'peak RSS MiB':>13s}")

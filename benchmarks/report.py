@@ -1,9 +1,10 @@
 """One table of every CPU kernel benchmark: op, shape, reference ms, numba ms, speed-up.
 
-Imports each benchmarks/bench_*.py that defines ``rows()`` (a list of dicts with op, version,
+The kernel rows come from bench_kernels.py (the default version of every op). Imports each
+benchmarks/bench_*.py that defines ``rows()`` (a list of dicts with op, version,
 shape, ref_ms, ms, speedup) and prints them together; a module without ``rows()``, or one that
 cannot be imported here (a GPU suite on a CPU machine), is skipped with a note.
-Usage: ``python benchmarks/report.py [name ...]`` (names filter the modules, e.g. ``gelu``).
+Usage: ``python benchmarks/report.py [name ...]`` (names filter the modules, e.g. ``kernels``).
 """
 
 import importlib

@@ -3,7 +3,7 @@
 After each product the main thread sleeps for ``--sleep`` seconds; the CPU time the process uses
 meanwhile is spent by worker threads spinning while they wait for the next call. A multi-threaded
 OpenBLAS call (``np.matmul``) leaves its workers spinning for about 2^28 cycles (0.1 s) without
-yielding the core; minillm's matmul (kernels/cpu/matmul_pool.py: OpenBLAS single-threaded
+yielding the core; minillm's matmul (kernels/cpu/matmul/pool.py: OpenBLAS single-threaded
 inside each call, rows split over Numba's OpenMP pool) leaves only the OpenMP threads, which
 spin briefly and then sleep.
 

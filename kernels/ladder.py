@@ -8,12 +8,12 @@ version runs (op x device x mode x inputs); nothing else picks a version.
 
 Every rung is called exactly like the reference function of the same name (same arguments, same
 return values), so tests and benchmarks can treat all versions of all ops alike. A rung may say
-it cannot take some inputs (``fits`` returns a reason); the registry then runs the reference
-instead and ``describe()`` reports the reason.
+it cannot take some inputs (``fits`` returns a reason); the registry then tries the versions
+listed in ``Ladder.also`` in order, then the reference, and ``describe()`` reports the reason.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Rung:
     version: int
     run: Callable
     note: str
-    fits: Optional[Callable] = None
+    fits: Callable | None = None
 
     def reason_not(self, *args):
         """None if this rung takes ``args``, else why not."""
@@ -45,14 +45,16 @@ class Ladder:
     rungs: tuple
     default: int
     about: str = ""  # one line: what the ladder climbs (shown by describe())
+    also: tuple = ()  # versions tried, in order, for inputs the default does not fit
     _by_version: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         by = {r.version: r for r in self.rungs}
         if len(by) != len(self.rungs):
             raise ValueError(f"{self.op}/{self.device}: two rungs share a version number")
-        if self.default not in by:
-            raise ValueError(f"{self.op}/{self.device}: default v{self.default} is not a rung")
+        for v in (self.default,) + tuple(self.also):
+            if v not in by:
+                raise ValueError(f"{self.op}/{self.device}: v{v} is not a rung")
         object.__setattr__(self, "_by_version", by)
 
     @property
@@ -65,3 +67,16 @@ class Ladder:
         except KeyError:
             raise KeyError(f"{self.op} on {self.device} has versions {self.versions}, "
                            f"not {version}") from None
+
+
+def dtype_fits(names, arg=0):
+    """A ``fits`` for rungs that take only some dtypes: None when argument ``arg`` has a dtype
+    named in ``names`` (NumPy and CuPy arrays alike), else "<dtype> input"."""
+    names = tuple(names)
+
+    def fits(*args, **kwargs):
+        name = getattr(getattr(args[arg], "dtype", None), "name", type(args[arg]).__name__)
+        return None if name in names else f"{name} input"
+
+    fits.__doc__ = f"{' or '.join(names)} input"
+    return fits

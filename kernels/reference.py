@@ -162,7 +162,7 @@ def attention_forward(q, k, v, scale, causal=True):
     Tq, Tk = q.shape[-2], k.shape[-2]
     s = (q @ k.swapaxes(-1, -2)) * scale  # (B, H, Tq, Tk)
     if causal:
-        s = xp.where(_causal_mask(xp, Tq, Tk), s, -xp.inf)
+        s = xp.where(causal_mask(xp, Tq, Tk), s, -xp.inf)
     m = s.max(axis=-1, keepdims=True)
     e = xp.exp(s - m)
     l = e.sum(axis=-1, keepdims=True)
@@ -180,7 +180,7 @@ def attention_backward(do, q, k, v, o, lse, scale, causal=True):
     Tq, Tk = q.shape[-2], k.shape[-2]
     s = (q @ k.swapaxes(-1, -2)) * scale
     if causal:
-        s = xp.where(_causal_mask(xp, Tq, Tk), s, -xp.inf)
+        s = xp.where(causal_mask(xp, Tq, Tk), s, -xp.inf)
     p = xp.exp(s - lse[..., None])  # (B, H, Tq, Tk)
     dv = p.swapaxes(-1, -2) @ do
     dp = do @ v.swapaxes(-1, -2)
@@ -191,7 +191,7 @@ def attention_backward(do, q, k, v, o, lse, scale, causal=True):
     return dq, dk, dv
 
 
-def _causal_mask(xp, Tq, Tk):
+def causal_mask(xp, Tq, Tk):
     """(Tq, Tk) bool: True where query i (absolute position Tk - Tq + i) may see key j."""
     return xp.arange(Tk)[None, :] <= (xp.arange(Tq)[:, None] + (Tk - Tq))
 

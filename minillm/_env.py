@@ -5,7 +5,7 @@ user has not set, so any of them can be overridden from the environment.
 - NUMBA_THREADING_LAYER_PRIORITY="omp tbb workqueue": Numba's OpenMP pool where libgomp is
   there. Its idle threads spin briefly (GNU OpenMP: about 300,000 polls) and then sleep, so the
   next kernel starts at once, and nothing else spins in a training step: matmuls run from
-  the same pool (kernels/cpu/matmul_pool.py: OpenBLAS single-threaded inside each call, one
+  the same pool (kernels/cpu/matmul/pool.py: OpenBLAS single-threaded inside each call, one
   block of rows per Numba thread), so OpenBLAS's own worker, which spins about 0.1 s after
   every call without yielding, never starts. Workqueue threads sleep at once, and every
   kernel launch then pays for waking them (a slower training step on workqueue:

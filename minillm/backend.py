@@ -96,22 +96,15 @@ def set_rng_state(state):
 def set_kernels(mode):
     """Pick the kernels behind the fused ops: "auto" (Numba when installed), "reference"
     (plain NumPy) or "numba". The environment variable MINILLM_KERNELS sets the start value."""
-    from minillm.kernels import dispatch
+    from minillm.kernels import registry
 
     try:
-        dispatch.set_mode(mode)
+        registry.set_mode(mode)
     except (ValueError, RuntimeError) as e:
         raise MinillmError(str(e)) from None
 
 
 def get_kernels():
-    from minillm.kernels import dispatch
+    from minillm.kernels import registry
 
-    return dispatch.get_mode()
-
-
-def kernel(name, like):
-    """The implementation of kernel ``name`` for arrays like ``like`` (see kernels/dispatch.py)."""
-    from minillm.kernels import dispatch
-
-    return dispatch.get(name, like)
+    return registry.get_mode()

@@ -396,8 +396,26 @@ def run_chat(args):
         print()
 
 
+# ----------------------------------------------------------------------------- kernels
+def add_kernels(sub):
+    p = sub.add_parser("kernels", help="which version of each kernel runs on this machine, and why")
+    p.add_argument("--mode", choices=("auto", "reference", "numba"),
+                   help="as under this kernel mode (default: MINILLM_KERNELS, else auto)")
+    p.set_defaults(run=run_kernels)
+
+
+def run_kernels(args):
+    from minillm import backend
+    from minillm.kernels import registry
+
+    if args.mode:
+        backend.set_kernels(args.mode)
+    print(f"kernel mode: {registry.get_mode()}")
+    print(registry.format_rows(registry.describe()))
+
+
 COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_classify,
-            add_finetune_demo_data, add_sample, add_chat]
+            add_finetune_demo_data, add_sample, add_chat, add_kernels]
 
 
 def main(argv=None):

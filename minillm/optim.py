@@ -14,6 +14,7 @@ import numpy as np
 
 from minillm import backend
 from minillm.errors import ConfigError
+from minillm.kernels import registry
 
 
 class Optimizer:
@@ -109,7 +110,7 @@ class AdamW(Optimizer):
                 st = self.state[id(p)] = {"m": xp.zeros_like(p.data), "v": xp.zeros_like(p.data)}
             b1, b2 = g["betas"]
             grad = p.grad if p.grad.dtype == p.dtype else p.grad.astype(p.dtype)
-            backend.kernel("adamw_step", p.data)(
+            registry.get("adamw_step", p.data)(
                 p.data, grad, st["m"], st["v"], g["lr"], b1, b2, g["eps"], g["weight_decay"], t
             )
 

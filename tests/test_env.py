@@ -52,11 +52,13 @@ def _run(code, **env):
 _LAYER = """
 import numpy as np
 import minillm
-from minillm.kernels.cpu import layernorm, _serial
+from minillm.kernels import registry
+from minillm.kernels.cpu import _serial
 import numba
 _serial.PARALLEL_MIN = 0  # run the parallel kernel, which starts the threading layer
 x = np.ones((300, 7), np.float32)
-layernorm.layernorm_forward(x, np.ones(7, np.float32), np.zeros(7, np.float32), 1e-5)
+lad = registry.ladder("layernorm_forward")
+lad.rung(lad.default).run(x, np.ones(7, np.float32), np.zeros(7, np.float32), 1e-5)
 print(numba.threading_layer(), "NUMBA_THREADING_LAYER_PRIORITY" in minillm._env.ADDED)
 """
 
@@ -80,7 +82,7 @@ def _has_libgomp():
 # OpenBLAS's worker threads after a minillm matmul. A multi-threaded OpenBLAS call wakes its
 # workers, which then spin for the next call (about 0.1 s, without yielding) on a core a Numba
 # kernel needs; minillm's matmul runs OpenBLAS single-threaded inside Numba's pool
-# (kernels/cpu/matmul_pool.py), so OpenBLAS's workers never run. The check counts how often
+# (kernels/cpu/matmul/pool.py), so OpenBLAS's workers never run. The check counts how often
 # each worker was put on a CPU (the third field of /proc/self/task/<tid>/schedstat), read once
 # the workers sleep: a sleeping thread's count does not move. The workers are the threads that
 # ``import minillm`` starts (NumPy loads OpenBLAS, which starts them; Numba's pool starts only

@@ -3,9 +3,9 @@ dropout modes, KV cache, and reference vs Numba kernels."""
 
 import numpy as np
 import pytest
+from minillm.kernels import registry
 
 import minillm as M
-from minillm.kernels import dispatch
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW
 from minillm.testing import gradcheck
@@ -128,7 +128,7 @@ def test_flops_per_token_formula():
     assert m.flops_per_token(8) == 6 * m.num_parameters(non_embedding=True) + 12 * c.n_layer * c.n_embd * 8
 
 
-@pytest.mark.skipif(not dispatch.numba_available(), reason="numba not installed")
+@pytest.mark.skipif(not registry.numba_available(), reason="numba not installed")
 def test_numba_and_reference_kernels_agree_on_loss_and_grads():
     rng = np.random.default_rng(0)
     idx, tgt = rng.integers(0, 11, (3, 8)), rng.integers(0, 11, (3, 8))

@@ -10,16 +10,9 @@ from minillm.ops import composite
 from minillm.testing import GradcheckError, gradcheck
 
 RNG = np.random.default_rng(1234)
-
-
-@pytest.fixture(autouse=True)
-def reference_kernels():
-    # the float64 checks hold the exact definitions to 1e-6; fast kernels are compared with the
-    # reference separately (tests/kernels)
-    prev = M.get_kernels()
-    M.set_kernels("reference")
-    yield
-    M.set_kernels(prev)
+# the float64 checks hold the exact definitions to 1e-6 (tests/conftest.py's fixture); the fast
+# kernels are compared with the reference separately (tests/kernels)
+pytestmark = pytest.mark.usefixtures("reference_kernels")
 
 
 def t(*shape, low=None, high=None, transposed=False):

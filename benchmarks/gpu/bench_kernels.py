@@ -58,6 +58,12 @@ def maybe_torch():
 K = lambda name: importlib.import_module(f"minillm.kernels.cuda.{name}")  # noqa: E731
 
 
+def ladder_versions(module, op):
+    """The versions of ``op`` in ``module.LADDERS`` (kernels/ladder.py), the table every
+    benchmark and test reads."""
+    return {lad.op: lad for lad in module.LADDERS}[op].versions
+
+
 class Bench:
     def __init__(self, cp, runs, warmup):
         self.cp, self.runs, self.warmup = cp, runs, warmup
@@ -209,7 +215,7 @@ def bench_matmul(b, peaks, torch):
     with tf32_mode(cp, True):
         cublas_tf32 = b.time_ms(lambda a, c: a @ c, sets)
     b.add("matmul", "cuBLAS-TF32", shape, cublas_tf32, flops, "TFLOP/s", cublas_tf32, peaks["TF32"])
-    for v in KM.VERSIONS:
+    for v in [v for v in ladder_versions(KM, "matmul") if v != 7]:  # 7 is cuBLAS, timed above
         tf32 = v in KM.TF32_VERSIONS
         fn = getattr(KM, f"matmul_v{v}")
         if not checked(b, "matmul", f"v{v}", shape, fn(*sets[0]), ref, 2e-3 if tf32 else 1e-5):
@@ -287,7 +293,7 @@ def bench_layernorm(b, peaks, torch):
             lambda x, w, bb, dy: torch.ops.aten.native_layer_norm(x, [C], w, bb, 1e-5), t
         )
         b.add("layernorm_forward", "torch", shape, tv, fwd_bytes, "GB/s", tv, peaks["GB/s"])
-    for v in KL.VERSIONS["layernorm_forward"]:
+    for v in ladder_versions(KL, "layernorm_forward"):
         fn = lambda x, w, bb, dy, v=v: KL.forward(v, x, w, bb, 1e-5)  # noqa: E731
         if checked(b, "layernorm_forward", f"v{v}", shape, fn(*sets[0]), ref, 1e-5):
             b.add(
@@ -313,7 +319,7 @@ def bench_layernorm(b, peaks, torch):
             t,
         )
         b.add("layernorm_backward", "torch", shape, tv, bwd_bytes, "GB/s", tv, peaks["GB/s"])
-    for v in KL.VERSIONS["layernorm_backward"]:
+    for v in ladder_versions(KL, "layernorm_backward"):
         fn = lambda x, w, bb, dy, v=v: KL.backward(v, dy, x, w, mean, rstd)  # noqa: E731
         if checked(b, "layernorm_backward", f"v{v}", shape, fn(*sets[0]), refb, 1e-5):
             b.add(
@@ -360,6 +366,7 @@ def bench_softmax(b, peaks, torch):
 def bench_crossentropy(b, peaks, torch):
     cp, KC = b.cp, K("crossentropy")
     from minillm.kernels import reference as R
+    from minillm.kernels import registry
 
     N, V = 8192, 50304  # GPT-2 124M LM head: B*T = 8192 rows, padded vocabulary
     shape = f"N={N} V={V}"
@@ -374,7 +381,7 @@ def bench_crossentropy(b, peaks, torch):
         tt = [(torch.from_dlpack(lg), torch.from_dlpack(y)) for lg, y in sets]
         tv = b.time_ms(lambda lg, y: torch.nn.functional.cross_entropy(lg, y), tt)
         b.add("cross_entropy_forward", "torch", shape, tv, fwd_bytes, "GB/s", tv, peaks["GB/s"])
-    for v in KC.VERSIONS["cross_entropy_forward"]:
+    for v in ladder_versions(KC, "cross_entropy_forward"):
         fn = lambda lg, y, v=v: KC.forward(v, lg, y, -100)  # noqa: E731
         if checked(b, "cross_entropy_forward", f"v{v}", shape, fn(*sets[0]), ref, 1e-5):
             b.add(
@@ -389,7 +396,7 @@ def bench_crossentropy(b, peaks, torch):
             )
     lse = ref[1]
     refb = R.cross_entropy_backward(1.0, logits, lse, t, -100)
-    for v in KC.VERSIONS["cross_entropy_backward"]:
+    for v in ladder_versions(KC, "cross_entropy_backward"):
         fn = lambda lg, y, v=v: KC.backward(v, 1.0, lg, lse, y, -100)  # noqa: E731
         if checked(b, "cross_entropy_backward", f"v{v}", shape, fn(*sets[0]), refb, 1e-5):
             b.add(
@@ -416,8 +423,8 @@ def bench_crossentropy(b, peaks, torch):
         b.add("cross_entropy fwd+bwd", "torch", shape, tv, 3 * N * V * 4, "GB/s", tv, peaks["GB/s"])
 
         def ours(lg, y):
-            loss, s = KC.cross_entropy_forward(lg, y, -100)
-            return KC.cross_entropy_backward(1.0, lg, s, y, -100)
+            loss, s = registry.get("cross_entropy_forward", lg)(lg, y, -100)
+            return registry.get("cross_entropy_backward", lg)(1.0, lg, s, y, -100)
 
         b.add(
             "cross_entropy fwd+bwd",
@@ -464,7 +471,7 @@ def bench_gelu(b, peaks, torch):
                     lambda x, dy, bias: torch.ops.aten.gelu_backward(dy, x, approximate="tanh"), t
                 )
             b.add(op, "torch", shape, tv, nbytes, "GB/s", tv, peaks["GB/s"])
-        for v in KG.VERSIONS[op]:
+        for v in ladder_versions(KG, op):
             fn = lambda x, dy, bias, v=v, op=op, args=args: KG.run(op, v, *args(x, dy, bias))  # noqa: E731
             if checked(b, op, f"v{v}", shape, fn(*sets[0]), ref, 1e-5):
                 b.add(op, f"v{v}", shape, b.time_ms(fn, sets), nbytes, "GB/s", tv, peaks["GB/s"])
@@ -494,7 +501,7 @@ def bench_adamw(b, peaks, torch):
             b.add("adamw_step", "torch-fused", shape, tv, nbytes, "GB/s", tv, peaks["GB/s"])
         except Exception as e:  # an old PyTorch without fused AdamW
             print(f"  (torch fused AdamW unavailable: {e})")
-    for ver in KA.VERSIONS["adamw_step"]:
+    for ver in ladder_versions(KA, "adamw_step"):
         got = [a.copy() for a in (p, m, v)]
         KA.run(ver, got[0], g, got[1], got[2], *hp)
         if checked(b, "adamw_step", f"v{ver}", shape, got, want, 1e-5):

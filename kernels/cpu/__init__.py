@@ -1,22 +1,11 @@
-"""Numba CPU kernels. Each module holds numbered versions of one op (v1 the plain loop, later
-versions faster; the module docstring says what each step changed and what it gained) and
-functional wrappers with the same signatures as kernels/reference.py that call DEFAULT_VERSION.
+"""Numba CPU kernels. Each op module (or folder, for attention and matmul) holds the numbered
+versions of its kernels (v1 the plain loop, later versions faster; the module docstring says what
+each step changed and what it gained) and declares them in ``LADDERS`` (kernels/ladder.py), with
+the default beside them. kernels/registry.py imports the modules named in MODULES (adding an op
+is one line there) when Numba is installed and chooses the version that runs. Shared helpers: _fastmath.py (vectorisable exp/tanh/max),
+_serial.py (single-threaded twins for small inputs), _microkernel.py (the GEMM register block),
+_blas.py (OpenBLAS's thread count and GEMM).
 """
 
-from .attention import attention_backward, attention_forward
-from .crossentropy import cross_entropy_backward, cross_entropy_forward
-from .adamw import adamw_step
-from .gelu import bias_gelu_backward, bias_gelu_forward, gelu_backward, gelu_forward
-from .layernorm import layernorm_backward, layernorm_forward
-from .qmatmul import qmatmul_backward_input, qmatmul_forward
-from .softmax import (
-    log_softmax_backward,
-    log_softmax_forward,
-    softmax_backward,
-    softmax_forward,
-)
-
-# Llama ops (RMSNorm, rotary embeddings, SwiGLU)
-from .rmsnorm import rms_norm_backward, rms_norm_forward
-from .rope import rope_backward, rope_forward
-from .swiglu import swiglu_backward, swiglu_forward
+MODULES = ("matmul", "softmax", "crossentropy", "layernorm", "gelu", "attention", "adamw",
+           "rmsnorm", "rope", "swiglu", "qmatmul")

@@ -1,14 +1,15 @@
 """The BLAS's own thread count, read and set at run time (the job threadpoolctl does, for the
 OpenBLAS that NumPy wheels bundle; numpy and numba have no API for it).
 
-Why: attention v6 runs its small tile products from several Python threads at once, each
-single-threaded. OpenBLAS left at 2 threads per call would then start 2 x 2 threads on 2 cores:
-measured 8-20 GFLOP/s instead of 130-150 for (12, 128, 64) x (12, 64, 256) products.
+Why: the BLAS calls made from Numba's thread pool (matmul v6, kernels/cpu/matmul/pool.py) and
+next to Numba kernels (attention v5) run single-threaded, so that OpenBLAS's own worker threads
+never compete for the cores Numba's threads use. ``library()`` also hands matmul v6 the loaded
+OpenBLAS, whose GEMM it calls directly.
 
 Found by the library's path in /proc/self/maps (Linux) and its exported names: NumPy 2's
 scipy-openblas spells them ``scipy_openblas_set_num_threads64_``, a plain OpenBLAS
 ``openblas_set_num_threads``. Where none is found (another BLAS, another OS) ``available()`` is
-False and callers keep to one Python thread.
+False and ``single_threaded()`` does nothing.
 """
 
 import ctypes
@@ -50,7 +51,7 @@ def _functions():
 
 
 def library():
-    """The loaded OpenBLAS as a ctypes.CDLL, or None (kernels/cpu/matmul_pool.py calls its GEMM)."""
+    """The loaded OpenBLAS as a ctypes.CDLL, or None (kernels/cpu/matmul/pool.py calls its GEMM)."""
     f = _functions()
     return f[2] if f else None
 

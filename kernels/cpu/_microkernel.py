@@ -16,7 +16,7 @@ accumulators, plus 2 registers for the row of b and 1 for the broadcast (of 32).
 ``micro(kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, accumulate)``:
 c[coff + i * ldc + j] (+)= sum over p < kc of a[aoff + i * ars + p * acs] * b[boff + p * brs + j]
 for i < MR, j < NR, offsets in elements from each array's data pointer (a packed panel, or a
-matrix read in place through its strides). A packed panel of a (matmul_packed.py) has ars = 1,
+matrix read in place through its strides). A packed panel of a (matmul/packed.py) has ars = 1,
 acs = MR; a packed panel of b has brs = NR. Read in place, a may have any strides (each step
 broadcasts MR single elements); b and c need NR contiguous elements per row (c is a whole
 MR x NR block of the result, or a scratch tile the caller copies the edges from). With

@@ -2,14 +2,14 @@
 
 Why: a ``parallel=True`` kernel hands half its work to a worker thread and waits for it. For a
 few microseconds of work the hand-off costs more than it saves, and more again when the worker
-is asleep (waking a thread on an idle core of this VM took 0.3-0.8 ms) or when its core is
-held by another thread (OpenBLAS's worker spins 0.1 s after each multi-threaded call, which is
-why matmuls now run from Numba's pool, kernels/cpu/matmul_pool.py). Run single-threaded, the
-same loop needs no second core at all.
+is asleep or its core is busy. Run single-threaded, the same loop needs no second core at all.
 
 ``serial(kernel)`` compiles the kernel's own Python source again without ``parallel`` (``prange``
 becomes ``range``), under a different name so that Numba's on-disk cache keeps the two apart.
 ``pick(kernel, n)`` returns the kernel for n >= PARALLEL_MIN elements, else its serial twin.
+A rung whose callable goes through ``pick`` is marked with ``picks(run)``, and
+``minillm kernels`` (kernels/registry.py ``describe``) prints PARALLEL_MIN beside it. The
+measurement behind the threshold is in benchmarks/README.md ("Small inputs run on one thread").
 """
 
 import types
@@ -17,11 +17,7 @@ import types
 import numba
 from numba import njit
 
-# Elements below which one thread wins inside a training step. With the OpenMP threading layer
-# and matmuls on Numba's pool (minillm/_env.py, matmul_pool.py) the tiny config's kernels
-# (98K-393K elements) pay for their second thread: tiny step (median of 40, ms) 50-56 at 2**16
-# and 52-53 at 0 against 57-78 at 2**19, attention 8-9 ms a step against 13-19. (With the
-# workqueue layer and OpenBLAS's spinning worker, 2**19 had won: 67.2 always parallel, 59.9.)
+# Elements of work below which a parallel kernel runs its serial twin (the one threshold).
 PARALLEL_MIN = 1 << 16
 
 _twins = {}
@@ -51,3 +47,9 @@ def pick(kernel, n):
 def threads(kernel):
     """The ``nt`` argument (per-thread partial sums) for a kernel ``pick`` returned."""
     return numba.get_num_threads() if kernel.targetoptions.get("parallel") else 1
+
+
+def picks(run):
+    """Mark a rung's callable as choosing between a parallel kernel and its serial twin."""
+    run.picks_serial = True
+    return run

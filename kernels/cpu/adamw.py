@@ -16,14 +16,17 @@ adamw_step
       float32 loop stays float32: 8.3x / 12.7x (13.4 ms for 301 MB: 22 GB/s, near the
       machine's ~32 GB/s copy bandwidth).  (default)
 
-Measured with ``python benchmarks/bench_adamw.py --repeat 3`` (3 runs, fastest single call) on
-the 2-core dev machine while other jobs held the load average at 4-7.
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference) and tests/kernels/test_cpu_adamw.py
+(in-place contract). Benchmark: ``python benchmarks/bench_kernels.py --op adamw``; measurement
+conditions: benchmarks/README.md.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from ._serial import pick
+from ..ladder import Ladder, Rung, dtype_fits
+from ._serial import pick, picks
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _BLOCK = 4096
@@ -67,10 +70,6 @@ def adamw_step_v2(p, m, v, g, lr, beta1, beta2, eps, weight_decay, step):
             pb[i] = pi - lr_ * (mi * inv_bc1 / (np.sqrt(vi) * rs_bc2 + eps_) + wd * pi)
 
 
-VERSIONS = {"adamw_step": {1: adamw_step_v1, 2: adamw_step_v2}}
-DEFAULT_VERSION = {"adamw_step": 2}
-
-
 def _flat_inplace(a, name, dtype):
     if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
         raise ValueError(f"adamw_step updates {name} in place: it must be a C-contiguous array")
@@ -79,25 +78,29 @@ def _flat_inplace(a, name, dtype):
     return a.reshape(-1)  # a view, so writes land in the caller's array
 
 
-def _step(version, p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    if p.dtype != np.float32 and p.dtype != np.float64:
-        raise TypeError(f"adamw_step takes float32 or float64 parameters, not {p.dtype}")
-    p1 = _flat_inplace(p, "p", p.dtype)
-    m1 = _flat_inplace(m, "m", p.dtype)
-    v1 = _flat_inplace(v, "v", p.dtype)
-    g1 = np.ascontiguousarray(g, dtype=p.dtype).reshape(-1)
-    if not (g1.shape == m1.shape == v1.shape == p1.shape):
-        raise ValueError(f"adamw_step: shapes differ: p {p.shape}, g {np.shape(g)}, "
-                         f"m {m.shape}, v {v.shape}")
-    pick(VERSIONS["adamw_step"][version], p1.size)(
-        p1, m1, v1, g1, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-        int(step))
+def _step(kernel):
+    """adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step): p, m, v in place."""
+    def run(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+        if p.dtype != np.float32 and p.dtype != np.float64:
+            raise TypeError(f"adamw_step takes float32 or float64 parameters, not {p.dtype}")
+        p1 = _flat_inplace(p, "p", p.dtype)
+        m1 = _flat_inplace(m, "m", p.dtype)
+        v1 = _flat_inplace(v, "v", p.dtype)
+        g1 = np.ascontiguousarray(g, dtype=p.dtype).reshape(-1)
+        if not (g1.shape == m1.shape == v1.shape == p1.shape):
+            raise ValueError(f"adamw_step: shapes differ: p {p.shape}, g {np.shape(g)}, "
+                             f"m {m.shape}, v {v.shape}")
+        pick(kernel, p1.size)(p1, m1, v1, g1, float(lr), float(beta1), float(beta2), float(eps),
+                              float(weight_decay), int(step))
+    return picks(run)
 
 
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    return _step(version, *args)
-
-
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    _step(DEFAULT_VERSION["adamw_step"], p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+LADDERS = (
+    Ladder("adamw_step", "cpu", default=2, about="one fused in-place pass over p, g, m, v",
+           rungs=(
+        Rung(1, _step(adamw_step_v1), "plain loop, float64 scalars, one thread",
+             dtype_fits(("float32", "float64"))),
+        Rung(2, _step(adamw_step_v2), "prange blocks, scalars precomputed in the dtype",
+             dtype_fits(("float32", "float64"))),
+    )),
+)

@@ -6,7 +6,7 @@ dlogits[n, v] = dloss / count * (softmax(logits)[n, v] - [v == t_n]),  0 on igno
 logits: (N, V)  targets: (N,) int  lse: (N,) saved by the forward so that the backward rebuilds
 the probabilities with one exp per element and never stores the (N, V) softmax.
 
-The kernels write per-row losses (float64, 0 on ignored rows) and lse; the wrapper sums the
+The kernels write per-row losses (float64, 0 on ignored rows) and lse; the rung sums the
 N losses and divides by the count (a 2048-element sum, not worth a parallel reduction).
 
 Versions (speed-up vs kernels.reference, float32, 2 threads; N = 2048 with V = 65 (char
@@ -27,9 +27,11 @@ cross_entropy_backward
   v2  prange over rows + fast_exp, 1/count folded into one scale: 2.5x / 7.0x, tiny 2.1x.
       (default)
 
-Measured with ``python benchmarks/bench_crossentropy.py --repeat 3`` (3 runs, fastest single
-call) plus a longer rerun of the rows that contention had spoiled, ``NUMBA_NUM_THREADS=1`` for
-the 1-thread figure, on the 2-core dev machine while other jobs held the load average at 4-7.
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference) and
+tests/kernels/test_cpu_crossentropy.py (ignore_index, bad targets). Benchmark:
+``python benchmarks/bench_kernels.py --op cross_entropy``; measurement conditions:
+benchmarks/README.md.
 """
 
 import math
@@ -37,8 +39,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ..ladder import Ladder, Rung, dtype_fits
 from ._fastmath import fast_exp, fast_max
-from ._serial import pick
+from ._serial import pick, picks
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _CHUNK = 64  # v3: elements per online-max step (4 AVX-512 / 8 AVX2 float32 vectors)
@@ -136,15 +139,7 @@ def cross_entropy_backward_v2(dlogits, logits, lse, targets, scale, ignore_index
             dlogits[n, t] -= scale
 
 
-# --------------------------------------------------------------------------- wrappers
-VERSIONS = {
-    "cross_entropy_forward": {1: cross_entropy_forward_v1, 2: cross_entropy_forward_v2,
-                              3: cross_entropy_forward_v3},
-    "cross_entropy_backward": {1: cross_entropy_backward_v1, 2: cross_entropy_backward_v2},
-}
-DEFAULT_VERSION = {"cross_entropy_forward": 2, "cross_entropy_backward": 2}
-
-
+# --------------------------------------------------------------------------- rungs
 def _logits(a):
     a = np.ascontiguousarray(a)
     if a.dtype != np.float32 and a.dtype != np.float64:
@@ -165,42 +160,51 @@ def _targets(targets, N, V, ignore_index):
     return t, int(valid.sum())
 
 
-def _forward(version, logits, targets, ignore_index=-100):
-    logits = _logits(logits)
-    N, V = logits.shape
-    t, count = _targets(targets, N, V, ignore_index)
-    losses = np.empty(N, dtype=np.float64)
-    lse = np.empty(N, dtype=logits.dtype)
-    if N:
-        pick(VERSIONS["cross_entropy_forward"][version], logits.size)(losses, lse, logits, t,
-                                                                      ignore_index)
-    loss = losses.sum() / max(count, 1)
-    return np.asarray(loss, dtype=logits.dtype), lse
+def _forward(kernel):
+    """cross_entropy_forward(logits, targets, ignore_index) -> (loss, lse), running ``kernel``."""
+    def run(logits, targets, ignore_index=-100):
+        logits = _logits(logits)
+        N, V = logits.shape
+        t, count = _targets(targets, N, V, ignore_index)
+        losses = np.empty(N, dtype=np.float64)
+        lse = np.empty(N, dtype=logits.dtype)
+        if N:
+            pick(kernel, logits.size)(losses, lse, logits, t, ignore_index)
+        loss = losses.sum() / max(count, 1)
+        return np.asarray(loss, dtype=logits.dtype), lse
+    return picks(run)
 
 
-def _backward(version, dloss, logits, lse, targets, ignore_index=-100):
-    logits = _logits(logits)
-    N, V = logits.shape
-    t, count = _targets(targets, N, V, ignore_index)
-    lse = np.ascontiguousarray(lse, dtype=logits.dtype)
-    scale = logits.dtype.type(float(dloss) / max(count, 1))
-    dlogits = np.empty_like(logits)
-    if N:
-        pick(VERSIONS["cross_entropy_backward"][version], logits.size)(dlogits, logits, lse, t,
-                                                                       scale, ignore_index)
-    return dlogits
+def _backward(kernel):
+    """cross_entropy_backward(dloss, logits, lse, targets, ignore_index) -> dlogits."""
+    def run(dloss, logits, lse, targets, ignore_index=-100):
+        logits = _logits(logits)
+        N, V = logits.shape
+        t, count = _targets(targets, N, V, ignore_index)
+        lse = np.ascontiguousarray(lse, dtype=logits.dtype)
+        scale = logits.dtype.type(float(dloss) / max(count, 1))
+        dlogits = np.empty_like(logits)
+        if N:
+            pick(kernel, logits.size)(dlogits, logits, lse, t, scale, ignore_index)
+        return dlogits
+    return picks(run)
 
 
-def run(op, version, *args, **kwargs):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    fn = _forward if op == "cross_entropy_forward" else _backward
-    return fn(version, *args, **kwargs)
-
-
-def cross_entropy_forward(logits, targets, ignore_index=-100):
-    return _forward(DEFAULT_VERSION["cross_entropy_forward"], logits, targets, ignore_index)
-
-
-def cross_entropy_backward(dloss, logits, lse, targets, ignore_index=-100):
-    return _backward(DEFAULT_VERSION["cross_entropy_backward"], dloss, logits, lse, targets,
-                     ignore_index)
+FLOAT = dtype_fits(("float32", "float64"))
+FLOAT_LOGITS = dtype_fits(("float32", "float64"), arg=1)
+LADDERS = (
+    Ladder("cross_entropy_forward", "cpu", default=2, about="row log-sum-exp, picked logit",
+           rungs=(
+        Rung(1, _forward(cross_entropy_forward_v1), "plain loops, two passes, one thread", FLOAT),
+        Rung(2, _forward(cross_entropy_forward_v2), "prange + fast_exp + fast_max", FLOAT),
+        Rung(3, _forward(cross_entropy_forward_v3), "one pass, online max over chunks of 64 "
+             "(slower than v2: the row is in L1 anyway)", FLOAT),
+    )),
+    Ladder("cross_entropy_backward", "cpu", default=2, about="softmax - onehot, scaled",
+           rungs=(
+        Rung(1, _backward(cross_entropy_backward_v1), "plain loops, math.exp, one thread",
+             FLOAT_LOGITS),
+        Rung(2, _backward(cross_entropy_backward_v2), "prange + fast_exp, one scale",
+             FLOAT_LOGITS),
+    )),
+)

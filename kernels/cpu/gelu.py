@@ -9,6 +9,8 @@ gelu_* see the input flattened to (M,) (any shape); bias_gelu_* take x: (N, C), 
 first Linear of the MLP (C = 4 * 384 = 1536 in the small config); db = sum_n dx is reduced
 with per-thread float64 partials.
 
+The constants k and a are kernels/reference.py's GELU_K and GELU_A.
+
 Versions (speed-up vs kernels.reference, float32, 2 threads; small (2048, 1536) / tiny
 (768, 512)):
 
@@ -30,9 +32,10 @@ bias_gelu_backward
   v2  prange over per-thread row blocks, sigmoid form, float64 partial db: 3.9x / 4.2x.
   v3  each row in two loops (dx map, then the partial-db add): 13.4x / 7.6x.  (default)
 
-Measured with ``python benchmarks/bench_gelu.py --repeat 3`` (3 runs, fastest single call) plus
-a rerun of bias_gelu_backward, on the 2-core dev machine while other jobs held the load average
-at 4-7 (so the smaller 2-thread timings understate the gains).
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference) and tests/kernels/test_cpu_gelu.py
+(extremes, shapes). Benchmark: ``python benchmarks/bench_kernels.py --op gelu`` (and
+``--op bias_gelu``); measurement conditions: benchmarks/README.md.
 """
 
 import math
@@ -40,11 +43,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ..ladder import Ladder, Rung, dtype_fits
+from ..reference import GELU_A, GELU_K
 from ._fastmath import fast_exp, fast_tanh
-from ._serial import pick, threads as _threads
+from ._serial import pick, picks
+from ._serial import threads as _threads
 
-GELU_K = math.sqrt(2.0 / math.pi)
-GELU_A = 0.044715
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _EMAX = 40.0  # cap on -2u in the backward (see _dgelu_sig)
 _BLOCK = 4096  # elements per prange step of the flat kernels (16 KiB of float32)
@@ -243,18 +247,7 @@ def bias_gelu_backward_v3(dx, db, dy, x, b, nt):
         db[c] = s
 
 
-# --------------------------------------------------------------------------- wrappers
-VERSIONS = {
-    "gelu_forward": {1: gelu_forward_v1, 2: gelu_forward_v2, 3: gelu_forward_v3},
-    "gelu_backward": {1: gelu_backward_v1, 2: gelu_backward_v2, 3: gelu_backward_v3},
-    "bias_gelu_forward": {1: bias_gelu_forward_v1, 2: bias_gelu_forward_v2},
-    "bias_gelu_backward": {1: bias_gelu_backward_v1, 2: bias_gelu_backward_v2,
-                           3: bias_gelu_backward_v3},
-}
-DEFAULT_VERSION = {"gelu_forward": 3, "gelu_backward": 3,
-                   "bias_gelu_forward": 2, "bias_gelu_backward": 3}
-
-
+# --------------------------------------------------------------------------- rungs
 def _float(a, dtype=None):
     a = np.ascontiguousarray(a, dtype=dtype)
     if a.dtype != np.float32 and a.dtype != np.float64:
@@ -262,21 +255,25 @@ def _float(a, dtype=None):
     return a
 
 
-def _gelu_forward(version, x):
-    x = _float(x)
-    out = np.empty_like(x)
-    pick(VERSIONS["gelu_forward"][version], x.size)(out.reshape(-1), x.reshape(-1))
-    return out
+def _gelu_forward(kernel):
+    def run(x):  # any shape, seen flat as (M,)
+        x = _float(x)
+        out = np.empty_like(x)
+        pick(kernel, x.size)(out.reshape(-1), x.reshape(-1))
+        return out
+    return picks(run)
 
 
-def _gelu_backward(version, dy, x):
-    x = _float(x)
-    dy = _float(dy, x.dtype)
-    if dy.shape != x.shape:
-        raise ValueError(f"gelu_backward: dy shape {dy.shape} does not match x {x.shape}")
-    dx = np.empty_like(x)
-    pick(VERSIONS["gelu_backward"][version], x.size)(dx.reshape(-1), dy.reshape(-1), x.reshape(-1))
-    return dx
+def _gelu_backward(kernel):
+    def run(dy, x):
+        x = _float(x)
+        dy = _float(dy, x.dtype)
+        if dy.shape != x.shape:
+            raise ValueError(f"gelu_backward: dy shape {dy.shape} does not match x {x.shape}")
+        dx = np.empty_like(x)
+        pick(kernel, x.size)(dx.reshape(-1), dy.reshape(-1), x.reshape(-1))
+        return dx
+    return picks(run)
 
 
 def _bias_args(x, b):
@@ -286,47 +283,55 @@ def _bias_args(x, b):
     return x, _float(b, x.dtype)
 
 
-def _bias_gelu_forward(version, x, b):
-    x, b = _bias_args(x, b)
-    out = np.empty_like(x)
-    if x.size:
-        pick(VERSIONS["bias_gelu_forward"][version], x.size)(out, x, b)
-    return out
+def _bias_gelu_forward(kernel):
+    def run(x, b):
+        x, b = _bias_args(x, b)
+        out = np.empty_like(x)
+        if x.size:
+            pick(kernel, x.size)(out, x, b)
+        return out
+    return picks(run)
 
 
-def _bias_gelu_backward(version, dy, x, b):
-    x, b = _bias_args(x, b)
-    dy = _float(dy, x.dtype)
-    if dy.shape != x.shape:
-        raise ValueError(f"bias_gelu_backward: dy shape {dy.shape} does not match x {x.shape}")
-    dx = np.empty_like(x)
-    db = np.zeros(x.shape[1])
-    if x.size:
-        kernel = pick(VERSIONS["bias_gelu_backward"][version], x.size)
-        kernel(dx, db, dy, x, b, _threads(kernel))
-    return dx, db.astype(x.dtype)
+def _bias_gelu_backward(kernel):
+    def run(dy, x, b):
+        x, b = _bias_args(x, b)
+        dy = _float(dy, x.dtype)
+        if dy.shape != x.shape:
+            raise ValueError(f"bias_gelu_backward: dy shape {dy.shape} does not match x {x.shape}")
+        dx = np.empty_like(x)
+        db = np.zeros(x.shape[1])
+        if x.size:
+            k = pick(kernel, x.size)
+            k(dx, db, dy, x, b, _threads(k))
+        return dx, db.astype(x.dtype)
+    return picks(run)
 
 
-_WRAPPERS = {"gelu_forward": _gelu_forward, "gelu_backward": _gelu_backward,
-             "bias_gelu_forward": _bias_gelu_forward, "bias_gelu_backward": _bias_gelu_backward}
-
-
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    return _WRAPPERS[op](version, *args)
-
-
-def gelu_forward(x):
-    return _gelu_forward(DEFAULT_VERSION["gelu_forward"], x)
-
-
-def gelu_backward(dy, x):
-    return _gelu_backward(DEFAULT_VERSION["gelu_backward"], dy, x)
-
-
-def bias_gelu_forward(x, b):
-    return _bias_gelu_forward(DEFAULT_VERSION["bias_gelu_forward"], x, b)
-
-
-def bias_gelu_backward(dy, x, b):
-    return _bias_gelu_backward(DEFAULT_VERSION["bias_gelu_backward"], dy, x, b)
+FLOAT = dtype_fits(("float32", "float64"))
+LADDERS = (
+    Ladder("gelu_forward", "cpu", default=3, about="elementwise, tanh approximation", rungs=(
+        Rung(1, _gelu_forward(gelu_forward_v1), "plain loop, math.tanh, one thread", FLOAT),
+        Rung(2, _gelu_forward(gelu_forward_v2), "prange blocks + fast_tanh", FLOAT),
+        Rung(3, _gelu_forward(gelu_forward_v3), "sigmoid form x / (1 + exp(-2u))", FLOAT),
+    )),
+    Ladder("gelu_backward", "cpu", default=3, rungs=(
+        Rung(1, _gelu_backward(gelu_backward_v1), "plain loop, math.tanh, one thread", FLOAT),
+        Rung(2, _gelu_backward(gelu_backward_v2), "prange blocks + fast_tanh", FLOAT),
+        Rung(3, _gelu_backward(gelu_backward_v3), "sigmoid form, one exp per element", FLOAT),
+    )),
+    Ladder("bias_gelu_forward", "cpu", default=2, about="gelu(x + b), the MLP epilogue", rungs=(
+        Rung(1, _bias_gelu_forward(bias_gelu_forward_v1), "plain loops, math.tanh, one thread",
+             FLOAT),
+        Rung(2, _bias_gelu_forward(bias_gelu_forward_v2), "prange over rows, sigmoid form, "
+             "x + b fused", FLOAT),
+    )),
+    Ladder("bias_gelu_backward", "cpu", default=3, about="dx, and db summed over rows", rungs=(
+        Rung(1, _bias_gelu_backward(bias_gelu_backward_v1), "plain loops, math.tanh, one "
+             "thread", FLOAT),
+        Rung(2, _bias_gelu_backward(bias_gelu_backward_v2), "per-thread row blocks, sigmoid "
+             "form, float64 partial db", FLOAT),
+        Rung(3, _bias_gelu_backward(bias_gelu_backward_v3), "each row in two loops: dx map, "
+             "then the db add", FLOAT),
+    )),
+)

@@ -6,8 +6,8 @@ Backward, with xhat = (x - mean) * rstd and g = dy * w:
 mean, rstd: (N,) are saved by the forward. A row (C = 384 floats, 1.5 KiB) stays in L1, so the
 second pass over it costs arithmetic only. dw and db are reductions over N: each thread sums its
 own block of rows into a float64 partial (no races, no atomics), and the partials are added at
-the end. The wrappers pass w = 1, b = 0 when they are None (a C-vector, so nothing to gain
-from a separate compiled variant).
+the end. The rungs pass w = 1, b = 0 when they are None (a C-vector, so nothing to gain from a
+separate compiled variant).
 
 Versions (speed-up vs kernels.reference, float32; small N=2048 C=384 / tiny N=768 C=128):
 
@@ -20,20 +20,23 @@ layernorm_forward
 layernorm_backward
   v1  plain loops, one thread, dw/db accumulated row by row: 7.5x / 4.6x.
   v2  prange over per-thread row blocks with float64 partial dw/db, one reduction at the end:
-      8.7x / 4.6x on 2 threads (contended, see below), 10.5x / 7.2x on 1 thread.  (default)
-      Tried and dropped: splitting the row loop in three as bias_gelu_backward_v3 does
+      8.7x / 4.6x on 2 threads, 10.5x / 7.2x on 1 thread.  (default)
+      Splitting the row loop in three as bias_gelu_backward_v3 does gains nothing here
       (0.51 vs 0.43 ms on 1 thread): at C = 384 the fused loop already runs well.
 
-Measured with ``python benchmarks/bench_layernorm.py --repeat 3`` (3 runs of it, fastest single
-call of each) and ``NUMBA_NUM_THREADS=1`` for the 1-thread figures, on the 2-core dev machine
-while other jobs held the load average at 4-7: 2-thread timings of the small kernels are
-inflated whenever the second worker waits for a core, so they understate the gains.
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference) and tests/kernels/test_cpu_layernorm.py
+(w/b absent, finite differences of the reference). Benchmark:
+``python benchmarks/bench_kernels.py --op layernorm``; measurement conditions:
+benchmarks/README.md.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from ._serial import pick, threads as _threads
+from ..ladder import Ladder, Rung, dtype_fits
+from ._serial import pick, picks
+from ._serial import threads as _threads
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 
@@ -165,15 +168,7 @@ def layernorm_backward_v2(dx, dw, db, dy, x, w, mean, rstd, nt):
         db[c] = d
 
 
-# --------------------------------------------------------------------------- wrappers
-VERSIONS = {
-    "layernorm_forward": {1: layernorm_forward_v1, 2: layernorm_forward_v2,
-                          3: layernorm_forward_v3},
-    "layernorm_backward": {1: layernorm_backward_v1, 2: layernorm_backward_v2},
-}
-DEFAULT_VERSION = {"layernorm_forward": 3, "layernorm_backward": 2}
-
-
+# --------------------------------------------------------------------------- rungs
 def _x(a):
     a = np.ascontiguousarray(a)
     if a.dtype != np.float32 and a.dtype != np.float64:
@@ -192,44 +187,52 @@ def _vec(a, C, dt, fill):
     return a
 
 
-def _forward(version, x, w, b, eps=1e-5):
-    x = _x(x)
-    N, C = x.shape
-    dt = x.dtype
-    out = np.empty_like(x)
-    mean = np.empty(N, dtype=dt)
-    rstd = np.empty(N, dtype=dt)
-    if x.size:
-        pick(VERSIONS["layernorm_forward"][version], x.size)(
-            out, mean, rstd, x, _vec(w, C, dt, 1.0), _vec(b, C, dt, 0.0), dt.type(eps))
-    return out, mean, rstd
+def _forward(kernel):
+    """layernorm_forward(x, w, b, eps) -> (y, mean, rstd), running ``kernel``."""
+    def run(x, w, b, eps=1e-5):
+        x = _x(x)
+        N, C = x.shape
+        dt = x.dtype
+        out = np.empty_like(x)
+        mean = np.empty(N, dtype=dt)
+        rstd = np.empty(N, dtype=dt)
+        if x.size:
+            pick(kernel, x.size)(out, mean, rstd, x, _vec(w, C, dt, 1.0), _vec(b, C, dt, 0.0),
+                                 dt.type(eps))
+        return out, mean, rstd
+    return picks(run)
 
 
-def _backward(version, dy, x, w, mean, rstd):
-    x = _x(x)
-    N, C = x.shape
-    dt = x.dtype
-    dy = np.ascontiguousarray(dy, dtype=dt)
-    if dy.shape != x.shape:
-        raise ValueError(f"layernorm_backward: dy shape {dy.shape} does not match x {x.shape}")
-    dx = np.empty_like(x)
-    dw = np.zeros(C)
-    db = np.zeros(C)
-    if x.size:
-        kernel = pick(VERSIONS["layernorm_backward"][version], x.size)
-        kernel(dx, dw, db, dy, x, _vec(w, C, dt, 1.0), np.ascontiguousarray(mean, dtype=dt),
-               np.ascontiguousarray(rstd, dtype=dt), _threads(kernel))
-    return dx, (dw.astype(dt) if w is not None else None), db.astype(dt)
+def _backward(kernel):
+    """layernorm_backward(dy, x, w, mean, rstd) -> (dx, dw, db), running ``kernel``."""
+    def run(dy, x, w, mean, rstd):
+        x = _x(x)
+        N, C = x.shape
+        dt = x.dtype
+        dy = np.ascontiguousarray(dy, dtype=dt)
+        if dy.shape != x.shape:
+            raise ValueError(f"layernorm_backward: dy shape {dy.shape} does not match x {x.shape}")
+        dx = np.empty_like(x)
+        dw = np.zeros(C)
+        db = np.zeros(C)
+        if x.size:
+            k = pick(kernel, x.size)
+            k(dx, dw, db, dy, x, _vec(w, C, dt, 1.0), np.ascontiguousarray(mean, dtype=dt),
+              np.ascontiguousarray(rstd, dtype=dt), _threads(k))
+        return dx, (dw.astype(dt) if w is not None else None), db.astype(dt)
+    return picks(run)
 
 
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    return (_forward if op == "layernorm_forward" else _backward)(version, *args)
-
-
-def layernorm_forward(x, w, b, eps=1e-5):
-    return _forward(DEFAULT_VERSION["layernorm_forward"], x, w, b, eps)
-
-
-def layernorm_backward(dy, x, w, mean, rstd):
-    return _backward(DEFAULT_VERSION["layernorm_backward"], dy, x, w, mean, rstd)
+FLOAT = dtype_fits(("float32", "float64"))
+LADDERS = (
+    Ladder("layernorm_forward", "cpu", default=3, about="row moments, normalise, affine", rungs=(
+        Rung(1, _forward(layernorm_forward_v1), "plain loops, two passes, one thread", FLOAT),
+        Rung(2, _forward(layernorm_forward_v2), "prange over rows, dtype sums", FLOAT),
+        Rung(3, _forward(layernorm_forward_v3), "one shifted pass for both moments", FLOAT),
+    )),
+    Ladder("layernorm_backward", "cpu", default=2, about="dx per row, dw/db over rows", rungs=(
+        Rung(1, _backward(layernorm_backward_v1), "plain loops, one thread", FLOAT),
+        Rung(2, _backward(layernorm_backward_v2), "per-thread row blocks, float64 partials",
+             FLOAT),
+    )),
+)

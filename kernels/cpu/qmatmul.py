@@ -33,7 +33,7 @@ qmatmul_forward
   v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
       unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
       49152-row head never needs its 113 MiB float copy), each panel then one BLAS GEMM on
-      Numba's pool (matmul_pool.py). The dequantization costs O K against the product's N O K.
+      Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
       (default for N >= GEMM_MIN_ROWS)
       fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
 qmatmul_backward_input
@@ -51,7 +51,7 @@ from numba import njit, prange
 from .. import reference
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
-from . import matmul_pool
+from .matmul import pool as matmul_pool
 from ._serial import pick, threads
 
 _JIT = {"fastmath": True, "cache": True, "error_model": "numpy"}

@@ -1,11 +1,12 @@
 """Softmax and log-softmax over the last axis (Numba CPU), forward and backward.
 
-y = exp(x - max) / sum(exp(x - max));  log-softmax y = x - logsumexp(x).  Kernels see x as
-(N, V): N rows (B*T, or B*H*T for attention scores), V entries per row; the wrappers reshape
-any rank to that and back. Each row is at most a few KiB, so it stays in L1 between the passes
-over it (max, exp-sum, scale): the passes cost arithmetic, not memory traffic.
+y = exp(x - max) / sum(exp(x - max));  log-softmax y = x - logsumexp(x).  Backward:
+softmax dx = y * (dy - sum(dy * y));  log-softmax dx = dy - exp(y) * sum(dy).
+Kernels see x as (N, V): N rows (B*T, or B*H*T for attention scores), V entries per row; the
+rungs reshape any rank to that and back. Each row is at most a few KiB, so it stays in L1
+between the passes over it (max, exp-sum, scale): the passes cost arithmetic, not memory.
 
-Versions (speed-up vs kernels.reference, float32, 2 threads; at N=2048 with V = 65 (char
+Versions (speed-up vs kernels.reference, float32, 2 threads; N=2048 with V = 65 (char
 vocabulary) / V = 2048 (sentencepiece), and the tiny config N=768, V=65):
 
 softmax_forward
@@ -16,20 +17,20 @@ softmax_forward
       so the row max does too (numba's max() compiles to a branch: the max pass alone took
       longer than the exps), scalars kept in the input dtype (a float64 literal would widen
       every float32 op), one reciprocal per row: 4.6x / 11.1x, tiny 3.7x.  (default)
-softmax_backward   dx = y * (dy - sum(dy * y))
+softmax_backward
   v1  plain loops, one thread (no exp, so it vectorises): 2.5x / 2.8x.
-  v2  prange over rows, dtype accumulators: 7.7x / 8.3x (1 thread; the 2-thread figure was
-      lost to contention), tiny 5.1x (1 thread).  (default)
-log_softmax_forward   y = x - (max + log(sum(exp(x - max))))
+  v2  prange over rows, dtype accumulators: 7.7x / 8.3x (1 thread), tiny 5.1x.  (default)
+log_softmax_forward
   v1  plain loops, math.exp, one thread: 0.48x / 0.67x.
   v2  prange + fast_exp + fast_max: 3.2x (1 thread) / 2.7x, tiny 4.0x.  (default)
-log_softmax_backward   dx = dy - exp(y) * sum(dy)
+log_softmax_backward
   v1  plain loops, math.exp, one thread: 0.44x / 0.67x.
   v2  prange + fast_exp: 4.3x / 4.9x, tiny 3.4x.  (default)
 
-Measured with ``python benchmarks/bench_softmax.py --repeat 3`` (3 runs, fastest single call),
-``NUMBA_NUM_THREADS=1`` for the 1-thread figures, on the 2-core dev machine while other jobs
-held the load average at 4-7 (so 2-thread timings of the small kernels understate the gains).
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference) and tests/kernels/test_cpu_softmax.py
+(any rank, -inf, _fastmath). Benchmark: ``python benchmarks/bench_kernels.py --op softmax``;
+how the numbers above were measured: benchmarks/README.md.
 """
 
 import math
@@ -37,8 +38,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ..ladder import Ladder, Rung, dtype_fits
 from ._fastmath import fast_exp, fast_max
-from ._serial import pick
+from ._serial import pick, picks
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 
@@ -180,17 +182,7 @@ def log_softmax_backward_v2(dx, dy, y):
             dx[n, v] = dy[n, v] - fast_exp(y[n, v]) * s
 
 
-# --------------------------------------------------------------------------- wrappers
-VERSIONS = {
-    "softmax_forward": {1: softmax_forward_v1, 2: softmax_forward_v2, 3: softmax_forward_v3},
-    "softmax_backward": {1: softmax_backward_v1, 2: softmax_backward_v2},
-    "log_softmax_forward": {1: log_softmax_forward_v1, 2: log_softmax_forward_v2},
-    "log_softmax_backward": {1: log_softmax_backward_v1, 2: log_softmax_backward_v2},
-}
-DEFAULT_VERSION = {"softmax_forward": 3, "softmax_backward": 2,
-                   "log_softmax_forward": 2, "log_softmax_backward": 2}
-
-
+# --------------------------------------------------------------------------- rungs
 def _rows(a, dtype=None):
     """(..., V) -> contiguous float (N, V) view plus the original shape."""
     a = np.ascontiguousarray(a, dtype=dtype)
@@ -200,42 +192,48 @@ def _rows(a, dtype=None):
     return a.reshape(-1, V), a.shape
 
 
-def _unary(op, version, x):
-    x2, shape = _rows(x)
-    out = np.empty_like(x2)
-    if x2.size:
-        pick(VERSIONS[op][version], x2.size)(out, x2)
-    return out.reshape(shape)
+def _unary(kernel):
+    """forward(x) -> y with the reference's signature, running ``kernel(out, x)``."""
+    def run(x):
+        x2, shape = _rows(x)
+        out = np.empty_like(x2)
+        if x2.size:
+            pick(kernel, x2.size)(out, x2)
+        return out.reshape(shape)
+    return picks(run)
 
 
-def _binary(op, version, dy, y):
-    y2, shape = _rows(y)
-    dy2, _ = _rows(dy, y2.dtype)
-    if dy2.shape != y2.shape:
-        raise ValueError(f"{op}: dy shape {np.shape(dy)} does not match y shape {np.shape(y)}")
-    dx = np.empty_like(y2)
-    if y2.size:
-        pick(VERSIONS[op][version], y2.size)(dx, dy2, y2)
-    return dx.reshape(shape)
+def _binary(kernel):
+    """backward(dy, y) -> dx with the reference's signature, running ``kernel(dx, dy, y)``."""
+    def run(dy, y):
+        y2, shape = _rows(y)
+        dy2, _ = _rows(dy, y2.dtype)
+        if dy2.shape != y2.shape:
+            raise ValueError(f"dy shape {np.shape(dy)} does not match y shape {np.shape(y)}")
+        dx = np.empty_like(y2)
+        if y2.size:
+            pick(kernel, y2.size)(dx, dy2, y2)
+        return dx.reshape(shape)
+    return picks(run)
 
 
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    fn = _binary if op.endswith("backward") else _unary
-    return fn(op, version, *args)
-
-
-def softmax_forward(x):
-    return _unary("softmax_forward", DEFAULT_VERSION["softmax_forward"], x)
-
-
-def softmax_backward(dy, y):
-    return _binary("softmax_backward", DEFAULT_VERSION["softmax_backward"], dy, y)
-
-
-def log_softmax_forward(x):
-    return _unary("log_softmax_forward", DEFAULT_VERSION["log_softmax_forward"], x)
-
-
-def log_softmax_backward(dy, y):
-    return _binary("log_softmax_backward", DEFAULT_VERSION["log_softmax_backward"], dy, y)
+FLOAT = dtype_fits(("float32", "float64"))
+LADDERS = (
+    Ladder("softmax_forward", "cpu", default=3, about="row max, exp-sum, scale", rungs=(
+        Rung(1, _unary(softmax_forward_v1), "plain loops, math.exp, one thread", FLOAT),
+        Rung(2, _unary(softmax_forward_v2), "prange over rows", FLOAT),
+        Rung(3, _unary(softmax_forward_v3), "fast_exp + fast_max vectorise, dtype scalars", FLOAT),
+    )),
+    Ladder("softmax_backward", "cpu", default=2, rungs=(
+        Rung(1, _binary(softmax_backward_v1), "plain loops, one thread", FLOAT),
+        Rung(2, _binary(softmax_backward_v2), "prange over rows, dtype accumulators", FLOAT),
+    )),
+    Ladder("log_softmax_forward", "cpu", default=2, rungs=(
+        Rung(1, _unary(log_softmax_forward_v1), "plain loops, math.exp, one thread", FLOAT),
+        Rung(2, _unary(log_softmax_forward_v2), "prange + fast_exp + fast_max", FLOAT),
+    )),
+    Ladder("log_softmax_backward", "cpu", default=2, rungs=(
+        Rung(1, _binary(log_softmax_backward_v1), "plain loops, math.exp, one thread", FLOAT),
+        Rung(2, _binary(log_softmax_backward_v2), "prange + fast_exp", FLOAT),
+    )),
+)

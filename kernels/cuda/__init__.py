@@ -2,10 +2,12 @@
 ``#define`` placeholders filled in at load time), compiled once by ``cupy.RawModule`` and cached
 (``_compile.py``), launched by thin wrappers with the signatures of kernels/reference.py.
 
-The dispatcher (kernels/dispatch.py) imports this package only when it sees a CuPy array, and
-nothing here imports cupy at import time: the launchers import it inside the functions. A
-wrapper whose inputs a kernel does not take (another dtype, an unsupported head dim, ...) calls
-kernels/reference.py, which runs on CuPy too, so the answer is always right, only slower.
+kernels/registry.py imports these modules only when it sees a CuPy array, and nothing here
+imports cupy at import time: the launchers import it inside the functions. Each module declares
+its versions in ``LADDERS`` (kernels/ladder.py); a rung's ``fits`` says which inputs it takes
+(dtype, head dim, row length, ...), and inputs no rung takes run kernels/reference.py, which
+runs on CuPy too, so the answer is always right, only slower. The registry reads the modules
+named in MODULES (adding an op is one line there).
 
 Files (each .cu header lists its versions and what each is expected to gain):
   matmul.cu       FP32 SGEMM ladder v1..v5, TF32 tensor cores v6, fused bias / bias+GELU
@@ -19,57 +21,6 @@ Files (each .cu header lists its versions and what each is expected to gain):
   rope.cu         rotary embeddings, one kernel for both directions, v1..v2 (Llama)
   swiglu.cu       SwiGLU forward/backward v1..v2 (Llama)
 """
-
-from .adamw import adamw_step
-from .attention import attention_backward, attention_forward
-from .crossentropy import cross_entropy_backward, cross_entropy_forward
-from .gelu import bias_gelu_backward, bias_gelu_forward, gelu_backward, gelu_forward
-from .layernorm import layernorm_backward, layernorm_forward
-from .matmul import (
-    matmul,
-    matmul_bias,
-    matmul_bias_gelu,
-    matmul_v1,
-    matmul_v2,
-    matmul_v3,
-    matmul_v4,
-    matmul_v5,
-    matmul_v6,
-)
-from .softmax import (
-    log_softmax_backward,
-    log_softmax_forward,
-    softmax_backward,
-    softmax_forward,
-)
-
-__all__ = [
-    "adamw_step",
-    "attention_backward",
-    "attention_forward",
-    "bias_gelu_backward",
-    "bias_gelu_forward",
-    "cross_entropy_backward",
-    "cross_entropy_forward",
-    "gelu_backward",
-    "gelu_forward",
-    "layernorm_backward",
-    "layernorm_forward",
-    "log_softmax_backward",
-    "log_softmax_forward",
-    "matmul",
-    "matmul_bias",
-    "matmul_bias_gelu",
-    "matmul_v1",
-    "matmul_v2",
-    "matmul_v3",
-    "matmul_v4",
-    "matmul_v5",
-    "matmul_v6",
-    "softmax_backward",
-    "softmax_forward",
-    "all_configs",
-]
 
 MODULES = ("matmul", "layernorm", "softmax", "crossentropy", "gelu", "adamw", "attention")
 

@@ -1,33 +1,35 @@
 """Launchers for kernels/cuda/adamw.cu: the fused in-place AdamW step, v1..v2 (see its header).
 
-``adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)`` has the signature of
-kernels/reference.py and updates p, m, v in place. The CUDA kernels take float32 buffers that
-are contiguous (any shape, seen flat); anything else (another dtype, a strided view that cannot
-be updated through a flat pointer) goes to the reference, which also updates in place.
+The rungs have the signature of kernels/reference.py ``adamw_step(p, g, m, v, lr, beta1, beta2,
+eps, weight_decay, step)`` and update p, m, v in place. They take float32 buffers that are
+contiguous (any shape, seen flat); anything else (another dtype, a strided view that cannot be
+updated through a flat pointer) runs the reference, which also updates in place. The table is
+``LADDERS``.
 """
 
 import math
 
+from ..ladder import Ladder, Rung
 from . import _compile as cc
 
 FILE = "adamw.cu"
 DEFINES = dict(AW_THREADS=256)
 CONFIGS = [(FILE, DEFINES), (FILE, dict(AW_THREADS=512))]
-VERSIONS = {"adamw_step": (1, 2)}
-DEFAULT_VERSION = {"adamw_step": 2}
 
 
 def kernel_names(defines):
     return ["adamw_step_v1", "adamw_step_v2"]
 
 
-def fits(p, g, m, v):
+def fits(p, g, m, v, *hyper):
+    """C-contiguous float32 p, g, m, v of one shape, under 2^31 elements"""
     arrs = (p, g, m, v)
-    return (
+    ok = (
         all(cc.is_cupy(a) and cc.dtype_name(a) == "float32" and a.flags.c_contiguous for a in arrs)
         and len({a.shape for a in arrs}) == 1
         and p.size < 2**31
     )
+    return None if ok else f"{cc.dtype_name(p)} or strided buffers"
 
 
 def run(version, p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
@@ -49,10 +51,16 @@ def run(version, p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
         cc.launch(fn, blocks, T, (p, g, m, v, n, *scalars, cc.aligned16(p, g, m, v)))
 
 
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    """One AdamW update of p, m, v in place (``step`` counts from 1)."""
-    if not fits(p, g, m, v):
-        from .. import reference
+def _version(version):
+    def fn(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+        run(version, p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+    fn.__name__ = f"adamw_step_v{version}"
+    return fn
 
-        return reference.adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
-    run(DEFAULT_VERSION["adamw_step"], p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+
+LADDERS = (
+    Ladder("adamw_step", "cuda", default=2, rungs=(
+        Rung(1, _version(1), "one thread per element", fits),
+        Rung(2, _version(2), "grid-stride, float4 loads where aligned", fits),
+    )),
+)

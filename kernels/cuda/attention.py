@@ -1,16 +1,17 @@
 """Launchers for kernels/cuda/attention.cu: flash attention forward + backward, v1 (FP32) and v2
 (FP16/BF16 on tensor cores), head dims 64 and 128 (see its header).
 
-``attention_forward(q, k, v, scale, causal=True) -> (o, lse)`` and
-``attention_backward(do, q, k, v, o, lse, scale, causal=True) -> (dq, dk, dv)`` have the
-signatures of kernels/reference.py, including Tq < Tk with the causal offset (query i at
-absolute position Tk - Tq + i). Which inputs take a kernel:
-  float32 -> v1;  float16 or bfloat16 -> v2 (lse stays float32);  head dim 64 or 128;
-  q (B, H, Tq, D), k and v (B, H, Tk, D), Tq, Tk >= 1, B*H <= 65535.
-Anything else (float64, another head dim, Tq > Tk with causal, ...) goes to the reference,
-which runs on CuPy and materialises the score matrix.
+The rungs have the signatures of kernels/reference.py ``attention_forward(q, k, v, scale,
+causal=True) -> (o, lse)`` and ``attention_backward(do, q, k, v, o, lse, scale, causal=True) ->
+(dq, dk, dv)``, including Tq < Tk with the causal offset (query i at absolute position
+Tk - Tq + i). Which inputs a rung takes (its ``fits``):
+  float32 -> v1 (the default);  float16 or bfloat16 -> v2 (``also``; lse stays float32);
+  head dim 64 or 128; q (B, H, Tq, D), k and v (B, H, Tk, D), Tq, Tk >= 1, B*H <= 65535.
+Anything else (float64, another head dim, Tq > Tk with causal, ...) runs the reference, which
+runs on CuPy and materialises the score matrix. The table is ``LADDERS``.
 """
 
+from ..ladder import Ladder, Rung
 from . import _compile as cc
 
 FILE = "attention.cu"
@@ -20,8 +21,7 @@ V2 = dict(ATT_VERSION=2, ATT_BQ=64, ATT_BK=64)  # 4 warps x 16 rows, 64-key tile
 CONFIGS = [(FILE, dict(V1, HEAD_DIM=d)) for d in HEAD_DIMS] + [
     (FILE, dict(V2, HEAD_DIM=d, ATT_BF16=bf)) for d in HEAD_DIMS for bf in (0, 1)
 ]
-VERSIONS = {"attention_forward": (1, 2), "attention_backward": (1, 2)}
-DTYPE_VERSION = {"float32": 1, "float16": 2, "bfloat16": 2}
+DTYPES = {1: ("float32",), 2: ("float16", "bfloat16")}  # what each version computes in
 
 
 def kernel_names(defines):
@@ -73,14 +73,34 @@ def _shapes_fit(q, k, v):
     )
 
 
-def version_for(q, k, v, causal):
-    """The kernel version these inputs take, or None (reference)."""
-    if not _shapes_fit(q, k, v) or (causal and q.shape[2] > k.shape[2]):
-        return None
+def _fits_qkv(version, q, k, v, causal):
+    if not _shapes_fit(q, k, v):
+        return f"shapes {q.shape} {k.shape} {v.shape} (head dim 64 or 128, B*H <= 65535)"
+    if causal and q.shape[2] > k.shape[2]:
+        return "causal with Tq > Tk"
     names = {cc.dtype_name(a) for a in (q, k, v)}
-    if len(names) != 1:
-        return None
-    return DTYPE_VERSION.get(names.pop())
+    if len(names) != 1 or names.pop() not in DTYPES[version]:
+        return f"{cc.dtype_name(q)} input"
+    return None
+
+
+def _fits_forward(version):
+    def fits(q, k, v, scale, causal=True):
+        return _fits_qkv(version, q, k, v, causal)
+    fits.__doc__ = f"{' or '.join(DTYPES[version])} q, k, v, head dim 64 or 128"
+    return fits
+
+
+def _fits_backward(version):
+    def fits(do, q, k, v, o, lse, scale, causal=True):
+        reason = _fits_qkv(version, q, k, v, causal)
+        if reason is None and not (cc.is_cupy(do) and do.shape == q.shape == o.shape
+                                   and cc.dtype_name(do) == cc.dtype_name(q) == cc.dtype_name(o)
+                                   and cc.dtype_name(lse) == "float32"):
+            reason = "do, o or lse do not match q"
+        return reason
+    fits.__doc__ = f"{' or '.join(DTYPES[version])} q, k, v, do, o, float32 lse, head dim 64/128"
+    return fits
 
 
 def _prep(*arrays):
@@ -147,27 +167,30 @@ def backward(version, do, q, k, v, o, lse, scale, causal=True, d=None):
     return dq, dk, dv
 
 
-def attention_forward(q, k, v, scale, causal=True):
-    version = version_for(q, k, v, causal)
-    if version is None:
-        from .. import reference
-
-        return reference.attention_forward(q, k, v, scale, causal)
-    return forward(version, q, k, v, scale, causal)
+def _forward_v(version):
+    def fn(q, k, v, scale, causal=True):
+        return forward(version, q, k, v, scale, causal)
+    fn.__name__ = f"attention_forward_v{version}"
+    return fn
 
 
-def attention_backward(do, q, k, v, o, lse, scale, causal=True):
-    version = version_for(q, k, v, causal)
-    if (
-        version is None
-        or not cc.is_cupy(do)
-        or do.shape != q.shape
-        or o.shape != q.shape
-        or cc.dtype_name(do) != cc.dtype_name(q)
-        or cc.dtype_name(o) != cc.dtype_name(q)
-        or cc.dtype_name(lse) != "float32"
-    ):
-        from .. import reference
+def _backward_v(version):
+    def fn(do, q, k, v, o, lse, scale, causal=True):
+        return backward(version, do, q, k, v, o, lse, scale, causal)
+    fn.__name__ = f"attention_backward_v{version}"
+    return fn
 
-        return reference.attention_backward(do, q, k, v, o, lse, scale, causal)
-    return backward(version, do, q, k, v, o, lse, scale, causal)
+
+LADDERS = (
+    Ladder("attention_forward", "cuda", default=1, also=(2,), rungs=(
+        Rung(1, _forward_v(1), "FP32 flash forward, online softmax in registers",
+             _fits_forward(1)),
+        Rung(2, _forward_v(2), "FP16/BF16 on tensor cores (mma), FP32 softmax",
+             _fits_forward(2)),
+    )),
+    Ladder("attention_backward", "cuda", default=1, also=(2,), rungs=(
+        Rung(1, _backward_v(1), "FP32: dk/dv per key block, dq per query block",
+             _fits_backward(1)),
+        Rung(2, _backward_v(2), "FP16/BF16 on tensor cores", _fits_backward(2)),
+    )),
+)

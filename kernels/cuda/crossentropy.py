@@ -1,24 +1,24 @@
 """Launchers for kernels/cuda/crossentropy.cu: fused softmax + cross-entropy with ignore_index,
 forward v1..v2 and backward v1..v2 (see its header).
 
-``cross_entropy_forward(logits, targets, ignore_index)`` -> (loss, lse) and
-``cross_entropy_backward(dloss, logits, lse, targets, ignore_index)`` -> dlogits, as in
-kernels/reference.py. float32 (N, V) logits run the CUDA kernels (targets are cast to int64);
-other dtypes go to the reference. Nothing here synchronises with the host: the loss and the
+The rungs have the signatures of kernels/reference.py ``cross_entropy_forward(logits, targets,
+ignore_index)`` -> (loss, lse) and ``cross_entropy_backward(dloss, logits, lse, targets,
+ignore_index)`` -> dlogits and take float32 (N, V) logits (targets are cast to int64); other
+dtypes run the reference. The table is ``LADDERS``. Nothing here synchronises with the host: the loss and the
 1/count scale are reduced on the device, and ``dloss`` may be a 0-d device array.
 """
 
+from ..ladder import Ladder, Rung
 from . import _compile as cc
 
 FILE = "crossentropy.cu"
 DEFINES = dict(CE_THREADS=512)
 CONFIGS = [(FILE, DEFINES), (FILE, dict(CE_THREADS=256))]
-VERSIONS = {"cross_entropy_forward": (1, 2), "cross_entropy_backward": (1, 2)}
-DEFAULT_VERSION = {"cross_entropy_forward": 2, "cross_entropy_backward": 2}
+_VERSIONS = {"cross_entropy_forward": (1, 2), "cross_entropy_backward": (1, 2)}  # in the .cu
 
 
 def kernel_names(defines):
-    return [f"{op}_v{v}" for op in VERSIONS for v in VERSIONS[op]] + [
+    return [f"{op}_v{v}" for op in _VERSIONS for v in _VERSIONS[op]] + [
         "cross_entropy_loss",
         "cross_entropy_scale",
     ]
@@ -28,14 +28,26 @@ def _fn(name, defines=None):
     return cc.function(FILE, name, defines or DEFINES)
 
 
-def fits(logits, targets):
-    return (
+def _fits(logits, targets):
+    ok = (
         cc.is_cupy(logits)
         and logits.ndim == 2
         and cc.dtype_name(logits) == "float32"
         and targets.ndim == 1
         and targets.shape[0] == logits.shape[0]
     )
+    return None if ok else f"{cc.dtype_name(logits)} logits of shape {logits.shape}"
+
+
+def fits_forward(logits, targets, ignore_index=-100):
+    """float32 (N, V) logits, (N,) targets"""
+    return _fits(logits, targets)
+
+
+def fits_backward(dloss, logits, lse, targets, ignore_index=-100):
+    """float32 (N, V) logits and lse, (N,) targets"""
+    return _fits(logits, targets) or (
+        None if cc.dtype_name(lse) == "float32" else f"{cc.dtype_name(lse)} lse")
 
 
 def _targets(targets):
@@ -84,19 +96,27 @@ def backward(version, dloss, logits, lse, targets, ignore_index=-100):
     return dlogits
 
 
-def cross_entropy_forward(logits, targets, ignore_index=-100):
-    if not fits(logits, targets):
-        from .. import reference
+def _forward_v(version):
+    def fn(logits, targets, ignore_index=-100):
+        return forward(version, logits, targets, ignore_index)
+    fn.__name__ = f"cross_entropy_forward_v{version}"
+    return fn
 
-        return reference.cross_entropy_forward(logits, targets, ignore_index)
-    return forward(DEFAULT_VERSION["cross_entropy_forward"], logits, targets, ignore_index)
+
+def _backward_v(version):
+    def fn(dloss, logits, lse, targets, ignore_index=-100):
+        return backward(version, dloss, logits, lse, targets, ignore_index)
+    fn.__name__ = f"cross_entropy_backward_v{version}"
+    return fn
 
 
-def cross_entropy_backward(dloss, logits, lse, targets, ignore_index=-100):
-    if not (fits(logits, targets) and cc.dtype_name(lse) == "float32"):
-        from .. import reference
-
-        return reference.cross_entropy_backward(dloss, logits, lse, targets, ignore_index)
-    return backward(
-        DEFAULT_VERSION["cross_entropy_backward"], dloss, logits, lse, targets, ignore_index
-    )
+LADDERS = (
+    Ladder("cross_entropy_forward", "cuda", default=2, rungs=(
+        Rung(1, _forward_v(1), "one thread per row", fits_forward),
+        Rung(2, _forward_v(2), "one block per row, online max/sum", fits_forward),
+    )),
+    Ladder("cross_entropy_backward", "cuda", default=2, rungs=(
+        Rung(1, _backward_v(1), "one thread per row", fits_backward),
+        Rung(2, _backward_v(2), "a 2-D grid over rows and column blocks", fits_backward),
+    )),
+)

@@ -1,17 +1,17 @@
 """Launchers for kernels/cuda/gelu.cu: GELU and bias + GELU, forward and backward, v1..v2 (see
-its header). Reference signatures: ``gelu_forward(x)``, ``gelu_backward(dy, x)``,
-``bias_gelu_forward(x, b)``, ``bias_gelu_backward(dy, x, b) -> (dx, db)``. float32 inputs with
-fewer than 2^31 elements run the CUDA kernels; anything else goes to kernels/reference.py.
+its header). The rungs have the reference signatures ``gelu_forward(x)``, ``gelu_backward(dy,
+x)``, ``bias_gelu_forward(x, b)``, ``bias_gelu_backward(dy, x, b) -> (dx, db)`` and take float32
+inputs with fewer than 2^31 elements (bias_gelu: x (N, C), b (C,)); anything else runs
+kernels/reference.py on CuPy. The table is ``LADDERS``.
 """
 
+from ..ladder import Ladder, Rung
 from . import _compile as cc
 
 FILE = "gelu.cu"
 DEFINES = dict(GL_THREADS=256, GL_ROWS=8)
 CONFIGS = [(FILE, DEFINES), (FILE, dict(GL_THREADS=512, GL_ROWS=16))]
 OPS = ("gelu_forward", "gelu_backward", "bias_gelu_forward", "bias_gelu_backward")
-VERSIONS = {op: (1, 2) for op in OPS}
-DEFAULT_VERSION = {op: 2 for op in OPS}
 
 
 def kernel_names(defines):
@@ -34,7 +34,19 @@ def _fn(name):
 
 
 def fits(*arrays):
-    return all(cc.is_cupy(a) and cc.dtype_name(a) == "float32" and a.size < 2**31 for a in arrays)
+    """float32, under 2^31 elements"""
+    for a in arrays:
+        if not (cc.is_cupy(a) and cc.dtype_name(a) == "float32" and a.size < 2**31):
+            return f"{cc.dtype_name(a)} input of {a.size} elements"
+    return None
+
+
+def fits_bias(*arrays):
+    """float32 x (N, C) and b (C,), under 2^31 elements"""
+    x, b = arrays[-2], arrays[-1]
+    if not (x.ndim == 2 and b.ndim == 1 and b.shape[0] == x.shape[1]):
+        return f"x {x.shape} and b {b.shape}"
+    return fits(*arrays)
 
 
 def _grid_stride_blocks(n):
@@ -97,32 +109,23 @@ def run(op, version, *arrays):
     return out, db
 
 
-def _call(op, *arrays, bias=False):
-    two_d = not bias or (
-        arrays[-2].ndim == 2 and arrays[-1].ndim == 1 and arrays[-1].shape[0] == arrays[-2].shape[1]
-    )
-    if not (fits(*arrays) and two_d):
-        from .. import reference
-
-        return getattr(reference, op)(*arrays)
-    return run(op, DEFAULT_VERSION[op], *arrays)
+def _version(op, version):
+    def fn(*arrays):
+        return run(op, version, *arrays)
+    fn.__name__ = f"{op}_v{version}"
+    return fn
 
 
-def gelu_forward(x):
-    """y = gelu(x), any shape (kernels.reference.gelu_forward)."""
-    return _call("gelu_forward", x)
+_NOTES = {1: "one thread per element", 2: "grid-stride, float4 loads where aligned"}
+_BIAS_NOTES = {1: "dx per element, then a column-sum kernel for db",
+               2: "dx and per-block partial db in one pass, then a partials sum"}
 
 
-def gelu_backward(dy, x):
-    """dx = dy gelu'(x) (kernels.reference.gelu_backward)."""
-    return _call("gelu_backward", dy, x)
+def _ladder(op):
+    notes = _BIAS_NOTES if op == "bias_gelu_backward" else _NOTES
+    f = fits_bias if op.startswith("bias") else fits
+    return Ladder(op, "cuda", default=2, rungs=tuple(
+        Rung(v, _version(op, v), notes[v], f) for v in (1, 2)))
 
 
-def bias_gelu_forward(x, b):
-    """y = gelu(x + b), x: (N, C), b: (C,) (kernels.reference.bias_gelu_forward)."""
-    return _call("bias_gelu_forward", x, b, bias=True)
-
-
-def bias_gelu_backward(dy, x, b):
-    """(dx, db) of y = gelu(x + b) (kernels.reference.bias_gelu_backward)."""
-    return _call("bias_gelu_backward", dy, x, b, bias=True)
+LADDERS = tuple(_ladder(op) for op in OPS)

@@ -1,11 +1,14 @@
 """Launchers for kernels/cuda/layernorm.cu (forward v1..v3, backward v1..v2; see its header).
 
-``layernorm_forward(x, w, b, eps)`` and ``layernorm_backward(dy, x, w, mean, rstd)`` have the
-signatures of kernels/reference.py. float32 (N, C) inputs run the CUDA kernels (the newest
-version that takes the row length); any other dtype goes to the reference, which runs on CuPy.
-w / b of None are passed as ones / zeros (a C-vector: not worth a separate compiled variant).
+The rungs have the signatures of kernels/reference.py ``layernorm_forward(x, w, b, eps)`` and
+``layernorm_backward(dy, x, w, mean, rstd)`` and take float32 (N, C) inputs; the register
+versions (forward v3, backward v2, the defaults) take rows of at most MAX_C_REGISTERS, longer
+rows run forward v2 / backward v1 (``also``), other dtypes the reference on CuPy. w / b of None
+are passed as ones / zeros (a C-vector: not worth a separate compiled variant). The table is
+``LADDERS``.
 """
 
+from ..ladder import Ladder, Rung
 from . import _compile as cc
 
 FILE = "layernorm.cu"
@@ -15,8 +18,6 @@ LN_WARPS = 8  # 256 threads per block
 # forward v2 and backward v1, which have no limit.
 J_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 CONFIGS = [(FILE, dict(LN_WARPS=LN_WARPS, LN_J=j)) for j in J_BUCKETS]
-VERSIONS = {"layernorm_forward": (1, 2, 3), "layernorm_backward": (1, 2)}
-DEFAULT_VERSION = {"layernorm_forward": 3, "layernorm_backward": 2}
 MAX_C_REGISTERS = 32 * J_BUCKETS[-1]
 KERNELS = (
     "layernorm_forward_v1",
@@ -46,15 +47,32 @@ def _fn(name, C):
     return cc.function(FILE, name, dict(LN_WARPS=LN_WARPS, LN_J=j))
 
 
-def fits(x):
-    return cc.is_cupy(x) and x.ndim == 2 and cc.dtype_name(x) == "float32"
+def _float32_rows(x):
+    if not (cc.is_cupy(x) and x.ndim == 2 and cc.dtype_name(x) == "float32"):
+        return f"{cc.dtype_name(x)} rank-{x.ndim} input"
+    return None
 
 
-def supported(op, version, C):
-    """Whether ``version`` of ``op`` takes rows of length C (register versions have a limit)."""
-    if op == "layernorm_forward" and version == 3 or op == "layernorm_backward" and version == 2:
-        return C <= MAX_C_REGISTERS
-    return True
+def fits_forward(x, w, b, eps=1e-5):
+    """float32 (N, C) x"""
+    return _float32_rows(x)
+
+
+def fits_backward(dy, x, w, mean, rstd):
+    """float32 (N, C) dy, x and float32 mean, rstd"""
+    return _float32_rows(x) or _float32_rows(dy) or (
+        None if cc.dtype_name(mean) == "float32" else f"{cc.dtype_name(mean)} mean")
+
+
+def _registers(fits):
+    def fits_registers(*args):
+        reason = fits(*args)
+        if reason is not None:
+            return reason
+        C = args[0].shape[1] if fits is fits_forward else args[1].shape[1]
+        return f"rows of {C} > {MAX_C_REGISTERS}" if C > MAX_C_REGISTERS else None
+    fits_registers.__doc__ = f"{fits.__doc__}, C <= {MAX_C_REGISTERS}"
+    return fits_registers
 
 
 def _vec(a, C, fill, cp):
@@ -132,22 +150,31 @@ def backward(version, dy, x, w, mean, rstd):
     return dx, (dw if w is not None else None), db
 
 
-# --------------------------------------------------------------------------- reference API
-def layernorm_forward(x, w, b, eps=1e-5):
-    if not fits(x):
-        from .. import reference
-
-        return reference.layernorm_forward(x, w, b, eps)
-    v = DEFAULT_VERSION["layernorm_forward"]
-    return forward(v if supported("layernorm_forward", v, x.shape[1]) else 2, x, w, b, eps)
+# --------------------------------------------------------------------------- ladders
+def _forward_v(version):
+    def fn(x, w, b, eps=1e-5):
+        return forward(version, x, w, b, eps)
+    fn.__name__ = f"layernorm_forward_v{version}"
+    return fn
 
 
-def layernorm_backward(dy, x, w, mean, rstd):
-    if not (fits(x) and fits(dy) and cc.dtype_name(mean) == "float32"):
-        from .. import reference
+def _backward_v(version):
+    def fn(dy, x, w, mean, rstd):
+        return backward(version, dy, x, w, mean, rstd)
+    fn.__name__ = f"layernorm_backward_v{version}"
+    return fn
 
-        return reference.layernorm_backward(dy, x, w, mean, rstd)
-    v = DEFAULT_VERSION["layernorm_backward"]
-    return backward(
-        v if supported("layernorm_backward", v, x.shape[1]) else 1, dy, x, w, mean, rstd
-    )
+
+LADDERS = (
+    Ladder("layernorm_forward", "cuda", default=3, also=(2,), rungs=(
+        Rung(1, _forward_v(1), "one thread per row", fits_forward),
+        Rung(2, _forward_v(2), "one warp per row, shuffle reductions", fits_forward),
+        Rung(3, _forward_v(3), "the row held in registers, one read of x",
+             _registers(fits_forward)),
+    )),
+    Ladder("layernorm_backward", "cuda", default=2, also=(1,), rungs=(
+        Rung(1, _backward_v(1), "dx per row, then dw/db per column", fits_backward),
+        Rung(2, _backward_v(2), "warp per row in registers, partial dw/db per block",
+             _registers(fits_backward)),
+    )),
+)

@@ -1,14 +1,13 @@
 """Launchers for kernels/cuda/matmul.cu (the FP32 SGEMM ladder, v1..v6; see its header).
 
-``matmul(a, b)`` — the function the dispatcher calls for CuPy arrays — is cuBLAS through
-``a @ b``: it takes any dtype, batch dims and broadcasting, and until a GPU run measures one of
-the hand-written versions faster it is the fair default (the issue says so too). The ladder is
-reached explicitly: ``matmul_v1(a, b)`` ... ``matmul_v6(a, b)`` for 2-D float32 arrays, and the
-fused epilogues ``matmul_bias(a, b, bias, version=5)`` / ``matmul_bias_gelu(...)`` (v5: FP32,
-v6: TF32). Anything else (other dtypes, batched shapes) goes to cuBLAS + the reference
-epilogue, never to a kernel that does not fit it.
+``LADDERS``: v1..v6 take 2-D float32 (M, K) @ (K, N) CuPy arrays; v7, the default, is cuBLAS
+through ``a @ b`` (any dtype, batch dims and broadcasting), the fair default until a GPU run
+measures one of the hand-written versions faster. The fused epilogues ``matmul_bias(a, b, bias,
+version=5)`` / ``matmul_bias_gelu(...)`` (v5: FP32, v6: TF32) take the same inputs; anything
+else goes to cuBLAS + the reference epilogue, never to a kernel that does not fit it.
 """
 
+from ..ladder import Ladder, Rung
 from . import _compile as cc
 
 FILE = "matmul.cu"
@@ -31,7 +30,6 @@ EXTRA_DEFINES = [
     dict(VERSION=6, BM=64, BN=128, BK=32, WARPS_M=2, WARPS_N=2),
 ]
 CONFIGS = [(FILE, d) for d in DEFINES.values()] + [(FILE, d) for d in EXTRA_DEFINES]
-VERSIONS = (1, 2, 3, 4, 5, 6)
 TF32_VERSIONS = (6,)
 
 
@@ -47,7 +45,7 @@ def kernel_names(defines):
 EPILOGUE_VERSIONS = (5, 6)
 
 
-def matmul(a, b):
+def cublas(a, b):
     """out = a @ b on the GPU: cuBLAS (the default until a hand-written version beats it)."""
     return a @ b
 
@@ -66,7 +64,11 @@ def _threads(d):
 
 
 def fits(a, b):
-    """True when the hand-written kernels take this pair: 2-D float32 (M, K) @ (K, N)."""
+    """2-D float32 (M, K) @ (K, N)"""
+    return None if _fits(a, b) else f"{cc.dtype_name(a)} {a.shape} @ {cc.dtype_name(b)} {b.shape}"
+
+
+def _fits(a, b):
     return (
         cc.is_cupy(a)
         and cc.is_cupy(b)
@@ -86,7 +88,7 @@ def run(version, a, b, bias=None, gelu=False, defines=None, out=None):
     """
     import cupy as cp
 
-    if not fits(a, b):
+    if not _fits(a, b):
         raise ValueError("matmul.cu takes 2-D float32 (M, K) @ (K, N) CuPy arrays")
     if (bias is not None or gelu) and version not in EPILOGUE_VERSIONS:
         raise ValueError(f"fused epilogues exist in versions {EPILOGUE_VERSIONS}, not v{version}")
@@ -163,13 +165,27 @@ def matmul_v6(a, b):
 def matmul_bias(a, b, bias, version=5):
     """a @ b + bias with the bias add fused into the store (v5 FP32, v6 TF32); other inputs go
     to cuBLAS + a separate add."""
-    if fits(a, b) and cc.dtype_name(bias) == "float32":
+    if _fits(a, b) and cc.dtype_name(bias) == "float32":
         return run(version, a, b, bias=bias)
     return a @ b + bias
 
 
 def matmul_bias_gelu(a, b, bias, version=5):
     """gelu(a @ b + bias), the MLP's first layer, with bias and GELU fused into the store."""
-    if fits(a, b) and cc.dtype_name(bias) == "float32":
+    if _fits(a, b) and cc.dtype_name(bias) == "float32":
         return run(version, a, b, bias=bias, gelu=True)
     return _ref_epilogue(a @ b, bias, True)
+
+
+LADDERS = (
+    Ladder("matmul", "cuda", default=7, about="SGEMM: tiling, register blocks, tensor cores",
+           rungs=(
+        Rung(1, matmul_v1, "naive: one thread per output, K-loop from global memory", fits),
+        Rung(2, matmul_v2, "shared-memory tiles", fits),
+        Rung(3, matmul_v3, "2-D register blocking, TM x TN per thread", fits),
+        Rung(4, matmul_v4, "v3 + float4 global and shared loads", fits),
+        Rung(5, matmul_v5, "warp tiling", fits),
+        Rung(6, matmul_v6, "TF32 tensor cores (mma.sync), about 3 significant digits", fits),
+        Rung(7, cublas, "cuBLAS through a @ b: any dtype, batches, broadcasting"),
+    )),
+)

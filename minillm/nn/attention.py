@@ -14,6 +14,7 @@ import numpy as np
 
 from minillm import backend
 from minillm import functional as F
+from minillm.kernels.reference import causal_mask
 from minillm.nn.layers import MLP, Dropout, LayerNorm, Linear
 from minillm.nn.module import Module
 from minillm.tensor import Tensor
@@ -90,7 +91,7 @@ class CausalSelfAttention(Module):
         """The unfused path: explicit (T, T) probabilities, for dropout on the attention
         weights (as GPT-2 and nanoGPT train) and for padding masks."""
         Tq, Tk = q.shape[2], k.shape[2]
-        allowed = np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, Tk)
+        allowed = causal_mask(np, Tq, Tk)  # (Tq, Tk)
         if attention_mask is not None:
             m = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
             allowed = allowed[None, None] & backend.to_numpy(m)[:, None, None, :]  # (B, 1, Tq, Tk)

@@ -37,6 +37,10 @@ class Linear(Module):
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
+    def project(self, x):
+        """x W^T without the bias (the MLP adds the bias inside its fused bias + GELU)."""
+        return F.linear(x, self.weight)
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
@@ -93,8 +97,8 @@ class Dropout(Module):
 class MLP(Module):
     """The transformer feed-forward block: Linear(C, 4C) -> GELU -> Linear(4C, C) -> Dropout.
 
-    With biases, the first Linear's bias add and the GELU run as one fused kernel (bias_gelu);
-    a replaced c_fc (e.g. a LoRALinear) is called as a module instead.
+    With biases, the first Linear's bias add and the GELU run as one fused op (bias_gelu) on
+    c_fc's bias-free product ``c_fc.project(x)``, which a LoRALinear c_fc also provides.
     """
 
     def __init__(self, n_embd, bias=True, dropout=0.0):
@@ -104,8 +108,8 @@ class MLP(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x):  # x: (B, T, C)
-        if type(self.c_fc) is Linear and self.c_fc.bias is not None:  # not when LoRA wraps it
-            h = F.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # (B, T, 4C)
+        if self.c_fc.bias is not None:
+            h = F.bias_gelu(self.c_fc.project(x), self.c_fc.bias)  # (B, T, 4C)
         else:
             h = F.gelu(self.c_fc(x))  # (B, T, 4C)
         return self.dropout(self.c_proj(h))  # (B, T, C)

@@ -101,7 +101,13 @@ class LoRALinear(Module):
         self._weight_before_merge = None
 
     def forward(self, x):  # x: (..., in)
-        y = F.linear(x, self.weight, self.bias)  # (..., out)
+        return self._update(x, F.linear(x, self.weight, self.bias))
+
+    def project(self, x):
+        """x W^T plus the low-rank update, without the bias (as Linear.project)."""
+        return self._update(x, F.linear(x, self.weight))
+
+    def _update(self, x, y):  # y: (..., out), the base layer's output
         if self.merged:
             return y  # the update is already inside weight
         h = F.dropout(x, self.dropout_p, training=self.training)

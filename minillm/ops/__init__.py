@@ -2,16 +2,49 @@
 checks its arguments and applies it; ``Tensor`` methods and operators call these."""
 
 from minillm.ops.elementwise import (
-    abs, add, cast, div, exp, gelu, log, masked_fill, mul, neg, pow, relu, sigmoid, sqrt, sub,
-    tanh, where,
+    abs,
+    add,
+    cast,
+    div,
+    exp,
+    gelu,
+    log,
+    masked_fill,
+    mul,
+    neg,
+    pow,
+    relu,
+    sigmoid,
+    sqrt,
+    sub,
+    tanh,
+    where,
 )
 from minillm.ops.linalg import linear, matmul
 from minillm.ops.nn import (
-    bias_gelu, cross_entropy, dropout, embedding, layer_norm, log_softmax,
-    scaled_dot_product_attention, self_attention, softmax,
+    bias_gelu,
+    cross_entropy,
+    dropout,
+    embedding,
+    layer_norm,
+    log_softmax,
+    scaled_dot_product_attention,
+    self_attention,
+    softmax,
 )
 from minillm.ops.reduce import max, mean, sum, var
 from minillm.ops.shape import (
-    cat, concat, expand, flatten, getitem, permute, reshape, split, squeeze, stack, transpose,
-    unsqueeze, view,
+    cat,
+    concat,
+    expand,
+    flatten,
+    getitem,
+    permute,
+    reshape,
+    split,
+    squeeze,
+    stack,
+    transpose,
+    unsqueeze,
+    view,
 )

@@ -7,6 +7,7 @@ NumPy and CuPy.
 
 from minillm import backend
 from minillm.autograd import Function
+from minillm.kernels import registry
 from minillm.ops._util import check_broadcast, lift, unbroadcast
 from minillm.tensor import Tensor
 
@@ -206,11 +207,11 @@ class GELU(Function):
 
     def forward(self, x):
         self.saved = (x,)
-        return backend.kernel("gelu_forward", x)(x)
+        return registry.get("gelu_forward", x)(x)
 
     def backward(self, dy):
         x = self.saved[0]
-        return (backend.kernel("gelu_backward", x)(dy, x),)
+        return (registry.get("gelu_backward", x)(dy, x),)
 
 
 class Where(Function):

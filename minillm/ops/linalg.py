@@ -1,18 +1,18 @@
 """Matrix products: matmul (2-D and batched, batch dims broadcast) and linear (x W^T + b).
 
-Both call the BLAS through the kernel dispatcher's ``matmul`` (see kernels/dispatch.py for why
-the BLAS stays the default on the CPU).
+Both call kernel ``matmul`` through kernels/registry.py: on the CPU the BLAS run from Numba's
+thread pool (kernels/cpu/matmul/, v6), on CuPy arrays cuBLAS.
 """
 
-from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
+from minillm.kernels import registry
 from minillm.ops._util import lift, unbroadcast
 from minillm.tensor import Tensor
 
 
 def _mm(a, b):
-    return backend.kernel("matmul", a)(a, b)
+    return registry.get("matmul", a)(a, b)
 
 
 class MatMul(Function):

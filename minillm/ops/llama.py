@@ -1,7 +1,7 @@
 """The ops a Llama block adds to GPT-2's: RMSNorm, rotary position embeddings, SwiGLU.
 
 Each is one Function (forward saves what backward needs; backward returns one gradient per
-input) that calls its kernels through the dispatcher (``backend.kernel``): the NumPy reference
+input) that calls its kernels through ``registry.get(name, like)`` (kernels/registry.py): the NumPy reference
 (kernels/reference.py, where the math is written out), the Numba CPU kernels or the CUDA ones.
 Their composite twins, built from primitive ops, are in tests/ops/test_llama_gradcheck.py,
 which holds both to float64 finite differences.
@@ -10,11 +10,8 @@ which holds both to float64 finite differences.
 from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
+from minillm.kernels import registry
 from minillm.tensor import Tensor
-
-
-def _k(name, like):
-    return backend.kernel(name, like)
 
 
 class RMSNorm(Function):
@@ -25,13 +22,13 @@ class RMSNorm(Function):
 
     def forward(self, x, w, eps=1e-5):
         x2 = x.reshape(-1, x.shape[-1])  # (N, C)
-        y, rrms = _k("rms_norm_forward", x2)(x2, w, eps)
+        y, rrms = registry.get("rms_norm_forward", x2)(x2, w, eps)
         self.saved = (x2, w, rrms, x.shape)
         return y.reshape(x.shape)
 
     def backward(self, dy):
         x2, w, rrms, shape = self.saved
-        dx, dw = _k("rms_norm_backward", x2)(dy.reshape(x2.shape), x2, w, rrms)
+        dx, dw = registry.get("rms_norm_backward", x2)(dy.reshape(x2.shape), x2, w, rrms)
         return dx.reshape(shape), dw
 
 
@@ -42,11 +39,11 @@ class RoPE(Function):
 
     def forward(self, x, cos, sin, interleaved):
         self.saved = (cos, sin, interleaved)
-        return _k("rope_forward", x)(x, cos, sin, interleaved)
+        return registry.get("rope_forward", x)(x, cos, sin, interleaved)
 
     def backward(self, dy):
         cos, sin, interleaved = self.saved
-        return (_k("rope_backward", dy)(dy, cos, sin, interleaved),)
+        return (registry.get("rope_backward", dy)(dy, cos, sin, interleaved),)
 
 
 class SwiGLU(Function):
@@ -54,11 +51,11 @@ class SwiGLU(Function):
 
     def forward(self, gate, up):
         self.saved = (gate, up)
-        return _k("swiglu_forward", gate)(gate, up)
+        return registry.get("swiglu_forward", gate)(gate, up)
 
     def backward(self, dy):
         gate, up = self.saved
-        return _k("swiglu_backward", gate)(dy, gate, up)
+        return registry.get("swiglu_backward", gate)(dy, gate, up)
 
 
 # ---------------------------------------------------------------------------- functions

@@ -1,9 +1,10 @@
 """Neural-network ops: embedding, softmax, log_softmax, cross_entropy, layer_norm, dropout,
 bias+GELU and scaled dot-product attention.
 
-The fused ones call kernels through the dispatcher (``backend.kernel``), which picks the NumPy
-reference, the Numba CPU kernels or the CUDA kernels; their composite twins (built from the
-primitive ops) are in ops/composite.py, and tests/ops/test_composite.py checks both agree.
+The fused ones call their kernel through ``registry.get(name, like)`` (kernels/registry.py),
+which picks the NumPy reference, a Numba CPU version or a CUDA version; their composite twins
+(built from the primitive ops) are in ops/composite.py, and tests/ops/test_composite.py checks
+both agree in values and gradients.
 """
 
 import math
@@ -13,11 +14,9 @@ import numpy as np
 from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
+from minillm.kernels import registry
+from minillm.kernels.reference import causal_mask
 from minillm.tensor import Tensor
-
-
-def _k(name, like):
-    return backend.kernel(name, like)
 
 
 def _rows(x):
@@ -55,26 +54,26 @@ class Softmax(Function):
     """y = softmax(x) over the last axis;  dx = y * (dy - sum(dy * y))."""
 
     def forward(self, x):
-        y = _k("softmax_forward", x)(x)
+        y = registry.get("softmax_forward", x)(x)
         self.saved = (y,)
         return y
 
     def backward(self, dy):
         y = self.saved[0]
-        return (_k("softmax_backward", y)(dy, y),)
+        return (registry.get("softmax_backward", y)(dy, y),)
 
 
 class LogSoftmax(Function):
     """y = x - logsumexp(x) over the last axis;  dx = dy - exp(y) * sum(dy)."""
 
     def forward(self, x):
-        y = _k("log_softmax_forward", x)(x)
+        y = registry.get("log_softmax_forward", x)(x)
         self.saved = (y,)
         return y
 
     def backward(self, dy):
         y = self.saved[0]
-        return (_k("log_softmax_backward", y)(dy, y),)
+        return (registry.get("log_softmax_backward", y)(dy, y),)
 
 
 class CrossEntropy(Function):
@@ -85,13 +84,13 @@ class CrossEntropy(Function):
     """
 
     def forward(self, logits, targets, ignore_index):
-        loss, lse = _k("cross_entropy_forward", logits)(logits, targets, ignore_index)
+        loss, lse = registry.get("cross_entropy_forward", logits)(logits, targets, ignore_index)
         self.saved = (logits, lse, targets, ignore_index)
         return loss
 
     def backward(self, dloss):
         logits, lse, targets, ignore_index = self.saved
-        fn = _k("cross_entropy_backward", logits)
+        fn = registry.get("cross_entropy_backward", logits)
         return (fn(dloss, logits, lse, targets, ignore_index),)
 
 
@@ -103,13 +102,13 @@ class LayerNorm(Function):
 
     def forward(self, x, w=None, b=None, eps=1e-5):
         x2 = _rows(x)
-        y, mean, rstd = _k("layernorm_forward", x2)(x2, w, b, eps)
+        y, mean, rstd = registry.get("layernorm_forward", x2)(x2, w, b, eps)
         self.saved = (x2, w, mean, rstd, x.shape, b is not None)
         return y.reshape(x.shape)
 
     def backward(self, dy):
         x2, w, mean, rstd, shape, has_b = self.saved
-        dx, dw, db = _k("layernorm_backward", x2)(_rows(dy), x2, w, mean, rstd)
+        dx, dw, db = registry.get("layernorm_backward", x2)(_rows(dy), x2, w, mean, rstd)
         return (dx.reshape(shape), dw, db if has_b else None)
 
 
@@ -134,11 +133,11 @@ class BiasGELU(Function):
     def forward(self, x, b):
         x2 = _rows(x)
         self.saved = (x2, b, x.shape)
-        return _k("bias_gelu_forward", x2)(x2, b).reshape(x.shape)
+        return registry.get("bias_gelu_forward", x2)(x2, b).reshape(x.shape)
 
     def backward(self, dy):
         x2, b, shape = self.saved
-        dx, db = _k("bias_gelu_backward", x2)(_rows(dy), x2, b)
+        dx, db = registry.get("bias_gelu_backward", x2)(_rows(dy), x2, b)
         return dx.reshape(shape), db
 
 
@@ -150,13 +149,13 @@ class Attention(Function):
     """
 
     def forward(self, q, k, v, scale, causal):
-        o, lse = _k("attention_forward", q)(q, k, v, scale, causal)
+        o, lse = registry.get("attention_forward", q)(q, k, v, scale, causal)
         self.saved = (q, k, v, o, lse, scale, causal)
         return o
 
     def backward(self, do):
         q, k, v, o, lse, scale, causal = self.saved
-        return _k("attention_backward", q)(do, q, k, v, o, lse, scale, causal)
+        return registry.get("attention_backward", q)(do, q, k, v, o, lse, scale, causal)
 
 
 class SelfAttention(Attention):
@@ -306,7 +305,7 @@ def scaled_dot_product_attention(q, k, v, causal=True, scale=None, mask=None):
     if backend.is_cupy(q.data):
         allowed = backend.to_device(allowed, "cuda")
     if causal:
-        allowed = allowed & (xp.arange(Tk)[None, :] <= xp.arange(Tq)[:, None] + (Tk - Tq))
+        allowed = allowed & causal_mask(xp, Tq, Tk)
     s = (q @ k.transpose(-1, -2)) * scale  # (B, H, Tq, Tk)
     s = masked_fill(s, ~allowed, -1e30 if s.dtype == np.float32 else -1e300)
     return softmax(s, -1) @ v

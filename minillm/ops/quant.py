@@ -7,9 +7,9 @@ which is what LoRA on a quantized base needs: the adapters beside the frozen pro
 
 import numpy as np
 
-from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
+from minillm.kernels import registry
 from minillm.kernels.quant import QuantWeight
 from minillm.tensor import Tensor
 
@@ -23,14 +23,14 @@ class QuantLinear(Function):
 
     def forward(self, x, qw):
         x2 = x.reshape(-1, x.shape[-1])  # (N, K)
-        y = backend.kernel("qmatmul_forward", x2)(x2, qw)  # (N, O)
+        y = registry.get("qmatmul_forward", x2)(x2, qw)  # (N, O)
         self.saved = (qw, x.shape)
         return y.reshape(x.shape[:-1] + (qw.shape[0],))
 
     def backward(self, dy):
         qw, xshape = self.saved
         dy2 = dy.reshape(-1, dy.shape[-1])  # (N, O)
-        return (backend.kernel("qmatmul_backward_input", dy2)(dy2, qw).reshape(xshape),)
+        return (registry.get("qmatmul_backward_input", dy2)(dy2, qw).reshape(xshape),)
 
 
 def quant_linear(x, qw):

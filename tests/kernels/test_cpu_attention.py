@@ -1,27 +1,16 @@
-"""kernels/cpu/attention.py (every version, forward and backward) against the NumPy reference,
-and a float64 finite-difference check of the reference attention backward itself."""
+"""kernels/cpu/attention/: v5's tile plans, strided views (as the model passes them), v7's
+strides, the BLAS thread count, and a float64 finite-difference check of the reference attention
+backward itself. (Every version on odd shapes, causal offsets included, against the reference:
+tests/kernels/test_ladders.py.)"""
 
 import numpy as np
 import pytest
-
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import attention as A
+from minillm.kernels.cpu.attention import micro
 
 DTYPES = [np.float32, np.float64]
-VERSIONS = sorted(A.FORWARD)
-# (B, H, Tq, Tk, D, causal): odd sizes, none a multiple of BQ=16 / BK=64; Tq < Tk is a
-# KV-cache step (causal offset Tk - Tq); Tq = 1 is one decoded token
-SHAPES = [
-    (1, 1, 1, 1, 5, True),
-    (2, 3, 7, 7, 16, True),
-    (1, 2, 33, 65, 33, True),
-    (1, 1, 70, 70, 16, True),
-    (2, 1, 65, 65, 5, False),
-    (1, 2, 1, 33, 16, True),
-    (1, 1, 17, 80, 33, False),
-    (2, 2, 131, 131, 9, True),  # v5: two query blocks of RB = 128, the second of 3 rows
-    (1, 1, 129, 150, 7, True),  # v5: blocks with a causal offset (Tk > Tq)
-]
+FWD, BWD = A.LADDERS
 
 
 def assert_close(got, want):
@@ -45,37 +34,31 @@ def check_version(version, shape, dtype, seed=0):
     """Forward (o, lse) and backward (dq, dk, dv) of one version against the reference."""
     q, k, v, do, scale, causal = make(shape, dtype, seed)
     o, lse = R.attention_forward(q, k, v, scale, causal)
-    o2, lse2 = A.attention_forward_version(version, q, k, v, scale, causal)
+    o2, lse2 = FWD.rung(version).run(q, k, v, scale, causal)
     assert_close(o2, o)
     assert_close(lse2, lse)
     want = R.attention_backward(do, q, k, v, o, lse, scale, causal)
-    for g, w in zip(A.attention_backward_version(version, do, q, k, v, o, lse, scale, causal), want):
+    for g, w in zip(BWD.rung(version).run(do, q, k, v, o, lse, scale, causal), want):
         assert_close(g, w)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("version", VERSIONS)
-def test_attention_versions_match_reference(version, dtype):
-    for shape in SHAPES:
-        check_version(version, shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_v5_tiles_smaller_than_the_problem(dtype, monkeypatch):
     # shrink the tile budget and the query block so that one call walks several batch chunks
     # (the last one short) and several query blocks with odd sizes
-    from minillm.kernels.cpu import attention_blas
+    from minillm.kernels.cpu.attention import blas_tiles
 
-    monkeypatch.setattr(attention_blas, "TILE", 2 * 3 * 8 * 40)
-    monkeypatch.setattr(attention_blas, "RB", 8)
+    monkeypatch.setattr(blas_tiles, "TILE", 2 * 3 * 8 * 40)
+    monkeypatch.setattr(blas_tiles, "RB", 8)
     for shape in [(5, 3, 37, 37, 6, True), (5, 2, 20, 29, 5, True), (5, 3, 19, 19, 4, False)]:
-        blocks, bc = attention_blas._plan(*shape[:4], shape[5])
+        blocks, bc = blas_tiles._plan(*shape[:4], shape[5])
         assert bc < shape[0] and (len(blocks) > 1 or not shape[5])
         check_version(5, shape, dtype, seed=3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_wrappers_take_non_contiguous_inputs(dtype):
+@pytest.mark.parametrize("version", FWD.versions)
+def test_rungs_take_non_contiguous_inputs(version, dtype):
     # q, k, v as the model makes them: (B, T, H, D) -> permuted views (B, H, T, D)
     rng = np.random.default_rng(1)
     B, T, H, D = 2, 19, 3, 8
@@ -84,11 +67,11 @@ def test_wrappers_take_non_contiguous_inputs(dtype):
     do = rng.standard_normal((B, T, H, D)).astype(dtype).transpose(0, 2, 1, 3)
     assert not q.flags.c_contiguous
     for causal in (True, False):
-        o, lse = A.attention_forward(q, k, v, 0.3, causal=causal)
+        o, lse = FWD.rung(version).run(q, k, v, 0.3, causal=causal)
         ro, rlse = R.attention_forward(q, k, v, 0.3, causal=causal)
         assert_close(o, ro)
         assert_close(lse, rlse)
-        got = A.attention_backward(do, q, k, v, o, lse, 0.3, causal=causal)
+        got = BWD.rung(version).run(do, q, k, v, o, lse, 0.3, causal=causal)
         for g, w in zip(got, R.attention_backward(do, q, k, v, ro, rlse, 0.3, causal=causal)):
             assert_close(g, w)
 
@@ -106,13 +89,13 @@ def test_v7_reads_operands_through_any_strides(dtype):
     o_buf = np.zeros((B, T, H, D + 3), dtype=dtype)
     o = o_buf[..., :D].transpose(0, 2, 1, 3)  # (B, H, T, D) view into a wider buffer
     lse = np.empty((B, H, T), dtype=dtype)
-    A.attention_forward_v7(o, lse, q, k, v, dtype(scale), True)
+    micro.attention_forward_v7(o, lse, q, k, v, dtype(scale), True)
     ro, rlse = R.attention_forward(q, k, v, scale, True)
     assert_close(np.ascontiguousarray(o), ro)
     assert_close(lse, rlse)
     assert (o_buf[..., D:] == 0).all()  # nothing written outside the view
     grads = [np.zeros((B, T, H, D), dtype=dtype).transpose(0, 2, 1, 3) for _ in range(3)]
-    A.attention_backward_v7(*grads, do, q, k, v, ro, rlse, dtype(scale), True)
+    micro.attention_backward_v7(*grads, do, q, k, v, ro, rlse, dtype(scale), True)
     for g, w in zip(grads, R.attention_backward(do, q, k, v, ro, rlse, scale, True)):
         assert_close(np.ascontiguousarray(g), w)
 
@@ -151,19 +134,10 @@ def test_blas_thread_count_is_set_and_restored():
     from minillm.kernels.cpu import _blas
 
     if not _blas.available():
-        pytest.skip("no OpenBLAS whose thread count can be set (v6 runs as v5)")
+        pytest.skip("no OpenBLAS whose thread count can be set")
     before = _blas.num_threads()
     with _blas.single_threaded():
         assert _blas.num_threads() == 1
         a = np.ones((70, 70), np.float32)
         assert float((a @ a)[3, 5]) == 70.0  # the BLAS still works single-threaded
     assert _blas.num_threads() == before
-
-
-def test_v6_splits_over_batch_or_heads(monkeypatch):
-    # PARALLEL_MIN 0: every call splits; B = 1 splits the heads, H = 1 the batch, B = H = 1 not
-    from minillm.kernels.cpu import _serial
-
-    monkeypatch.setattr(_serial, "PARALLEL_MIN", 0)
-    for shape in [(1, 3, 21, 21, 8, True), (3, 1, 21, 21, 8, True), (1, 1, 9, 9, 4, False)]:
-        check_version(6, shape, np.float64, seed=4)

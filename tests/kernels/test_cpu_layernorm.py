@@ -1,17 +1,19 @@
-"""kernels/cpu/layernorm.py (every version) against the NumPy reference, with and without
-w and b; float64 finite differences of the reference backward (dx, dw, db)."""
+"""kernels/cpu/layernorm.py's default rungs through their ladders, and float64 finite
+differences of the reference backward (dx, dw, db). (Every version against the reference, with
+and without w and b: tests/kernels/test_ladders.py.)"""
 
 import zlib
 
 import numpy as np
 import pytest
-
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import layernorm as K
 
-DTYPES = [np.float32, np.float64]
-SHAPES = [(N, C) for N in (1, 7, 33) for C in (1, 5, 65, 257)]
-AFFINE = ["wb", "w", "none"]  # which of w, b are given
+LADDERS = {lad.op: lad for lad in K.LADDERS}
+
+
+def default(op):
+    return LADDERS[op].rung(LADDERS[op].default).run
 
 
 def assert_close(got, want, amplify=0.0):
@@ -37,40 +39,18 @@ def make(shape, dtype, affine):
     return x, w, b, dy
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("affine", AFFINE)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("version", sorted(K.VERSIONS["layernorm_forward"]))
-def test_forward_matches_reference(version, shape, affine, dtype):
-    x, w, b, _ = make(shape, dtype, affine)
-    for got, want in zip(K.run("layernorm_forward", version, x, w, b, 1e-5),
-                         R.layernorm_forward(x, w, b, 1e-5)):
-        assert_close(got, want)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("affine", AFFINE)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("version", sorted(K.VERSIONS["layernorm_backward"]))
-def test_backward_matches_reference(version, shape, affine, dtype):
-    x, w, b, dy = make(shape, dtype, affine)
-    _, mean, rstd = R.layernorm_forward(x, w, b, 1e-5)
-    got = K.run("layernorm_backward", version, dy, x, w, mean, rstd)
-    want = R.layernorm_backward(dy, x, w, mean, rstd)
-    amplify = float(rstd.max() * np.abs(dy * (w if w is not None else 1)).max())
-    assert_close(got[0], want[0], amplify)
-    assert_close(got[1], want[1])
-    assert_close(got[2], want[2])
-
-
-def test_wrappers_default_versions():
+def test_default_rungs_and_their_errors():
     x, w, b, dy = make((33, 65), np.float32, "wb")
-    y, mean, rstd = K.layernorm_forward(x, w, b)
+    y, mean, rstd = default("layernorm_forward")(x, w, b)
     for g, r in zip((y, mean, rstd), R.layernorm_forward(x, w, b)):
         assert_close(g, r)
-    for g, r in zip(K.layernorm_backward(dy, x, w, mean, rstd),
+    for g, r in zip(default("layernorm_backward")(dy, x, w, mean, rstd),
                     R.layernorm_backward(dy, x, w, mean, rstd)):
         assert_close(g, r)
+    with pytest.raises(ValueError):
+        default("layernorm_forward")(x[None], w, b)  # (N, C) only
+    with pytest.raises(ValueError):
+        default("layernorm_forward")(x, w[:5], b)
 
 
 @pytest.mark.parametrize("affine", ["wb", "none"])

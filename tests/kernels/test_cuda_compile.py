@@ -23,8 +23,6 @@ import pytest
 from minillm.kernels import cuda as K
 from minillm.kernels.cuda import _compile as cc
 
-# importlib, not `from ... import matmul`: the package attribute `matmul` is the function the
-# dispatcher calls, which shadows the submodule of the same name.
 _mod = lambda name: importlib.import_module(f"minillm.kernels.cuda.{name}")  # noqa: E731
 k_matmul, k_layernorm, k_softmax, k_crossentropy, k_gelu, k_adamw, k_attention = map(
     _mod, ("matmul", "layernorm", "softmax", "crossentropy", "gelu", "adamw", "attention")
@@ -168,13 +166,15 @@ def test_missing_placeholder_is_a_compile_error(tmp_path):
 
 
 def test_package_imports_without_cupy():
-    """kernels.cuda is importable (and its configs listable) with no cupy: the dispatcher and
-    this test rely on it. cupy itself is only imported inside launch functions."""
+    """kernels.cuda is importable (its configs listable, its LADDERS readable) with no cupy: the
+    registry and this test rely on it. cupy itself is only imported inside launch functions."""
     import subprocess as sp
     import sys
 
     code = (
         "import sys; import minillm.kernels.cuda as K; K.all_configs(); "
+        "from minillm.kernels import registry; lads = registry.ladders('cuda'); "
+        "assert lads['matmul'].default == 7 and lads['attention_forward'].also == (2,); "
         "assert 'cupy' not in sys.modules, 'kernels.cuda imported cupy'"
     )
     r = sp.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,8 +1,8 @@
 """Matmul v5: the BLAS's own method (packing + a register-blocked SIMD micro-kernel), in Numba.
 
 out = a @ b with a: (M, K), b: (K, N), any strides (a transposed view costs nothing), float32
-or float64. Continues the ladder of kernels/cpu/matmul.py, whose v3/v4 tile for the caches but
-leave the inner loop to LLVM's auto-vectoriser and stop at 20-40 GFLOP/s per core.
+or float64. Continues the ladder of ``__init__.py``, whose v3/v4 (loops.py) tile for the caches
+but leave the inner loop to LLVM's auto-vectoriser and stop at 20-40 GFLOP/s per core.
 
 The loop nest is the one GotoBLAS/BLIS made standard; each level exists for one cache:
 
@@ -20,14 +20,14 @@ and pads the edges with zeros so the micro-kernel never branches; only the copy 
 into out looks at the edges. The row blocks are a multiple of the thread count, so both cores
 get the same work.
 
-Measured (``python benchmarks/bench_matmul.py``): see the table in kernels/cpu/matmul.py.
+Measured: see the table in ``__init__.py``.
 """
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from ._microkernel import MR, NV, VECTOR_BYTES, micro
+from .._microkernel import MR, NV, VECTOR_BYTES, micro
 
 KC = 256  # depth of a packed panel: an NR-column sliver of b is KC x NR, 32 KiB float32 (L1)
 NC = 4096  # columns of b packed at once

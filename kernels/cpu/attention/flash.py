@@ -1,78 +1,16 @@
-"""Causal multi-head attention on the CPU (Numba): fused, flash-style, forward and backward.
+"""Attention v1-v4: plain loops, one thread per head with an online softmax, and flash-style
+blocks (FlashAttention, Dao et al. 2022; the backward in FlashAttention-2's order, Dao 2023).
 
-Implements kernels/reference.py ``attention_forward`` / ``attention_backward``:
-o = softmax(s) v with s = scale * q k^T (Vaswani et al. 2017), computed the FlashAttention way
-(Dao et al. 2022; the backward as in FlashAttention-2, Dao 2023): the forward streams over key
-blocks with an online softmax (running max m and running sum l per query row, Milakov &
-Gimelshein 2018), so no (Tq, Tk) score matrix ever exists; it saves lse = m + log(l) per row,
-and the backward rebuilds p = exp(s - lse) block by block from it.
+Same contract and signatures as every version in this folder (output buffers first, then inputs,
+then scalars); the ladder and the math are in ``__init__.py``. v1 and v2 keep one query row at a
+time; v3 and v4 work on (BQ, BK) blocks so that BQ query rows share every loaded key block, with
+the reduction of each block product plain (v3) or unrolled by four (v4).
 
-Shapes: q, o, do, dq: (B, H, Tq, D); k, v, dk, dv: (B, H, Tk, D); lse: (B, H, Tq); Tk >= Tq.
-With ``causal`` query i sits at absolute position off + i, off = Tk - Tq, and sees keys
-0..off + i (Tq < Tk is a KV-cache decode step, Tq == Tk training).
-
-Versions (llm.c style: output buffers first, then inputs, then scalars). Timings: float32, ONE
-thread (NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), CPU time of the fastest call, speed-up vs
-the NumPy reference forward / backward in the same run; small = B8 H6 T256 D64, tiny = B12 H4
-T64 D32. They were taken while other sessions kept the 2-core machine at load average 5-8, so
-they vary by up to 1.5x between runs (two runs shown as a-b); the 2-thread table of
-``python benchmarks/bench_attention.py`` was not reproducible at all under that load: rerun it
-on a quiet machine before trusting any number here.
-
-  v1  plain loops, one query row at a time, a Tk-long row of scores, math.exp, one thread.
-      small fwd 0.4x, bwd 0.6x; tiny fwd 0.5x, bwd 0.8x.
-  v2  prange over the B*H heads (one thread per head). Forward: online softmax, one pass over
-      the keys per row with a running max and sum instead of the score row. Same as v1 on one
-      thread (small fwd 0.5x, bwd 0.6x); its gain is the second core, not measured here.
-  v3  blocks: BQ query rows share every loaded key block, K (and V for the backward) transposed
-      once per head so that q k^T is contiguous axpy rows, causal blocks above the diagonal
-      skipped, and a polynomial exp (vectorises; math.exp is a scalar libcall without SVML).
-      small fwd 1.5-2.2x, bwd 1.3-2.0x; tiny fwd 1.7-1.9x, bwd 0.9-1.1x.
-  v4  v3 with the reduction dimension of each block product unrolled by 4 (d for s = q k^T,
-      key column for o += p v, ...): each accumulator row is loaded and stored once per four
-      FMAs instead of once per FMA. small fwd 1.7-2.4x, bwd 1.3-1.9x; tiny fwd 2.0-2.1x,
-      bwd 0.9-1.0x. (Forward+backward small: 1.4-2.0x one thread; the 3x target was not shown.)
-  v5  (attention_blas.py) the block products go to the BLAS, Numba keeps only the causal
-      softmax and the backward's p / ds pass over a cache-sized score tile; query blocks of
-      128 rows stop at the last key they can see (3/4 of the work at T = 256). Takes strided
-      views (heads straight out of a fused qkv buffer) without copying. Two threads, quiet
-      machine (``python benchmarks/bench_attention.py --versions 4,5``, fastest call):
-      small fwd 8.4 ms vs reference 33.6 (4.0x), bwd 21.5 vs 44.4 (2.1x), fwd+bwd 2.6x
-      (v4 in the same run: 1.4x); tiny fwd+bwd 1.68 vs 4.34 ms (2.6x; v4 2.0x). Noisier runs
-      gave 2.1-2.4x at small. The default until v7. It holds one score tile (under TILE
-      elements), never a (B, H, T, T) array.
-  v6  (attention_blas.py) v5 with the batch split over Python threads, each running its slice
-      with the BLAS single-threaded (kernels/cpu/_blas.py) and the serial row kernels. Alone
-      it is the fastest: small fwd 5.5 ms, bwd 16.1, fwd+bwd 21.5 vs v5 31.7 and reference
-      54.6 (2.5x; the reference lost its page faults to minillm/_env.py's malloc setting, so
-      v5 reads 1.7x in that run). Not the default: inside a training step it gains nothing
-      (small step 958 vs 907 ms best of six interleaved rounds, medians 1198 vs 1159), because
-      after each big matmul OpenBLAS's worker thread spins for up to 2^28 cycles waiting for
-      the next call and takes the second core from the second Python thread. Shorter spins
-      (OPENBLAS_THREAD_TIMEOUT=4..24) made whole steps slower, not faster (tiny 0.68-0.93x
-      PyTorch against 0.92-0.98x at the default).
-
-  v7  (attention_micro.py) no BLAS: a prange over the B * H heads, each head on one thread
-      from start to end, every product on matmul v5's register-blocked micro-kernel
-      (kernels/cpu/_microkernel.py); q, do and the score tiles are read in place through their
-      strides, k and v packed once per head; query blocks of RB = 8 MR rows stop at the last key
-      they may see; the softmax passes run over C-contiguous tile rows (a row of a strided
-      view did not vectorise: 3.6 ns per score instead of 0.6). Two threads, AMD EPYC Zen 3
-      (AVX2), ``python benchmarks/bench_attention.py --versions 5,6,7``: small fwd 6.1 ms vs
-      reference 24.7 (4.0x), bwd 13.3 vs 38.8 (2.9x), fwd+bwd 19.4 ms, 3.3x (v5 26.7, 2.4x;
-      v6 23.5, 2.7x); tiny 1.95 ms, 1.6x, as v5. The default. Inside a training step its two
-      threads need both cores, which they get since the matmuls run from Numba's pool too
-      (kernels/cpu/matmul_pool.py; before, OpenBLAS's worker spun on the second core after
-      every matmul and v7 took 45 ms right after one): small-config step, attention 152-161
-      ms a step (6 layers) against 235-252 for v5 with OpenBLAS's threads.
-
-Why v3/v4 are not faster: LLVM picks 256-bit vectors on this CPU (prefer-vector-width=256) and
-each block product's inner loop is only D = 64 (8 ymm FMAs) or BK = 64 long, so loop overhead, alias checks
-and the accumulator load/store per FMA keep a product at about 20-40 GFLOP/s per core
-(measured alone), a tenth of peak. A register-tiled micro-kernel would be the next step for a
-pure-Numba kernel; v5 instead lets OpenBLAS, which has one, do the products.
-
-DEFAULT_VERSION is what the functional wrappers (same signatures as the reference) call.
+Why v3/v4 are not faster than about 2x: LLVM picks 256-bit vectors on this CPU
+(prefer-vector-width=256) and each block product's inner loop is only D = 64 (8 ymm FMAs) or
+BK = 64 long, so loop overhead, alias checks and the accumulator load/store per FMA keep a
+product at about 20-40 GFLOP/s per core, a tenth of peak. v5 hands the products to the BLAS;
+v7 runs them on a register-blocked micro-kernel.
 """
 
 import math
@@ -80,13 +18,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import reference
-from ._fastmath import fast_exp  # vectorisable exp (range reduction + polynomial)
-from .attention_blas import (attention_backward_v5, attention_backward_v6, attention_forward_v5,
-                             attention_forward_v6)
-from .attention_micro import attention_backward_v7, attention_forward_v7
+from .._fastmath import fast_exp  # vectorisable exp (range reduction + polynomial)
 
-DEFAULT_VERSION = 7
 BQ = 16  # query rows per block: they share each key block while it sits in L1
 BK = 64  # keys per block: a (D, BK) slice of K^T and a (BK, D) slice of V, 16 KiB each at D=64
 NEG_BIG = -1e30  # "minus infinity" that fastmath (which assumes no infs) cannot break
@@ -467,50 +400,3 @@ def attention_forward_v4(o, lse, q, k, v, scale, causal):
 
 def attention_backward_v4(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     _backward_blocked(dq, dk, dv, do, q, k, v, o, lse, scale, causal, True)
-
-
-# --------------------------------------------------------------------------- functional wrappers
-FORWARD = {1: attention_forward_v1, 2: attention_forward_v2, 3: attention_forward_v3,
-           4: attention_forward_v4, 5: attention_forward_v5, 6: attention_forward_v6,
-           7: attention_forward_v7}
-BACKWARD = {1: attention_backward_v1, 2: attention_backward_v2, 3: attention_backward_v3,
-            4: attention_backward_v4, 5: attention_backward_v5, 6: attention_backward_v6,
-            7: attention_backward_v7}
-TAKES_VIEWS = (5, 6, 7)  # versions that read strided views as they are
-
-
-def _prep(version, dtype, *arrays):
-    if version in TAKES_VIEWS:
-        return [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
-    return [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
-
-
-def attention_forward_version(version, q, k, v, scale, causal=True):
-    """attention_forward with a chosen kernel version; returns o (B, H, Tq, D), lse (B, H, Tq)."""
-    q, k, v = _prep(version, q.dtype, q, k, v)
-    o = np.empty_like(q)
-    lse = np.empty(q.shape[:3], dtype=q.dtype)
-    FORWARD[version](o, lse, q, k, v, q.dtype.type(scale), bool(causal))
-    return o, lse
-
-
-def attention_backward_version(version, do, q, k, v, o, lse, scale, causal=True):
-    """attention_backward with a chosen kernel version; returns dq, dk, dv."""
-    do, q, k, v, o, lse = _prep(version, q.dtype, do, q, k, v, o, lse)
-    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
-    BACKWARD[version](dq, dk, dv, do, q, k, v, o, lse, q.dtype.type(scale), bool(causal))
-    return dq, dk, dv
-
-
-def attention_forward(q, k, v, scale, causal=True):
-    """Same contract as reference.attention_forward; float32/float64 run DEFAULT_VERSION."""
-    if q.dtype not in (np.float32, np.float64):
-        return reference.attention_forward(q, k, v, scale, causal)
-    return attention_forward_version(DEFAULT_VERSION, q, k, v, scale, causal)
-
-
-def attention_backward(do, q, k, v, o, lse, scale, causal=True):
-    """Same contract as reference.attention_backward; returns dq, dk, dv."""
-    if q.dtype not in (np.float32, np.float64):
-        return reference.attention_backward(do, q, k, v, o, lse, scale, causal)
-    return attention_backward_version(DEFAULT_VERSION, do, q, k, v, o, lse, scale, causal)

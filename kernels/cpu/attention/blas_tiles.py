@@ -1,14 +1,13 @@
 """Attention v5: BLAS tile products around two fused Numba row kernels.
 
-Same contract as kernels/reference.py ``attention_forward`` / ``attention_backward`` and the
-same signatures as the other versions in kernels/cpu/attention.py (output buffers first), which
-lists this one as v5.
+Same contract and signatures as every version in this folder (output buffers first); the ladder
+and the math are in ``__init__.py``.
 
-Why another version: the flash kernels v3/v4 compute their block products in Numba, at 20-40
-GFLOP/s per core (see attention.py); OpenBLAS does a (128, 64) x (64, 256) product at about
-100-130 GFLOP/s on two cores. v5 hands every product to the BLAS and keeps in Numba only what
-the BLAS cannot do: the causal softmax (forward) and p = exp(s - lse), ds = p (dp - delta) scale
-(backward), each one parallel pass over a score tile that is still in cache.
+Why: the flash kernels v3/v4 compute their block products in Numba, at 20-40 GFLOP/s per core;
+OpenBLAS does a (128, 64) x (64, 256) product at about 100-130 GFLOP/s on two cores. v5 hands
+every product to the BLAS and keeps in Numba only what the BLAS cannot do: the causal softmax
+(forward) and p = exp(s - lse), ds = p (dp - delta) scale (backward), each one parallel pass over
+a score tile that is still in cache.
 
 Tiles: a chunk of batch rows x all heads x a block of RB query rows against the keys that block
 may see. The score tile (bc, H, nr, kend) stays under TILE elements, so memory does not grow
@@ -26,31 +25,21 @@ Per tile, backward:  s = q k^T, dp = do v^T (BLAS);  p = exp(scale s - lse), ds 
 q, k, v, o, do, dq, dk, dv may be strided views (e.g. heads split out of a fused (B, T, 3C) qkv
 buffer without a copy): np.matmul hands any view with one unit stride to the BLAS directly.
 
-Since Numba runs on its OpenMP pool (minillm/_env.py), v5's products run with the BLAS
-single-threaded: OpenBLAS's own worker, spinning after each multi-threaded call, would hold the
-core the OpenMP threads of the row kernels need (measured: small fwd+bwd 248 ms instead of 25).
-
-Attention v6: v5 with the batch (or, for a batch smaller than the thread count, the heads) cut
-into one slice per thread, each slice run by v5's loop on its own Python thread with the BLAS
-set to one thread and the row kernels' serial twins (which release the GIL). Why: v5's products
-are small, (128, 64) x (64, 256) per head, and OpenBLAS runs one such call on two threads at
-about 100 GFLOP/s, paying its hand-off every call; two calls side by side on one thread each
-reach 130-150. Measured at B=8, H=6, T=256, D=64 (one process, best of 5): forward 10.7 -> 5.6
-ms, backward 23.5 -> 15.4 ms. Below PARALLEL_MIN score elements (B H Tq Tk), or where the BLAS's
-thread count cannot be set (kernels/cpu/_blas.py), v6 is v5.
+The products run with the BLAS single-threaded (kernels/cpu/_blas.py): the row kernels run on
+Numba's OpenMP pool, and OpenBLAS's own worker, spinning after each multi-threaded call, would
+hold the core those threads need.
 """
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit, prange
 
-from . import _blas, _serial
-from ._fastmath import fast_exp, fast_max
-from ._serial import pick
+from .. import _blas
+from .._fastmath import fast_exp, fast_max
+from .._serial import pick
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)  # nogil: v6's threads
+_JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
 TILE = 1 << 18  # score-tile elements (1 MiB float32): one chunk of batch x heads x query block
 RB = 128  # query rows per block: causal blocks skip the keys after the block's last row
 NEG_BIG = -1e30
@@ -69,7 +58,7 @@ def _row(r, H, nr, kend, r0, off, causal):
 def softmax_row(row, n, kend, scale):
     """row[:n] = softmax(scale row[:n]) in place, row[n:kend] = 0 (keys the query may not see;
     the next product reads whole rows); returns lse = log sum exp(scale row[:n]). Shared with
-    attention v7 (attention_micro.py). A C-contiguous row vectorises; a strided one did not."""
+    attention v7 (micro.py). A C-contiguous row vectorises; a strided one did not."""
     zero = row.dtype.type(0.0)
     m = row.dtype.type(NEG_BIG)
     for j in range(n):
@@ -146,8 +135,7 @@ def attention_backward_v5(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
         _backward_tiles(dq, dk, dv, do, q, k, v, o, lse, scale, causal)
 
 
-def _forward_tiles(o, lse, q, k, v, scale, causal, rows=pick):
-    # rows(kernel, n): the row kernel to run on a tile of n elements (v6 passes serial twins)
+def _forward_tiles(o, lse, q, k, v, scale, causal):
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
     off = Tk - Tq
@@ -158,11 +146,11 @@ def _forward_tiles(o, lse, q, k, v, scale, causal, rows=pick):
         kt = k[b0:b1].swapaxes(-1, -2)  # (bc, H, D, Tk) view
         for r0, r1, kend in blocks:
             s = np.matmul(q[b0:b1, :, r0:r1], kt[..., :kend])  # (bc, H, nr, kend)
-            rows(_softmax_rows, s.size)(s, lse[b0:b1, :, r0:r1], scale, r0, off, causal)
+            pick(_softmax_rows, s.size)(s, lse[b0:b1, :, r0:r1], scale, r0, off, causal)
             np.matmul(s, v[b0:b1, :, :kend], out=o[b0:b1, :, r0:r1])
 
 
-def _backward_tiles(dq, dk, dv, do, q, k, v, o, lse, scale, causal, rows=pick):
+def _backward_tiles(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
     off = Tk - Tq
@@ -177,7 +165,7 @@ def _backward_tiles(dq, dk, dv, do, q, k, v, o, lse, scale, causal, rows=pick):
             qr, dor = q[b0:b1, :, r0:r1], do[b0:b1, :, r0:r1]  # (bc, H, nr, D)
             s = np.matmul(qr, kt[..., :kend])  # (bc, H, nr, kend)
             dp = np.matmul(dor, vt[..., :kend])
-            rows(_softmax_rows_backward, s.size)(  # s -> p, dp -> ds
+            pick(_softmax_rows_backward, s.size)(  # s -> p, dp -> ds
                 s, dp, lse[b0:b1, :, r0:r1], dor, o[b0:b1, :, r0:r1], scale, r0, off, causal)
             np.matmul(dp, k[b0:b1, :, :kend], out=dq[b0:b1, :, r0:r1])
             dsT, pT = dp.swapaxes(-1, -2), s.swapaxes(-1, -2)  # (bc, H, kend, nr)
@@ -190,46 +178,3 @@ def _backward_tiles(dq, dk, dv, do, q, k, v, o, lse, scale, causal, rows=pick):
             else:
                 dk[b0:b1, :, :kend] += np.matmul(dsT, qr)
                 dv[b0:b1, :, :kend] += np.matmul(pT, dor)
-
-
-# --------------------------------------------------------------------------- v6: v5 on threads
-_pools = {}
-
-
-def _pool(n):
-    if n not in _pools:
-        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minillm-attention")
-    return _pools[n]
-
-
-def _on_threads(v5, arrays, rest, work):
-    """Run ``v5(*slices, *rest, rows)`` on one batch (or head) slice of ``arrays`` per thread."""
-    nt = _blas.num_threads()
-    B, H = arrays[0].shape[:2]
-    axis = 0 if B >= nt else 1 if H >= nt else None
-    if nt < 2 or axis is None or work < _serial.PARALLEL_MIN or not _blas.available():
-        with _blas.single_threaded():
-            return v5(*arrays, *rest)
-    twins = {kern: _serial.serial(kern) for kern in (_softmax_rows, _softmax_rows_backward)}
-    rows = lambda kern, n: twins[kern]  # noqa: E731  (compiled here, not raced for in the threads)
-    cuts = np.linspace(0, arrays[0].shape[axis], nt + 1).astype(int)
-    parts = [[a[c0:c1] if axis == 0 else a[:, c0:c1] for a in arrays] for c0, c1 in zip(cuts, cuts[1:])]
-    with _blas.single_threaded():
-        futures = [_pool(nt - 1).submit(v5, *p, *rest, rows) for p in parts[1:]]
-        try:
-            v5(*parts[0], *rest, rows)
-        finally:  # never leave while a thread still writes into the outputs
-            for f in futures:
-                f.exception()
-        for f in futures:
-            f.result()
-
-
-def attention_forward_v6(o, lse, q, k, v, scale, causal):
-    work = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    _on_threads(_forward_tiles, (o, lse, q, k, v), (scale, causal), work)
-
-
-def attention_backward_v6(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
-    work = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    _on_threads(_backward_tiles, (dq, dk, dv, do, q, k, v, o, lse), (scale, causal), work)

@@ -1,12 +1,10 @@
 """Attention v7: every product on minillm's own register-blocked micro-kernel, one head per task.
 
-Same contract and signatures as the other versions in kernels/cpu/attention.py (output buffers
-first), which lists this one as v7 with its measurements.
+Same contract and signatures as every version in this folder (output buffers first); the ladder
+and the math are in ``__init__.py``.
 
-Why: v5 hands its tile products to OpenBLAS. Inside a training step that costs more than the
-products: each np.matmul over a (batch, heads) tile is one small BLAS call per head, and each
-call hands half its work to OpenBLAS's worker thread, which then busy-waits for the next call
-on the second core while Numba's kernels wait for that core. v7 calls no BLAS: a prange over
+Why: v5 hands its tile products to the BLAS, one small call per head per tile, each paying the
+call's overhead and, threaded, a hand-off to the BLAS's own worker. v7 calls no BLAS: a prange over
 the B * H heads, each head computed by one thread from start to end, every product on the
 micro-kernel of matmul v5 (kernels/cpu/_microkernel.py: an MR x NR block of the result in
 vector registers, one FMA per vector and row per step of the depth).
@@ -14,7 +12,7 @@ vector registers, one FMA per vector and row per step of the depth).
 The micro-kernel reads its B operand as rows of NR contiguous elements, its A operand through
 any strides. So per head the B operands (k^T and v in the forward; k^T, v^T, k, q and do in
 the backward, each T x D, under 1% of the head's work at T = 256) are packed once into slivers
-of NR columns (matmul_packed.py's layout), and the A operands (q and do rows, the score tile,
+of NR columns (matmul/packed.py's layout), and the A operands (q and do rows, the score tile,
 its transpose) are read in place: the score tile is never copied. A whole MR x NR block is
 written straight into its output; only edge blocks go through a scratch tile. Query rows go
 in blocks of RB; with ``causal`` a block's products stop at the last key its last row may see
@@ -30,10 +28,10 @@ Memory: per thread two (RB, Tk) score tiles and the packed panels; never a (B, H
 import numpy as np
 from numba import njit, prange
 
-from ._microkernel import MR, NV, VECTOR_BYTES, micro
-from ._serial import pick
-from .attention_blas import softmax_row, softmax_row_backward
-from .matmul_packed import _cdiv, _pack_a, _pack_b
+from .._microkernel import MR, NV, VECTOR_BYTES, micro
+from .._serial import pick
+from ..matmul.packed import _cdiv, _pack_a, _pack_b
+from .blas_tiles import softmax_row, softmax_row_backward
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
 RB = 8 * MR  # query rows per block: 48 (AVX2) or 96 (AVX-512)

@@ -1,25 +1,24 @@
-"""Matmul on Numba's thread pool: the BLAS's single-threaded GEMM, one block of rows per thread.
+"""Matmul v6: OpenBLAS's single-threaded GEMM run from Numba's thread pool, one block of rows
+per thread (the default rung of the matmul ladder in ``__init__.py``).
 
-out = a @ b, the contract of kernels/reference.py ``matmul``; what the dispatcher runs for
-matmul in the "auto" and "numba" modes. The arithmetic is still OpenBLAS's (the Numba ladder in
-matmul.py reaches half its speed at best); only the threading changes hands.
+out = a @ b, the contract of kernels/reference.py ``matmul``. The arithmetic is OpenBLAS's (the
+Numba ladder v1-v5 reaches half its speed at best); only the threading changes hands.
 
 Why: a multi-threaded OpenBLAS call hands part of its work to OpenBLAS's own worker thread,
 which after the call busy-waits for the next one for 2^28 cycles (about 0.1 s) without yielding
-the core (strace shows no sched_yield). In a training step the next op is often a Numba
-kernel, whose second thread then shares a core with that spinning worker: measured at the
-small config, attention v7 forward + backward took 45 ms right after such a matmul and 19-25 ms
-alone. Letting OpenBLAS's worker sleep at once (OPENBLAS_THREAD_TIMEOUT=4) moved the loss into
-the matmuls instead: waking a sleeping thread on an idle core of this VM costs 0.3-0.8 ms. Here
-OpenBLAS runs single-threaded inside each call and Numba's pool splits the rows of out between
-its threads, so a training step has one pool, whose OpenMP threads spin briefly between
-kernels and then sleep (minillm/_env.py): the same attention took 23.6 ms right after such a
-matmul, and the step's big products run as fast as with OpenBLAS's own threads (ratio 0.97-1.03
-at the small config's shapes, alone).
+the core. In a training step the next op is often a Numba kernel, whose second thread then
+shares a core with that spinning worker. Here OpenBLAS runs single-threaded inside each call and
+Numba's pool splits the rows of out between its threads, so a training step has one pool, whose
+OpenMP threads spin briefly between kernels and then sleep (minillm/_env.py); the big products
+run as fast as with OpenBLAS's own threads. (Measurements: benchmarks/README.md, "One thread
+pool".)
 
-Batched products (batch dims broadcast, as np.matmul) run one whole product per task. Inputs
-the BLAS cannot take as they are (integer or mixed dtypes, matrices with no unit stride, an
-OpenBLAS whose ILP64 CBLAS symbols are not found) go to ``a @ b``.
+Batched products (batch dims broadcast, as np.matmul) run one whole product per task. Products
+under PARALLEL_MIN multiply-adds, and single matrices under MIN_ROWS rows, run as one
+single-threaded ``a @ b``. ``fits`` sends to the reference what the BLAS cannot take (integer or
+mixed dtypes, vectors, an OpenBLAS whose ILP64 CBLAS symbols are not found); matrices with no
+unit stride and shapes that do not multiply also go to ``a @ b``, which copies them or raises
+NumPy's error.
 """
 
 import ctypes
@@ -30,7 +29,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from . import _blas
+from .. import _blas
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enums
 PARALLEL_MIN = 1 << 22  # multiply-adds (M N K) below which one thread does the whole product
@@ -134,13 +133,22 @@ def _offsets(x, batch):
     return off.reshape(-1)
 
 
+def fits(a, b):
+    """float32/float64 matrices of one dtype, with an ILP64 cblas_?gemm in NumPy's OpenBLAS"""
+    if getattr(a, "ndim", 0) < 2 or getattr(b, "ndim", 0) < 2:
+        return "a vector operand"
+    if a.dtype != b.dtype:
+        return f"{a.dtype} @ {b.dtype}"
+    if a.dtype not in _gemm_functions():
+        return f"{a.dtype} input" if _gemm_functions() else "no ILP64 cblas_?gemm found"
+    return None
+
+
 def matmul(a, b):
-    """out = a @ b (batch dims broadcast); float32/float64 on Numba's pool, else ``a @ b``."""
-    if a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.shape[-1] != b.shape[-2]:
+    """out = a @ b (batch dims broadcast) for inputs ``fits`` takes."""
+    if fits(a, b) is not None or a.shape[-1] != b.shape[-2] or 0 in a.shape or 0 in b.shape:
         return a @ b
-    gemm = _gemm_functions().get(a.dtype)
-    if gemm is None or 0 in a.shape or 0 in b.shape:
-        return a @ b
+    gemm = _gemm_functions()[a.dtype]
     M, K = a.shape[-2:]
     N = b.shape[-1]
     oa, ob = _operand(a[(0,) * (a.ndim - 2)]), _operand(b[(0,) * (b.ndim - 2)])

@@ -1,0 +1,214 @@
+"""Inputs for every kernel of kernels/reference.py, for the tests that treat all ops alike
+(tests/kernels/test_ladders.py).
+
+``CASES[op]`` is a list of ``(label, make)``: ``make(rng, dtype)`` returns the arguments of the
+kernel, exactly as kernels/reference.py takes them. Sizes are odd: no multiple of a tile, block,
+unroll or vector width. Backward inputs are built from the reference forward. ``call(op, fn,
+args)`` runs a kernel and returns its outputs as a list of arrays (adamw_step, which works in
+place, runs several steps and returns p, m, v). ``extra_atol(op, args, i)`` is the absolute
+slack output i needs beyond rounding of its own size (layer norm's dx: see there).
+"""
+
+import numpy as np
+from minillm.kernels import reference as R
+
+ROWS = [(N, C) for N in (1, 7, 33) for C in (1, 5, 65, 257)]
+
+
+def _x(rng, shape, dtype, scale=3.0, shift=0.0):
+    return (scale * rng.standard_normal(shape) + shift).astype(dtype)
+
+
+# --------------------------------------------------------------------------- softmax family
+def _softmax_fwd(N, C):
+    return lambda rng, dt: (_x(rng, (N, C), dt, 4.0),)
+
+
+def _softmax_bwd(fwd):
+    def build(N, C):
+        def make(rng, dt):
+            y = getattr(R, fwd)(_x(rng, (N, C), dt, 4.0))
+            return _x(rng, (N, C), dt, 1.0), y
+        return make
+    return build
+
+
+# --------------------------------------------------------------------------- cross-entropy
+def _logits(rng, N, V, dt):
+    logits = _x(rng, (N, V), dt, 4.0)
+    logits[:, V // 2] += 30  # one dominant logit per row: the max is not the first chunk's
+    t = rng.integers(0, V, N)
+    t[::3] = -100  # ignored rows
+    return logits, t
+
+
+def _ce_fwd(N, V):
+    def make(rng, dt):
+        logits, t = _logits(rng, N, V, dt)
+        return logits, t, -100
+    return make
+
+
+def _ce_bwd(N, V):
+    def make(rng, dt):
+        logits, t = _logits(rng, N, V, dt)
+        _, lse = R.cross_entropy_forward(logits, t)
+        return np.asarray(0.7, dtype=dt), logits, lse, t, -100
+    return make
+
+
+# --------------------------------------------------------------------------- layer norm
+def _ln_affine(rng, C, dt, affine):
+    w = (1 + 0.3 * rng.standard_normal(C)).astype(dt) if affine in ("wb", "w") else None
+    b = (0.3 * rng.standard_normal(C)).astype(dt) if affine == "wb" else None
+    return w, b
+
+
+def _ln_fwd(affine):
+    def build(N, C):
+        def make(rng, dt):
+            x = _x(rng, (N, C), dt, 2.0, 3.0)  # mean far from 0, as after a residual
+            return (x, *_ln_affine(rng, C, dt, affine), 1e-5)
+        return make
+    return build
+
+
+def _ln_bwd(affine):
+    def build(N, C):
+        def make(rng, dt):
+            x = _x(rng, (N, C), dt, 2.0, 3.0)
+            w, b = _ln_affine(rng, C, dt, affine)
+            _, mean, rstd = R.layernorm_forward(x, w, b, 1e-5)
+            return _x(rng, (N, C), dt, 1.0), x, w, mean, rstd
+        return make
+    return build
+
+
+# --------------------------------------------------------------------------- GELU
+def _gelu_x(rng, shape, dt):
+    x = _x(rng, shape, dt)
+    x.flat[: min(4, x.size)] = [-12.0, 12.0, 0.0, -4.5][: min(4, x.size)]  # tails and 0
+    return x
+
+
+def _gelu(op):
+    def build(N, C):
+        def make(rng, dt):
+            x = _gelu_x(rng, (N, C), dt)
+            b = _x(rng, (C,), dt, 0.5)
+            dy = _x(rng, (N, C), dt, 1.0)
+            return {"gelu_forward": (x,), "gelu_backward": (dy, x), "bias_gelu_forward": (x, b),
+                    "bias_gelu_backward": (dy, x, b)}[op]
+        return make
+    return build
+
+
+# --------------------------------------------------------------------------- attention
+# (B, H, Tq, Tk, D, causal): Tq < Tk is a KV-cache step (causal offset Tk - Tq), Tq = 1 one
+# decoded token; 131 and 129 cross v5's query blocks of 128, 70 v3's key blocks of 64
+ATTENTION = [(1, 1, 1, 1, 5, True), (2, 3, 7, 7, 16, True), (1, 2, 33, 65, 33, True),
+             (1, 1, 70, 70, 16, True), (2, 1, 65, 65, 5, False), (1, 2, 1, 33, 16, True),
+             (1, 1, 17, 80, 33, False), (2, 2, 131, 131, 9, True), (1, 1, 129, 150, 7, True)]
+
+
+def _qkv(rng, shape, dt):
+    B, H, Tq, Tk, D, causal = shape
+    q = _x(rng, (B, H, Tq, D), dt, 1.0)
+    k, v = _x(rng, (B, H, Tk, D), dt, 1.0), _x(rng, (B, H, Tk, D), dt, 1.0)
+    return q, k, v, 1.0 / D**0.5, causal  # a Python float scale: np.float64 would promote
+
+
+def _att_fwd(shape):
+    return lambda rng, dt: _qkv(rng, shape, dt)
+
+
+def _att_bwd(shape):
+    def make(rng, dt):
+        q, k, v, scale, causal = _qkv(rng, shape, dt)
+        o, lse = R.attention_forward(q, k, v, scale, causal)
+        return _x(rng, q.shape, dt, 1.0), q, k, v, o, lse, scale, causal
+    return make
+
+
+# --------------------------------------------------------------------------- matmul, AdamW
+MATMUL = [(1, 1, 1), (7, 5, 33), (65, 130, 17), (70, 3, 515), (13, 300, 37)]  # (M, K, N)
+
+
+def _matmul(M, K, N):
+    return lambda rng, dt: (_x(rng, (M, K), dt, 1.0), _x(rng, (K, N), dt, 1.0))
+
+
+ADAMW = [(1,), (7,), (33, 5), (7, 65), (4097,), (3, 5, 257)]
+ADAMW_STEPS = 5
+
+
+def _adamw(shape):
+    def make(rng, dt):
+        p = _x(rng, shape, dt, 1.0)
+        grads = [_x(rng, shape, dt, 1.0) for _ in range(ADAMW_STEPS)]
+        return p, grads
+    return make
+
+
+def _adamw_call(fn, args):
+    p, grads = args
+    p = p.copy()
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for step, g in enumerate(grads, 1):
+        fn(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1 * (step % 2), step)
+    return [p, m, v]
+
+
+# --------------------------------------------------------------------------- the table
+def _over_rows(build):
+    return [(f"{N}x{C}", build(N, C)) for N, C in ROWS]
+
+
+CASES = {
+    "matmul": [(f"{M}x{K}x{N}", _matmul(M, K, N)) for M, K, N in MATMUL],
+    "softmax_forward": _over_rows(_softmax_fwd),
+    "softmax_backward": _over_rows(_softmax_bwd("softmax_forward")),
+    "log_softmax_forward": _over_rows(_softmax_fwd),
+    "log_softmax_backward": _over_rows(_softmax_bwd("log_softmax_forward")),
+    "cross_entropy_forward": _over_rows(_ce_fwd),
+    "cross_entropy_backward": _over_rows(_ce_bwd),
+    "layernorm_forward": [(f"{label}-{a}", make) for a in ("wb", "w", "none")
+                          for label, make in _over_rows(_ln_fwd(a))],
+    "layernorm_backward": [(f"{label}-{a}", make) for a in ("wb", "w", "none")
+                           for label, make in _over_rows(_ln_bwd(a))],
+    "gelu_forward": _over_rows(_gelu("gelu_forward")),
+    "gelu_backward": _over_rows(_gelu("gelu_backward")),
+    "bias_gelu_forward": _over_rows(_gelu("bias_gelu_forward")),
+    "bias_gelu_backward": _over_rows(_gelu("bias_gelu_backward")),
+    "attention_forward": [(str(s), _att_fwd(s)) for s in ATTENTION],
+    "attention_backward": [(str(s), _att_bwd(s)) for s in ATTENTION],
+    "adamw_step": [(str(s), _adamw(s)) for s in ADAMW],
+}
+
+
+# (float32, float64) relative tolerance per op; 1e-4 / 1e-10 for the others
+RTOL = {"layernorm_forward": (2e-4, 1e-10), "layernorm_backward": (2e-4, 1e-10),
+        "attention_forward": (1e-4, 1e-9), "attention_backward": (1e-4, 1e-9),
+        "adamw_step": (1e-5, 1e-12)}
+
+
+def rtol(op, dtype):
+    return RTOL.get(op, (1e-4, 1e-10))[np.dtype(dtype) == np.float64]
+
+
+def call(op, fn, args):
+    """Run kernel ``fn`` (a rung or the reference) on fresh copies; outputs as a list."""
+    if op == "adamw_step":
+        return _adamw_call(fn, args)
+    out = fn(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def extra_atol(op, args, i):
+    """Absolute slack for output i beyond its own rounding. Layer norm's dx: rounding of
+    g - mean(g) is multiplied by rstd, which is 1/sqrt(eps) = 316 when C = 1 (var = 0)."""
+    if op == "layernorm_backward" and i == 0:
+        dy, x, w, _mean, rstd = args
+        g = np.abs(dy * (w if w is not None else 1))
+        return 4 * np.finfo(x.dtype).eps * float(rstd.max() * g.max()) if g.size else 0.0
+    return 0.0
