@@ -89,24 +89,60 @@ def run_plot(args):
 # ----------------------------------------------------------------------------- export
 def add_export(sub):
     p = sub.add_parser(
-        "export", help="write a checkpoint as a Hugging Face GPT-2 directory",
-        description="Write a minillm checkpoint (or a GPT-2 directory) as a Hugging Face GPT-2 "
-                    "directory: config.json + model.safetensors (+ vocab.json/merges.txt for a "
-                    "GPT-2 tokenizer), loadable by transformers' GPT2LMHeadModel.from_pretrained.",
+        "export", help="write a model as a Hugging Face directory or a GGUF file",
+        description="Write a model as a Hugging Face directory (--format hf: config.json + "
+                    "model.safetensors + tokenizer files, loadable by transformers' "
+                    "AutoModelForCausalLM; a GPT as GPT-2, a Llama as LlamaForCausalLM) or, for "
+                    "a Llama model, as a GGUF file llama.cpp loads (--format gguf).",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint directory (or training output folder)")
-    p.add_argument("--out", required=True, help="new or empty directory to write")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="a run or checkpoint directory, a Hugging Face GPT-2 or "
+                                    "Llama directory or a .gguf file")
+    src.add_argument("--model", metavar="NAME",
+                     help="a built-in model, fetched once: smollm2-135m-instruct")
+    p.add_argument("--out", required=True,
+                   help="new or empty directory (--format hf) or file (--format gguf) to write")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf: a Hugging Face directory (default); gguf: a GGUF file")
+    p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
+                   help="GGUF weights: as the model holds them (default; quantized blocks "
+                        "unchanged), float32, or q8_0")
     p.set_defaults(run=run_export)
 
 
 def run_export(args):
+    from pathlib import Path
+
     from minillm.checkpoints import load
     from minillm.checkpoints.hf_gpt2 import MINILLM_TOKENIZER_DIR, export_hf
+    from minillm.checkpoints.hf_llama import export_hf_llama
+    from minillm.checkpoints.llama import export_gguf
+    from minillm.models.llama import Llama
+    from minillm.nn.quant import named_quant_weights
 
-    model, tokenizer = load(args.ckpt)
-    names = export_hf(model, tokenizer, args.out)
+    if args.dtype and args.format != "gguf":
+        raise MinillmError("--dtype chooses the weights of a GGUF file (--format gguf); a "
+                           "Hugging Face export is always float32.")
+    model, tokenizer = load(args.ckpt or args.model)
+    # parameters, counting the weights quantized layers hold (they are not Parameters)
+    count = model.num_parameters() + sum(w.shape[0] * w.shape[1]
+                                         for _, w in named_quant_weights(model))
+    if not isinstance(model, Llama):
+        if args.format == "gguf":
+            raise MinillmError("GGUF export is for Llama models; export this GPT with "
+                               "--format hf (a Hugging Face GPT-2 directory).")
+        names = export_hf(model, tokenizer, args.out)
+    elif args.format == "gguf":
+        if Path(args.out).is_dir():
+            raise MinillmError(f"{args.out} is a directory; --format gguf writes one file "
+                               f"(e.g. --out model.gguf).")
+        path = export_gguf(model, tokenizer, args.out, dtype=args.dtype or "stored")
+        print(f"exported {count:,} parameters to {path}")
+        return
+    else:
+        names = export_hf_llama(model, tokenizer, args.out)
     shown = sorted({n.split("/")[0] + ("/" if "/" in n else "") for n in names})
-    print(f"exported {model.num_parameters():,} parameters to {args.out}: {', '.join(shown)}")
+    print(f"exported {count:,} parameters to {args.out}: {', '.join(shown)}")
     if any(n.startswith(MINILLM_TOKENIZER_DIR) for n in names):
         print(f"note: transformers loads these weights, but not the {tokenizer.kind} tokenizer "
               f"in {MINILLM_TOKENIZER_DIR}/ (minillm sample --ckpt {args.out} uses it)")

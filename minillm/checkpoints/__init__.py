@@ -6,6 +6,7 @@
                   a run folder's best/ and last/
     adapter.py    LoRA adapters (the adapter tensors and the base they belong to)
     hf_gpt2.py    Hugging Face GPT-2 directories: import and export
+    hf_llama.py   Hugging Face Llama directories: import and export
     loader.py     load(path_or_name) -> (model, tokenizer) for any of them
 
 Importing this package registers ``load`` as the loader behind ``GPT.from_pretrained``.

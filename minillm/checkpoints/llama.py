@@ -10,13 +10,20 @@ quantized token table becomes a ``QuantEmbedding``, and when the head is tied to
 ``load_gguf(path, dtype=...)`` is ``minillm.load`` for ``.gguf`` files: dtype "stored" keeps every
 matrix as the file stores it (4.5 bits a weight for Q4_1), "q8_0" requantizes to Q8_0, "float32"
 dequantizes everything.
+
+``llama_tensors(model, dtype)`` is the inverse of ``build_llama`` (the model's tensors by
+parameter name), and ``export_gguf(model, tokenizer, path, dtype)`` writes them with
+``write_gguf``: a model read from a GGUF file is written back with its blocks unchanged.
 """
 
-from minillm.checkpoints.gguf import DTYPES, read_gguf
+import numpy as np
+
+from minillm import backend
+from minillm.checkpoints.gguf import DTYPES, expected_shapes, read_gguf, write_gguf
 from minillm.errors import CheckpointError, ConfigError
-from minillm.kernels.quant import MATMUL_TYPES, QuantWeight
+from minillm.kernels.quant import MATMUL_TYPES, Q8_0, QuantWeight
 from minillm.models.llama import Llama, LlamaConfig
-from minillm.nn.quant import QuantLinear, embedding_from, linear_from
+from minillm.nn.quant import QuantLinear, embedding_from, linear_from, named_quant_weights
 
 
 def _parent(model, name):
@@ -71,3 +78,45 @@ def load_gguf(path, device="cpu", dtype="stored", **options):
         model.to(device)
     g.tokenizer.chat_template = g.chat_template
     return model.eval(), g.tokenizer
+
+
+def llama_tensors(model, dtype="stored"):
+    """Parameter name -> float32 array or QuantWeight of a Llama model, in its own rotary layout
+    (``model.config.rope_interleaved``): the inverse of ``build_llama``. A tied head is not
+    listed (it is ``embed_tokens.weight``). dtype "stored": quantized layers as their blocks,
+    float ones as float32; "float32": everything dequantized; "q8_0": every matrix whose rows are
+    whole 32-weight blocks requantized to Q8_0 (one already Q8_0 is kept, bytes unchanged)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    want = expected_shapes(model.config.to_dict())
+    found = {n: backend.to_numpy(p.data) for n, p in model.named_parameters()}
+    found.update(named_quant_weights(model))
+    out = {}
+    for name in want:
+        w = found.get(name)
+        if w is None:
+            raise CheckpointError(f"the model has no {name}; it is not a plain Llama model "
+                                  "(merge LoRA adapters before exporting)")
+        if dtype == "float32" and isinstance(w, QuantWeight):
+            w = w.dequantize()
+        elif dtype == "q8_0" and len(w.shape) == 2 and w.shape[1] % 32 == 0:
+            if not (isinstance(w, QuantWeight) and w.qtype == Q8_0):
+                w = QuantWeight.from_float(_dense(w), Q8_0)
+        if not isinstance(w, QuantWeight):
+            w = np.ascontiguousarray(w, dtype=np.float32)
+        out[name] = w
+    return out
+
+
+def _dense(w):
+    return w.dequantize() if isinstance(w, QuantWeight) else np.asarray(w, dtype=np.float32)
+
+
+def export_gguf(model, tokenizer, path, dtype="stored"):
+    """Write a Llama model (+ its byte-level BPE or SentencePiece tokenizer and chat template)
+    as a GGUF file llama.cpp loads; ``dtype`` as in ``llama_tensors``. Returns the path."""
+    config = model.config.to_dict()
+    tensors = llama_tensors(model, dtype)
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    return write_gguf(path, config, tensors, tokenizer, template,
+                      metadata={"general.name": "minillm export"})

@@ -8,6 +8,8 @@ What it reads, in the order it decides:
     "out/lora"            a LoRA fine-tune run or adapter directory: the base it names, then the
                           adapter, merged into the weights
     "gpt2/"               a Hugging Face GPT-2 directory (config.json with GPT2Config fields)
+    "smollm2-hf/"         a Hugging Face Llama directory (config.json model_type "llama"):
+                          minillm.checkpoints.hf_llama.load_hf_llama
     "smollm2"             a name without a slash that is not an existing path: a built-in model,
                           which minillm.checkpoints.builtin resolves to a local path
 
@@ -17,7 +19,7 @@ What it reads, in the order it decides:
 import os
 from pathlib import Path
 
-from minillm.checkpoints import adapter, builtin, hf_gpt2, run
+from minillm.checkpoints import adapter, builtin, hf_gpt2, hf_llama, run
 from minillm.checkpoints.atomic import recover_dir
 from minillm.checkpoints.llama import load_gguf
 from minillm.errors import CheckpointError, ConfigError
@@ -25,7 +27,7 @@ from minillm.models import pretrained
 from minillm.nn.lora import merge_lora
 
 ACCEPTED = ("a minillm run or checkpoint directory, a LoRA fine-tune run, a Hugging Face GPT-2 "
-            "directory, a .gguf file or a built-in model name")
+            "or Llama directory, a .gguf file or a built-in model name")
 
 
 def load(path_or_name, device="cpu", dropout=None, **options):
@@ -43,12 +45,14 @@ def load(path_or_name, device="cpu", dropout=None, **options):
         text = str(path)
     if text.endswith(".gguf"):
         return _load_gguf(path, device=device, dropout=dropout, **options)
-    if options:
+    if options and not hf_llama.is_hf_llama_dir(path):
         raise ConfigError(f"unknown load options {', '.join(sorted(options))} (only GGUF files "
                           f"take options besides device and dropout)")
     recover_dir(path)  # a checkpoint directory a crash left moved aside
     if not path.exists():
         raise CheckpointError(_missing(path))
+    if hf_llama.is_hf_llama_dir(path):  # config.json says model_type "llama"
+        return hf_llama.load_hf_llama(path, device=device, **options)
     if hf_gpt2.is_hf_gpt2_dir(path):  # config.json says GPT-2 (minillm export or a HF download)
         return hf_gpt2.load_hf(path, device=device, dropout=dropout)
     ckpt = run.resolve_checkpoint(path)
