@@ -23,8 +23,7 @@ def _fn(name):
 
 
 def fits(x, cos, sin, interleaved=False):
-    """float32 (B, H, T, D) x, D even, with float32 (T, D/2) or (B, T, D/2) cos/sin and
-    fewer than 2^31 pairs"""
+    """float32 (B, H, T, D) x with D even, (T, D/2) or (B, T, D/2) cos/sin, < 2^31 pairs"""
     for a in (x, cos, sin):
         if not cc.is_cupy(a):
             return "not a CuPy array"
