@@ -309,6 +309,7 @@ def _backward_input(kernel):
 # once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS, not
 # yet a measured crossover (benchmarks/bench_kernels.py --op qmatmul times both sides of it).
 GEMM_MIN_ROWS = 16
+FEW_ROWS = f"fewer than {GEMM_MIN_ROWS} rows"  # the GEMM rungs' reason below it
 
 
 def _formats(a, qw):
@@ -322,7 +323,7 @@ def _formats(a, qw):
 def _many_rows(a, qw):
     reason = _formats(a, qw)
     if reason is None and np.ndim(a) >= 1 and np.shape(a)[0] < GEMM_MIN_ROWS:
-        return f"fewer than {GEMM_MIN_ROWS} rows"
+        return FEW_ROWS
     return reason
 
 
