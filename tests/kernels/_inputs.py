@@ -221,7 +221,8 @@ def _swiglu(op, shape):
 
 
 # --------------------------------------------------------------------------- quantized products
-# (N, O, K): K a multiple of the 32-weight block; N = 17 crosses qmatmul's GEMM_MIN_ROWS = 16
+# (N, O, K): K a multiple of the 32-weight block; N = 1, 3 run the fused rungs by default, N = 17
+# the GEMM rungs (qmatmul's GEMM_MIN_ROWS; tests/kernels/test_cpu_qmatmul.py checks it)
 QMATMUL = [(n, o, k) for n in (1, 3, 17) for o in (7, 33) for k in (64, 96)]
 QFORMATS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)
 

@@ -91,6 +91,7 @@ def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
     qw = Q.QuantWeight.from_float(weights((7, 64)), Q.Q8_0)
     n = K.GEMM_MIN_ROWS
     few = f"fewer than {n} rows"
+    assert min(s[0] for s in QMATMUL) < n <= max(s[0] for s in QMATMUL)  # the cases cross it
     assert registry.rung_for("qmatmul_forward", np.zeros((n, 64), np.float32), qw) == \
         (4, "default")
     assert registry.rung_for("qmatmul_forward", np.zeros((n - 1, 64), np.float32), qw) == \
