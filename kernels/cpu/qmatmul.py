@@ -30,7 +30,6 @@ qmatmul_forward
       is dotted with each buffered row: contiguous products that vectorise, the dequantization
       paid once per tile whatever N is, and each x row read once per OT output rows; each
       thread takes a contiguous run of tiles and allocates its buffer once.
-      (runs for fewer than GEMM_MIN_ROWS rows: the ladder's ``also``)
       fraction of memory bandwidth: not measured yet.
   v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
       unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
@@ -38,6 +37,12 @@ qmatmul_forward
       Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
       (default; its ``fits`` declines fewer than GEMM_MIN_ROWS rows)
       fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
+  v5  for decoding: no float buffer at all. Within a block w = d q + m, so x . w = d (x . q) +
+      m sum(x): the codes are converted and multiplied as they are unpacked (one pass over the
+      block's bytes), the scale applied once per block, and Q4_1's offset through x's block
+      sums, computed once per call. v3 wrote every weight to a buffer and read it back.
+      (runs for fewer than GEMM_MIN_ROWS rows: the ladder's ``also``)
+      fraction of memory bandwidth: not measured yet.
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
@@ -181,6 +186,71 @@ def qmatmul_forward_v3(out, x, blocks, qt, f16, nt):
                     for k in range(K):
                         acc += xn[k] * w[k]
                     out[n, o0 + r] = acc
+
+
+def _make_v5(qt):
+    # v5 compiled once per format: qt, the header bytes and the centring are constants of the
+    # compiled loop (a branch on a runtime format kept LLVM from vectorising it).
+    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
+    centre = 8.0 if qt == Q4_0 else 0.0
+    is_q8, has_m = qt == Q8_0, qt == Q4_1
+
+    def qmatmul_forward_v5(out, x, blocks, f16):
+        # out: (N, O)  x: (N, K)  blocks: (O, K / 32 * ts) uint8
+        # Per block b of row o: x_b . w_b = d * (x_b . q_b) + m * sum(x_b): the codes are
+        # multiplied as they are unpacked (no float buffer) and the offset costs one product
+        # per block with x's block sums, computed once per call.
+        N, K = x.shape
+        O = blocks.shape[0]
+        nb = K // QK
+        t = f16.dtype.type
+        c = t(centre)
+        xs = np.zeros((N, nb), dtype=f16.dtype)  # (N, K / 32) block sums of x
+        if has_m:
+            for n in range(N):
+                for b in range(nb):
+                    acc = t(0)
+                    for j in range(QK):
+                        acc += x[n, b * QK + j]
+                    xs[n, b] = acc
+        lo, four = np.uint8(15), np.uint8(4)
+        for o in prange(O):
+            row = blocks[o]
+            for n in range(N):
+                xn = x[n]
+                total = t(0)
+                for b in range(nb):
+                    off = b * ts
+                    xb = xn[b * QK:(b + 1) * QK]
+                    d = f16[np.uint32(row[off]) | (np.uint32(row[off + 1]) << np.uint32(8))]
+                    acc = t(0)
+                    if is_q8:
+                        qb = row[off + 2:off + 2 + QK]
+                        for j in range(QK):
+                            q = np.int32(qb[j])
+                            acc += t(q - ((q >> 7) << 8)) * xb[j]
+                    else:
+                        qb = row[off + h:off + h + QK // 2]
+                        for j in range(QK // 2):
+                            acc += ((t(qb[j] & lo) - c) * xb[j]
+                                    + (t(qb[j] >> four) - c) * xb[j + 16])
+                    total += d * acc
+                    if has_m:
+                        m = f16[np.uint32(row[off + 2]) | (np.uint32(row[off + 3]) << np.uint32(8))]
+                        total += m * xs[n, b]
+                out[n, o] = total
+
+    qmatmul_forward_v5.__qualname__ = f"qmatmul_forward_v5_{FORMATS[qt].name}"  # cache key
+    return njit(parallel=True, **_JIT)(qmatmul_forward_v5)
+
+
+_V5 = {qt: _make_v5(qt) for qt in (Q8_0, Q4_0, Q4_1)}
+
+
+def qmatmul_forward_v5(out, x, blocks, qt, f16):
+    """v5: the kernel compiled for this format (the serial twin for small products)."""
+    k = pick(_V5[qt], x.shape[0] * out.shape[1] * x.shape[1])
+    k(out, x, blocks, f16)
 
 
 @njit(parallel=True, **_JIT)
@@ -330,7 +400,7 @@ def _many_rows(a, qw):
 _many_rows.__doc__ = f"{_formats.__doc__} and {GEMM_MIN_ROWS} rows or more"
 
 LADDERS = (
-    Ladder("qmatmul_forward", "cpu", default=4, also=(3,),
+    Ladder("qmatmul_forward", "cpu", default=4, also=(5,),
            about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product",
            rungs=(
         Rung(1, _forward(qmatmul_forward_v1), "plain loops, each weight decoded alone, one thread",
@@ -341,6 +411,8 @@ LADDERS = (
              "tiles of 4 rows unpacked once, vectorised dot per x row", _formats),
         Rung(4, _forward(qmatmul_forward_v4),
              "W dequantized by panels (parallel), each the pool's GEMM", _many_rows),
+        Rung(5, _forward(qmatmul_forward_v5),
+             "codes multiplied as unpacked, offsets through x's block sums", _formats),
     )),
     Ladder("qmatmul_backward_input", "cpu", default=3, also=(2,),
            about="dx = dy W for a frozen quantized W (LoRA on a quantized base)", rungs=(

@@ -70,7 +70,7 @@ def test_every_rung_equals_float64_math(op, qtype, dtype):
 
 def test_ladders_declare_defaults_and_refuse_other_formats(numba_mode):
     fwd, bwd = registry.ladder("qmatmul_forward"), registry.ladder("qmatmul_backward_input")
-    assert (fwd.default, fwd.also, fwd.versions) == (4, (3,), (1, 2, 3, 4))
+    assert (fwd.default, fwd.also, fwd.versions) == (4, (5,), (1, 2, 3, 4, 5))
     assert (bwd.default, bwd.also, bwd.versions) == (3, (2,), (1, 2, 3))
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.F16)
     x = np.ones((2, 32), np.float32)
@@ -95,13 +95,13 @@ def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
     assert registry.rung_for("qmatmul_forward", np.zeros((n, 64), np.float32), qw) == \
         (4, "default")
     assert registry.rung_for("qmatmul_forward", np.zeros((n - 1, 64), np.float32), qw) == \
-        (3, f"v4: {few}")
+        (5, f"v4: {few}")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((n, 7), np.float32), qw) == \
         (3, "default")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((1, 7), np.float32), qw) == \
         (2, f"v3: {few}")
     rows = {r[0]: r for r in registry.describe(("cpu",))}
-    assert f"{n} rows or more, else v3, then the reference" in rows["qmatmul_forward"][4]
+    assert f"{n} rows or more, else v5, then the reference" in rows["qmatmul_forward"][4]
     assert f"{n} rows or more, else v2, then the reference" in rows["qmatmul_backward_input"][4]
     for N in (1, n - 1, n):  # what the registry runs on both sides of the rule is right
         x = np.random.default_rng(N).standard_normal((N, 64)).astype(np.float32)
