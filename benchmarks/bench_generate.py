@@ -42,10 +42,10 @@ memory-bound plus Python per-op overhead, and Numba's kernels change little ther
 import sys
 import time
 
-import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only before NumPy loads)
 import numpy as np
 import pytest
 
+import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only before NumPy loads)
 import minillm as M
 from minillm.models import GPT, GPTConfig
 from minillm.sample import generate

@@ -6,7 +6,8 @@
     python benchmarks/bench_kernels.py --op all --shapes check      # every op at tiny sizes
 
 ``--op`` takes a family (softmax, log_softmax, cross_entropy, layernorm, gelu, bias_gelu,
-attention, adamw, matmul) or one kernel name (``softmax_backward``). For each kernel, shape and
+attention, adamw, matmul, rms_norm, rope, swiglu, qmatmul) or one kernel name
+(``softmax_backward``). For each kernel, shape and
 version the script builds the inputs, runs the reference and the version on copies of them,
 refuses to time a version whose outputs differ from the reference's (an AssertionError names
 it), then times both (the fastest of many single calls after a warm-up: JIT and NVRTC compile
@@ -15,6 +16,17 @@ once) or GFLOP/s (matmul, attention), and the speed-up over the reference. Versi
 ``fits`` refuses for an input are skipped with the reason. report.py prints ``rows()``: the
 default versions of every op. Shapes: "tiny" and "small" are the Shakespeare configs (B*T =
 768 / 2048 rows, C = 128 / 384), "check" a few rows only, to see that the script runs.
+
+The Llama ops take SmolLM2-135M's shapes (C = 576, 9 query and 3 key/value heads of D = 64,
+F = 1536, vocabulary 49152): rms_norm, rope (both pair layouts) and swiglu prefilling 64
+("tiny") or 512 ("small") tokens. qmatmul (y = x W^T, W in GGML blocks) runs every product of
+the model, q/o (576, 576), gate/up (1536, 576), down (576, 1536) and the tied head (49152, 576),
+in Q4_1 and Q8_0, at N = 1 row (decoding one token: each weight read once, so the bound is W's
+bytes over the memory bandwidth) and N = 512 (a prompt: compute-bound, see GFLOP/s). Its GB/s
+counts W's bytes only, and the table adds them as a fraction of a parallel read of memory
+measured in the same run (_cpu_bench.read_bandwidth_gbs). Its GEMM rungs decline fewer than
+GEMM_MIN_ROWS rows (kernels/cpu/qmatmul.py): that rule is what this measures, so they are timed
+there too.
 """
 
 import argparse  # noqa: I001  (minillm before numpy, below)
@@ -24,7 +36,8 @@ import time
 import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only before NumPy loads)
 import numpy as np
 
-from _cpu_bench import assert_close, best_ms
+from _cpu_bench import assert_close, best_ms, read_bandwidth_gbs
+from minillm.kernels import quant as Q
 from minillm.kernels import reference as R
 from minillm.kernels import registry
 
@@ -38,23 +51,42 @@ FAMILIES = {
     "attention": ("attention_forward", "attention_backward"),
     "adamw": ("adamw_step",),
     "matmul": ("matmul",),
+    "rms_norm": ("rms_norm_forward", "rms_norm_backward"),
+    "rope": ("rope_forward", "rope_backward"),
+    "swiglu": ("swiglu_forward", "swiglu_backward"),
+    "qmatmul": ("qmatmul_forward", "qmatmul_backward_input"),
 }
 
 # Shapes per family and size set: (N, C) rows, (B, H, T, D) attention, (M, K, N) matmul,
-# (n,) parameters for AdamW (all parameters of the small GPT as one buffer, one MLP weight).
+# (n,) parameters for AdamW (all parameters of the small GPT as one buffer, one MLP weight);
+# Llama: (N, C) rows of the norm, (N, F) of the MLP gate, (B, H, T, D, layout) rope, and
+# (N, O, K, format) qmatmul (x (N, K), W (O, K)).
+_HALF, _PAIR = "halves", "pairs"  # rope's pair layouts: (x[i], x[i + D/2]) or (x[2i], x[2i+1])
+_SMOL = [(576, 576), (1536, 576), (576, 1536), (49152, 576)]  # SmolLM2-135M's (O, K)
 SHAPES = {
     "check": {"rows": [(33, 65)], "vocab": [(33, 65)], "wide": [(33, 130)],
-              "attention": [(1, 2, 37, 16)], "matmul": [(33, 17, 65)], "adamw": [(4097,)]},
+              "attention": [(1, 2, 37, 16)], "matmul": [(33, 17, 65)], "adamw": [(4097,)],
+              "llama_rows": [(33, 48)], "llama_mlp": [(33, 80)],
+              "rope": [(1, 3, 37, 16, _HALF), (1, 3, 37, 16, _PAIR)],
+              "qmatmul": [(n, 33, 96, f) for n in (1, 17) for f in ("q4_1", "q8_0")]},
     "tiny": {"rows": [(768, 128)], "vocab": [(768, 65)], "wide": [(768, 512)],
              "attention": [(12, 4, 64, 32)], "matmul": [(768, 128, 512)],
-             "adamw": [(1536 * 384,)]},
+             "adamw": [(1536 * 384,)], "llama_rows": [(64, 576)], "llama_mlp": [(64, 1536)],
+             "rope": [(1, 9, 64, 64, lay) for lay in (_HALF, _PAIR)],
+             "qmatmul": [(n, o, k, f) for n in (1, 64) for o, k in _SMOL[:3]
+                         for f in ("q4_1", "q8_0")]},
     "small": {"rows": [(2048, 384)], "vocab": [(2048, 65), (2048, 2048)], "wide": [(2048, 1536)],
               "attention": [(8, 6, 256, 64)], "matmul": [(2048, 384, 1152)],
-              "adamw": [(10_750_000,)]},
+              "adamw": [(10_750_000,)], "llama_rows": [(512, 576)], "llama_mlp": [(512, 1536)],
+              "rope": [(1, h, 512, 64, lay) for h in (9, 3) for lay in (_HALF, _PAIR)],
+              "qmatmul": [(n, o, k, f) for n in (1, 512) for o, k in _SMOL
+                          for f in ("q4_1", "q8_0")]},
 }
 KIND = {"softmax": "vocab", "log_softmax": "vocab", "cross_entropy": "vocab", "layernorm": "rows",
         "gelu": "wide", "bias_gelu": "wide", "attention": "attention", "adamw": "adamw",
-        "matmul": "matmul"}
+        "matmul": "matmul", "rms_norm": "llama_rows", "rope": "rope", "swiglu": "llama_mlp",
+        "qmatmul": "qmatmul"}
+PLAIN_LOOP_MAX = 1 << 22  # multiply-adds above which qmatmul's v1 (plain loops) is not timed
 
 
 # --------------------------------------------------------------------------- inputs
@@ -79,7 +111,23 @@ def make(op, shape, dt, seed=0):
     if op == "adamw_step":
         p, g = _x(rng, shape, dt), _x(rng, shape, dt)
         return p, g, np.zeros_like(p), np.zeros_like(p), 1e-3, 0.9, 0.95, 1e-8, 0.1, 3
+    if op.startswith("rope"):
+        B, H, T, D, layout = shape
+        cos, sin = R.rope_cos_sin(np.arange(T), D, 100000.0, dtype=dt)
+        return _x(rng, (B, H, T, D), dt), cos, sin, layout == _PAIR
+    if op.startswith("qmatmul"):
+        n, o, k, fmt = shape  # x (n, k) or dy (n, o), W (o, k)
+        qw = Q.QuantWeight.from_float(_x(rng, (o, k), np.float32, 0.125), fmt)
+        return _x(rng, (n, k if op == "qmatmul_forward" else o), dt), qw
     N, C = shape
+    if op.startswith("rms_norm"):
+        x, w = _x(rng, shape, dt, 1.0, 0.5), _x(rng, (C,), dt, 0.1, 1.0)
+        if op.endswith("forward"):
+            return x, w, 1e-5
+        return _x(rng, shape, dt), x, w, R.rms_norm_forward(x, w, 1e-5)[1]
+    if op.startswith("swiglu"):
+        gate, up = _x(rng, shape, dt, 2.0), _x(rng, shape, dt, 2.0)
+        return (gate, up) if op.endswith("forward") else (_x(rng, shape, dt, 2.0), gate, up)
     x = _x(rng, shape, dt, 3.0)
     if op.startswith("cross_entropy"):
         t = rng.integers(0, C, N)
@@ -110,7 +158,27 @@ def flops(op, shape):
     if op.startswith("attention"):
         B, H, T, D = shape  # causal: T (T + 1) / 2 visible pairs; fwd 2 products, bwd 5
         return (4 if op.endswith("forward") else 10) * B * H * (T * (T + 1) // 2) * D
+    if op.startswith("qmatmul"):
+        n, o, k, _ = shape
+        return 2 * n * o * k
     return None
+
+
+def label(shape):
+    """'33x65', '1x9x512x64 pairs', '1x576x576 q4_1'."""
+    dims = [str(s) for s in shape if not isinstance(s, str)]
+    return " ".join(["x".join(dims)] + [s for s in shape if isinstance(s, str)])
+
+
+def _size_rule(op, reason):
+    """True for a rung's reason that is a choice by size, not a limit: qmatmul's GEMM rungs
+    decline fewer than GEMM_MIN_ROWS rows but compute them right, and the rule is what the
+    qmatmul benchmark measures, so those rungs are timed there too."""
+    if not op.startswith("qmatmul") or reason is None:
+        return False
+    from minillm.kernels.cpu import qmatmul
+
+    return reason == qmatmul.FEW_ROWS
 
 
 # --------------------------------------------------------------------------- devices
@@ -172,16 +240,20 @@ def bench(op, device="cpu", versions=None, shapes="small", dtype=np.float32, min
         nbytes = sum(a.nbytes for a in host_args if isinstance(a, np.ndarray))
         nbytes += sum(np.asarray(w).nbytes for w in (want if isinstance(want, list) else [want])
                       if w is not None)
+        if op.startswith("qmatmul"):  # the weight's bytes: what a decoded token waits for
+            nbytes = host_args[1].nbytes
         for v in versions or lad.versions:
             rung = lad.rung(v)
             reason = rung.reason_not(*args)
-            if reason is not None:
-                print(f"skipped {op} v{v} at {shape}: {reason}", file=sys.stderr)
+            if op.startswith("qmatmul") and v == 1 and flops(op, shape) > 2 * PLAIN_LOOP_MAX:
+                reason = "the plain loop takes seconds here and teaches nothing more"
+            if reason is not None and not _size_rule(op, reason):
+                print(f"skipped {op} v{v} at {label(shape)}: {reason}", file=sys.stderr)
                 continue
             assert_close(_outputs(op, rung.run, args, dev), want, f"{op} v{v} {shape}")
             ms = best_ms(dev.timed(lambda r=rung, a=args: r.run(*dev.copy(a))), min_time=min_time)
             f = flops(op, shape)
-            rows.append({"op": op, "version": v, "shape": "x".join(map(str, shape)),
+            rows.append({"op": op, "version": v, "shape": label(shape),
                          "ref_ms": ref_ms, "ms": ms, "speedup": ref_ms / ms,
                          "gbs": nbytes / ms / 1e6, "gflops": f / ms / 1e6 if f else None})
     return rows
@@ -191,14 +263,19 @@ def _family(op):
     return next(f for f, ops in FAMILIES.items() if op in ops)
 
 
-def print_rows(rows, title):
+def print_rows(rows, title, read_gbs=None):
+    """The table; with ``read_gbs`` (memory read bandwidth) a column of GB/s as its fraction."""
     print(f"\n{title}")
-    print(f"{'op':24s} {'ver':>3s} {'shape':>16s} {'ref ms':>9s} {'ms':>9s} {'GB/s':>7s} "
+    if read_gbs:
+        print(f"read bandwidth (parallel sum, same run): {read_gbs:.1f} GB/s")
+    bw = f" {'of bw':>6s}" if read_gbs else ""
+    print(f"{'op':24s} {'ver':>3s} {'shape':>20s} {'ref ms':>9s} {'ms':>9s} {'GB/s':>7s}{bw} "
           f"{'GFLOP/s':>8s} {'x ref':>7s}")
     for r in rows:
         gf = f"{r['gflops']:8.1f}" if r["gflops"] else f"{'':8s}"
-        print(f"{r['op']:24s} {r['version']:>3} {r['shape']:>16s} {r['ref_ms']:9.3f} "
-              f"{r['ms']:9.3f} {r['gbs']:7.1f} {gf} {r['speedup']:6.2f}x")
+        frac = f" {r['gbs'] / read_gbs:6.2f}" if read_gbs else ""
+        print(f"{r['op']:24s} {r['version']:>3} {r['shape']:>20s} {r['ref_ms']:9.3f} "
+              f"{r['ms']:9.3f} {r['gbs']:7.1f}{frac} {gf} {r['speedup']:6.2f}x")
 
 
 def rows(all_versions=False, shapes="small"):
@@ -221,6 +298,8 @@ def main(argv=None):
     p.add_argument("--versions", help="comma-separated, e.g. 2,3 (default: every version)")
     p.add_argument("--shapes", choices=sorted(SHAPES), default="small")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--read-mib", type=int, default=512,
+                   help="MiB read to measure the memory bandwidth qmatmul is compared with")
     args = p.parse_args(argv)
     if args.op == "all":
         ops = [op for f in FAMILIES.values() for op in f]
@@ -236,8 +315,11 @@ def main(argv=None):
     for op in ops:
         out += bench(op, args.device, versions, args.shapes, np.dtype(args.dtype),
                      min_time=0.02 if args.shapes == "check" else 0.2)
+    read_gbs = None
+    if args.device == "cpu" and any(op.startswith("qmatmul") for op in ops):
+        read_gbs = read_bandwidth_gbs(8 if args.shapes == "check" else args.read_mib)
     print_rows(out, f"{args.op} on {args.device}, {args.dtype}, shapes {args.shapes} "
-                    f"({time.perf_counter() - t:.0f} s)")
+                    f"({time.perf_counter() - t:.0f} s)", read_gbs)
 
 
 if __name__ == "__main__":

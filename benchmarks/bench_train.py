@@ -74,9 +74,9 @@ def torch_gpt(c, gpt2_init=False):
     (default 0.02, GPT-2's); else PyTorch's defaults."""
     import math
 
+    import torch
     import torch.nn as tnn
     import torch.nn.functional as TF
-    import torch
 
     C, H = c["n_embd"], c["n_head"]
 

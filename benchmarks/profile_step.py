@@ -21,6 +21,7 @@ import minillm  # noqa: F401  (first: minillm/_env.py's settings apply only befo
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_train  # noqa: E402
+
 from minillm.kernels import registry  # noqa: E402
 
 

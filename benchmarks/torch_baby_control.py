@@ -41,8 +41,8 @@ import argparse
 import time
 
 import numpy as np
-
 from bench_train import torch_adamw, torch_gpt
+
 from minillm.data import TokenData
 from minillm.train.config import TrainConfig, load_config
 from minillm.train.pretrain import get_lr

@@ -13,6 +13,10 @@ import math
 
 import numpy as np
 
+# functions of this module that build inputs for the kernels and are not kernels themselves
+# (kernels/registry.py lists every other function here as an op)
+HELPERS = ("causal_mask", "rope_cos_sin")
+
 GELU_K = math.sqrt(2.0 / math.pi)  # GELU tanh approximation (Hendrycks & Gimpel), as GPT-2 uses
 GELU_A = 0.044715
 

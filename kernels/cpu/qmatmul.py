@@ -13,8 +13,9 @@ float32's 32, Q8_0 8.5: the point of keeping W in blocks. Prefill (N > 1) reuses
 weight N times and becomes compute-bound, which is where unpacking a block once pays.
 
 Versions (fraction of memory bandwidth reached at N = 1 on SmolLM2-135M's shapes: to be
-measured with ``python benchmarks/bench_qmatmul.py``, which prints W's bytes per second as a
-fraction of a parallel read measured in the same run; no figure is quoted until it has run):
+measured with ``python benchmarks/bench_kernels.py --op qmatmul``, which prints W's bytes per
+second beside a parallel read of memory measured in the same run; no figure is quoted until it
+has run):
 
 qmatmul_forward
   v1  plain loops (n, o, k), one thread; every weight decoded from its bytes on its own (block
@@ -28,31 +29,38 @@ qmatmul_forward
       float buffer (OT, K) (nibble unpacking in straight loops LLVM vectorises), then every x row
       is dotted with each buffered row: contiguous products that vectorise, the dequantization
       paid once per tile whatever N is, and each x row read once per OT output rows; each
-      thread takes a contiguous run of tiles and allocates its buffer once.  (default, N < 16)
+      thread takes a contiguous run of tiles and allocates its buffer once.
+      (runs for fewer than GEMM_MIN_ROWS rows: the ladder's ``also``)
       fraction of memory bandwidth: not measured yet.
   v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
       unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
       49152-row head never needs its 113 MiB float copy), each panel then one BLAS GEMM on
       Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
-      (default for N >= GEMM_MIN_ROWS)
+      (default; its ``fits`` declines fewer than GEMM_MIN_ROWS rows)
       fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
       (o, block) unpacked once into a 32-float buffer, then dx[n, block] += dy[n, o] * buffer
-      for every n, contiguous and vectorised.  (default, N < 16)
+      for every n, contiguous and vectorised.  (runs for fewer than GEMM_MIN_ROWS rows)
   v3  W dequantized a panel at a time, dx += dy[:, panel] @ W[panel] on the pool's GEMM.
-      (default for N >= GEMM_MIN_ROWS)
+      (default; declines fewer than GEMM_MIN_ROWS rows)
+
+GEMM_MIN_ROWS = 16 is not measured yet (see its comment). A weight in a format without kernels
+here (F16, BF16, Q5, K-quants) is declined by every rung's ``fits``, so the registry runs the
+reference: dequantize, then matmul. The table of rungs and defaults is ``LADDERS`` at the end
+of this file. Tests: tests/kernels/test_ladders.py (every rung vs the reference, Q8_0 / Q4_0 /
+Q4_1) and tests/kernels/test_cpu_qmatmul.py (the size rule, several panels, read-only blocks,
+the formats against the gguf package).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .. import reference
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
-from .matmul import pool as matmul_pool
 from ._serial import pick, threads
+from .matmul import pool as matmul_pool
 
 _JIT = {"fastmath": True, "cache": True, "error_model": "numpy"}
 QK = 32  # weights per block in every format here
@@ -241,7 +249,7 @@ def qmatmul_backward_input_v3(dx, dy, blocks, qt, f16):
         dx += matmul_pool.matmul(np.ascontiguousarray(dy[:, o0:o1]), w)
 
 
-# --------------------------------------------------------------------------- wrappers
+# --------------------------------------------------------------------------- rungs
 def _float(a):
     a = np.ascontiguousarray(a)
     if a.dtype != np.float32 and a.dtype != np.float64:
@@ -257,98 +265,89 @@ def _check(qw, a, axis_len, what):
         raise ValueError(f"{what} must be (N, {axis_len}) for a weight {qw.shape}, got {a.shape}")
 
 
-def _forward(version, x, qw):
-    x = _float(x)
-    O, K = qw.shape
-    _check(qw, x, K, "x")
-    out = np.empty((x.shape[0], O), dtype=x.dtype)
-    if out.size:
-        kernel = FORWARD[version]
-        if hasattr(kernel, "targetoptions"):  # a Numba kernel (v4 is Python around two)
-            kernel = pick(kernel, x.shape[0] * O * K)
-        args = (out, x, qw.blocks, qw.qtype, _F16[x.dtype])
-        if version == 3:
-            args += (threads(kernel),)
-        kernel(*args)
-    return out
+def _forward(kernel, per_thread=False):
+    """qmatmul_forward(x, qw) -> y (N, O), running ``kernel(out, x, blocks, qtype, f16)``
+    (and the thread count after them for a kernel with ``per_thread`` buffers)."""
+    def run(x, qw):
+        x = _float(x)
+        O, K = qw.shape
+        _check(qw, x, K, "x")
+        out = np.empty((x.shape[0], O), dtype=x.dtype)
+        if out.size:
+            k = kernel
+            if hasattr(k, "targetoptions"):  # a Numba kernel (v4 is Python around two)
+                k = pick(k, x.shape[0] * O * K)
+            args = (out, x, qw.blocks, qw.qtype, _F16[x.dtype])
+            if per_thread:
+                args += (threads(k),)
+            k(*args)
+        return out
+    run.__name__ = f"{kernel.__name__}_call"
+    return run
 
 
-def _backward_input(version, dy, qw):
-    dy = _float(dy)
-    O, K = qw.shape
-    _check(qw, dy, O, "dy")
-    dx = np.zeros((dy.shape[0], K), dtype=dy.dtype)
-    if dx.size:
-        kernel = BACKWARD_INPUT[version]
-        if hasattr(kernel, "targetoptions"):
-            kernel = pick(kernel, dy.shape[0] * O * K)
-        kernel(dx, dy, qw.blocks, qw.qtype, _F16[dy.dtype])
-    return dx
+def _backward_input(kernel):
+    """qmatmul_backward_input(dy, qw) -> dx (N, K), running ``kernel(dx, dy, blocks, ...)``."""
+    def run(dy, qw):
+        dy = _float(dy)
+        O, K = qw.shape
+        _check(qw, dy, O, "dy")
+        dx = np.zeros((dy.shape[0], K), dtype=dy.dtype)
+        if dx.size:
+            k = kernel
+            if hasattr(k, "targetoptions"):
+                k = pick(k, dy.shape[0] * O * K)
+            k(dx, dy, qw.blocks, qw.qtype, _F16[dy.dtype])
+        return dx
+    run.__name__ = f"{kernel.__name__}_call"
+    return run
 
 
-FORWARD = {1: qmatmul_forward_v1, 2: qmatmul_forward_v2, 3: qmatmul_forward_v3,
-           4: qmatmul_forward_v4}
-BACKWARD_INPUT = {1: qmatmul_backward_input_v1, 2: qmatmul_backward_input_v2,
-                  3: qmatmul_backward_input_v3}
-DEFAULT_VERSION = {"qmatmul_forward": 3, "qmatmul_backward_input": 2}
-# Rows of x (or dy) from which the defaults dequantize W by panels and call the GEMM (forward v4,
-# backward v3) instead of the fused kernels: decoding (N = 1) reads each weight once, a prompt
-# (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS, not a measured
-# crossover: benchmarks/bench_llm.py should set it. The registry's size rule; the default
-# functions below apply it.
+# Rows of x (or dy) from which the defaults, forward v4 and backward v3, dequantize W by panels
+# and call the GEMM; with fewer rows their ``fits`` declines and the registry runs the fused
+# kernels (forward v3, backward v2: the ladders' ``also``). Decoding (N = 1) reads each weight
+# once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS, not
+# yet a measured crossover (benchmarks/bench_kernels.py --op qmatmul times both sides of it).
 GEMM_MIN_ROWS = 16
+FEW_ROWS = f"fewer than {GEMM_MIN_ROWS} rows"  # the GEMM rungs' reason below it
 
 
-def _fits(a, qw):
+def _formats(a, qw):
+    """Q8_0, Q4_0 or Q4_1 weights"""
     if not isinstance(qw, QuantWeight) or qw.qtype not in MATMUL_TYPES:
-        return "weight not Q8_0/Q4_0/Q4_1"
+        kind = FORMATS[qw.qtype].name if isinstance(qw, QuantWeight) else type(qw).__name__
+        return f"{kind} weight"
     return None
 
 
-def _rung(wrapper, kernels, version, note):
-    def run(a, qw):
-        return wrapper(version, a, qw)
+def _many_rows(a, qw):
+    reason = _formats(a, qw)
+    if reason is None and np.ndim(a) >= 1 and np.shape(a)[0] < GEMM_MIN_ROWS:
+        return FEW_ROWS
+    return reason
 
-    run.__name__ = f"{kernels[version].__name__}_call"
-    return Rung(version, run, note, _fits)
 
+_many_rows.__doc__ = f"{_formats.__doc__} and {GEMM_MIN_ROWS} rows or more"
 
 LADDERS = (
-    Ladder("qmatmul_forward", "cpu", (
-        _rung(_forward, FORWARD, 1, "plain loops, each weight decoded alone, one thread"),
-        _rung(_forward, FORWARD, 2, "prange over output rows, scale decoded once per block"),
-        _rung(_forward, FORWARD, 3, "tiles of 4 rows unpacked once, vectorised dot per x row"),
-        _rung(_forward, FORWARD, 4, "W dequantized by panels (parallel), each the pool's GEMM"),
-    ), default=DEFAULT_VERSION["qmatmul_forward"],
-        about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product"),
-    Ladder("qmatmul_backward_input", "cpu", (
-        _rung(_backward_input, BACKWARD_INPUT, 1, "plain loops, one thread"),
-        _rung(_backward_input, BACKWARD_INPUT, 2,
-              "prange over 32-column blocks, each block unpacked once"),
-        _rung(_backward_input, BACKWARD_INPUT, 3,
-              "W dequantized by panels (parallel), each the pool's GEMM"),
-    ), default=DEFAULT_VERSION["qmatmul_backward_input"],
-        about="dx = dy W for a frozen quantized W (LoRA on a quantized base)"),
+    Ladder("qmatmul_forward", "cpu", default=4, also=(3,),
+           about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product",
+           rungs=(
+        Rung(1, _forward(qmatmul_forward_v1), "plain loops, each weight decoded alone, one thread",
+             _formats),
+        Rung(2, _forward(qmatmul_forward_v2),
+             "prange over output rows, scale decoded once per block", _formats),
+        Rung(3, _forward(qmatmul_forward_v3, per_thread=True),
+             "tiles of 4 rows unpacked once, vectorised dot per x row", _formats),
+        Rung(4, _forward(qmatmul_forward_v4),
+             "W dequantized by panels (parallel), each the pool's GEMM", _many_rows),
+    )),
+    Ladder("qmatmul_backward_input", "cpu", default=3, also=(2,),
+           about="dx = dy W for a frozen quantized W (LoRA on a quantized base)", rungs=(
+        Rung(1, _backward_input(qmatmul_backward_input_v1), "plain loops, one thread", _formats),
+        Rung(2, _backward_input(qmatmul_backward_input_v2),
+             "prange over 32-column blocks, each block unpacked once", _formats),
+        Rung(3, _backward_input(qmatmul_backward_input_v3),
+             "W dequantized by panels (parallel), each the pool's GEMM", _many_rows),
+    )),
 )
-
-
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` (tests and benchmarks use this)."""
-    return {"qmatmul_forward": _forward, "qmatmul_backward_input": _backward_input}[op](
-        version, *args)
-
-
-# The defaults. A weight in a format without kernels here (F16, BF16, Q5, K-quants: rungs'
-# ``fits`` names it) goes to the reference, dequantize then matmul, as the registry does.
-def qmatmul_forward(x, qw):
-    if _fits(x, qw) is not None:
-        return reference.qmatmul_forward(x, qw)
-    big = np.shape(x)[0] >= GEMM_MIN_ROWS
-    return _forward(4 if big else DEFAULT_VERSION["qmatmul_forward"], x, qw)
-
-
-def qmatmul_backward_input(dy, qw):
-    if _fits(dy, qw) is not None:
-        return reference.qmatmul_backward_input(dy, qw)
-    big = np.shape(dy)[0] >= GEMM_MIN_ROWS
-    return _backward_input(3 if big else DEFAULT_VERSION["qmatmul_backward_input"], dy, qw)

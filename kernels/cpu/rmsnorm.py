@@ -17,15 +17,19 @@ rms_norm_backward
   v1  plain loops, one thread, dw accumulated row by row in float64.
   v2  prange over per-thread row blocks with float64 partial dw, one reduction at the end.
       (default)
-"""
 
-import functools
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference) and tests/kernels/test_cpu_llama_ops.py
+(finite differences of the reference). Benchmark: ``python benchmarks/bench_kernels.py --op
+rms_norm``.
+"""
 
 import numpy as np
 from numba import njit, prange
 
-from ..ladder import Ladder, Rung
-from ._serial import pick, threads as _threads
+from ..ladder import Ladder, Rung, dtype_fits
+from ._serial import pick, picks
+from ._serial import threads as _threads
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 
@@ -105,14 +109,7 @@ def rms_norm_backward_v2(dx, dw, dy, x, w, rrms, nt):
         dw[c] = a
 
 
-# --------------------------------------------------------------------------- wrappers
-VERSIONS = {
-    "rms_norm_forward": {1: rms_norm_forward_v1, 2: rms_norm_forward_v2},
-    "rms_norm_backward": {1: rms_norm_backward_v1, 2: rms_norm_backward_v2},
-}
-DEFAULT_VERSION = {"rms_norm_forward": 2, "rms_norm_backward": 2}
-
-
+# --------------------------------------------------------------------------- rungs
 def _x(a, dtype=None):
     a = np.ascontiguousarray(a, dtype=dtype)
     if a.dtype != np.float32 and a.dtype != np.float64:
@@ -129,56 +126,49 @@ def _w(w, C, dt):
     return w
 
 
-def _forward(version, x, w, eps=1e-5):
-    x = _x(x)
-    N, C = x.shape
-    dt = x.dtype
-    out = np.empty_like(x)
-    rrms = np.empty(N, dtype=dt)
-    if x.size:
-        kernel = pick(VERSIONS["rms_norm_forward"][version], x.size)
-        kernel(out, rrms, x, _w(w, C, dt), dt.type(eps))
-    return out, rrms
+def _forward(kernel):
+    """rms_norm_forward(x, w, eps) -> (y, rrms), running ``kernel``."""
+    def run(x, w, eps=1e-5):
+        x = _x(x)
+        N, C = x.shape
+        dt = x.dtype
+        out = np.empty_like(x)
+        rrms = np.empty(N, dtype=dt)
+        if x.size:
+            pick(kernel, x.size)(out, rrms, x, _w(w, C, dt), dt.type(eps))
+        return out, rrms
+    return picks(run)
 
 
-def _backward(version, dy, x, w, rrms):
-    x = _x(x)
-    N, C = x.shape
-    dt = x.dtype
-    dy = _x(dy, dt)
-    if dy.shape != x.shape:
-        raise ValueError(f"rms_norm_backward: dy shape {dy.shape} does not match x {x.shape}")
-    dx = np.empty_like(x)
-    dw = np.zeros(C)
-    if x.size:
-        kernel = pick(VERSIONS["rms_norm_backward"][version], x.size)
-        kernel(dx, dw, dy, x, _w(w, C, dt), np.ascontiguousarray(rrms, dtype=dt), _threads(kernel))
-    return dx, dw.astype(dt)
+def _backward(kernel):
+    """rms_norm_backward(dy, x, w, rrms) -> (dx, dw), running ``kernel``."""
+    def run(dy, x, w, rrms):
+        x = _x(x)
+        N, C = x.shape
+        dt = x.dtype
+        dy = _x(dy, dt)
+        if dy.shape != x.shape:
+            raise ValueError(f"rms_norm_backward: dy shape {dy.shape} does not match x {x.shape}")
+        dx = np.empty_like(x)
+        dw = np.zeros(C)
+        if x.size:
+            k = pick(kernel, x.size)
+            k(dx, dw, dy, x, _w(w, C, dt), np.ascontiguousarray(rrms, dtype=dt), _threads(k))
+        return dx, dw.astype(dt)
+    return picks(run)
 
 
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    return (_forward if op == "rms_norm_forward" else _backward)(version, *args)
-
-
-def rms_norm_forward(x, w, eps=1e-5):
-    return _forward(DEFAULT_VERSION["rms_norm_forward"], x, w, eps)
-
-
-def rms_norm_backward(dy, x, w, rrms):
-    return _backward(DEFAULT_VERSION["rms_norm_backward"], dy, x, w, rrms)
-
-
-_NOTES = {
-    ("rms_norm_forward", 1): "plain loops, float64 sum of squares, one thread",
-    ("rms_norm_forward", 2): "prange over rows, sums in the input dtype",
-    ("rms_norm_backward", 1): "plain loops, one thread, dw row by row",
-    ("rms_norm_backward", 2): "prange over row blocks, per-thread float64 partial dw",
-}
-LADDERS = tuple(
-    Ladder(op, "cpu",
-           tuple(Rung(v, functools.partial(_forward if op == "rms_norm_forward" else _backward, v),
-                      _NOTES[op, v]) for v in sorted(VERSIONS[op])),
-           DEFAULT_VERSION[op], about="RMSNorm over rows (N, C)")
-    for op in VERSIONS
+FWD = dtype_fits(("float32", "float64"))  # x
+BWD = dtype_fits(("float32", "float64"), arg=1)  # x (after dy)
+LADDERS = (
+    Ladder("rms_norm_forward", "cpu", default=2, about="RMSNorm over rows (N, C)", rungs=(
+        Rung(1, _forward(rms_norm_forward_v1), "plain loops, float64 sum of squares, one thread",
+             FWD),
+        Rung(2, _forward(rms_norm_forward_v2), "prange over rows, sums in the input dtype", FWD),
+    )),
+    Ladder("rms_norm_backward", "cpu", default=2, about="dx per row, dw over rows", rungs=(
+        Rung(1, _backward(rms_norm_backward_v1), "plain loops, one thread, dw row by row", BWD),
+        Rung(2, _backward(rms_norm_backward_v2),
+             "prange over row blocks, per-thread float64 partial dw", BWD),
+    )),
 )

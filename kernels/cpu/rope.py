@@ -15,15 +15,18 @@ rope_forward / rope_backward
   v1  plain loops over (b, h, t, i), one thread: the readable definition.
   v2  prange over the B*H*T rows of D entries, the layout test hoisted out of the inner loop
       so the half-split loop is a contiguous map that vectorises.  (default)
-"""
 
-import functools
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference, both layouts, per-row positions) and
+tests/kernels/test_cpu_llama_ops.py (layouts, angles, finite differences of the reference).
+Benchmark: ``python benchmarks/bench_kernels.py --op rope``.
+"""
 
 import numpy as np
 from numba import njit, prange
 
-from ..ladder import Ladder, Rung
-from ._serial import pick
+from ..ladder import Ladder, Rung, dtype_fits
+from ._serial import pick, picks
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 
@@ -76,11 +79,7 @@ def rope_rotate_v2(out, x, cos, sin, sign, interleaved):
                 orow[i + half] = x1 * s + x2 * c
 
 
-# --------------------------------------------------------------------------- wrappers
-VERSIONS = {1: rope_rotate_v1, 2: rope_rotate_v2}
-DEFAULT_VERSION = {"rope_forward": 2, "rope_backward": 2}
-
-
+# --------------------------------------------------------------------------- rungs
 def _args(x, cos, sin):
     x = np.ascontiguousarray(x)
     if x.dtype != np.float32 and x.dtype != np.float64:
@@ -99,32 +98,25 @@ def _args(x, cos, sin):
     return x, cs[0], cs[1]
 
 
-def _rotate(version, sign, x, cos, sin, interleaved=False):
-    x, cos, sin = _args(x, cos, sin)
-    out = np.empty_like(x)
-    if x.size:
-        pick(VERSIONS[version], x.size)(out, x, cos, sin, sign, bool(interleaved))
-    return out
+def _rotate(kernel, sign):
+    """rope_forward(x, cos, sin, interleaved) (sign +1) or rope_backward(dy, cos, sin,
+    interleaved) (sign -1) -> the rotated array, running ``kernel``."""
+    def run(x, cos, sin, interleaved=False):
+        x, cos, sin = _args(x, cos, sin)
+        out = np.empty_like(x)
+        if x.size:
+            pick(kernel, x.size)(out, x, cos, sin, sign, bool(interleaved))
+        return out
+    return picks(run)
 
 
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    return _rotate(version, 1.0 if op == "rope_forward" else -1.0, *args)
-
-
-def rope_forward(x, cos, sin, interleaved=False):
-    return _rotate(DEFAULT_VERSION["rope_forward"], 1.0, x, cos, sin, interleaved)
-
-
-def rope_backward(dy, cos, sin, interleaved=False):
-    return _rotate(DEFAULT_VERSION["rope_backward"], -1.0, dy, cos, sin, interleaved)
-
-
-_NOTES = {1: "plain loops over (b, h, t, i), one thread",
-          2: "prange over rows, layout test hoisted out of the inner loop"}
+FLOAT = dtype_fits(("float32", "float64"))  # x (dy)
 LADDERS = tuple(
-    Ladder(op, "cpu",
-           tuple(Rung(v, functools.partial(_rotate, v, sign), _NOTES[v]) for v in sorted(VERSIONS)),
-           DEFAULT_VERSION[op], about="rotary embedding of (B, H, T, D) by (T, D/2) angles")
+    Ladder(op, "cpu", default=2, about="rotary embedding of (B, H, T, D) by (T, D/2) angles",
+           rungs=(
+        Rung(1, _rotate(rope_rotate_v1, sign), "plain loops over (b, h, t, i), one thread", FLOAT),
+        Rung(2, _rotate(rope_rotate_v2, sign),
+             "prange over rows, layout test hoisted out of the inner loop", FLOAT),
+    ))
     for op, sign in (("rope_forward", 1.0), ("rope_backward", -1.0))
 )

@@ -12,17 +12,21 @@ swiglu_forward / swiglu_backward
   v1  plain loop with math.exp (a scalar libm call: the loop does not vectorise), one thread.
   v2  prange over blocks of 4096, fast_exp from _fastmath (only +, *, floor and a bit cast, so
       the loop vectorises), constants in the input dtype, each block indexed from 0.  (default)
+
+The table of rungs and defaults is ``LADDERS`` at the end of this file. Tests:
+tests/kernels/test_ladders.py (every rung vs the reference, saturated gates) and
+tests/kernels/test_cpu_llama_ops.py (finite differences of the reference). Benchmark:
+``python benchmarks/bench_kernels.py --op swiglu``.
 """
 
-import functools
 import math
 
-from numba import njit, prange
 import numpy as np
+from numba import njit, prange
 
-from ..ladder import Ladder, Rung
+from ..ladder import Ladder, Rung, dtype_fits
 from ._fastmath import fast_exp
-from ._serial import pick
+from ._serial import pick, picks
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
 _BLOCK = 4096  # elements per prange step (16 KiB of float32 per input)
@@ -77,14 +81,7 @@ def swiglu_backward_v2(dgate, dup, dy, gate, up):
             dub[i] = db[i] * g * s
 
 
-# --------------------------------------------------------------------------- wrappers
-VERSIONS = {
-    "swiglu_forward": {1: swiglu_forward_v1, 2: swiglu_forward_v2},
-    "swiglu_backward": {1: swiglu_backward_v1, 2: swiglu_backward_v2},
-}
-DEFAULT_VERSION = {"swiglu_forward": 2, "swiglu_backward": 2}
-
-
+# --------------------------------------------------------------------------- rungs
 def _float(a, dtype=None):
     a = np.ascontiguousarray(a, dtype=dtype)
     if a.dtype != np.float32 and a.dtype != np.float64:
@@ -99,43 +96,42 @@ def _same(name, a, like):
     return a
 
 
-def _forward(version, gate, up):
-    gate = _float(gate)
-    up = _same("up", up, gate)
-    out = np.empty_like(gate)
-    pick(VERSIONS["swiglu_forward"][version], gate.size)(
-        out.reshape(-1), gate.reshape(-1), up.reshape(-1))
-    return out
+def _forward(kernel):
+    """swiglu_forward(gate, up) -> y, running ``kernel`` on the flattened arrays."""
+    def run(gate, up):
+        gate = _float(gate)
+        up = _same("up", up, gate)
+        out = np.empty_like(gate)
+        pick(kernel, gate.size)(out.reshape(-1), gate.reshape(-1), up.reshape(-1))
+        return out
+    return picks(run)
 
 
-def _backward(version, dy, gate, up):
-    gate = _float(gate)
-    up, dy = _same("up", up, gate), _same("dy", dy, gate)
-    dgate, dup = np.empty_like(gate), np.empty_like(gate)
-    pick(VERSIONS["swiglu_backward"][version], gate.size)(
-        dgate.reshape(-1), dup.reshape(-1), dy.reshape(-1), gate.reshape(-1), up.reshape(-1))
-    return dgate, dup
+def _backward(kernel):
+    """swiglu_backward(dy, gate, up) -> (dgate, dup), running ``kernel``."""
+    def run(dy, gate, up):
+        gate = _float(gate)
+        up, dy = _same("up", up, gate), _same("dy", dy, gate)
+        dgate, dup = np.empty_like(gate), np.empty_like(gate)
+        pick(kernel, gate.size)(dgate.reshape(-1), dup.reshape(-1), dy.reshape(-1),
+                                gate.reshape(-1), up.reshape(-1))
+        return dgate, dup
+    return picks(run)
 
 
-def run(op, version, *args):
-    """Call version ``version`` of ``op`` through its wrapper (tests and benchmarks use this)."""
-    return (_forward if op == "swiglu_forward" else _backward)(version, *args)
-
-
-def swiglu_forward(gate, up):
-    return _forward(DEFAULT_VERSION["swiglu_forward"], gate, up)
-
-
-def swiglu_backward(dy, gate, up):
-    return _backward(DEFAULT_VERSION["swiglu_backward"], dy, gate, up)
-
-
-_NOTES = {1: "plain loop, math.exp (scalar libm, no vectorisation), one thread",
-          2: "prange over blocks of 4096, fast_exp: the loop vectorises"}
-LADDERS = tuple(
-    Ladder(op, "cpu",
-           tuple(Rung(v, functools.partial(_forward if op == "swiglu_forward" else _backward, v),
-                      _NOTES[v]) for v in sorted(VERSIONS[op])),
-           DEFAULT_VERSION[op], about="silu(gate) * up, elementwise")
-    for op in VERSIONS
+FWD = dtype_fits(("float32", "float64"))  # gate
+BWD = dtype_fits(("float32", "float64"), arg=1)  # gate (after dy)
+LADDERS = (
+    Ladder("swiglu_forward", "cpu", default=2, about="silu(gate) * up, elementwise", rungs=(
+        Rung(1, _forward(swiglu_forward_v1),
+             "plain loop, math.exp (scalar libm, no vectorisation), one thread", FWD),
+        Rung(2, _forward(swiglu_forward_v2),
+             "prange over blocks of 4096, fast_exp: the loop vectorises", FWD),
+    )),
+    Ladder("swiglu_backward", "cpu", default=2, about="dgate, dup elementwise", rungs=(
+        Rung(1, _backward(swiglu_backward_v1),
+             "plain loop, math.exp (scalar libm, no vectorisation), one thread", BWD),
+        Rung(2, _backward(swiglu_backward_v2),
+             "prange over blocks of 4096, fast_exp: the loop vectorises", BWD),
+    )),
 )

@@ -22,7 +22,8 @@ Files (each .cu header lists its versions and what each is expected to gain):
   swiglu.cu       SwiGLU forward/backward v1..v2 (Llama)
 """
 
-MODULES = ("matmul", "layernorm", "softmax", "crossentropy", "gelu", "adamw", "attention")
+MODULES = ("matmul", "layernorm", "softmax", "crossentropy", "gelu", "adamw", "attention",
+           "rmsnorm", "rope", "swiglu")
 
 
 def all_configs():
@@ -34,12 +35,3 @@ def all_configs():
         out += importlib.import_module(f"{__name__}.{name}").CONFIGS
     return out
 
-
-# Llama ops (RMSNorm, rotary embeddings, SwiGLU)
-from .rmsnorm import rms_norm_backward, rms_norm_forward
-from .rope import rope_backward, rope_forward
-from .swiglu import swiglu_backward, swiglu_forward
-
-__all__ += ["rms_norm_backward", "rms_norm_forward", "rope_backward", "rope_forward",
-            "swiglu_backward", "swiglu_forward"]
-MODULES += ("rmsnorm", "rope", "swiglu")

@@ -1,11 +1,10 @@
 """Launchers for kernels/cuda/rmsnorm.cu (forward v1..v2, backward v1..v2; see its header).
 
-``rms_norm_forward(x, w, eps) -> (y, rrms)`` and ``rms_norm_backward(dy, x, w, rrms) ->
-(dx, dw)`` have the signatures of kernels/reference.py. float32 (N, C) inputs run the CUDA
-kernels; anything else goes to the reference, which runs on CuPy too.
+The rungs have the signatures of kernels/reference.py ``rms_norm_forward(x, w, eps) -> (y,
+rrms)`` and ``rms_norm_backward(dy, x, w, rrms) -> (dx, dw)``. They take float32 (N, C) CuPy
+inputs (their ``fits``); anything else runs the reference, which runs on CuPy too. The table is
+``LADDERS``.
 """
-
-import functools
 
 from ..ladder import Ladder, Rung
 from . import _compile as cc
@@ -13,8 +12,6 @@ from . import _compile as cc
 FILE = "rmsnorm.cu"
 DEFINES = dict(RN_WARPS=8, RN_ROWS=8)
 CONFIGS = [(FILE, DEFINES)]
-VERSIONS = {"rms_norm_forward": (1, 2), "rms_norm_backward": (1, 2)}
-DEFAULT_VERSION = {"rms_norm_forward": 2, "rms_norm_backward": 2}
 KERNELS = (
     "rms_norm_forward_v1",
     "rms_norm_forward_v2",
@@ -34,8 +31,8 @@ def _fn(name):
     return cc.function(FILE, name, DEFINES)
 
 
-def why_not(*arrays):
-    """None when the CUDA kernels take these arrays, else the reason (shown by describe())."""
+def _float32(*arrays):
+    """None when every array is a float32 CuPy array and the first is (N, C), else why not."""
     for a in arrays:
         if not cc.is_cupy(a):
             return "not a CuPy array"
@@ -44,6 +41,16 @@ def why_not(*arrays):
     if arrays[0].ndim != 2:
         return f"x of {arrays[0].ndim} dims, not (N, C)"
     return None
+
+
+def fits_forward(x, w, eps=1e-5):
+    """float32 (N, C) x and float32 w"""
+    return _float32(x, w)
+
+
+def fits_backward(dy, x, w, rrms):
+    """float32 (N, C) x, dy and float32 w, rrms"""
+    return _float32(x, dy, w, rrms)
 
 
 def forward(version, x, w, eps=1e-5):
@@ -92,38 +99,29 @@ def backward(version, dy, x, w, rrms):
     return dx, dw
 
 
-# --------------------------------------------------------------------------- reference API
-def rms_norm_forward(x, w, eps=1e-5):
-    if why_not(x, w):
-        from .. import reference
-
-        return reference.rms_norm_forward(x, w, eps)
-    return forward(DEFAULT_VERSION["rms_norm_forward"], x, w, eps)
-
-
-def rms_norm_backward(dy, x, w, rrms):
-    if why_not(x, dy, w, rrms):
-        from .. import reference
-
-        return reference.rms_norm_backward(dy, x, w, rrms)
-    return backward(DEFAULT_VERSION["rms_norm_backward"], dy, x, w, rrms)
+# --------------------------------------------------------------------------- ladders
+def _forward_v(version):
+    def fn(x, w, eps=1e-5):
+        return forward(version, x, w, eps)
+    fn.__name__ = f"rms_norm_forward_v{version}"
+    return fn
 
 
-_NOTES = {
-    ("rms_norm_forward", 1): "one thread per row (uncoalesced)",
-    ("rms_norm_forward", 2): "one warp per row, coalesced loads, shuffle sum",
-    ("rms_norm_backward", 1): "dx one thread per row, dw one thread per column",
-    ("rms_norm_backward", 2): "dx one warp per row; dw block partials, fixed-order sum",
-}
+def _backward_v(version):
+    def fn(dy, x, w, rrms):
+        return backward(version, dy, x, w, rrms)
+    fn.__name__ = f"rms_norm_backward_v{version}"
+    return fn
+
+
 LADDERS = (
-    Ladder("rms_norm_forward", "cuda",
-           tuple(Rung(v, functools.partial(forward, v), _NOTES["rms_norm_forward", v],
-                      fits=lambda x, w, eps=1e-5: why_not(x, w))
-                 for v in VERSIONS["rms_norm_forward"]),
-           DEFAULT_VERSION["rms_norm_forward"], about="RMSNorm over rows (N, C), FP32"),
-    Ladder("rms_norm_backward", "cuda",
-           tuple(Rung(v, functools.partial(backward, v), _NOTES["rms_norm_backward", v],
-                      fits=lambda dy, x, w, rrms: why_not(x, dy, w, rrms))
-                 for v in VERSIONS["rms_norm_backward"]),
-           DEFAULT_VERSION["rms_norm_backward"], about="RMSNorm backward, FP32"),
+    Ladder("rms_norm_forward", "cuda", default=2, about="RMSNorm over rows (N, C), FP32", rungs=(
+        Rung(1, _forward_v(1), "one thread per row (uncoalesced)", fits_forward),
+        Rung(2, _forward_v(2), "one warp per row, coalesced loads, shuffle sum", fits_forward),
+    )),
+    Ladder("rms_norm_backward", "cuda", default=2, about="RMSNorm backward, FP32", rungs=(
+        Rung(1, _backward_v(1), "dx one thread per row, dw one thread per column", fits_backward),
+        Rung(2, _backward_v(2), "dx one warp per row; dw block partials, fixed-order sum",
+             fits_backward),
+    )),
 )

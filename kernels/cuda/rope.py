@@ -1,12 +1,10 @@
 """Launchers for kernels/cuda/rope.cu (v1..v2, one kernel for both directions; see its header).
 
-``rope_forward(x, cos, sin, interleaved)`` and ``rope_backward(dy, cos, sin, interleaved)``
-have the signatures of kernels/reference.py: x (B, H, T, D), cos/sin (T, D/2) or (B, T, D/2).
-float32 inputs with fewer than 2^31 pairs run the CUDA kernels; anything else goes to the
-reference, which runs on CuPy too.
+The rungs have the signatures of kernels/reference.py ``rope_forward(x, cos, sin,
+interleaved)`` and ``rope_backward(dy, cos, sin, interleaved)``: x (B, H, T, D), cos/sin
+(T, D/2) or (B, T, D/2). They take float32 CuPy inputs with fewer than 2^31 pairs (their
+``fits``); anything else runs the reference, which runs on CuPy too. The table is ``LADDERS``.
 """
-
-import functools
 
 from ..ladder import Ladder, Rung
 from . import _compile as cc
@@ -14,8 +12,6 @@ from . import _compile as cc
 FILE = "rope.cu"
 DEFINES = dict(RP_THREADS=256)
 CONFIGS = [(FILE, DEFINES)]
-VERSIONS = (1, 2)
-DEFAULT_VERSION = {"rope_forward": 2, "rope_backward": 2}
 
 
 def kernel_names(defines):
@@ -26,8 +22,8 @@ def _fn(name):
     return cc.function(FILE, name, DEFINES)
 
 
-def why_not(x, cos, sin, interleaved=False):
-    """None when the CUDA kernels take these arrays, else the reason (shown by describe())."""
+def fits(x, cos, sin, interleaved=False):
+    """float32 (B, H, T, D) x with D even, (T, D/2) or (B, T, D/2) cos/sin, < 2^31 pairs"""
     for a in (x, cos, sin):
         if not cc.is_cupy(a):
             return "not a CuPy array"
@@ -67,28 +63,19 @@ def rotate(version, sign, x, cos, sin, interleaved=False):
     return y
 
 
-def rope_forward(x, cos, sin, interleaved=False):
-    if why_not(x, cos, sin):
-        from .. import reference
-
-        return reference.rope_forward(x, cos, sin, interleaved)
-    return rotate(DEFAULT_VERSION["rope_forward"], 1.0, x, cos, sin, interleaved)
-
-
-def rope_backward(dy, cos, sin, interleaved=False):
-    if why_not(dy, cos, sin):
-        from .. import reference
-
-        return reference.rope_backward(dy, cos, sin, interleaved)
-    return rotate(DEFAULT_VERSION["rope_backward"], -1.0, dy, cos, sin, interleaved)
+# --------------------------------------------------------------------------- ladders
+def _rotate_v(version, sign, op):
+    def fn(x, cos, sin, interleaved=False):
+        return rotate(version, sign, x, cos, sin, interleaved)
+    fn.__name__ = f"{op}_v{version}"
+    return fn
 
 
-_NOTES = {1: "one thread per pair, scalar loads",
-          2: "grid-stride; a pair of the interleaved layout as one float2"}
 LADDERS = tuple(
-    Ladder(op, "cuda",
-           tuple(Rung(v, functools.partial(rotate, v, sign), _NOTES[v], fits=why_not)
-                 for v in VERSIONS),
-           DEFAULT_VERSION[op], about="rotary embedding of (B, H, T, D), FP32")
+    Ladder(op, "cuda", default=2, about="rotary embedding of (B, H, T, D), FP32", rungs=(
+        Rung(1, _rotate_v(1, sign, op), "one thread per pair, scalar loads", fits),
+        Rung(2, _rotate_v(2, sign, op),
+             "grid-stride; a pair of the interleaved layout as one float2", fits),
+    ))
     for op, sign in (("rope_forward", 1.0), ("rope_backward", -1.0))
 )

@@ -1,11 +1,10 @@
 """Launchers for kernels/cuda/swiglu.cu (forward and backward v1..v2; see its header).
 
-``swiglu_forward(gate, up)`` and ``swiglu_backward(dy, gate, up) -> (dgate, dup)`` have the
-signatures of kernels/reference.py (any shape, the same for every argument). float32 inputs
-with fewer than 2^31 elements run the CUDA kernels; anything else goes to the reference.
+The rungs have the signatures of kernels/reference.py ``swiglu_forward(gate, up)`` and
+``swiglu_backward(dy, gate, up) -> (dgate, dup)`` (any shape, the same for every argument).
+They take float32 CuPy inputs with fewer than 2^31 elements (their ``fits``); anything else
+runs the reference, which runs on CuPy too. The table is ``LADDERS``.
 """
-
-import functools
 
 from ..ladder import Ladder, Rung
 from . import _compile as cc
@@ -13,8 +12,6 @@ from . import _compile as cc
 FILE = "swiglu.cu"
 DEFINES = dict(SG_THREADS=256)
 CONFIGS = [(FILE, DEFINES)]
-VERSIONS = {"swiglu_forward": (1, 2), "swiglu_backward": (1, 2)}
-DEFAULT_VERSION = {"swiglu_forward": 2, "swiglu_backward": 2}
 
 
 def kernel_names(defines):
@@ -25,8 +22,8 @@ def _fn(name):
     return cc.function(FILE, name, DEFINES)
 
 
-def why_not(*arrays):
-    """None when the CUDA kernels take these arrays, else the reason (shown by describe())."""
+def fits(*arrays):
+    """float32 arrays of one shape, fewer than 2^31 elements"""
     for a in arrays:
         if not cc.is_cupy(a):
             return "not a CuPy array"
@@ -80,31 +77,28 @@ def backward(version, dy, gate, up):
     return dgate, dup
 
 
-def swiglu_forward(gate, up):
-    if why_not(gate, up):
-        from .. import reference
-
-        return reference.swiglu_forward(gate, up)
-    return forward(DEFAULT_VERSION["swiglu_forward"], gate, up)
-
-
-def swiglu_backward(dy, gate, up):
-    if why_not(dy, gate, up):
-        from .. import reference
-
-        return reference.swiglu_backward(dy, gate, up)
-    return backward(DEFAULT_VERSION["swiglu_backward"], dy, gate, up)
+# --------------------------------------------------------------------------- ladders
+def _forward_v(version):
+    def fn(gate, up):
+        return forward(version, gate, up)
+    fn.__name__ = f"swiglu_forward_v{version}"
+    return fn
 
 
-_NOTES = {1: "one thread per element, scalar loads",
-          2: "grid-stride loops over float4s, scalar tail"}
+def _backward_v(version):
+    def fn(dy, gate, up):
+        return backward(version, dy, gate, up)
+    fn.__name__ = f"swiglu_backward_v{version}"
+    return fn
+
+
 LADDERS = (
-    Ladder("swiglu_forward", "cuda",
-           tuple(Rung(v, functools.partial(forward, v), _NOTES[v], fits=why_not)
-                 for v in VERSIONS["swiglu_forward"]),
-           DEFAULT_VERSION["swiglu_forward"], about="silu(gate) * up, FP32"),
-    Ladder("swiglu_backward", "cuda",
-           tuple(Rung(v, functools.partial(backward, v), _NOTES[v], fits=why_not)
-                 for v in VERSIONS["swiglu_backward"]),
-           DEFAULT_VERSION["swiglu_backward"], about="SwiGLU backward, FP32"),
+    Ladder("swiglu_forward", "cuda", default=2, about="silu(gate) * up, FP32", rungs=(
+        Rung(1, _forward_v(1), "one thread per element, scalar loads", fits),
+        Rung(2, _forward_v(2), "grid-stride loops over float4s, scalar tail", fits),
+    )),
+    Ladder("swiglu_backward", "cuda", default=2, about="SwiGLU backward, FP32", rungs=(
+        Rung(1, _backward_v(1), "one thread per element, scalar loads", fits),
+        Rung(2, _backward_v(2), "grid-stride loops over float4s, scalar tail", fits),
+    )),
 )

@@ -9,7 +9,11 @@ place, runs several steps and returns p, m, v). ``extra_atol(op, args, i)`` is t
 slack output i needs beyond rounding of its own size (layer norm's dx: see there).
 """
 
+import zlib
+
 import numpy as np
+
+from minillm.kernels import quant as Q
 from minillm.kernels import reference as R
 
 ROWS = [(N, C) for N in (1, 7, 33) for C in (1, 5, 65, 257)]
@@ -159,6 +163,94 @@ def _adamw_call(fn, args):
     return [p, m, v]
 
 
+# --------------------------------------------------------------------------- RMSNorm
+def _rms_w(rng, C, dt):
+    return (1 + 0.3 * rng.standard_normal(C)).astype(dt)
+
+
+def _rms_fwd(N, C):
+    return lambda rng, dt: (_x(rng, (N, C), dt, 2.0, 1.0), _rms_w(rng, C, dt), 1e-5)
+
+
+def _rms_bwd(N, C):
+    def make(rng, dt):
+        x, w = _x(rng, (N, C), dt, 2.0, 1.0), _rms_w(rng, C, dt)
+        _, rrms = R.rms_norm_forward(x, w, 1e-5)
+        return _x(rng, (N, C), dt, 1.0), x, w, rrms
+    return make
+
+
+# --------------------------------------------------------------------------- rotary embeddings
+# (B, H, T, D) with D even; positions: "p0" 0..T-1, "p17" from 17 (a KV-cache step), "rows" each
+# row of the batch its own positions (left padding), cos/sin of shape (B, T, D/2)
+ROPE = [(1, 1, 1, 2), (2, 3, 5, 6), (2, 3, 5, 64), (1, 2, 9, 34)]
+
+
+def _rope(op, shape, positions, interleaved):
+    def make(rng, dt):
+        B, H, T, D = shape
+        if positions == "rows":
+            pos = 5 + np.arange(T)[None, :] + np.arange(B)[:, None] * 3
+        else:
+            pos = (17 if positions == "p17" else 0) + np.arange(T)
+        cos, sin = R.rope_cos_sin(pos, D, 10000.0, dtype=dt)
+        return _x(rng, shape, dt, 1.0), cos, sin, interleaved
+    return make
+
+
+def _rope_cases(op):
+    return [(f"{'x'.join(map(str, s))}-{p}-{'pairs' if il else 'halves'}", _rope(op, s, p, il))
+            for s in ROPE for p in ("p0", "p17", "rows") for il in (False, True)]
+
+
+# --------------------------------------------------------------------------- SwiGLU
+SWIGLU = [(1,), (7, 33), (3, 5, 80), (4100,), (2, 4097)]  # 4100, 4097: past v2's 4096 blocks
+
+
+def _gate(rng, shape, dt):
+    gate = _x(rng, shape, dt, 4.0)
+    gate.reshape(-1)[:3] = [-120.0, 95.0, 0.0][: gate.size]  # past exp's range both ways
+    return gate
+
+
+def _swiglu(op, shape):
+    def make(rng, dt):
+        gate, up = _gate(rng, shape, dt), _x(rng, shape, dt, 1.0)
+        return (gate, up) if op == "swiglu_forward" else (_x(rng, shape, dt, 1.0), gate, up)
+    return make
+
+
+# --------------------------------------------------------------------------- quantized products
+# (N, O, K): K a multiple of the 32-weight block; N = 1, 3 run the fused rungs by default, N = 17
+# the GEMM rungs (qmatmul's GEMM_MIN_ROWS; tests/kernels/test_cpu_qmatmul.py checks it)
+QMATMUL = [(n, o, k) for n in (1, 3, 17) for o in (7, 33) for k in (64, 96)]
+QFORMATS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)
+
+
+def quant_weight(shape, qtype, seed=0):
+    """A QuantWeight of ``shape`` (O, K) in ``qtype`` from rows of different scales, with an
+    all-zero block (scale 0) and a constant block (Q4_1's range 0)."""
+    rng = np.random.default_rng(zlib.crc32(repr((shape, seed)).encode()))
+    w = rng.standard_normal(shape) * rng.uniform(0.01, 2.0, (shape[0], 1))
+    w[0, :32] = 0.0
+    if shape[0] > 1:
+        w[1, :32] = 0.75
+    return Q.QuantWeight.from_float(w.astype(np.float32), qtype)
+
+
+def _qmatmul(op, shape, qtype):
+    def make(rng, dt):
+        n, o, k = shape  # x (n, k) or dy (n, o), W (o, k)
+        qw = quant_weight((o, k), qtype, 0 if op == "qmatmul_forward" else 1)
+        return _x(rng, (n, k if op == "qmatmul_forward" else o), dt, 1.0), qw
+    return make
+
+
+def _qmatmul_cases(op):
+    return [(f"{Q.FORMATS[t].name}-{'x'.join(map(str, s))}", _qmatmul(op, s, t))
+            for t in QFORMATS for s in QMATMUL]
+
+
 # --------------------------------------------------------------------------- the table
 def _over_rows(build):
     return [(f"{N}x{C}", build(N, C)) for N, C in ROWS]
@@ -183,6 +275,14 @@ CASES = {
     "attention_forward": [(str(s), _att_fwd(s)) for s in ATTENTION],
     "attention_backward": [(str(s), _att_bwd(s)) for s in ATTENTION],
     "adamw_step": [(str(s), _adamw(s)) for s in ADAMW],
+    "rms_norm_forward": _over_rows(_rms_fwd),
+    "rms_norm_backward": _over_rows(_rms_bwd),
+    "rope_forward": _rope_cases("rope_forward"),
+    "rope_backward": _rope_cases("rope_backward"),
+    "swiglu_forward": [(str(s), _swiglu("swiglu_forward", s)) for s in SWIGLU],
+    "swiglu_backward": [(str(s), _swiglu("swiglu_backward", s)) for s in SWIGLU],
+    "qmatmul_forward": _qmatmul_cases("qmatmul_forward"),
+    "qmatmul_backward_input": _qmatmul_cases("qmatmul_backward_input"),
 }
 
 

@@ -3,6 +3,7 @@ against the reference over several steps: tests/kernels/test_ladders.py.)"""
 
 import numpy as np
 import pytest
+
 from minillm.kernels.cpu import adamw as K
 
 

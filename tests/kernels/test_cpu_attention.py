@@ -5,6 +5,7 @@ tests/kernels/test_ladders.py.)"""
 
 import numpy as np
 import pytest
+
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import attention as A
 from minillm.kernels.cpu.attention import micro

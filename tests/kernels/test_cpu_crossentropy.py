@@ -6,6 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
+
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import crossentropy as K
 

@@ -1,5 +1,6 @@
-"""kernels/cpu/rmsnorm.py, rope.py and swiglu.py: every rung of every ladder against the NumPy
-reference, forward and backward, float32 and float64, at odd sizes; the reference backwards
+"""kernels/cpu/rmsnorm.py, rope.py and swiglu.py beyond tests/kernels/test_ladders.py (which runs
+every rung against the reference on tests/kernels/_inputs.py's cases): the ladders the registry
+reads, the rotary angles and layouts, errors, saturated gates, and the reference backwards
 against float64 central differences of the reference forwards."""
 
 import zlib
@@ -8,52 +9,47 @@ import numpy as np
 import pytest
 
 from minillm.kernels import reference as R
-from minillm.kernels.cpu import rmsnorm, rope, swiglu
+from minillm.kernels import registry
 
-DTYPES = [np.float32, np.float64]
+pytest.importorskip("numba")
+
+OPS = {"rms_norm_forward": "rmsnorm", "rms_norm_backward": "rmsnorm", "rope_forward": "rope",
+       "rope_backward": "rope", "swiglu_forward": "swiglu", "swiglu_backward": "swiglu"}
 
 
 def rng_for(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
-def rungs(module, op):
-    (ladder,) = [lad for lad in module.LADDERS if lad.op == op]
-    assert ladder.device == "cpu" and ladder.default in ladder.versions
-    return [ladder.rung(v) for v in ladder.versions]
+def rungs(op):
+    return [registry.ladder(op).rung(v) for v in registry.ladder(op).versions]
 
 
-def ids(rung):
-    return f"v{rung.version}"
+@pytest.fixture
+def numba_mode():
+    prev = registry.get_mode()
+    registry.set_mode("numba")
+    yield
+    registry.set_mode(prev)
 
 
-def assert_close(got, want, scale=1.0):
-    rtol = 2e-5 if want.dtype == np.float32 else 1e-12
-    atol = rtol * max(1.0, float(np.abs(want).max() if want.size else 0.0)) * scale
-    assert got.dtype == want.dtype and got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+def test_every_op_has_a_ladder_in_its_module():
+    for op, module in OPS.items():
+        lad = registry.ladder(op, "cpu")
+        assert lad is not None and lad.device == "cpu" and lad.default in lad.versions, op
+        assert registry.describe(("cpu",))[registry.ops().index(op)][3] == f"kernels.cpu.{module}"
 
 
-def test_every_op_has_both_ladders():
-    ops = {lad.op for m in (rmsnorm, rope, swiglu) for lad in m.LADDERS}
-    assert ops == {"rms_norm_forward", "rms_norm_backward", "rope_forward", "rope_backward",
-                   "swiglu_forward", "swiglu_backward"}
-
-
-def test_default_is_what_the_dispatcher_runs():
-    from minillm.kernels import cpu
-
-    x = rng_for("dispatch").standard_normal((7, 33)).astype(np.float32)
-    w = np.ones(33, np.float32)
-    assert cpu.rms_norm_forward is rmsnorm.rms_norm_forward
-    for got, want in zip(cpu.rms_norm_forward(x, w, 1e-5), R.rms_norm_forward(x, w, 1e-5)):
-        assert_close(got, want)
+def test_float16_runs_the_reference(numba_mode):
+    x = rng_for("f16").standard_normal((7, 33)).astype(np.float16)
+    w = np.ones(33, np.float16)
+    assert registry.rung_for("rms_norm_forward", x, w, 1e-5) == (None, "v2: float16 input")
+    y, _ = registry.get("rms_norm_forward", x)(x, w, 1e-5)
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y, R.rms_norm_forward(x, w, 1e-5)[0])
 
 
 # --------------------------------------------------------------------------- RMSNorm
-RMS_SHAPES = [(1, 1), (7, 33), (5, 64), (33, 257)]
-
-
 def rms_inputs(shape, dtype):
     rng = rng_for("rms", shape)
     N, C = shape
@@ -63,31 +59,14 @@ def rms_inputs(shape, dtype):
     return x, w, dy
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", RMS_SHAPES, ids=str)
-@pytest.mark.parametrize("rung", rungs(rmsnorm, "rms_norm_forward"), ids=ids)
-def test_rms_norm_forward(rung, shape, dtype):
-    x, w, _ = rms_inputs(shape, dtype)
-    for got, want in zip(rung.run(x, w, 1e-5), R.rms_norm_forward(x, w, 1e-5)):
-        assert_close(got, want)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", RMS_SHAPES, ids=str)
-@pytest.mark.parametrize("rung", rungs(rmsnorm, "rms_norm_backward"), ids=ids)
-def test_rms_norm_backward(rung, shape, dtype):
-    x, w, dy = rms_inputs(shape, dtype)
-    _, rrms = R.rms_norm_forward(x, w, 1e-5)
-    got = rung.run(dy, x, w, rrms)
-    want = R.rms_norm_backward(dy, x, w, rrms)
-    for g, r in zip(got, want):
-        assert_close(g, r, scale=10.0)  # dw sums N rows, dx a difference of two terms
+def test_rms_norm_rejects_a_mismatched_weight():
+    x, w, _ = rms_inputs((3, 5), np.float32)
+    for rung in rungs("rms_norm_forward"):
+        with pytest.raises(ValueError, match="weight of shape"):
+            rung.run(x, w[:4], 1e-5)
 
 
 # --------------------------------------------------------------------------- rotary embeddings
-ROPE_SHAPES = [(1, 1, 1, 2), (2, 3, 5, 6), (2, 3, 5, 64), (1, 2, 9, 34)]
-
-
 def rope_inputs(shape, dtype, per_row, offset):
     rng = rng_for("rope", shape, per_row, offset)
     B, H, T, D = shape
@@ -101,27 +80,16 @@ def rope_inputs(shape, dtype, per_row, offset):
     return x, dy, cos, sin
 
 
-ROPE_CASES = [(False, 0), (False, 17), (True, 5)]  # (per-row positions, position offset)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("interleaved", [False, True], ids=["halves", "pairs"])
-@pytest.mark.parametrize("case", ROPE_CASES, ids=str)
-@pytest.mark.parametrize("shape", ROPE_SHAPES, ids=str)
-@pytest.mark.parametrize("op", ["rope_forward", "rope_backward"])
-def test_rope(op, shape, case, interleaved, dtype):
-    x, dy, cos, sin = rope_inputs(shape, dtype, *case)
-    a = x if op == "rope_forward" else dy
-    want = getattr(R, op)(a, cos, sin, interleaved)
-    for rung in rungs(rope, op):
-        assert_close(rung.run(a, cos, sin, interleaved), want)
-
-
 def test_rope_cos_sin_values():
     cos, sin = R.rope_cos_sin(np.array([0, 3]), 4, base=100.0, dtype=np.float64)
     theta = np.array([[0.0, 0.0], [3.0, 3.0 / 10.0]])  # p * 100^(-2i/4), i = 0, 1
     np.testing.assert_allclose(cos, np.cos(theta), rtol=1e-15)
     np.testing.assert_allclose(sin, np.sin(theta), rtol=1e-15)
+
+
+def test_rope_cos_sin_is_a_helper_not_a_kernel():
+    assert "rope_cos_sin" not in registry.ops() and "causal_mask" not in registry.ops()
+    assert {"rope_forward", "rope_backward"} <= set(registry.ops())
 
 
 def test_rope_layouts_rotate_the_same_pairs():
@@ -134,17 +102,17 @@ def test_rope_layouts_rotate_the_same_pairs():
     np.testing.assert_allclose(y_halves, y_pairs[..., perm], rtol=1e-14)
 
 
-def test_rope_rejects_mismatched_angles():
+def test_rope_rejects_mismatched_angles(numba_mode):
     x = np.zeros((1, 2, 5, 6), np.float32)
     cos, sin = R.rope_cos_sin(np.arange(4), 6)
+    for rung in rungs("rope_forward"):
+        with pytest.raises(ValueError, match="cos/sin"):
+            rung.run(x, cos, sin)
     with pytest.raises(ValueError, match="cos/sin"):
-        rope.rope_forward(x, cos, sin)
+        registry.get("rope_forward", x)(x, cos, sin)
 
 
 # --------------------------------------------------------------------------- SwiGLU
-SWIGLU_SHAPES = [(1,), (7, 33), (3, 5, 80), (4100,), (2, 4097)]
-
-
 def swiglu_inputs(shape, dtype):
     rng = rng_for("swiglu", shape)
     gate = (rng.standard_normal(shape) * 4).astype(dtype)
@@ -154,22 +122,14 @@ def swiglu_inputs(shape, dtype):
     return gate, up, dy
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SWIGLU_SHAPES, ids=str)
-@pytest.mark.parametrize("rung", rungs(swiglu, "swiglu_forward"), ids=ids)
-def test_swiglu_forward(rung, shape, dtype):
-    gate, up, _ = swiglu_inputs(shape, dtype)
-    assert_close(rung.run(gate, up), R.swiglu_forward(gate, up), scale=5.0)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SWIGLU_SHAPES, ids=str)
-@pytest.mark.parametrize("rung", rungs(swiglu, "swiglu_backward"), ids=ids)
-def test_swiglu_backward(rung, shape, dtype):
-    gate, up, dy = swiglu_inputs(shape, dtype)
-    for got, want in zip(rung.run(dy, gate, up), R.swiglu_backward(dy, gate, up)):
-        assert np.isfinite(got).all()
-        assert_close(got, want, scale=5.0)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_swiglu_saturated_gates_stay_finite(dtype):
+    gate, up, dy = swiglu_inputs((2, 4097), dtype)
+    for rung in rungs("swiglu_forward"):
+        assert np.isfinite(rung.run(gate, up)).all()
+    for rung in rungs("swiglu_backward"):
+        for out in rung.run(dy, gate, up):
+            assert np.isfinite(out).all()
 
 
 # --------------------------------------------------------------------------- reference backwards
@@ -212,21 +172,17 @@ def test_reference_backwards_match_finite_differences():
 
 
 def test_cuda_ladders_declare_the_same_ops_without_cupy():
-    """The CUDA modules' ladders (importable without CuPy) cover the same kernels, and each
-    rung says why it cannot take NumPy arrays instead of failing inside a launch."""
-    import importlib
-
+    """The CUDA ladders (importable without CuPy) cover the same kernels, and each rung says
+    why it cannot take NumPy arrays instead of failing inside a launch."""
     x = np.zeros((3, 4), np.float32)
-    ops = set()
-    for name in ("rmsnorm", "rope", "swiglu"):
-        for lad in importlib.import_module(f"minillm.kernels.cuda.{name}").LADDERS:
-            assert lad.device == "cuda" and lad.default in lad.versions
-            ops.add(lad.op)
-            args = {"rms_norm_forward": (x, x[0], 1e-5), "rms_norm_backward": (x, x, x[0], x[:, 0]),
-                    "rope_forward": (x[None, None], x[:, :2], x[:, :2], False),
-                    "rope_backward": (x[None, None], x[:, :2], x[:, :2], False),
-                    "swiglu_forward": (x, x), "swiglu_backward": (x, x, x)}[lad.op]
-            for v in lad.versions:
-                assert lad.rung(v).reason_not(*args) == "not a CuPy array"
-    assert ops == {"rms_norm_forward", "rms_norm_backward", "rope_forward", "rope_backward",
-                   "swiglu_forward", "swiglu_backward"}
+    args = {"rms_norm_forward": (x, x[0], 1e-5), "rms_norm_backward": (x, x, x[0], x[:, 0]),
+            "rope_forward": (x[None, None], x[:, :2], x[:, :2], False),
+            "rope_backward": (x[None, None], x[:, :2], x[:, :2], False),
+            "swiglu_forward": (x, x), "swiglu_backward": (x, x, x)}
+    for op, module in OPS.items():
+        lad = registry.ladder(op, "cuda")
+        assert lad.device == "cuda" and lad.default in lad.versions
+        assert registry.describe(("cuda",))[registry.ops().index(op)][3] == \
+            f"kernels.cuda.{module}"
+        for v in lad.versions:
+            assert lad.rung(v).reason_not(*args[op]) == "not a CuPy array"

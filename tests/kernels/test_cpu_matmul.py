@@ -4,6 +4,7 @@ OpenBLAS on Numba's pool) on batches, strides, what it hands to NumPy, and its t
 
 import numpy as np
 import pytest
+
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import _blas
 from minillm.kernels.cpu import matmul as K

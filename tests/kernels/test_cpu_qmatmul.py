@@ -1,19 +1,26 @@
-"""kernels/cpu/qmatmul.py (every rung, every block format) against dequantize-then-matmul, and
-kernels/quant.py's block formats against the gguf package's own NumPy code (the oracle)."""
+"""kernels/cpu/qmatmul.py beyond tests/kernels/test_ladders.py (which runs every rung against
+dequantize-then-matmul in every block format): float64 math, the ladders' GEMM row rule, other
+formats, several panels, read-only blocks; and kernels/quant.py's block formats against the gguf
+package's own NumPy code (the oracle)."""
 
 import zlib
 
 import numpy as np
 import pytest
+from _inputs import QMATMUL, quant_weight
+
 from minillm.kernels import quant as Q
 from minillm.kernels import reference as R
-from minillm.kernels.cpu import qmatmul as K
+from minillm.kernels import registry
 
+pytest.importorskip("numba")
 gguf = pytest.importorskip("gguf")
-from gguf import quants as gq
+from gguf import quants as gq  # noqa: E402
+
+from minillm.kernels.cpu import qmatmul as K  # noqa: E402
 
 FORMATS = [Q.Q8_0, Q.Q4_0, Q.Q4_1]
-SHAPES = [(N, O, Kd) for N in (1, 3, 17) for O in (7, 33) for Kd in (64, 96)]
+OPS = ("qmatmul_forward", "qmatmul_backward_input")
 
 
 def weights(shape, seed=0):
@@ -25,9 +32,16 @@ def weights(shape, seed=0):
     return w.astype(np.float32)
 
 
-def rungs(op):
-    (ladder,) = [lad for lad in K.LADDERS if lad.op == op]
-    return [(ladder.rung(v), v) for v in ladder.versions]
+def rung(op, version):
+    return registry.ladder(op).rung(version)
+
+
+@pytest.fixture
+def numba_mode():
+    prev = registry.get_mode()
+    registry.set_mode("numba")
+    yield
+    registry.set_mode(prev)
 
 
 def tol_close(got, want, dtype, scale):
@@ -36,70 +50,64 @@ def tol_close(got, want, dtype, scale):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: Q.FORMATS[t].name)
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
-def test_forward_rung_matches_dequantize_then_matmul(version, qtype, shape, dtype):
-    N, O, Kd = shape
-    qw = Q.QuantWeight.from_float(weights((O, Kd)), qtype)
-    x = np.random.default_rng(N * O + Kd).standard_normal((N, Kd)).astype(dtype)
-    rung = {v: r for r, v in rungs("qmatmul_forward")}[version]
-    got = rung.run(x, qw)
-    assert got.dtype == dtype and got.shape == (N, O)
-    want = R.qmatmul_forward(x, qw)  # in x's dtype
-    w64 = qw.dequantize().astype(np.float64)
-    exact = x.astype(np.float64) @ w64.T  # float64 math
-    scale = float(np.abs(x).sum(axis=1).max() * np.abs(w64).max())
-    tol_close(got, want, dtype, scale)
-    tol_close(got, exact, dtype, scale)
+@pytest.mark.parametrize("op", OPS)
+def test_every_rung_equals_float64_math(op, qtype, dtype):
+    """Each rung against x W^T (dy W) computed in float64 from the dequantized weights: the
+    products keep x in its dtype and only W is rounded (to its blocks)."""
+    for n, o, k in QMATMUL:  # x (n, k) or dy (n, o), W (o, k)
+        qw = quant_weight((o, k), qtype, 0 if op == "qmatmul_forward" else 1)
+        w64 = qw.dequantize().astype(np.float64)
+        a = np.random.default_rng(n * o + k).standard_normal(
+            (n, k if op == "qmatmul_forward" else o)).astype(dtype)
+        exact = a.astype(np.float64) @ (w64.T if op == "qmatmul_forward" else w64)
+        scale = float(np.abs(a).sum(axis=1).max() * np.abs(w64).max())
+        for v in registry.ladder(op).versions:
+            got = rung(op, v).run(a, qw)
+            assert got.dtype == dtype and got.shape == exact.shape
+            tol_close(got, exact, dtype, scale)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda t: Q.FORMATS[t].name)
-@pytest.mark.parametrize("version", [1, 2, 3])
-def test_backward_input_rung_matches_reference(version, qtype, shape, dtype):
-    N, O, Kd = shape
-    qw = Q.QuantWeight.from_float(weights((O, Kd), 1), qtype)
-    dy = np.random.default_rng(N + O + Kd).standard_normal((N, O)).astype(dtype)
-    rung = {v: r for r, v in rungs("qmatmul_backward_input")}[version]
-    got = rung.run(dy, qw)
-    assert got.dtype == dtype and got.shape == (N, Kd)
-    w64 = qw.dequantize().astype(np.float64)
-    scale = float(np.abs(dy).sum(axis=1).max() * np.abs(w64).max())
-    tol_close(got, R.qmatmul_backward_input(dy, qw), dtype, scale)
-    tol_close(got, dy.astype(np.float64) @ w64, dtype, scale)
-
-
-def test_ladders_declare_defaults_and_refuse_other_formats():
-    ops = {lad.op: lad for lad in K.LADDERS}
-    assert set(ops) == {"qmatmul_forward", "qmatmul_backward_input"}
-    assert ops["qmatmul_forward"].default == 3 and ops["qmatmul_backward_input"].default == 2
-    assert ops["qmatmul_forward"].versions == (1, 2, 3, 4)
-    assert ops["qmatmul_backward_input"].versions == (1, 2, 3)
+def test_ladders_declare_defaults_and_refuse_other_formats(numba_mode):
+    fwd, bwd = registry.ladder("qmatmul_forward"), registry.ladder("qmatmul_backward_input")
+    assert (fwd.default, fwd.also, fwd.versions) == (4, (3,), (1, 2, 3, 4))
+    assert (bwd.default, bwd.also, bwd.versions) == (3, (2,), (1, 2, 3))
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.F16)
-    assert ops["qmatmul_forward"].rung(3).reason_not(np.zeros((1, 32)), qw)
-    with pytest.raises(TypeError, match="Q8_0, Q4_0 or Q4_1"):
-        K.run("qmatmul_forward", 3, np.zeros((1, 32), np.float32), qw)
-    # the default sends formats without a kernel to the reference
     x = np.ones((2, 32), np.float32)
-    np.testing.assert_array_equal(K.qmatmul_forward(x, qw), R.qmatmul_forward(x, qw))
-    np.testing.assert_array_equal(K.qmatmul_backward_input(x[:, :3], qw),
-                                  R.qmatmul_backward_input(x[:, :3], qw))
+    for op, a in (("qmatmul_forward", x), ("qmatmul_backward_input", x[:, :3])):
+        lad = registry.ladder(op)
+        assert all(lad.rung(v).reason_not(a, qw) == "F16 weight" for v in lad.versions)
+        assert registry.rung_for(op, a, qw) == (None, f"v{lad.default}: F16 weight")
+        # the registry sends formats without a kernel to the reference
+        np.testing.assert_array_equal(registry.get(op, a)(a, qw), getattr(R, op)(a, qw))
+    with pytest.raises(TypeError, match="Q8_0, Q4_0 or Q4_1"):
+        rung("qmatmul_forward", 3).run(np.zeros((1, 32), np.float32), qw)
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.Q8_0)
     with pytest.raises(ValueError, match=r"\(N, 32\)"):
-        K.qmatmul_forward(np.zeros((1, 31), np.float32), qw)
+        registry.get("qmatmul_forward", x)(np.zeros((1, 31), np.float32), qw)
 
 
-def test_defaults_switch_to_the_gemm_rungs_for_many_rows(monkeypatch):
+def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
     qw = Q.QuantWeight.from_float(weights((7, 64)), Q.Q8_0)
-    calls = []
-    monkeypatch.setitem(K.FORWARD, 4, lambda out, x, *a: calls.append(("fwd", len(x))))
-    monkeypatch.setitem(K.BACKWARD_INPUT, 3, lambda dx, dy, *a: calls.append(("bwd", len(dy))))
-    K.qmatmul_forward(np.zeros((K.GEMM_MIN_ROWS, 64), np.float32), qw)
-    K.qmatmul_forward(np.zeros((K.GEMM_MIN_ROWS - 1, 64), np.float32), qw)
-    K.qmatmul_backward_input(np.zeros((K.GEMM_MIN_ROWS, 7), np.float32), qw)
-    assert calls == [("fwd", K.GEMM_MIN_ROWS), ("bwd", K.GEMM_MIN_ROWS)]
+    n = K.GEMM_MIN_ROWS
+    few = f"fewer than {n} rows"
+    assert min(s[0] for s in QMATMUL) < n <= max(s[0] for s in QMATMUL)  # the cases cross it
+    assert registry.rung_for("qmatmul_forward", np.zeros((n, 64), np.float32), qw) == \
+        (4, "default")
+    assert registry.rung_for("qmatmul_forward", np.zeros((n - 1, 64), np.float32), qw) == \
+        (3, f"v4: {few}")
+    assert registry.rung_for("qmatmul_backward_input", np.zeros((n, 7), np.float32), qw) == \
+        (3, "default")
+    assert registry.rung_for("qmatmul_backward_input", np.zeros((1, 7), np.float32), qw) == \
+        (2, f"v3: {few}")
+    rows = {r[0]: r for r in registry.describe(("cpu",))}
+    assert f"{n} rows or more, else v3, then the reference" in rows["qmatmul_forward"][4]
+    assert f"{n} rows or more, else v2, then the reference" in rows["qmatmul_backward_input"][4]
+    for N in (1, n - 1, n):  # what the registry runs on both sides of the rule is right
+        x = np.random.default_rng(N).standard_normal((N, 64)).astype(np.float32)
+        want = R.qmatmul_forward(x, qw)
+        np.testing.assert_allclose(registry.get("qmatmul_forward", x)(x, qw), want, rtol=2e-5,
+                                   atol=2e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("version", [("qmatmul_forward", 4), ("qmatmul_backward_input", 3)])
@@ -108,13 +116,16 @@ def test_gemm_rungs_in_several_panels(monkeypatch, version):
     monkeypatch.setattr(K, "PANEL_ELEMS", 40 * 64)  # 40 rows a panel: (40, 40, 20) for O = 100
     qw = Q.QuantWeight.from_float(weights((100, 64), 7), Q.Q4_1)
     a = np.random.default_rng(8).standard_normal((17, 64 if v == 4 else 100)).astype(np.float32)
-    got, want = K.run(op, v, a, qw), getattr(R, op)(a, qw)
+    got, want = rung(op, v).run(a, qw), getattr(R, op)(a, qw)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
 def test_empty_batch():
     qw = Q.QuantWeight.from_float(weights((5, 64)), Q.Q4_1)
-    assert K.qmatmul_forward(np.zeros((0, 64), np.float32), qw).shape == (0, 5)
+    x = np.zeros((0, 64), np.float32)
+    assert registry.get("qmatmul_forward", x)(x, qw).shape == (0, 5)
+    for v in registry.ladder("qmatmul_forward").versions:
+        assert rung("qmatmul_forward", v).run(x, qw).shape == (0, 5)
 
 
 # --------------------------------------------------------------------------- block formats
@@ -166,8 +177,9 @@ def test_read_only_blocks_as_mapped_from_a_file():
     blocks.flags.writeable = False
     ro = Q.QuantWeight(Q.Q4_1, qw.shape, blocks)
     x = np.random.default_rng(5).standard_normal((3, 96)).astype(np.float32)
-    for version in (1, 2, 3, 4):
-        np.testing.assert_array_equal(K.run("qmatmul_forward", version, x, ro),
-                                      K.run("qmatmul_forward", version, x, qw))
-    np.testing.assert_array_equal(K.qmatmul_backward_input(x[:, :33], ro),
-                                  K.qmatmul_backward_input(x[:, :33], qw))
+    for version in registry.ladder("qmatmul_forward").versions:
+        run = rung("qmatmul_forward", version).run
+        np.testing.assert_array_equal(run(x, ro), run(x, qw))
+    for version in registry.ladder("qmatmul_backward_input").versions:
+        run = rung("qmatmul_backward_input", version).run
+        np.testing.assert_array_equal(run(x[:, :33], ro), run(x[:, :33], qw))

@@ -4,6 +4,7 @@ version against the reference: tests/kernels/test_ladders.py.)"""
 
 import numpy as np
 import pytest
+
 from minillm.kernels import reference as R
 from minillm.kernels.cpu import _fastmath as FM
 from minillm.kernels.cpu import softmax as K

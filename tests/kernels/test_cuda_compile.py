@@ -20,6 +20,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from minillm.kernels import cuda as K
 from minillm.kernels.cuda import _compile as cc
 

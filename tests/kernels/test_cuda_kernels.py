@@ -24,6 +24,7 @@ import zlib
 
 import numpy as np
 import pytest
+
 from minillm.kernels import reference as R
 from minillm.kernels import registry
 

@@ -5,18 +5,16 @@ Marker ``gpu``: skipped without CuPy or a CUDA device (run with
 ``pytest -m gpu tests/kernels/test_cuda_llama_ops.py`` on a GPU machine).
 """
 
-import importlib
 import zlib
 
 import numpy as np
 import pytest
 
 from minillm.kernels import reference as R
+from minillm.kernels import registry
 
 pytestmark = pytest.mark.gpu
 cp = pytest.importorskip("cupy")
-
-_mod = lambda name: importlib.import_module(f"minillm.kernels.cuda.{name}")  # noqa: E731
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,9 +54,9 @@ def close(got, want, rtol=1e-5):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(1.0, np.abs(want).max()))
 
 
-def ladder(module, op):
-    (lad,) = [x for x in _mod(module).LADDERS if x.op == op]
-    assert lad.device == "cuda"
+def ladder(op):
+    lad = registry.ladder(op, "cuda")
+    assert lad is not None and lad.device == "cuda"
     return lad
 
 
@@ -71,12 +69,12 @@ def test_rms_norm(shape):
     dx_ref, dw_ref = R.rms_norm_backward(dy.astype(np.float64), x.astype(np.float64),
                                          w.astype(np.float64), r_ref)
     X, W, DY = cp.asarray(x), cp.asarray(w), cp.asarray(dy)
-    for rung in ladder("rmsnorm", "rms_norm_forward").rungs:
+    for rung in ladder("rms_norm_forward").rungs:
         assert rung.reason_not(X, W, 1e-5) is None
         y, r = rung.run(X, W, 1e-5)
         close(y, y_ref)
         close(r, r_ref)
-    for rung in ladder("rmsnorm", "rms_norm_backward").rungs:
+    for rung in ladder("rms_norm_backward").rungs:
         dx, dw = rung.run(DY, X, W, cp.asarray(r_ref.astype(np.float32)))
         close(dx, dx_ref, 1e-4)
         close(dw, dw_ref, 1e-4)
@@ -94,7 +92,7 @@ def test_rope(shape, per_row, interleaved):
     c64, s64, x64 = cos.astype(np.float64), sin.astype(np.float64), x.astype(np.float64)
     for op in ("rope_forward", "rope_backward"):
         want = getattr(R, op)(x64, c64, s64, interleaved)
-        for rung in ladder("rope", op).rungs:
+        for rung in ladder(op).rungs:
             close(rung.run(cp.asarray(x), cp.asarray(cos), cp.asarray(sin), interleaved), want)
 
 
@@ -105,17 +103,25 @@ def test_swiglu(shape):
     gate.reshape(-1)[:2] = [-100.0, 0.5][: gate.size]
     g64, u64, d64 = (a.astype(np.float64) for a in (gate, up, dy))
     G, U, DY = cp.asarray(gate), cp.asarray(up), cp.asarray(dy)
-    for rung in ladder("swiglu", "swiglu_forward").rungs:
+    for rung in ladder("swiglu_forward").rungs:
         close(rung.run(G, U), R.swiglu_forward(g64, u64))
-    for rung in ladder("swiglu", "swiglu_backward").rungs:
+    for rung in ladder("swiglu_backward").rungs:
         for got, want in zip(rung.run(DY, G, U), R.swiglu_backward(d64, g64, u64)):
             close(got, want)
 
 
-def test_dispatcher_reaches_the_cuda_kernels():
-    from minillm.kernels import dispatch
-
-    x = cp.zeros((2, 3), cp.float32)
-    assert dispatch.get("rms_norm_forward", x).__module__.endswith("cuda.rmsnorm")
-    assert dispatch.get("rope_forward", x).__module__.endswith("cuda.rope")
-    assert dispatch.get("swiglu_forward", x).__module__.endswith("cuda.swiglu")
+def test_registry_runs_the_cuda_defaults():
+    x = cp.zeros((2, 3, 4, 6), cp.float32)
+    cos, sin = cp.ones((4, 3), cp.float32), cp.zeros((4, 3), cp.float32)
+    args = {"rms_norm_forward": (x[0, 0], x[0, 0, 0], 1e-5),
+            "rope_forward": (x, cos, sin, False), "swiglu_forward": (x, x)}
+    for op, a in args.items():
+        lad = ladder(op)
+        assert registry.rung_for(op, *a) == (lad.default, "default")
+        fn = registry.get(op, a[0])
+        assert getattr(fn, "__wrapped__", fn) is lad.rung(lad.default).run
+    # float64 CuPy arrays: every rung declines, the reference runs on the GPU
+    x64 = cp.ones((3, 5), cp.float64)
+    assert registry.rung_for("swiglu_forward", x64, x64) == (None, "v2: float64 input")
+    close(registry.get("swiglu_forward", x64)(x64, x64), R.swiglu_forward(np.ones((3, 5)),
+                                                                          np.ones((3, 5))))

