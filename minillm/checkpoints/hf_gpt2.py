@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm import backend
-from minillm.checkpoints.atomic import write_dir
+from minillm.checkpoints.atomic import check_replaceable, write_dir
 from minillm.checkpoints.formats import read_json, read_safetensors, safetensors_bytes, to_float32
 from minillm.checkpoints.run import tokenizer_files
 from minillm.errors import CheckpointError
@@ -320,19 +320,6 @@ def load_hf(path, device="cpu", dropout=None):
     return model, tokenizer
 
 
-def _check_out_dir(out):
-    """export replaces the whole directory: refuse one that holds anything but an earlier export,
-    so that a typo in --out cannot delete the user's files."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise CheckpointError(f"{out} exists and is not a directory; choose a new or empty --out.")
-    others = sorted(p.name for p in out.iterdir() if p.name not in _EXPORT_NAMES)
-    if others:
-        raise CheckpointError(f"{out} already holds {others[0]}, which an export would delete; "
-                              "choose a new or empty directory.")
-
-
 def _hf_tokenizer_config(n_positions):
     eot = "<|endoftext|>"
     return {"tokenizer_class": "GPT2Tokenizer", "model_max_length": n_positions,
@@ -347,7 +334,7 @@ def export_hf(model, tokenizer, out_dir):
     the last vocabulary id, as in GPT-2.
     """
     out = Path(out_dir)
-    _check_out_dir(out)
+    check_replaceable(out, _EXPORT_NAMES)
     c = model.config
     eos = getattr(tokenizer, "eos_id", c.vocab_size - 1)
     bos = getattr(tokenizer, "bos_id", eos)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm.checkpoints.atomic import write_dir
+from minillm.checkpoints.atomic import check_replaceable, write_dir
 from minillm.checkpoints.formats import read_json, read_safetensors, safetensors_bytes, to_float32
 from minillm.checkpoints.gguf import DTYPES, expected_shapes, rope_rows_to_hf
 from minillm.checkpoints.llama import build_llama, llama_tensors
@@ -261,21 +261,12 @@ def _pre_name(spec):
     return None
 
 
-def _token_strings(tok):
-    tokens = getattr(tok, "tokens", None)
-    if tokens is None:
-        tokens = [""] * tok.vocab_size
-        for t, i in tok.vocab.items():
-            tokens[i] = t
-    return list(tokens)
-
-
 def tokenizer_json(tok):
     """The `tokenizers` library's tokenizer.json (a dict) for a ByteLevelBPETokenizer."""
     from minillm.tokenizers.bpe import CONTROL
 
-    tokens = _token_strings(tok)
-    types = tok._save_data(Path("."))["token_types"]  # derived from the specials if not stored
+    tokens = tok.all_tokens()
+    types = tok.all_token_types()
     vocab = {}
     for i, t in enumerate(tokens):
         vocab.setdefault(t, i)  # a duplicate string keeps its first id, as minillm encodes
@@ -313,7 +304,7 @@ def tokenizer_json(tok):
 
 def tokenizer_config(tok, model_max_length):
     """tokenizer_config.json and special_tokens_map.json (dicts) for a ByteLevelBPETokenizer."""
-    tokens = _token_strings(tok)
+    tokens = tok.all_tokens()
     names = {"bos_token": tok.bos_id, "eos_token": tok.eos_id, "pad_token": tok.pad_id,
              "unk_token": tok.unk_id}
     special = {k: tokens[i] for k, i in names.items() if i is not None}
@@ -414,19 +405,6 @@ def tokenizer_from_json(data, tok_cfg, where="tokenizer.json"):
 
 
 # ----------------------------------------------------------------------------- export / load
-def _check_out_dir(out):
-    """Export replaces the whole directory: refuse one holding anything an export does not
-    write, so that a typo in --out cannot delete the user's files."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise CheckpointError(f"{out} exists and is not a directory; choose a new or empty --out.")
-    others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_NAMES)
-    if others:
-        raise CheckpointError(f"{out} already holds {others[0]}, which an export would delete; "
-                              "choose a new or empty directory.")
-
-
 def _json_bytes(d):
     return (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -437,7 +415,7 @@ def export_hf_llama(model, tokenizer, out):
     from minillm.tokenizers.bpe import ByteLevelBPETokenizer
 
     out = Path(out)
-    _check_out_dir(out)
+    check_replaceable(out, EXPORT_NAMES)
     c = model.config
     if tokenizer is not None and not isinstance(tokenizer, ByteLevelBPETokenizer):
         raise CheckpointError(f"the Hugging Face export writes byte-level BPE tokenizers; this "

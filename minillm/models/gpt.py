@@ -9,7 +9,7 @@ name for it), zero biases, and the residual projections (attn.c_proj, mlp.c_proj
 """
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,12 +17,13 @@ from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
 from minillm.models import pretrained
-from minillm.nn import Block, Dropout, Embedding, KVCache, LayerNorm, Linear, Module, ModuleList
-from minillm.tensor import Tensor
+from minillm.models.config import ModelConfig
+from minillm.models.decoder import DecoderLM
+from minillm.nn import Block, Dropout, Embedding, KVCache, LayerNorm, Linear, ModuleList
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     vocab_size: int = 50304
     block_size: int = 1024  # the longest context the position table covers
     n_layer: int = 12
@@ -34,9 +35,7 @@ class GPTConfig:
     initializer_range: float = 0.02  # std of the initial weights (GPT-2's 0.02)
 
     def __post_init__(self):
-        for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, f)) < 1:
-                raise ConfigError(f"GPTConfig.{f} must be a positive integer, got {getattr(self, f)}")
+        self.check_positive_ints(("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not self.initializer_range > 0:
@@ -44,19 +43,10 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    def to_dict(self):
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown GPTConfig keys: {', '.join(unknown)}")
-        return cls(**d)
+class GPT(DecoderLM):
+    kind = "GPT"
 
-
-class GPT(Module):
     def __init__(self, config):
         super().__init__()
         self.config = c = config
@@ -94,45 +84,20 @@ class GPT(Module):
         """The (vocab, C) output matrix: wte's when tied, else lm_head's."""
         return self.wte.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
-    def forward(self, idx, targets=None, kv_cache=None, attention_mask=None, position_ids=None,
-                ignore_index=-100, last_only=False, return_hidden=False):
-        """idx: (B, T) token ids -> (logits (B, T, V), loss or None).
-
-        ``targets`` (B, T): mean cross-entropy is returned as loss. ``kv_cache``: idx holds only
-        the new positions, which start at ``kv_cache.length``. ``attention_mask`` (B, Tk) marks
-        real tokens (False at left padding); ``position_ids`` (B, T) override 0..T-1.
-        ``last_only`` returns logits for the last position only (B, 1, V), for sampling.
-        ``return_hidden`` returns the final hidden states (B, T, C) after ln_f instead of the
-        (logits, loss) pair (for task heads such as GPTClassifier; the LM head is skipped).
-        """
-        data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
-        if data.ndim != 2:
-            raise ConfigError(f"GPT input must be (batch, time) token ids, got shape {data.shape}")
-        B, T = data.shape
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ConfigError(
-                f"sequence of length {start + T} is longer than block_size {self.config.block_size}"
-            )
-        if position_ids is None:
-            pos = np.arange(start, start + T)  # (T,)
-        else:
-            pos = position_ids.data if isinstance(position_ids, Tensor) else np.asarray(position_ids)
-        x = self.drop(self.wte(data) + self.wpe(pos))  # (B, T, C)
+    def trunk(self, idx, pos, kv_cache, attention_mask):
+        """idx: (B, T) token ids, pos: (T,) or (B, T) positions -> (B, T, C) before ln_f;
+        ``GPT.forward`` (DecoderLM's) explains the arguments."""
+        x = self.drop(self.wte(idx) + self.wpe(np.asarray(pos)))  # (B, T, C)
         for i, block in enumerate(self.h):
             x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask)
-        if kv_cache is not None:
-            kv_cache.advance(T)
-        if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
-        x = self.ln_f(x)
-        if return_hidden:
-            return x  # (B, T, C)
-        logits = F.linear(x, self.lm_head_weight)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
-        return logits, loss
+        return x
+
+    def final_norm(self, x):
+        return self.ln_f(x)
+
+    def head(self, x):
+        """Logits (..., V) of hidden states x (..., C)."""
+        return F.linear(x, self.lm_head_weight)
 
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):
         c = self.config
@@ -151,16 +116,7 @@ class GPT(Module):
         n -= self.wpe.weight.size
         return n if self.config.tie_word_embeddings else n - self.wte.weight.size
 
-    def flops_per_token(self, T=None):
-        """Training FLOPs per token, forward + backward (PaLM appendix B): 6 N for the weight
-        matmuls plus 12 L C T for attention's q k^T and p v."""
-        c = self.config
-        T = T or c.block_size
-        return 6 * self.num_parameters(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
-
     def crop_block_size(self, block_size):
-        """Shrink the context window (drop position rows), e.g. to fine-tune on short texts."""
-        if block_size > self.config.block_size:
-            raise ConfigError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
-        self.config.block_size = block_size
+        """Shrink the context window and drop the position rows past it."""
+        super().crop_block_size(block_size)
         self.wpe.weight.data = self.wpe.weight.data[:block_size].copy()

@@ -12,7 +12,7 @@ Initialisation as Hugging Face's: N(0, initializer_range) for every matrix, ones
 be loaded from a file.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -21,13 +21,14 @@ from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
 from minillm.kernels.reference import rope_cos_sin
-from minillm.nn import Embedding, KVCache, Linear, Module, ModuleList
+from minillm.models.config import ModelConfig
+from minillm.models.decoder import DecoderLM
+from minillm.nn import Embedding, KVCache, Linear, ModuleList
 from minillm.nn.llama import LlamaBlock, RMSNorm
-from minillm.tensor import Tensor
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(ModelConfig):
     vocab_size: int = 32000
     block_size: int = 2048  # the longest context (Hugging Face: max_position_embeddings)
     n_layer: int = 22
@@ -44,11 +45,8 @@ class LlamaConfig:
     eos_token_id: Optional[int] = None
 
     def __post_init__(self):
-        for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
-                  "intermediate_size"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"LlamaConfig.{f} must be a positive integer, got {v!r}")
+        self.check_positive_ints(("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head",
+                                  "n_embd", "intermediate_size"))
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -71,19 +69,10 @@ class LlamaConfig:
     def head_dim(self):
         return self.n_embd // self.n_head
 
-    def to_dict(self):
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown LlamaConfig keys: {', '.join(unknown)}")
-        return cls(**d)
+class Llama(DecoderLM):
+    kind = "Llama"
 
-
-class Llama(Module):
     def __init__(self, config, init=True):
         super().__init__()
         self.config = c = config
@@ -116,42 +105,18 @@ class Llama(Module):
         """cos, sin (..., D/2) of the rotary angles at integer ``positions`` (T,) or (B, T)."""
         return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype=dtype)
 
-    def forward(self, idx, targets=None, kv_cache=None, attention_mask=None, position_ids=None,
-                ignore_index=-100, last_only=False, return_hidden=False):
-        """idx: (B, T) token ids -> (logits (B, T, V), loss or None); the arguments are those
-        of ``minillm.models.GPT.forward``. ``position_ids`` (B, T) (e.g. counted from each
-        row's first real token under left padding) set the rotary angles; by default the
-        positions are start..start+T-1, start = ``kv_cache.length`` or 0."""
-        data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
-        if data.ndim != 2:
-            raise ConfigError(f"Llama input must be (batch, time) token ids, got shape "
-                              f"{data.shape}")
-        B, T = data.shape
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ConfigError(
-                f"sequence of length {start + T} is longer than block_size {self.config.block_size}"
-            )
-        if position_ids is None:
-            pos = np.arange(start, start + T)  # (T,)
-        else:
-            pos = position_ids.data if isinstance(position_ids, Tensor) else position_ids
-        x = self.embed_tokens(data)  # (B, T, C)
+    def trunk(self, idx, pos, kv_cache, attention_mask):
+        """idx: (B, T) token ids, pos: (T,) or (B, T) positions, which set the rotary angles
+        -> (B, T, C) before the final norm; ``Llama.forward`` (DecoderLM's) explains the
+        arguments."""
+        x = self.embed_tokens(idx)  # (B, T, C)
         rope = self.rope_angles(pos, x.dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
         for i, block in enumerate(self.layers):
             x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask, rope=rope)
-        if kv_cache is not None:
-            kv_cache.advance(T)
-        if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
-        x = self.norm(x)
-        if return_hidden:
-            return x  # (B, T, C)
-        logits = self.head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
-        return logits, loss
+        return x
+
+    def final_norm(self, x):
+        return self.norm(x)
 
     def head(self, x):
         """Logits (..., V) of hidden states x (..., C): the ``lm_head`` module when the model
@@ -176,18 +141,3 @@ class Llama(Module):
         if non_embedding and not self.config.tie_word_embeddings:
             n -= self.embed_tokens.weight.size
         return n
-
-    def flops_per_token(self, T=None):
-        """Training FLOPs per token, forward + backward: 6 N for the weight matmuls plus
-        12 L C T for attention's q k^T and p v (PaLM appendix B)."""
-        c = self.config
-        T = T or c.block_size
-        return 6 * self.num_parameters(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
-
-    def crop_block_size(self, block_size):
-        """Shrink the context window (e.g. to fine-tune on short texts). Rotary embeddings have
-        no position table, so only the limit changes."""
-        if block_size > self.config.block_size:
-            raise ConfigError(f"cannot grow block_size from {self.config.block_size} to "
-                              f"{block_size}")
-        self.config.block_size = block_size

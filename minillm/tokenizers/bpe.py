@@ -423,18 +423,30 @@ class ByteLevelBPETokenizer(Tokenizer):
         """Text for ``ids``; bytes that do not form whole UTF-8 characters become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
-    # -- persistence -------------------------------------------------------------------------
-    def _save_data(self, directory: Path) -> dict[str, Any]:
+    # -- the vocabulary as lists, for the file formats (GGUF, tokenizer.json) -----------------
+    def all_tokens(self) -> list[str]:
+        """Every token string in id order (GGUF's tokenizer.ggml.tokens): the list the
+        tokenizer was built from, else the vocabulary's strings ("" at an id it skips)."""
         tokens = getattr(self, "tokens", None)
         if tokens is None:
             tokens = [""] * self.vocab_size
             for t, i in self.vocab.items():
                 tokens[i] = t
+        return list(tokens)
+
+    def all_token_types(self) -> list[int]:
+        """The GGUF token type of every id (NORMAL, CONTROL, USER_DEFINED): the list the
+        tokenizer was built from, else derived from the control and special tokens."""
         types = getattr(self, "token_types", None)
         if types is None:
             types = [CONTROL if i in self.control else
-                     USER_DEFINED if t in self.special else NORMAL for i, t in enumerate(tokens)]
-        return {"tokens": list(tokens), "token_types": list(types),
+                     USER_DEFINED if t in self.special else NORMAL
+                     for i, t in enumerate(self.all_tokens())]
+        return list(types)
+
+    # -- persistence -------------------------------------------------------------------------
+    def _save_data(self, directory: Path) -> dict[str, Any]:
+        return {"tokens": self.all_tokens(), "token_types": self.all_token_types(),
                 "merges": [f"{a} {b}" for a, b in self.merges], "pre": self.pre,
                 "eos_id": self.eos_id, "bos_id": self.bos_id, "pad_id": self.pad_id,
                 "unk_id": self.unk_id, "add_bos": self.add_bos,

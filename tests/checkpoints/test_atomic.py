@@ -1,11 +1,8 @@
 """atomic.write_file: a write killed half way leaves the old file whole, and no temporary file
 is left behind by a failed write."""
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from dying_writer import run_dying
 
 from minillm.checkpoints import atomic
 
@@ -22,17 +19,7 @@ def test_write_file_replaces_and_keeps_usual_permissions(tmp_path):
 def test_write_file_killed_half_way_leaves_the_old_file(tmp_path):
     f = tmp_path / "a.json"
     atomic.write_file(f, b"old contents")
-    script = textwrap.dedent(f"""
-        import os
-        from minillm.checkpoints import atomic
-        real = atomic._write_all
-        def dying(fh, data):
-            real(fh, data[: len(data) // 2])
-            os._exit(9)
-        atomic._write_all = dying
-        atomic.write_file({str(f)!r}, b"new contents, longer than the old")
-    """)
-    assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 9
+    assert run_dying(f"atomic.write_file({str(f)!r}, b'new contents, longer than the old')") == 9
     assert f.read_bytes() == b"old contents"
 
 

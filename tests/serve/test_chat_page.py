@@ -40,9 +40,10 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_the_page_streams_a_reply(server, client, browser):
+def send_from_the_page(browser, server, model, max_tokens, text):
+    """Open the chat page, give it the API key, choose ``model`` with ``max_tokens`` and
+    temperature 0, and send ``text``; returns a 60-second WebDriverWait on the browser."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     wait = WebDriverWait(browser, 60)
@@ -53,12 +54,20 @@ def test_the_page_streams_a_reply(server, client, browser):
     key.send_keys(server.api_key)
     browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
     wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 4)
-    Select(browser.find_element(By.ID, "model")).select_by_value("tiny-chat")
-    for field, value in (("max_tokens", "20"), ("temperature", "0")):
+    Select(browser.find_element(By.ID, "model")).select_by_value(model)
+    for field, value in (("max_tokens", str(max_tokens)), ("temperature", "0")):
         browser.find_element(By.ID, field).clear()
         browser.find_element(By.ID, field).send_keys(value)
-    browser.find_element(By.ID, "input").send_keys("hello there")
+    browser.find_element(By.ID, "input").send_keys(text)
     browser.find_element(By.ID, "send").click()
+    return wait
+
+
+def test_the_page_streams_a_reply(server, client, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    wait = send_from_the_page(browser, server, "tiny-chat", 20, "hello there")
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".msg.user"), "hello there"))
     wait.until(lambda b: b.find_element(By.CSS_SELECTOR, ".msg.assistant").text.strip())
     wait.until(lambda b: b.find_element(By.ID, "stop").get_attribute("class") == "hidden")
@@ -75,21 +84,8 @@ def test_the_page_streams_a_reply(server, client, browser):
 
 def test_the_stop_button_ends_the_generation(server, client, browser):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    wait = WebDriverWait(browser, 60)
-    browser.get(server.url + "/")
-    browser.find_element(By.TAG_NAME, "summary").click()
-    key = browser.find_element(By.ID, "key")
-    key.send_keys(server.api_key)
-    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
-    wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 4)
-    Select(browser.find_element(By.ID, "model")).select_by_value("slow")  # 20 ms a token
-    for field, value in (("max_tokens", "100"), ("temperature", "0")):
-        browser.find_element(By.ID, field).clear()
-        browser.find_element(By.ID, field).send_keys(value)
-    browser.find_element(By.ID, "input").send_keys("hi")
-    browser.find_element(By.ID, "send").click()
+    wait = send_from_the_page(browser, server, "slow", 100, "hi")  # "slow": 20 ms a token
     wait.until(lambda b: b.find_element(By.CSS_SELECTOR, ".msg.assistant").text.strip())
     browser.find_element(By.ID, "stop").click()
     wait.until(lambda b: b.find_element(By.ID, "stop").get_attribute("class") == "hidden")

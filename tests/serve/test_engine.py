@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from recording_model import Recording
 
 import minillm
 from minillm import backend
@@ -135,20 +136,6 @@ def test_concurrent_requests_get_their_solo_text(tiny_any):
     for (ids, text, reason), w, i in zip(got, want, range(len(prompts))):
         assert text == w
         assert reason == ("length" if len(ids) == 10 + i else "stop")
-
-
-class Recording:
-    """Wraps a model and records the (batch, time) shape of every call."""
-
-    def __init__(self, model):
-        self.model, self.shapes = model, []
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, idx, **kw):
-        self.shapes.append(np.asarray(idx).shape)
-        return self.model(idx, **kw)
 
 
 def test_requests_waiting_together_are_prefilled_in_one_pass(tiny_any):

@@ -1,6 +1,10 @@
 """``minillm serve``'s checks before it loads anything: the bind address, the extra it needs."""
 
+import signal
+import subprocess
 import sys
+import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -66,57 +70,13 @@ sys.exit(main(["serve", "--ckpt", "runs/tiny", "--adapter", "runs/lora_a", "--po
 """
 
 
-def test_serve_prints_its_url_and_answers(tmp_path):
-    import signal
-    import subprocess
-    import time
+@contextmanager
+def serving(args):
+    """Run ``python *args``, a ``minillm serve`` of the model "tiny" on a free port that prints
+    its URL first; wait until it answers /health, yield the URL, stop it with Ctrl-C."""
+    import httpx
 
-    httpx = pytest.importorskip("httpx")
-    pytest.importorskip("uvicorn")
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("minillm serve: tiny at http://127.0.0.1:"), line
-        url = line.split(" at ")[1].split()[0].rstrip("/")
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        auth = {"Authorization": "Bearer k"}
-        models = httpx.get(url + "/v1/models", headers=auth).json()["data"]
-        assert [m["id"] for m in models] == ["tiny", "lora_a"]
-        texts = []
-        for model in ("tiny", "lora_a"):
-            r = httpx.post(url + "/v1/completions", headers=auth,
-                           json={"model": model, "prompt": "abc", "max_tokens": 8,
-                                 "temperature": 0}, timeout=60)
-            assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3
-            texts.append(r.json()["choices"][0]["text"])
-        assert texts[0] != texts[1]  # each id answers with its own weights
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def test_serve_a_gguf_file_and_chat(tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    httpx = pytest.importorskip("httpx")
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("gguf")
-    from gguf_fixtures import write_tiny_gguf
-
-    path, _ = write_tiny_gguf(tmp_path / "tiny.gguf")
-    proc = subprocess.Popen([sys.executable, "-m", "minillm", "serve", "--ckpt", str(path),
-                             "--port", "0", "--max-batch", "2"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -128,14 +88,43 @@ def test_serve_a_gguf_file_and_chat(tmp_path):
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        r = httpx.post(url + "/v1/chat/completions", timeout=60,
-                       json={"model": "tiny", "max_tokens": 5, "temperature": 0,
-                             "messages": [{"role": "user", "content": "Hello, world!"}]})
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["role"] == "assistant"
+        yield url
     finally:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_serve_prints_its_url_and_answers(tmp_path):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    with serving(["-c", SERVE_SCRIPT]) as url:
+        auth = {"Authorization": "Bearer k"}
+        models = httpx.get(url + "/v1/models", headers=auth).json()["data"]
+        assert [m["id"] for m in models] == ["tiny", "lora_a"]
+        texts = []
+        for model in ("tiny", "lora_a"):
+            r = httpx.post(url + "/v1/completions", headers=auth,
+                           json={"model": model, "prompt": "abc", "max_tokens": 8,
+                                 "temperature": 0}, timeout=60)
+            assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3
+            texts.append(r.json()["choices"][0]["text"])
+        assert texts[0] != texts[1]  # each id answers with its own weights
+
+
+def test_serve_a_gguf_file_and_chat(tmp_path):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("gguf")
+    from gguf_fixtures import write_tiny_gguf
+
+    path, _ = write_tiny_gguf(tmp_path / "tiny.gguf")
+    with serving(["-m", "minillm", "serve", "--ckpt", str(path), "--port", "0",
+                  "--max-batch", "2"]) as url:
+        r = httpx.post(url + "/v1/chat/completions", timeout=60,
+                       json={"model": "tiny", "max_tokens": 5, "temperature": 0,
+                             "messages": [{"role": "user", "content": "Hello, world!"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"

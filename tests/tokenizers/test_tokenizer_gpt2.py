@@ -32,6 +32,20 @@ CORPUS = (
 ) * 5
 
 
+def merge_pair(seq, pair):
+    """``seq`` with every occurrence of the adjacent ``pair`` merged into one symbol, left to
+    right."""
+    out, i = [], 0
+    while i < len(seq):
+        if i + 1 < len(seq) and (seq[i], seq[i + 1]) == pair:
+            out.append(seq[i] + seq[i + 1])
+            i += 2
+        else:
+            out.append(seq[i])
+            i += 1
+    return out
+
+
 def train_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A tiny byte-level BPE trainer: 256 byte symbols, then `num_merges` times merge the most
     frequent adjacent pair (ties: the smallest pair) inside pre-tokenised words."""
@@ -50,15 +64,7 @@ def train_bpe(corpus: str, num_merges: int) -> tuple[dict[str, int], list[tuple[
         merges.append(best)
         vocab.setdefault(best[0] + best[1], len(vocab))
         for w, seq in seqs.items():
-            out, i = [], 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(seq[i] + seq[i + 1])
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            seqs[w] = out
+            seqs[w] = merge_pair(seq, best)
     vocab[EOT_TOKEN] = len(vocab)
     return vocab, merges
 
@@ -173,15 +179,7 @@ def naive_bpe(symbols, ranks):
         best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
         if best not in ranks:
             break
-        out, i = [], 0
-        while i < len(word):
-            if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                out.append(word[i] + word[i + 1])
-                i += 2
-            else:
-                out.append(word[i])
-                i += 1
-        word = out
+        word = merge_pair(word, best)
     return word
 
 
