@@ -364,6 +364,25 @@ COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_c
             add_finetune_demo_data, add_sample, add_chat]
 
 
+def os_error_sentence(e):
+    """One sentence for an OSError on a path: the path(s) and the system's reason."""
+    reason = e.strerror or type(e).__name__
+    path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    return f"cannot use {path}: {reason}"
+
+
+def _silence_stdout():
+    """Point standard output at /dev/null, so the interpreter's final flush into a closed pipe
+    prints no second error."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -378,6 +397,14 @@ def main(argv=None):
         args.run(args)
     except MinillmError as e:
         print(f"minillm {args.command}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    except BrokenPipeError:  # standard output closed early (| head): not an error of ours
+        _silence_stdout()
+        return 0
+    except OSError as e:
+        if e.filename is None:
+            raise
+        print(f"minillm {args.command}: error: {os_error_sentence(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nminillm {args.command}: interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@
     replacing(path)                the same for a file another writer makes (GGUF, a download)
     write_dir(directory, files)    a whole directory (a checkpoint): name -> bytes
     recover_dir(directory)         after a crash between write_dir's two renames, put the old one back
+    remove_stale(directory)        delete the temporary and moved-aside copies a crash left beside it
 
 A file: the bytes go to ``.NAME.XXXX.tmp`` in the same directory, are fsynced, then renamed over
 ``path`` (``os.replace`` is atomic within one filesystem). A directory: everything is written
@@ -14,6 +15,15 @@ them leaves no DIR but a ``.DIR.old-TAG``, which ``recover_dir`` renames back.
 
 This module uses only the standard library, so that every layer that writes files (tokenizers,
 prepared data, checkpoints) can use it.
+
+Crash tests: ``MINILLM_CRASH_AT=NAME:N`` (a test-only hook) ends the process with ``os._exit(CRASH_EXIT)``
+the N-th time (1-based) the write point NAME is reached, as a ``kill -9`` there would. The points:
+
+    write        inside ``_write_all``, after half of a file's bytes are written (every file of
+                 write_file / write_dir, and the log lines of training runs)
+    moved_aside  in write_dir, after DIR was renamed to .DIR.old-TAG, before .DIR.tmp-TAG -> DIR
+    swapped      in write_dir, after .DIR.tmp-TAG -> DIR, before .DIR.old-TAG is deleted
+    replace      in replacing / write_file, after the temporary file is fsynced, before the rename
 """
 
 import os
@@ -24,11 +34,44 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _write_all(f, data):
-    """Write ``data`` to the open binary file ``f`` and make it durable (flush + fsync)."""
-    f.write(data)
+CRASH_EXIT = 86  # the exit status of a process the crash hook ended
+CRASH_POINTS = ("write", "moved_aside", "swapped", "replace")
+_crash_counts = {}
+
+
+def crash_point(name):
+    """The test-only crash hook (see the module docstring): ``os._exit`` at the N-th ``name``."""
+    spec = os.environ.get("MINILLM_CRASH_AT")
+    if not spec:
+        return
+    want, _, n = spec.partition(":")
+    if want != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(n or 1):
+        os._exit(CRASH_EXIT)
+
+
+def _write_all(f, data, sync=True):
+    """Write ``data`` to the open binary file ``f`` and make it durable (flush + fsync; without
+    ``sync`` only flushed, for appended log lines)."""
+    data = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+    half = len(data) // 2
+    f.write(data[:half])
+    if os.environ.get("MINILLM_CRASH_AT"):
+        f.flush()  # what a kill here leaves on disk: the first half
+        crash_point("write")
+    f.write(data[half:])
     f.flush()
-    os.fsync(f.fileno())
+    if sync:
+        os.fsync(f.fileno())
+
+
+def append_line(path, text):
+    """Append one line to the text file ``path`` (a log): a single write of the whole line, so a
+    crash leaves at most one partial last line, which readers skip."""
+    with open(path, "ab") as f:
+        _write_all(f, (text + "\n").encode(), sync=False)
 
 
 def fsync_dir(path):
@@ -65,6 +108,7 @@ def replacing(path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        crash_point("replace")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -98,8 +142,10 @@ def write_dir(directory, files):
         fsync_dir(tmp)
         if directory.exists():
             os.rename(directory, old)
+            crash_point("moved_aside")
         os.rename(tmp, directory)
         fsync_dir(directory.parent)
+        crash_point("swapped")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not directory.exists():
@@ -117,3 +163,28 @@ def recover_dir(directory):
     olds = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if olds:
         os.rename(olds[-1], directory)
+
+
+def remove_stale(directory):
+    """Delete what crashed writes left beside ``directory``: every ``.DIR.tmp-*`` (a copy that
+    was never renamed into place; ``recover_dir`` never needs one), and the ``.DIR.old-*`` copies
+    once ``directory`` itself exists (call ``recover_dir`` first, so a moved-aside copy that is
+    the only one is put back, not deleted). Only by the process that owns the directory (another
+    writer may be between its two renames)."""
+    directory = Path(directory)
+    stale = list(directory.parent.glob(f".{directory.name}.tmp-*"))
+    if directory.is_dir():
+        stale += directory.parent.glob(f".{directory.name}.old-*")
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_files(folder):
+    """Delete the ``.NAME.XXXX.tmp`` files a crashed ``write_file`` / ``replacing`` left in
+    ``folder`` (only by the process that owns the folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for stale in folder.glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm.checkpoints.adapter import ADAPTER_CONFIG
-from minillm.checkpoints.atomic import recover_dir, write_dir
+from minillm.checkpoints.atomic import recover_dir, remove_stale, remove_stale_files, write_dir
 from minillm.checkpoints.formats import read_json, read_safetensors, safetensors_bytes, to_float32
 from minillm.errors import CheckpointError, MinillmError
 from minillm.models import GPT, GPTConfig
@@ -60,6 +60,48 @@ def is_checkpoint_dir(path):
     """True for a directory holding a checkpoint: weights, or a LoRA adapter."""
     path = Path(path)
     return (path / MODEL_FILE).is_file() or (path / ADAPTER_CONFIG).is_file()
+
+
+def has_training_state(path):
+    """True for a checkpoint that ``--resume`` can continue exactly: weights, config, optimizer
+    arrays and state.json with the step and both random generators' states."""
+    path = Path(path)
+    if not all((path / f).is_file() for f in (MODEL_FILE, CONFIG_FILE, OPTIM_FILE, STATE_FILE)):
+        return False
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(state, dict) and all(k in state for k in ("step", "batch_rng", "global_rng"))
+
+
+def recover_run(out):
+    """Repair a run folder after a crash: put back a moved-aside best/ or last/, then delete the
+    temporary and moved-aside copies and temporary files that crashed writes left. Run only by
+    the process that writes the folder (a training run, before it writes)."""
+    out = Path(out)
+    for sub in RUN_SUBDIRS:
+        recover_dir(out / sub)
+        remove_stale(out / sub)
+    remove_stale_files(out)
+
+
+def resume_point(out):
+    """The checkpoint of run folder ``out`` that ``--resume`` continues, after ``recover_run``:
+    last/ when it holds a full training state, else best/ when it does (a crash between the two
+    writes of one evaluation leaves best/ newer than last/, or no last/ at all); None if neither."""
+    out = Path(out)
+    candidates = [out / sub for sub in ("last", "best") if has_training_state(out / sub)]
+    if not candidates:
+        return None
+
+    def step(path):
+        try:
+            return int(json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["step"])
+        except (ValueError, TypeError, KeyError):
+            return -1
+
+    return max(candidates, key=step)  # last/ on a tie (max keeps the first)
 
 
 def resolve_checkpoint(path):
@@ -103,9 +145,20 @@ def load_model(directory, device="cpu", dropout=None):
     return model, cfg
 
 
+def check_finite(weights, where):
+    """Refuse weights holding NaN or infinity (a run that diverged): a CheckpointError."""
+    for name, a in weights.items():
+        a = np.asarray(a)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise CheckpointError(f"{where} holds non-finite weights ({name} has NaN or infinity), "
+                                  f"so the training that wrote it diverged; use an earlier checkpoint")
+
+
 def load_into(model, directory):
-    """Load DIR's weights into an existing model; a shape mismatch is a CheckpointError."""
+    """Load DIR's weights into an existing model; a shape mismatch or non-finite weights are a
+    CheckpointError."""
     weights = load_weights(directory)
+    check_finite(weights, directory)
     try:
         model.load_state_dict(weights, strict=True)
     except MinillmError as e:

@@ -1,0 +1,104 @@
+"""Crash injection: a ``minillm pretrain`` subprocess is ended (``os._exit``, as ``kill -9``) at
+each named write point of a checkpoint write and of the log rewrite (the test-only hook
+``MINILLM_CRASH_AT=NAME:N`` in minillm.checkpoints.atomic), then ``--resume`` finishes the run.
+The result must equal an uninterrupted run exactly: the same weight and optimizer bytes, the same
+logged losses, and no leftover temporary files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minillm.checkpoints.atomic import CRASH_EXIT
+from minillm.data import prepare
+from tests.test_pretrain import TINY, make_corpus
+
+RUN = ["--max_iters=6", "--eval_interval=2", "--lr_decay_iters=6", "--dropout=0.1", "--no-progress",
+       *TINY]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("crash")
+    prepare(d / "data", corpus=make_corpus(d / "corpus.txt"), progress=False)
+    return d / "data"
+
+
+def pretrain(data_dir, out, *extra, crash=None):
+    env = dict(os.environ)
+    env.pop("MINILLM_CRASH_AT", None)
+    if crash:
+        env["MINILLM_CRASH_AT"] = crash
+    args = [sys.executable, "-m", "minillm", "pretrain", f"--data_dir={data_dir}", f"--out_dir={out}",
+            *RUN, *extra]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def result(out):
+    """What an exact resume must reproduce: weights and optimizer bytes of best/ and last/, and
+    every logged loss by step."""
+    files = {f"{sub}/{name}": (out / sub / name).read_bytes()
+             for sub in ("best", "last") for name in ("model.safetensors", "optimizer.safetensors")}
+    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = sorted((r["step"], k, r[k]) for r in recs for k in ("loss", "train_loss", "val_loss") if k in r)
+    return files, losses
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    p = pretrain(data_dir, out)
+    assert p.returncode == 0, p.stderr
+    return result(out)
+
+
+def finish(data_dir, out):
+    p = pretrain(data_dir, out, "--resume")
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+# (point, N): the N-th time the point is reached. Each checkpoint has 6 files (weights, config,
+# optimizer, state, 2 tokenizer files); the run writes best/0, last/0, best/2, last/2, ... and
+# one log line per iteration and evaluation.
+POINTS = [("write", 1), ("write", 3), ("write", 7), ("write", 13), ("write", 20), ("write", 31),
+          ("moved_aside", 1), ("moved_aside", 2), ("swapped", 1), ("swapped", 3), ("replace", 1)]
+
+
+@pytest.mark.parametrize("point,n", POINTS)
+def test_kill_at_write_point_then_resume_is_exact(data_dir, reference, tmp_path, point, n):
+    out = tmp_path / "out"
+    p = pretrain(data_dir, out, crash=f"{point}:{n}")
+    assert p.returncode == CRASH_EXIT, (p.returncode, p.stderr)
+    finish(data_dir, out)
+    assert result(out) == reference
+
+
+@pytest.mark.parametrize("point", ["write:1", "replace:1"])
+def test_kill_while_resume_rewrites_the_log_keeps_it(data_dir, reference, tmp_path, point):
+    out = tmp_path / "out"
+    p = pretrain(data_dir, out, crash="write:40")  # late in the run: the log has many lines
+    assert p.returncode == CRASH_EXIT, p.stderr
+    before = (out / "log.jsonl").read_bytes()
+    assert before.count(b"\n") > 5
+    p = pretrain(data_dir, out, "--resume", crash=point)  # the first write of a resume: the log
+    assert p.returncode == CRASH_EXIT, p.stderr
+    after = (out / "log.jsonl").read_bytes()
+    assert after == before or before.startswith(after) and after.count(b"\n") > 5
+    finish(data_dir, out)
+    assert result(out) == reference
+
+
+def test_start_into_a_folder_of_crash_leftovers_is_allowed(data_dir, reference, tmp_path):
+    out = tmp_path / "out"
+    p = pretrain(data_dir, out, crash="write:4")  # inside the first checkpoint (after the log): none complete
+    assert p.returncode == CRASH_EXIT
+    assert any(p.name.startswith(".best.tmp-") for p in out.iterdir())
+    p = pretrain(data_dir, out)
+    assert p.returncode == 0, p.stderr
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert result(out) == reference
