@@ -33,7 +33,6 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-
 CRASH_EXIT = 86  # the exit status of a process the crash hook ended
 CRASH_POINTS = ("write", "moved_aside", "swapped", "replace")
 _crash_counts = {}
