@@ -72,7 +72,9 @@ def make_demo_data(out_dir, corpus=None, seed=0, n_sft=2000, speakers=CLASSIFY_S
     """Write OUT_DIR/sft.jsonl and OUT_DIR/classify.jsonl; returns {"sft": n, "classify": n}.
     ``corpus``: a text file (default: tiny Shakespeare, downloaded and cached on first use)."""
     from minillm.data import default_corpus, read_corpus
+    from minillm.train.config import check_values
 
+    check_values({"n_sft": n_sft, "seed": seed})
     text = read_corpus(corpus if corpus is not None else default_corpus())
     sp = speeches(text)
     if not sp:

@@ -14,8 +14,8 @@ the tokenizer. Every evaluation and every ``log_interval`` steps append a record
 OUT_DIR/log.jsonl (``minillm plot OUT_DIR`` draws it).
 """
 
-import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -32,11 +32,19 @@ from minillm.checkpoints.adapter import (
     resolve_base,
     save_adapter,
 )
+from minillm.checkpoints.atomic import write_file
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models.classifier import GPTClassifier
 from minillm.nn.lora import LoRAConfig, apply_lora
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
 from minillm.train import tasks
+from minillm.train.safety import (
+    RunLog,
+    check_finite,
+    check_finite_weights,
+    progress_bar_on,
+    quiet_on_closed_pipe,
+)
 from minillm.train.step import train_step
 
 TASKS, METHODS = ("sft", "classify"), ("lora", "full")
@@ -133,12 +141,27 @@ def finetune(
     log_interval=10,
     progress=True,
     device="cpu",
+    overwrite=False,
     say=print,
 ):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
-    ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning."""
+    ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning. An ``out_dir`` that holds
+    anything is refused unless ``overwrite``."""
     from tqdm import tqdm
+
+    from minillm.train.config import check_values
+
+    say = quiet_on_closed_pipe(say)
+    check_values({"rank": rank, "alpha": alpha, "lora_dropout": lora_dropout, "epochs": epochs,
+                  "lr": lr, "batch_size": batch_size, "block_size": block_size,
+                  "freeze_last_k": freeze_last_k, "seed": seed, "val_fraction": val_fraction,
+                  "weight_decay": weight_decay, "grad_clip": grad_clip, "log_interval": log_interval})
+    out = Path(out_dir)
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty (it may hold a fine-tune); pass --overwrite to "
+                          f"replace its checkpoints and log, or choose another --out (nothing "
+                          f"was changed)")
 
     if task not in TASKS or method not in METHODS:
         raise ConfigError(
@@ -234,8 +257,8 @@ def finetune(
             acc, loss = classify_eval(net, val, batch_size, pad)
             return {"val_acc": acc, "val_loss": loss}
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt.recover_run(out)
     run_cfg = dict(
         base=str(base_path.resolve()),
         data=str(data),
@@ -253,6 +276,7 @@ def finetune(
     )
 
     def save(directory, metrics, epoch):
+        check_finite_weights(net, step, diverge_hint)  # never replace a checkpoint with NaN
         extra = {"task": task, "labels": labels, "epoch": epoch, **metrics}
         if method == "lora":
             save_adapter(directory, net, lora_cfg, base_path, extra=extra)
@@ -280,12 +304,15 @@ def finetune(
         f"finetune {task}/{method}: {len(train)} train / {len(val)} val examples, {total} steps, "
         f"{n_trainable:,} of {n_total:,} parameters trainable ({100 * n_trainable / n_total:.2f}%)"
     )
-    log = open(out / "log.jsonl", "w", encoding="utf-8")
+    diverge_hint = _Hint(out_dir=str(out), learning_rate=lr, grad_clip=grad_clip)
+    write_file(out / "log.jsonl", b"")
+    log = RunLog(out / "log.jsonl")
     before = evaluate()
-    _log(log, {"step": 0, "epoch": 0, **before})
+    log.write({"step": 0, "epoch": 0, **before})
     say(f"before fine-tuning: {_fmt(before)}")
     best, step, step_time, recent = None, 0, 0.0, []
-    bar = tqdm(total=total, desc=f"finetune {task}/{method}", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"finetune {task}/{method}", unit="step",
+               disable=not progress_bar_on(progress), file=sys.stderr)
     try:
         for epoch in range(1, int(epochs) + 1):
             order = rng.permutation(len(train))
@@ -294,14 +321,15 @@ def finetune(
                 lr_t = cosine_lr(step, lr, warmup, total, lr / 10)
                 t0 = time.perf_counter()
                 loss, norm = train_step(net, optimizer, [(x, y)], grad_clip, lr_t, loss_fn)
+                check_finite({"loss": loss, "gradient norm": norm if grad_clip else 0.0},
+                              step + 1, diverge_hint)
                 step_time += time.perf_counter() - t0
                 step += 1
                 recent.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if step % log_interval == 0 or step == total:
-                    _log(
-                        log,
+                    log.write(
                         {
                             "step": step,
                             "epoch": epoch,
@@ -312,8 +340,9 @@ def finetune(
                     )
             metrics = {"train_loss": float(np.mean(recent)), **evaluate()}
             recent = []
-            _log(log, {"step": step, "epoch": epoch, **metrics})
-            bar.write(f"epoch {epoch}: {_fmt(metrics)}")
+            log.write({"step": step, "epoch": epoch, **metrics})
+            check_finite(metrics, step, diverge_hint)
+            say(f"epoch {epoch}: {_fmt(metrics)}")
             save(out / "last", metrics, epoch)
             if better(metrics, best):
                 best = metrics
@@ -336,9 +365,11 @@ def finetune(
     }
 
 
-def _log(f, rec):
-    f.write(json.dumps(rec) + "\n")
-    f.flush()
+class _Hint:
+    """The settings a divergence message names (as pretrain's config does)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
 
 
 def _fmt(m):

@@ -22,11 +22,18 @@ import numpy as np
 
 from minillm import backend
 from minillm.checkpoints import run as ckpt
-from minillm.checkpoints.atomic import append_line, write_file
+from minillm.checkpoints.atomic import write_file
 from minillm.data import TokenData, corpus_sha256, prepare, read_corpus
-from minillm.errors import CheckpointError, ConfigError, DataError, DivergenceError
+from minillm.errors import CheckpointError, ConfigError, DataError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
+from minillm.train.safety import (
+    RunLog,
+    check_finite,
+    check_finite_weights,
+    progress_bar_on,
+    quiet_on_closed_pipe,
+)
 from minillm.train.step import estimate_loss, train_step
 
 
@@ -186,14 +193,14 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                 "optimizer_step": optimizer.step_count}
 
     def save_full(directory, step):
-        _check_finite_weights(model, step, cfg)  # never replace a checkpoint with NaN weights
+        check_finite_weights(model, step, cfg)  # never replace a checkpoint with NaN weights
         ckpt.save(directory, model, config={"model": model.config.to_dict(), "train": cfg.to_dict()},
                   optimizer=optimizer, state=checkpoint_state(step), tokenizer=tokenizer)
 
     def save_last(step):
         save_full(last_dir, step)
 
-    log = _Log(log_path, enabled=writes)
+    log = RunLog(log_path, enabled=writes)
     stop = _StopFlag()
     old_handler = signal.signal(signal.SIGINT, stop) if _main_thread() else None
     bar = tqdm(total=cfg.max_iters, initial=start, desc="pretrain", unit="it",
@@ -206,10 +213,10 @@ def pretrain(cfg, resume=False, progress=True, say=print):
             due = it % cfg.eval_interval == 0 or it == cfg.max_iters
             if cfg.eval_only or (due and not (resume and it == start)):  # resumed: done before
                 losses = {s: estimate_loss(model, b) for s, b in eval_sets.items()}
-                _check_finite({"train loss": losses["train"], "val loss": losses["val"]}, it, cfg)
+                check_finite({"train loss": losses["train"], "val loss": losses["val"]}, it, cfg)
                 last_eval = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
                              "val_ppl": float(np.exp(losses["val"]))}
-                _log(log, last_eval)
+                log.write(last_eval)
                 msg = (f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                        f" (ppl {last_eval['val_ppl']:.2f})")
                 if not bar.disable:
@@ -232,7 +239,7 @@ def pretrain(cfg, resume=False, progress=True, say=print):
             batches = (data.get_batch("train", cfg.batch_size, cfg.block_size, batch_rng)
                        for _ in range(cfg.gradient_accumulation_steps))
             loss, norm = train_step(model, optimizer, batches, cfg.grad_clip, lr)
-            _check_finite({"loss": loss, "gradient norm": norm if cfg.grad_clip else 0.0}, it + 1, cfg)
+            check_finite({"loss": loss, "gradient norm": norm if cfg.grad_clip else 0.0}, it + 1, cfg)
             dt = time.time() - t_step
             it += 1
             bar.update(1)
@@ -240,7 +247,7 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                 rec = {"step": it, "loss": loss, "lr": lr, "grad_norm": norm,
                        "tok_per_s": tokens_per_iter / dt, "gflops": flops_per_iter / dt / 1e9,
                        "elapsed": elapsed0 + time.time() - t0}
-                _log(log, rec)
+                log.write(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
             if stop.requested:
                 save_last(it)
@@ -274,65 +281,6 @@ def _main_thread():
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def quiet_on_closed_pipe(say):
-    """``say`` that ignores a closed standard output (``| head``, or ``| tee`` ended by the same
-    Ctrl-C): the run goes on and saves; only its messages are lost."""
-
-    def tell(msg):
-        try:
-            say(msg)
-        except BrokenPipeError:
-            pass
-
-    return tell
-
-
-def progress_bar_on(progress):
-    """The progress bar is drawn (on stderr) only when asked for and stderr is a terminal: in a
-    pipe or a file it would only add noise, and a closed pipe must not stop the run."""
-    try:
-        return bool(progress) and sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-class _Log:
-    """OUT/log.jsonl, appended to one whole line at a time (a crash leaves at most a partial
-    last line, which readers skip); ``enabled=False`` (eval_only) writes nothing."""
-
-    def __init__(self, path, enabled=True):
-        self.path, self.enabled = path, enabled
-
-    def write(self, rec):
-        if self.enabled:
-            append_line(self.path, json.dumps(rec))
-
-    def close(self):
-        pass
-
-
-def _log(log, rec):
-    log.write(rec)
-
-
-def _check_finite(values, step, cfg):
-    """Stop the run (DivergenceError, exit status 3) at the first non-finite loss or norm."""
-    for what, v in values.items():
-        if not np.isfinite(v):
-            raise DivergenceError(
-                f"training diverged at iteration {step}: the {what} is {v}; nothing was saved "
-                f"after it, so {cfg.out_dir}/last holds the last finite state; try a lower "
-                f"learning_rate (now {cfg.learning_rate:g}) or a smaller grad_clip (now "
-                f"{cfg.grad_clip:g}), then --resume"
-            )
-
-
-def _check_finite_weights(model, step, cfg):
-    for name, p in model.named_parameters():
-        if not np.isfinite(backend.to_numpy(p.data)).all():
-            _check_finite({f"weight {name}": float("nan")}, step, cfg)
 
 
 def _truncate_log(path, step):
