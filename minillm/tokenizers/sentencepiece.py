@@ -219,6 +219,8 @@ def _training_error(message: str, vocab_size: int, model_type: str) -> Tokenizer
             "SentencePiece found no usable training lines: every line is empty or longer than "
             "max_sentence_length bytes; break the corpus into lines."
         )
-    return TokenizerError(
-        f"SentencePiece could not train a tokenizer: {_CHECK_PREFIX.sub('', message, count=1)}"
-    )
+    detail = _CHECK_PREFIX.sub("", message, count=1).strip()
+    if not detail:
+        return TokenizerError(f"SentencePiece could not train a tokenizer with vocab_size "
+                              f"{vocab_size} on this corpus (it gave no reason).")
+    return TokenizerError(f"SentencePiece could not train a tokenizer: {detail}")

@@ -23,7 +23,7 @@ import numpy as np
 from minillm import backend
 from minillm.checkpoints import run as ckpt
 from minillm.checkpoints.atomic import write_file
-from minillm.data import TokenData, corpus_sha256, prepare, read_corpus
+from minillm.data import TokenData, corpus_sha256, finish_prepare, prepare, read_corpus
 from minillm.errors import CheckpointError, ConfigError, DataError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
@@ -46,6 +46,7 @@ def get_lr(cfg, it):
 def load_data(cfg, progress=True, say=print):
     """TokenData for cfg.data_dir, preparing it from cfg.corpus first if it is not there."""
     meta = Path(cfg.data_dir) / "meta.json"
+    finish_prepare(cfg.data_dir)  # new data a crashed `prepare` staged completely
     if not meta.exists():
         say(f"preparing {cfg.data_dir} from {cfg.corpus or 'the default corpus (tiny Shakespeare)'}")
         prepare(cfg.data_dir, corpus=cfg.corpus or None, tokenizer=cfg.tokenizer,
