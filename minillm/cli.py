@@ -218,6 +218,8 @@ def _add_model_flags(p, default_model=None):
     p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
                    help="GGUF weights in memory: as the file stores them (default), float32, "
                         "or requantized to q8_0")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of a minillm checkpoint's weights (huge files)")
     p.set_defaults(default_model=default_model)
 
 
@@ -266,7 +268,7 @@ def _load_for_sampling(args):
 
     source = _model_source(args)
     options = {"dtype": args.dtype} if args.dtype else {}
-    model, tokenizer = load(source, device=args.device, **options)
+    model, tokenizer = load(source, device=args.device, verify=not args.no_verify, **options)
     if tokenizer is None:
         raise MinillmError(f"{source} holds no tokenizer, so its text cannot be encoded; save "
                            f"the checkpoint with its tokenizer.")

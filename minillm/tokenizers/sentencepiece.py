@@ -181,7 +181,12 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def _from_data(cls, data: dict[str, Any], directory: Path) -> "SentencePieceTokenizer":
-        path = directory / str(data.get("model_file", MODEL_FILE))
+        name = data.get("model_file", MODEL_FILE)
+        if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name:
+            # a file from elsewhere names only a file beside it, never a path out of its folder
+            raise TokenizerError(f"tokenizer.json in {directory} names model_file {name!r}, which "
+                                 f"is not a plain file name in that folder.")
+        path = directory / name
         if not path.is_file():
             raise TokenizerError(f"the SentencePiece model file {path} is missing.")
         proto = path.read_bytes()
