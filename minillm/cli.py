@@ -370,7 +370,9 @@ COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_c
 
 def os_error_sentence(e):
     """One sentence for an OSError on a path: the path(s) and the system's reason."""
-    reason = e.strerror or type(e).__name__
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return f"the operating system refused an operation: {reason}"
     path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
     return f"cannot use {path}: {reason}"
 
@@ -405,9 +407,7 @@ def main(argv=None):
     except BrokenPipeError:  # standard output closed early (| head): not an error of ours
         _silence_stdout()
         return 0
-    except OSError as e:
-        if e.filename is None:
-            raise
+    except OSError as e:  # a path the user named cannot be made, read or written
         print(f"minillm {args.command}: error: {os_error_sentence(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

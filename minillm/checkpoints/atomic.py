@@ -26,6 +26,7 @@ the N-th time (1-based) the write point NAME is reached, as a ``kill -9`` there 
     replace      in replacing / write_file, after the temporary file is fsynced, before the rename
 """
 
+import errno
 import os
 import shutil
 import tempfile
@@ -69,8 +70,19 @@ def _write_all(f, data, sync=True):
 def append_line(path, text):
     """Append one line to the text file ``path`` (a log): a single write of the whole line, so a
     crash leaves at most one partial last line, which readers skip."""
-    with open(path, "ab") as f:
-        _write_all(f, (text + "\n").encode(), sync=False)
+    try:
+        with open(path, "ab") as f:
+            _write_all(f, (text + "\n").encode(), sync=False)
+    except OSError as e:
+        _raise_with_path(e, path)
+        raise
+
+
+def _raise_with_path(e, path):
+    """An OSError from a write (a full disk: ENOSPC, EFBIG) names no file; raise it again naming
+    ``path``, so that the user is told which path failed."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def fsync_dir(path):
@@ -100,6 +112,8 @@ def replacing(path):
     a stream); on leaving the block it is fsynced and renamed over ``path``. An exception removes
     it and leaves ``path`` as it was."""
     path = Path(path)
+    if not path.parent.is_dir():  # mkstemp would name a random file in its error
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(path.parent))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
@@ -109,11 +123,12 @@ def replacing(path):
             os.fsync(f.fileno())
         crash_point("replace")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        _raise_with_path(e, path)
         raise
     fsync_dir(path.parent)
 
@@ -145,10 +160,11 @@ def write_dir(directory, files):
         os.rename(tmp, directory)
         fsync_dir(directory.parent)
         crash_point("swapped")
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not directory.exists():
             os.rename(old, directory)
+        _raise_with_path(e, directory)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
