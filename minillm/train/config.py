@@ -42,11 +42,14 @@ class Range:
         return self.high is None or (v < self.high if self.high_open else v <= self.high)
 
     def __str__(self):
+        def num(x):
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
         if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            return (f"in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}"
                     f"{')' if self.high_open else ']'}")
         if self.low is not None:
-            return f"a finite number > {self.low:g}" if self.low_open else f"at least {self.low:g}"
+            return f"a finite number > {num(self.low)}" if self.low_open else f"at least {num(self.low)}"
         return "a finite number"
 
 

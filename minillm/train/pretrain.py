@@ -147,8 +147,9 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     start, best_val, elapsed0 = 0, float("inf"), 0.0
 
     if resume and point is None and writes and (ckpt.is_checkpoint_dir(last_dir) or ckpt.is_checkpoint_dir(best_dir)):
-        raise CheckpointError(f"{out} holds checkpoints without a training state (weights only), so "
-                              f"there is nothing to resume exactly; choose another --out_dir")
+        raise CheckpointError(f"{out} holds checkpoints but none with a complete training state "
+                              f"(weights, optimizer, step and random generator states), so there "
+                              f"is nothing to resume exactly; choose another --out_dir")
     if resume and point is None:
         resume = False  # a crash before the first checkpoint: the same run, from iteration 0
         say(f"no complete checkpoint in {out} yet; starting from iteration 0")
