@@ -413,6 +413,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"\nminillm {args.command}: interrupted", file=sys.stderr)
         return 130
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away after the work was done
+        _silence_stdout()
     return 0
 
 
