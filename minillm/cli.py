@@ -148,6 +148,8 @@ def add_finetune(sub):
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints and log in a non-empty --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the fine-tune in --out exactly where it stopped (same options)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_finetune)
 
@@ -161,7 +163,7 @@ def run_finetune(args):
                  block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
                  weight_decay=args.weight_decay, device=args.device,
-                 overwrite=args.overwrite, progress=not args.no_progress)
+                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
     print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "
           f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")

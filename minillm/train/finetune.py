@@ -14,6 +14,7 @@ the tokenizer. Every evaluation and every ``log_interval`` steps append a record
 OUT_DIR/log.jsonl (``minillm plot OUT_DIR`` draws it).
 """
 
+import json
 import math
 import sys
 import time
@@ -33,11 +34,13 @@ from minillm.checkpoints.adapter import (
     save_adapter,
 )
 from minillm.checkpoints.atomic import write_file
+from minillm.checkpoints.formats import safetensors_bytes
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models.classifier import GPTClassifier
 from minillm.nn.lora import LoRAConfig, apply_lora
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
 from minillm.train import tasks
+from minillm.train.pretrain import _truncate_log
 from minillm.train.safety import (
     RunLog,
     check_finite,
@@ -142,12 +145,17 @@ def finetune(
     progress=True,
     device="cpu",
     overwrite=False,
+    resume=False,
     say=print,
 ):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
     ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning. An ``out_dir`` that holds
-    anything is refused unless ``overwrite``."""
+    anything is refused unless ``overwrite`` or ``resume``.
+
+    Exact resume: OUT_DIR/last holds, beside the adapter (or weights), the optimizer arrays and
+    the state after its epoch (step, both random generators, best and last metrics); ``resume``
+    continues from it with the same settings and logs what an uninterrupted run logs."""
     from tqdm import tqdm
 
     from minillm.train.config import check_values
@@ -158,7 +166,9 @@ def finetune(
                   "freeze_last_k": freeze_last_k, "seed": seed, "val_fraction": val_fraction,
                   "weight_decay": weight_decay, "grad_clip": grad_clip, "log_interval": log_interval})
     out = Path(out_dir)
-    if not overwrite and out.is_dir() and any(out.iterdir()):
+    if resume:
+        ckpt.recover_run(out)
+    if not overwrite and not resume and out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty (it may hold a fine-tune); pass --overwrite to "
                           f"replace its checkpoints and log, or choose another --out (nothing "
                           f"was changed)")
@@ -275,17 +285,26 @@ def finetune(
         lora=lora_cfg and lora_cfg.to_dict(),
     )
 
+    def training_state(epoch, metrics):
+        return {"epoch": epoch, **metrics, "step": step, "optimizer_step": optimizer.step_count,
+                "rng": rng.bit_generator.state, "global_rng": backend.get_rng_state(),
+                "best": best, "before": before, "run": run_cfg}
+
     def save(directory, metrics, epoch):
         check_finite_weights(net, step, diverge_hint)  # never replace a checkpoint with NaN
         extra = {"task": task, "labels": labels, "epoch": epoch, **metrics}
+        state = training_state(epoch, metrics)
         if method == "lora":
-            save_adapter(directory, net, lora_cfg, base_path, extra=extra)
+            files = {ckpt.OPTIM_FILE: safetensors_bytes(optimizer.state_arrays()),
+                     ckpt.STATE_FILE: json.dumps(state, indent=2).encode()}
+            save_adapter(directory, net, lora_cfg, base_path, extra=extra, extra_files=files)
         else:
             ckpt.save(
                 directory,
                 net,
                 config={"model": gpt.config.to_dict(), "finetune": run_cfg, **extra},
-                state={"epoch": epoch, **metrics},
+                optimizer=optimizer,
+                state=state,
                 tokenizer=tok,
             )
 
@@ -305,16 +324,43 @@ def finetune(
         f"{n_trainable:,} of {n_total:,} parameters trainable ({100 * n_trainable / n_total:.2f}%)"
     )
     diverge_hint = _Hint(out_dir=str(out), learning_rate=lr, grad_clip=grad_clip)
-    write_file(out / "log.jsonl", b"")
+    best, step, step_time, recent, first_epoch = None, 0, 0.0, [], 1
+    point = out / "last" if resume and (out / "last" / ckpt.STATE_FILE).is_file() else None
+    if resume and point is None:
+        say(f"no complete fine-tuning checkpoint in {out} yet; starting from the beginning")
+    if point is not None:
+        state = ckpt.read_json(point / ckpt.STATE_FILE)
+        if not isinstance(state, dict) or state.get("run") != json.loads(json.dumps(run_cfg)):
+            saved = state.get("run") if isinstance(state, dict) and isinstance(state.get("run"), dict) else {}
+            diff = sorted(k for k in set(saved) | set(run_cfg) if saved.get(k) != json.loads(json.dumps(run_cfg)).get(k))
+            raise ConfigError(f"{point} was trained with other settings ({', '.join(diff) or 'unknown'}); "
+                              f"resume with the same options, or pass --overwrite to start afresh")
+        if method == "lora":
+            load_adapter(net, point)
+        else:
+            ckpt.load_into(net, point)
+        try:
+            optimizer.load_state_arrays(ckpt.read_safetensors(point / ckpt.OPTIM_FILE), state["optimizer_step"])
+            step, first_epoch = int(state["step"]), int(state["epoch"]) + 1
+            best, before = state["best"], state["before"]
+            metrics = {k: state[k] for k in ("train_loss", "val_loss", "val_acc") if k in state}
+            rng.bit_generator.state = state["rng"]
+            backend.set_rng_state(state["global_rng"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{point / ckpt.STATE_FILE} is damaged ({type(e).__name__}: {e})") from None
+        _truncate_log(out / "log.jsonl", step)
+        say(f"resuming {point} after epoch {first_epoch - 1} (step {step})")
+    else:
+        write_file(out / "log.jsonl", b"")
     log = RunLog(out / "log.jsonl")
-    before = evaluate()
-    log.write({"step": 0, "epoch": 0, **before})
-    say(f"before fine-tuning: {_fmt(before)}")
-    best, step, step_time, recent = None, 0, 0.0, []
-    bar = tqdm(total=total, desc=f"finetune {task}/{method}", unit="step",
+    if point is None:
+        before = evaluate()
+        log.write({"step": 0, "epoch": 0, **before})
+        say(f"before fine-tuning: {_fmt(before)}")
+    bar = tqdm(total=total, initial=step, desc=f"finetune {task}/{method}", unit="step",
                disable=not progress_bar_on(progress), file=sys.stderr)
     try:
-        for epoch in range(1, int(epochs) + 1):
+        for epoch in range(first_epoch, int(epochs) + 1):
             order = rng.permutation(len(train))
             for i in range(0, len(order), batch_size):
                 x, y = batch([train[j] for j in order[i : i + batch_size]])
@@ -343,10 +389,10 @@ def finetune(
             log.write({"step": step, "epoch": epoch, **metrics})
             check_finite(metrics, step, diverge_hint)
             say(f"epoch {epoch}: {_fmt(metrics)}")
-            save(out / "last", metrics, epoch)
-            if better(metrics, best):
+            if better(metrics, best):  # best/ first: both then hold the same training state
                 best = metrics
                 save(out / "best", metrics, epoch)
+            save(out / "last", metrics, epoch)
     finally:
         bar.close()
         log.close()

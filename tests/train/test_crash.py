@@ -6,6 +6,7 @@ logged losses, and no leftover temporary files."""
 
 import json
 import os
+import string
 import subprocess
 import sys
 
@@ -22,7 +23,10 @@ RUN = ["--max_iters=6", "--eval_interval=2", "--lr_decay_iters=6", "--dropout=0.
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("crash")
-    prepare(d / "data", corpus=make_corpus(d / "corpus.txt"), progress=False)
+    corpus = make_corpus(d / "corpus.txt")
+    with open(corpus, "a") as f:  # every printable character, for the fine-tuning template
+        f.write(string.printable.replace("\x0b", "").replace("\x0c", "") + "\n")
+    prepare(d / "data", corpus=corpus, progress=False)
     return d / "data"
 
 
@@ -47,11 +51,16 @@ def result(out):
 
 
 @pytest.fixture(scope="module")
-def reference(data_dir, tmp_path_factory):
+def reference_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "out"
     p = pretrain(data_dir, out)
     assert p.returncode == 0, p.stderr
-    return result(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return result(reference_run)
 
 
 def finish(data_dir, out):
@@ -102,3 +111,57 @@ def test_start_into_a_folder_of_crash_leftovers_is_allowed(data_dir, reference, 
     assert p.returncode == 0, p.stderr
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert result(out) == reference
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def finetune(base, data, out, method, *extra, crash=None):
+    env = dict(os.environ)
+    env.pop("MINILLM_CRASH_AT", None)
+    if crash:
+        env["MINILLM_CRASH_AT"] = crash
+    args = [sys.executable, "-m", "minillm", "finetune", "--base", str(base), "--data", str(data),
+            "--out", str(out), "--method", method, "--epochs", "3", "--rank", "2", "--batch-size", "4",
+            "--lora-dropout", "0.1", "--lr", "3e-3", "--no-progress", *extra]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def finetune_result(out, method):
+    names = ("adapter.safetensors", "optimizer.safetensors") if method == "lora" else \
+        ("model.safetensors", "optimizer.safetensors")
+    files = {f"{sub}/{n}": (out / sub / n).read_bytes() for sub in ("best", "last") for n in names}
+    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return files, sorted((r["step"], k, r[k]) for r in recs for k in ("train_loss", "val_loss") if k in r)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "sft.jsonl"
+    words = ["the king", "good night", "thy crown", "speak thou", "the queen", "love and death"]
+    recs = [{"prompt": words[i % 6], "response": " " + words[(i * 5 + 1) % 6] + "."} for i in range(30)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+@pytest.mark.parametrize("method,crash", [
+    ("lora", "swapped:2"),  # after epoch 1's last/ is in place, before its old copy is deleted
+    pytest.param("lora", "write:9", marks=pytest.mark.slow),  # inside epoch 1's last/ write
+    pytest.param("full", "moved_aside:3", marks=pytest.mark.slow),  # between last/'s two renames
+])
+def test_finetune_kill_then_resume_is_exact(reference_run, sft_data, tmp_path, method, crash):
+    ref = tmp_path / "ref"
+    p = finetune(reference_run, sft_data, ref, method)
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "out"
+    p = finetune(reference_run, sft_data, out, method, crash=crash)
+    assert p.returncode == CRASH_EXIT, (p.returncode, p.stderr)
+    p = finetune(reference_run, sft_data, out, method, "--resume")
+    assert p.returncode == 0, p.stderr
+    assert [q.name for q in out.iterdir() if q.name.startswith(".")] == []
+    assert finetune_result(out, method) == finetune_result(ref, method)
+
+
+def test_finetune_resume_with_other_settings_is_refused(reference_run, sft_data, tmp_path):
+    out = tmp_path / "out"
+    assert finetune(reference_run, sft_data, out, "lora").returncode == 0
+    p = finetune(reference_run, sft_data, out, "lora", "--resume", "--batch-size", "8")
+    assert p.returncode == 2 and "batch_size" in p.stderr, p.stderr
