@@ -169,9 +169,9 @@ def finetune(
     if resume:
         ckpt.recover_run(out)
     if not overwrite and not resume and out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty (it may hold a fine-tune); pass --overwrite to "
-                          f"replace its checkpoints and log, or choose another --out (nothing "
-                          f"was changed)")
+        raise ConfigError(f"{out} is not empty (it may hold a fine-tune); pass --resume to "
+                          f"continue it, --overwrite to replace its checkpoints and log, or choose "
+                          f"another --out (nothing was changed)")
 
     if task not in TASKS or method not in METHODS:
         raise ConfigError(

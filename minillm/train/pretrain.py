@@ -212,6 +212,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     it, last_eval = start, None
     try:
         while True:
+            if resume and it == start and point.name != "last":
+                save_last(it)  # last/ is older than best/ (a crash between them): bring it level
             due = it % cfg.eval_interval == 0 or it == cfg.max_iters
             if cfg.eval_only or (due and not (resume and it == start)):  # resumed: done before
                 losses = {s: estimate_loss(model, b) for s, b in eval_sets.items()}
