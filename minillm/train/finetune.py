@@ -426,7 +426,7 @@ def _fmt(m):
 def load_classifier(path, device="cpu"):
     """(classifier, tokenizer, labels) from a fine-tuned classification checkpoint: an adapter
     directory (its base is loaded, LoRA applied and merged) or a full classifier checkpoint."""
-    from minillm.models import GPT, GPTConfig
+    from minillm.models import GPT
     from minillm.nn.lora import merge_lora
 
     path = resolve_checkpoint(path)
@@ -442,7 +442,8 @@ def load_classifier(path, device="cpu"):
         load_adapter(net, path)
         merge_lora(net)
     else:
-        net = GPTClassifier(GPT(GPTConfig.from_dict(cfg["model"])), len(labels))
+        config = ckpt.model_config(cfg, path / ckpt.CONFIG_FILE)  # checked before anything is built
+        net = GPTClassifier(GPT(config, init=False), len(labels))
         ckpt.load_into(net, path)
         if device != "cpu":
             net.to(device)
