@@ -92,6 +92,16 @@ def escaping_tokenizer(d):
             {"kind": "sentencepiece", "format": 1, "data": {"model_file": "../../corpus.txt"}}))
 
 
+def lora_with_base(w, base):
+    """A LoRA adapter directory whose adapter_config.json names ``base``."""
+    d = w / f"lora_{abs(hash(base))}"
+    d.mkdir(exist_ok=True)
+    (d / "adapter_config.json").write_text(json.dumps(
+        {"rank": 2, "alpha": 4, "targets": "attn", "base": base, "base_fingerprint": "0" * 64}))
+    (d / "adapter.safetensors").write_bytes(b"")
+    return d
+
+
 def P(*a):
     return ["pretrain", *a]
 
@@ -217,6 +227,8 @@ CASES = [
     ("sample tokenizer escapes", lambda w: ["sample", "--ckpt", str(copy_run(w, "c12", escaping_tokenizer))], 2, "model_file"),
     ("sample num-samples 0", lambda w: ["sample", "--ckpt", str(w / "run"), "--num-samples", "0"], 2, "num-samples"),
     ("sample prompt file missing", lambda w: ["sample", "--ckpt", str(w / "run"), "--prompt", f"FILE:{w / 'none.txt'}"], 2, "none.txt"),
+    ("adapter base with ..", lambda w: ["sample", "--ckpt", str(lora_with_base(w, "../../run/best"))], 2, ".."),
+    ("adapter base is a file", lambda w: ["sample", "--ckpt", str(lora_with_base(w, str(w / "corpus.txt")))], 2, "not a checkpoint"),
     ("chat ckpt missing", lambda w: ["chat", "--ckpt", str(w / "nothing_here")], 2, "nothing_here"),
     ("classify ckpt missing", lambda w: ["classify", "--ckpt", str(w / "nothing_here"), "--text", "hi"], 2, "nothing_here"),
     ("export ckpt missing", lambda w: ["export", "--ckpt", str(w / "nothing_here"), "--out", str(w / "ex")], 2, "nothing_here"),

@@ -123,10 +123,19 @@ def load_adapter(model, directory):
 
 
 def resolve_base(directory, cfg):
-    """The base checkpoint path an adapter names (absolute, or relative to the adapter)."""
-    base = Path(cfg["base"])
+    """The base checkpoint path an adapter names (absolute, as save_adapter writes it, or
+    relative to the adapter). The file is data from elsewhere: the base must be a checkpoint
+    directory named without ``..`` (never a built-in name or a file), and the loaded weights
+    must then match the adapter's base fingerprint."""
+    raw = cfg["base"]
+    if not isinstance(raw, str) or not raw or ".." in Path(raw).parts:
+        raise CheckpointError(f"adapter {directory} names base {raw!r}, which is not a plain path "
+                              f"to a checkpoint directory ('..' is not followed)")
+    base = Path(raw)
     if not base.is_absolute():
         base = Path(directory) / base
+    if base.exists() and not base.is_dir():
+        raise CheckpointError(f"adapter {directory} names base {base}, which is not a checkpoint directory")
     if not base.exists():
         raise CheckpointError(
             f"adapter {directory} names base checkpoint {base}, which does not exist"
