@@ -100,7 +100,7 @@ def one_run(i, data, work, iters, kills, rng, reference):
         if p.returncode not in (0, CRASH_EXIT, -signal.SIGKILL):
             counts["dead_end"] += 1
             print(f"run {i}: {how}: exit {p.returncode}: {(p.stderr or '').strip()[-300:]}")
-        counts["kills"] += how != "sigkill" or p.returncode == -signal.SIGKILL
+        counts["kills"] += p.returncode in (CRASH_EXIT, -signal.SIGKILL)  # not: it had finished
         if not loadable(out):
             counts["unloadable"] += 1
         resume = ["--resume"]
