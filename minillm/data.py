@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm  # the console bar (tqdm.auto wants ipywidgets in notebooks)
 
-from minillm.checkpoints.atomic import fsync_dir, remove_stale_files, write_file
+from minillm.checkpoints.atomic import crash_point, fsync_dir, remove_stale_files, write_file
 from minillm.errors import ConfigError, DataError
 from minillm.fetch import WheelFile, default_cache_dir, fetch
 from minillm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
@@ -246,10 +246,14 @@ def finish_prepare(out_dir: str | os.PathLike) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         return
     (out / META_FILE).unlink(missing_ok=True)  # the old meta.json must not vouch for a mix
-    for f in sorted(staging.iterdir()):
-        if f.name != META_FILE:
-            os.replace(f, out / f.name)
-    os.replace(staging / META_FILE, out / META_FILE)
+    try:
+        for f in sorted(staging.iterdir()):
+            if f.name != META_FILE:
+                os.replace(f, out / f.name)
+                crash_point("prepare_swap")  # test hook: a kill half-way through the swap
+        os.replace(staging / META_FILE, out / META_FILE)
+    except FileNotFoundError:  # another reader finished the same swap meanwhile
+        pass
     shutil.rmtree(staging, ignore_errors=True)
     fsync_dir(out)
 
@@ -260,6 +264,7 @@ class TokenData:
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        finish_prepare(self.directory)  # new data a killed `prepare` staged completely
         meta_path = self.directory / META_FILE
         if not meta_path.is_file():
             raise DataError(

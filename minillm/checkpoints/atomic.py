@@ -24,6 +24,7 @@ the N-th time (1-based) the write point NAME is reached, as a ``kill -9`` there 
     moved_aside  in write_dir, after DIR was renamed to .DIR.old-TAG, before .DIR.tmp-TAG -> DIR
     swapped      in write_dir, after .DIR.tmp-TAG -> DIR, before .DIR.old-TAG is deleted
     replace      in replacing / write_file, after the temporary file is fsynced, before the rename
+    prepare_swap in minillm.data.finish_prepare, after each staged data file is renamed into place
 """
 
 import errno
@@ -35,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CRASH_EXIT = 86  # the exit status of a process the crash hook ended
-CRASH_POINTS = ("write", "moved_aside", "swapped", "replace")
+CRASH_POINTS = ("write", "moved_aside", "swapped", "replace")  # of every atomic write
 _crash_counts = {}
 
 

@@ -166,3 +166,43 @@ def test_finetune_resume_with_other_settings_is_refused(reference_run, sft_data,
     assert finetune(reference_run, sft_data, out, "lora").returncode == 0
     p = finetune(reference_run, sft_data, out, "lora", "--resume", "--batch-size", "8")
     assert p.returncode == 2 and "batch_size" in p.stderr, p.stderr
+
+
+# ----------------------------------------------------------------------------- prepare
+def prepare_cli(corpus, out, crash=None):
+    env = dict(os.environ)
+    env.pop("MINILLM_CRASH_AT", None)
+    if crash:
+        env["MINILLM_CRASH_AT"] = crash
+    return subprocess.run([sys.executable, "-m", "minillm", "prepare", "--corpus", str(corpus), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def consistent(out):
+    """The corpus hash of the data in ``out``, after checking that its files agree with meta.json."""
+    from minillm.data import TokenData
+
+    data = TokenData(out)
+    assert len(data.train) == data.meta["train_tokens"] and len(data.val) == data.meta["val_tokens"]
+    assert data.tokenizer().vocab_size == data.meta["vocab_size"]
+    return data.meta["corpus"]["sha256"]
+
+
+@pytest.mark.parametrize("crash", ["write:1", "write:3", "replace:2", "replace:4", "prepare_swap:1", "prepare_swap:2"])
+def test_kill_while_prepare_replaces_data_keeps_old_or_new(tmp_path, crash):
+    """Re-running prepare over good data and killing it anywhere leaves the old data or the new,
+    never a mix and never none; the next prepare finishes and leaves nothing behind."""
+    from minillm.data import corpus_sha256, read_corpus
+
+    old_corpus = make_corpus(tmp_path / "old.txt", seed=1)
+    new_corpus = make_corpus(tmp_path / "new.txt", n_lines=600, seed=2)
+    new_corpus.write_text(new_corpus.read_text() + "ZEBRA\n")  # another vocabulary too
+    out = tmp_path / "data"
+    assert prepare_cli(old_corpus, out).returncode == 0
+    p = prepare_cli(new_corpus, out, crash=crash)
+    assert p.returncode == CRASH_EXIT, p.stderr
+    hashes = {corpus_sha256(read_corpus(c)) for c in (old_corpus, new_corpus)}
+    assert consistent(out) in hashes
+    assert prepare_cli(new_corpus, out).returncode == 0
+    assert consistent(out) == corpus_sha256(read_corpus(new_corpus))
+    assert [q.name for q in out.iterdir() if q.name.startswith(".")] == []
