@@ -198,6 +198,10 @@ CASES = [
                                           "--out", str(w / "ft")], 2, "JSON"),
     ("finetune into a non-empty out", lambda w: ["finetune", "--base", str(w / "run"), "--data", str(w / "sft.jsonl"),
                                                  "--out", str(w / "run")], 2, "overwrite"),
+    ("finetune resume without state", lambda w: ["finetune", "--base", str(w / "run"), "--data", str(w / "sft.jsonl"),
+                                                 "--out", str(copy_run(w, "ft_old", lambda d: [(d / s / "state.json").unlink()
+                                                                                             for s in ("best", "last")])),
+                                                 "--resume", "--no-progress"], 2, "training state"),
     ("finetune out is a file", lambda w: ["finetune", "--base", str(w / "run"), "--data", str(w / "sft.jsonl"),
                                           "--out", str(w / "a_file" / "ft"), "--no-progress"], 2, "a_file"),
     # finetune-demo-data

@@ -326,6 +326,9 @@ def finetune(
     diverge_hint = _Hint(out_dir=str(out), learning_rate=lr, grad_clip=grad_clip)
     best, step, step_time, recent, first_epoch = None, 0, 0.0, [], 1
     point = out / "last" if resume and (out / "last" / ckpt.STATE_FILE).is_file() else None
+    if resume and point is None and any(ckpt.is_checkpoint_dir(out / sub) for sub in ckpt.RUN_SUBDIRS):
+        raise CheckpointError(f"{out} holds checkpoints without a training state, so there is "
+                              f"nothing to resume exactly; pass --overwrite to start afresh")
     if resume and point is None:
         say(f"no complete fine-tuning checkpoint in {out} yet; starting from the beginning")
     if point is not None:
