@@ -4,7 +4,7 @@ resume, and count what went wrong.
     python benchmarks/crash_campaign.py --runs 24 --kills-per-run 2 --seed 0 --work /tmp/campaign
 
 Each run: a tiny pretraining run (char data, 1 layer, dropout on) killed ``--kills-per-run``
-times, each time either with SIGKILL after a random delay or at a named write point
+times, each time either with SIGKILL after a random delay within the time an uninterrupted run takes or at a named write point
 (``MINILLM_CRASH_AT``, see minillm.checkpoints.atomic), and each time continued with
 ``--resume``, until it finishes. The finished run is compared with one uninterrupted run.
 Counted per run:
@@ -78,7 +78,7 @@ def loadable(out):
     return True
 
 
-def one_run(i, data, work, iters, kills, rng, reference):
+def one_run(i, data, work, iters, kills, rng, reference, seconds):
     out = work / f"run{i}"
     counts = {"dead_end": 0, "inexact": 0, "unloadable": 0, "leftovers": 0, "kills": 0}
     resume = []
@@ -92,7 +92,7 @@ def one_run(i, data, work, iters, kills, rng, reference):
         else:  # SIGKILL at a random moment
             p = subprocess.Popen(pretrain_args(data, out, iters, *resume), env=env_with(),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            time.sleep(rng.uniform(0.5, 6.0))
+            time.sleep(rng.uniform(0.1, 1.0) * seconds)  # a moment within a whole run's time
             p.send_signal(signal.SIGKILL)
             p.wait()
             how = "sigkill"
@@ -129,13 +129,15 @@ def main(argv=None):
     if not (data / "meta.json").exists():
         prepare(data, corpus=make_corpus(work / "corpus.txt"), progress=False)
     ref = work / "reference"
-    if not (ref / "last").exists():
-        subprocess.run(pretrain_args(data, ref, args.iters), check=True, capture_output=True)
+    t0 = time.time()
+    subprocess.run(pretrain_args(data, ref, args.iters, *(["--resume"] if (ref / "last").exists() else [])),
+                   check=True, capture_output=True)
+    seconds = time.time() - t0  # the random kills fall within this (a resume of a finished run: startup)
     reference = result(ref)
     rng = random.Random(args.seed)
     total = {}
     for i in range(args.runs):
-        c = one_run(i, data, work, args.iters, args.kills_per_run, rng, reference)
+        c = one_run(i, data, work, args.iters, args.kills_per_run, rng, reference, seconds)
         print(f"run {i}: " + ", ".join(f"{k} {v}" for k, v in c.items()), flush=True)
         for k, v in c.items():
             total[k] = total.get(k, 0) + v
