@@ -78,12 +78,12 @@ def loadable(out):
     return True
 
 
-def one_run(i, data, work, iters, kills, rng, reference, seconds):
+def one_run(i, data, work, iters, kills, rng, reference, seconds, named=0.5):
     out = work / f"run{i}"
     counts = {"dead_end": 0, "inexact": 0, "unloadable": 0, "leftovers": 0, "kills": 0}
     resume = []
     for k in range(kills):
-        if rng.random() < 0.5:  # a named write point, N-th time it is reached
+        if rng.random() < named:  # a named write point, N-th time it is reached
             point = rng.choice(CRASH_POINTS)
             crash = f"{point}:{rng.randint(1, 12 if point == 'write' else 4)}"
             p = subprocess.run(pretrain_args(data, out, iters, *resume), env=env_with(crash),
@@ -121,6 +121,8 @@ def main(argv=None):
     ap.add_argument("--kills-per-run", type=int, default=2)
     ap.add_argument("--iters", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--named", type=float, default=0.5,
+                    help="share of kills at a named write point (the rest: SIGKILL at a random moment)")
     ap.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     args = ap.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="crash_campaign_"))
@@ -137,7 +139,7 @@ def main(argv=None):
     rng = random.Random(args.seed)
     total = {}
     for i in range(args.runs):
-        c = one_run(i, data, work, args.iters, args.kills_per_run, rng, reference, seconds)
+        c = one_run(i, data, work, args.iters, args.kills_per_run, rng, reference, seconds, args.named)
         print(f"run {i}: " + ", ".join(f"{k} {v}" for k, v in c.items()), flush=True)
         for k, v in c.items():
             total[k] = total.get(k, 0) + v
