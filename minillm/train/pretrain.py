@@ -10,6 +10,13 @@ the states of both random generators (batches; dropout). ``--resume`` restores t
 resumed run draws the same batches and dropout masks and logs the same losses as a run that
 never stopped. Ctrl-C finishes the current step, saves OUT_DIR/last and exits cleanly (a second
 Ctrl-C stops at once; the last saved checkpoint stays intact either way).
+
+After a kill: both commands first repair the folder (``checkpoints.run.recover_run``: a
+moved-aside copy put back, temporary copies deleted). ``--resume`` then continues from the
+newest checkpoint with a full training state (last/, or best/ when a kill came between the
+two writes of one evaluation: best/ holds the same state), and from iteration 0 when there is
+none yet. log.jsonl is appended one line at a time and rewritten only atomically. A non-finite
+loss or gradient norm stops the run (DivergenceError, exit status 3) before anything is saved.
 """
 
 import json
