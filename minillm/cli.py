@@ -182,6 +182,10 @@ def add_finetune(sub):
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints and log in a non-empty --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the fine-tune in --out exactly where it stopped (same options)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_finetune)
 
@@ -195,7 +199,7 @@ def run_finetune(args):
                  block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
                  weight_decay=args.weight_decay, device=args.device,
-                 progress=not args.no_progress)
+                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
     print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "
           f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")
@@ -252,6 +256,8 @@ def _add_model_flags(p, default_model=None):
     p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
                    help="GGUF weights in memory: as the file stores them (default), float32, "
                         "or requantized to q8_0")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of a minillm checkpoint's weights (huge files)")
     p.set_defaults(default_model=default_model)
 
 
@@ -300,7 +306,7 @@ def _load_for_sampling(args):
 
     source = _model_source(args)
     options = {"dtype": args.dtype} if args.dtype else {}
-    model, tokenizer = load(source, device=args.device, **options)
+    model, tokenizer = load(source, device=args.device, verify=not args.no_verify, **options)
     if tokenizer is None:
         raise MinillmError(f"{source} holds no tokenizer, so its text cannot be encoded; save "
                            f"the checkpoint with its tokenizer.")
@@ -420,6 +426,27 @@ COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_c
             add_finetune_demo_data, add_sample, add_chat, add_kernels, add_serve]
 
 
+def os_error_sentence(e):
+    """One sentence for an OSError on a path: the path(s) and the system's reason."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return f"the operating system refused an operation: {reason}"
+    path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    return f"cannot use {path}: {reason}"
+
+
+def _silence_stdout():
+    """Point standard output at /dev/null, so the interpreter's final flush into a closed pipe
+    prints no second error."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -434,10 +461,20 @@ def main(argv=None):
         args.run(args)
     except MinillmError as e:
         print(f"minillm {args.command}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    except BrokenPipeError:  # standard output closed early (| head): not an error of ours
+        _silence_stdout()
+        return 0
+    except OSError as e:  # a path the user named cannot be made, read or written
+        print(f"minillm {args.command}: error: {os_error_sentence(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nminillm {args.command}: interrupted", file=sys.stderr)
         return 130
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away after the work was done
+        _silence_stdout()
     return 0
 
 

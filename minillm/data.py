@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm  # the console bar (tqdm.auto wants ipywidgets in notebooks)
 
-from minillm.checkpoints.atomic import write_file
+from minillm.checkpoints.atomic import crash_point, fsync_dir, remove_stale_files, write_file
 from minillm.errors import ConfigError, DataError
 from minillm.fetch import WheelFile, default_cache_dir, fetch
 from minillm.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
@@ -39,6 +40,7 @@ MIN_CORPUS_CHARS = 100
 ENCODE_CHUNK_CHARS = 1 << 18  # encode about this many characters per step (cut at a newline)
 META_FILE = "meta.json"
 META_FORMAT = 1
+STAGING_DIR = ".prepare-new"  # inside the data folder: new files waiting to be swapped in
 
 
 # -- the default corpus ----------------------------------------------------------------------
@@ -70,6 +72,8 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
         if not files:
             raise DataError(f"the corpus folder {path} has no .txt files.")
         return files
+    if path.exists():
+        raise DataError(f"the corpus {path} is neither a regular file nor a folder.")
     raise DataError(f"the corpus {path} does not exist.")
 
 
@@ -157,6 +161,9 @@ def prepare(
     """
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
+    if not isinstance(tokenizer, Tokenizer) and tokenizer != "char" and not 1 <= vocab_size <= 1 << 24:
+        raise ConfigError(f"vocab_size must be between 1 and {1 << 24}, got {vocab_size}.")
+    finish_prepare(out_dir)  # a swap a crash interrupted, before anything is decided
     path = default_corpus() if corpus is None else Path(corpus)
     text = read_corpus(path)
     if len(text) < MIN_CORPUS_CHARS:
@@ -185,36 +192,70 @@ def prepare(
         train_ids = encode_chunked(tok, train_text, dtype, bar)
         val_ids = encode_chunked(tok, val_text, dtype, bar)
 
+    # The new files go to a staging folder inside OUT first; the old data stays usable until
+    # every new file is written (a full disk or a kill meanwhile loses nothing), then they are
+    # swapped in by renames, meta.json last.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # An old meta.json must not vouch for the new files while they are being written.
-    (out / META_FILE).unlink(missing_ok=True)
-    tok.save(out)
-    write_file(out / "train.bin", memoryview(np.ascontiguousarray(train_ids)).cast("B"))
-    write_file(out / "val.bin", memoryview(np.ascontiguousarray(val_ids)).cast("B"))
-    corpus_bytes = text.encode("utf-8")
-    meta = {
-        "format": META_FORMAT,
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype.name,
-        "train_tokens": int(train_ids.size),
-        "val_tokens": int(val_ids.size),
-        "tokenizer": tok.kind,
-        "tokenizer_name": tok.name,
-        "eos_id": tok.eos_id,
-        "corpus": {
-            "name": "tinyshakespeare" if corpus is None else path.name,
-            "sha256": corpus_sha256(text),
-            "chars": len(text),
-            "bytes": len(corpus_bytes),
-            "train_chars": len(train_text),
-            "val_chars": len(val_text),
-        },
-        "val_fraction": val_fraction,
-    }
-    # meta.json goes last: its presence means the directory is complete.
-    write_file(out / META_FILE, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    staging = out / STAGING_DIR
+    remove_stale_files(out)  # temporary files of a crashed earlier write
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        tok.save(staging)
+        write_file(staging / "train.bin", memoryview(np.ascontiguousarray(train_ids)).cast("B"))
+        write_file(staging / "val.bin", memoryview(np.ascontiguousarray(val_ids)).cast("B"))
+        corpus_bytes = text.encode("utf-8")
+        meta = {
+            "format": META_FORMAT,
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype.name,
+            "train_tokens": int(train_ids.size),
+            "val_tokens": int(val_ids.size),
+            "tokenizer": tok.kind,
+            "tokenizer_name": tok.name,
+            "eos_id": tok.eos_id,
+            "corpus": {
+                "name": "tinyshakespeare" if corpus is None else path.name,
+                "sha256": corpus_sha256(text),
+                "chars": len(text),
+                "bytes": len(corpus_bytes),
+                "train_chars": len(train_text),
+                "val_chars": len(val_text),
+            },
+            "val_fraction": val_fraction,
+        }
+        # meta.json goes last: its presence means the staged data is complete.
+        write_file(staging / META_FILE, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finish_prepare(out)
     return meta
+
+
+def finish_prepare(out_dir: str | os.PathLike) -> None:
+    """Swap complete staged data (OUT/.prepare-new with its meta.json) into OUT, meta.json last;
+    delete staged data that is incomplete. Idempotent: a kill during the swap is finished by the
+    next call (``prepare`` and ``TokenData`` make it)."""
+    out = Path(out_dir)
+    staging = out / STAGING_DIR
+    if not staging.is_dir():
+        return
+    if not (staging / META_FILE).is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    (out / META_FILE).unlink(missing_ok=True)  # the old meta.json must not vouch for a mix
+    try:
+        for f in sorted(staging.iterdir()):
+            if f.name != META_FILE:
+                os.replace(f, out / f.name)
+                crash_point("prepare_swap")  # test hook: a kill half-way through the swap
+        os.replace(staging / META_FILE, out / META_FILE)
+    except FileNotFoundError:  # another reader finished the same swap meanwhile
+        pass
+    shutil.rmtree(staging, ignore_errors=True)
+    fsync_dir(out)
 
 
 # -- reading prepared data -------------------------------------------------------------------
@@ -223,6 +264,7 @@ class TokenData:
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        finish_prepare(self.directory)  # new data a killed `prepare` staged completely
         meta_path = self.directory / META_FILE
         if not meta_path.is_file():
             raise DataError(

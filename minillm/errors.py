@@ -24,3 +24,10 @@ class TokenizerError(MinillmError):
 
 class CheckpointError(MinillmError):
     """A checkpoint that is missing, truncated, corrupt or from a different model."""
+
+
+class DivergenceError(MinillmError):
+    """Training produced a non-finite loss or gradient norm; the run stops without saving it.
+    The command exits with status 3 (not 2: the inputs were valid, the numbers blew up)."""
+
+    exit_code = 3

@@ -90,6 +90,27 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert state["step"] >= 3
 
 
+def test_ctrl_c_with_stdout_a_closed_pipe_still_saves(tmp_path):
+    """``minillm pretrain | tee log`` and Ctrl-C: tee is gone, the run must still save last/."""
+    make_corpus(tmp_path / "corpus.txt")
+    args = [sys.executable, "-m", "minillm", "pretrain", f"--corpus={tmp_path / 'corpus.txt'}",
+            f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'out'}",
+            "--max_iters=100000", "--eval_interval=100000", *TINY]  # the progress bar is on
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "out" / "log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and len(losses(log)) >= 3):
+        time.sleep(0.2)
+    p.stdout.close()  # the reader of standard output went away
+    p.send_signal(signal.SIGINT)
+    err = p.stderr.read()
+    p.wait(timeout=60)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    state = json.loads((tmp_path / "out" / "last" / "state.json").read_text())
+    assert state["step"] >= 3
+
+
 def run_cli(capsys, *args):
     code = main(list(args))
     return code, capsys.readouterr().err

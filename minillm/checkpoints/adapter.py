@@ -36,12 +36,13 @@ def is_adapter_dir(path):
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def save_adapter(directory, model, lora_config, base_path, extra=None):
+def save_adapter(directory, model, lora_config, base_path, extra=None, extra_files=None):
     """Write ``model``'s adapter tensors and config to ``directory`` (atomic).
 
     ``lora_config``: a LoRAConfig (or its dict); ``base_path``: the base checkpoint directory
     (stored absolute, so the adapter can be loaded from anywhere); ``extra``: more JSON fields
-    (the task, the label list, ...).
+    (the task, the label list, ...); ``extra_files``: name -> bytes written into the same
+    directory in the same atomic write (a training state, for an exact resume).
     """
     cfg = lora_config.to_dict() if isinstance(lora_config, LoRAConfig) else dict(lora_config)
     tensors = lora_state_dict(model)
@@ -58,6 +59,7 @@ def save_adapter(directory, model, lora_config, base_path, extra=None):
     files = {
         ADAPTER_FILE: safetensors_bytes(tensors, {"format": "minillm-lora"}),
         ADAPTER_CONFIG: json.dumps(cfg, indent=2, sort_keys=True).encode(),
+        **(extra_files or {}),
     }
     write_dir(directory, files)
 
@@ -121,10 +123,19 @@ def load_adapter(model, directory):
 
 
 def resolve_base(directory, cfg):
-    """The base checkpoint path an adapter names (absolute, or relative to the adapter)."""
-    base = Path(cfg["base"])
+    """The base checkpoint path an adapter names (absolute, as save_adapter writes it, or
+    relative to the adapter). The file is data from elsewhere: the base must be a checkpoint
+    directory named without ``..`` (never a built-in name or a file), and the loaded weights
+    must then match the adapter's base fingerprint."""
+    raw = cfg["base"]
+    if not isinstance(raw, str) or not raw or ".." in Path(raw).parts:
+        raise CheckpointError(f"adapter {directory} names base {raw!r}, which is not a plain path "
+                              f"to a checkpoint directory ('..' is not followed)")
+    base = Path(raw)
     if not base.is_absolute():
         base = Path(directory) / base
+    if base.exists() and not base.is_dir():
+        raise CheckpointError(f"adapter {directory} names base {base}, which is not a checkpoint directory")
     if not base.exists():
         raise CheckpointError(
             f"adapter {directory} names base checkpoint {base}, which does not exist"

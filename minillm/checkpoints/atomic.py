@@ -6,6 +6,7 @@
     check_replaceable(dir, names)  before write_dir replaces a directory the user named (an
                                    export's --out): refuse one holding other files
     recover_dir(directory)         after a crash between write_dir's two renames, put the old one back
+    remove_stale(directory)        delete the temporary and moved-aside copies a crash left beside it
 
 A file: the bytes go to ``.NAME.XXXX.tmp`` in the same directory, are fsynced, then renamed over
 ``path`` (``os.replace`` is atomic within one filesystem). A directory: everything is written
@@ -16,8 +17,19 @@ them leaves no DIR but a ``.DIR.old-TAG``, which ``recover_dir`` renames back.
 
 This module uses only the standard library (and minillm.errors), so that every layer that
 writes files (tokenizers, prepared data, checkpoints) can use it.
+
+Crash tests: ``MINILLM_CRASH_AT=NAME:N`` (a test-only hook) ends the process with ``os._exit(CRASH_EXIT)``
+the N-th time (1-based) the write point NAME is reached, as a ``kill -9`` there would. The points:
+
+    write        inside ``_write_all``, after half of a file's bytes are written (every file of
+                 write_file / write_dir, and the log lines of training runs)
+    moved_aside  in write_dir, after DIR was renamed to .DIR.old-TAG, before .DIR.tmp-TAG -> DIR
+    swapped      in write_dir, after .DIR.tmp-TAG -> DIR, before .DIR.old-TAG is deleted
+    replace      in replacing / write_file, after the temporary file is fsynced, before the rename
+    prepare_swap in minillm.data.finish_prepare, after each staged data file is renamed into place
 """
 
+import errno
 import os
 import shutil
 import tempfile
@@ -27,12 +39,55 @@ from pathlib import Path
 
 from minillm.errors import CheckpointError
 
+CRASH_EXIT = 86  # the exit status of a process the crash hook ended
+CRASH_POINTS = ("write", "moved_aside", "swapped", "replace")  # of every atomic write
+_crash_counts = {}
 
-def _write_all(f, data):
-    """Write ``data`` to the open binary file ``f`` and make it durable (flush + fsync)."""
-    f.write(data)
+
+def crash_point(name):
+    """The test-only crash hook (see the module docstring): ``os._exit`` at the N-th ``name``."""
+    spec = os.environ.get("MINILLM_CRASH_AT")
+    if not spec:
+        return
+    want, _, n = spec.partition(":")
+    if want != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(n or 1):
+        os._exit(CRASH_EXIT)
+
+
+def _write_all(f, data, sync=True):
+    """Write ``data`` to the open binary file ``f`` and make it durable (flush + fsync; without
+    ``sync`` only flushed, for appended log lines)."""
+    data = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+    half = len(data) // 2
+    f.write(data[:half])
+    if os.environ.get("MINILLM_CRASH_AT"):
+        f.flush()  # what a kill here leaves on disk: the first half
+        crash_point("write")
+    f.write(data[half:])
     f.flush()
-    os.fsync(f.fileno())
+    if sync:
+        os.fsync(f.fileno())
+
+
+def append_line(path, text):
+    """Append one line to the text file ``path`` (a log): a single write of the whole line, so a
+    crash leaves at most one partial last line, which readers skip."""
+    try:
+        with open(path, "ab") as f:
+            _write_all(f, (text + "\n").encode(), sync=False)
+    except OSError as e:
+        _raise_with_path(e, path)
+        raise
+
+
+def _raise_with_path(e, path):
+    """An OSError from a write (a full disk: ENOSPC, EFBIG) names no file; raise it again naming
+    ``path``, so that the user is told which path failed."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def fsync_dir(path):
@@ -62,6 +117,8 @@ def replacing(path):
     a stream); on leaving the block it is fsynced and renamed over ``path``. An exception removes
     it and leaves ``path`` as it was."""
     path = Path(path)
+    if not path.parent.is_dir():  # mkstemp would name a random file in its error
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(path.parent))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
@@ -69,12 +126,14 @@ def replacing(path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        crash_point("replace")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        _raise_with_path(e, path)
         raise
     fsync_dir(path.parent)
 
@@ -102,12 +161,15 @@ def write_dir(directory, files):
         fsync_dir(tmp)
         if directory.exists():
             os.rename(directory, old)
+            crash_point("moved_aside")
         os.rename(tmp, directory)
         fsync_dir(directory.parent)
-    except BaseException:
+        crash_point("swapped")
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not directory.exists():
             os.rename(old, directory)
+        _raise_with_path(e, directory)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
@@ -136,3 +198,28 @@ def recover_dir(directory):
     olds = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if olds:
         os.rename(olds[-1], directory)
+
+
+def remove_stale(directory):
+    """Delete what crashed writes left beside ``directory``: every ``.DIR.tmp-*`` (a copy that
+    was never renamed into place; ``recover_dir`` never needs one), and the ``.DIR.old-*`` copies
+    once ``directory`` itself exists (call ``recover_dir`` first, so a moved-aside copy that is
+    the only one is put back, not deleted). Only by the process that owns the directory (another
+    writer may be between its two renames)."""
+    directory = Path(directory)
+    stale = list(directory.parent.glob(f".{directory.name}.tmp-*"))
+    if directory.is_dir():
+        stale += directory.parent.glob(f".{directory.name}.old-*")
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_files(folder):
+    """Delete the ``.NAME.XXXX.tmp`` files a crashed ``write_file`` / ``replacing`` left in
+    ``folder`` (only by the process that owns the folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for stale in folder.glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)

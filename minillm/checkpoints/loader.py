@@ -30,12 +30,13 @@ ACCEPTED = ("a minillm run or checkpoint directory, a LoRA fine-tune run, a Hugg
             "or Llama directory, a .gguf file or a built-in model name")
 
 
-def load(path_or_name, device="cpu", dropout=None, **options):
+def load(path_or_name, device="cpu", dropout=None, verify=True, **options):
     """(model in eval mode, tokenizer) for a run, checkpoint, adapter, HF GPT-2 directory, GGUF
     file or built-in name (see the module docstring).
 
     ``device``: "cpu" or "cuda". ``dropout``: None keeps the file's; a number overrides it (for
-    fine-tuning; eval mode ignores it). ``options``: passed on to the GGUF reader. The tokenizer
+    fine-tuning; eval mode ignores it). ``verify``: check a minillm checkpoint's weights against
+    its checksums.json (False skips it for huge files). ``options``: passed on to the GGUF reader. The tokenizer
     is None for a minillm checkpoint saved without one (``minillm.save(model, dir)``).
     """
     text = os.fspath(path_or_name)
@@ -64,7 +65,7 @@ def load(path_or_name, device="cpu", dropout=None, **options):
     cfg = run.load_config(ckpt)
     if isinstance(cfg, dict) and cfg.get("task") == "classify":
         raise CheckpointError(f"{ckpt} is a classification checkpoint; use `minillm classify`")
-    model, _ = run.load_model(ckpt, device=device, dropout=dropout)
+    model, _ = run.load_model(ckpt, device=device, dropout=dropout, verify=verify)
     return model.eval(), run.load_tokenizer(ckpt)
 
 

@@ -47,17 +47,21 @@ class GPTConfig(ModelConfig):
 class GPT(DecoderLM):
     kind = "GPT"
 
-    def __init__(self, config):
+    def __init__(self, config, init=True):
+        """``init=False``: skip drawing the initial weights (GPT-2's normal draws, the costly
+        part), for a model whose weights are about to be loaded from a file."""
         super().__init__()
         self.config = c = config
-        self.wte = Embedding(c.vocab_size, c.n_embd)
-        self.wpe = Embedding(c.block_size, c.n_embd)
+        self.wte = Embedding(c.vocab_size, c.n_embd, init=init)
+        self.wpe = Embedding(c.block_size, c.n_embd, init=init)
         self.drop = Dropout(c.dropout)
-        self.h = ModuleList(Block(c.n_embd, c.n_head, c.bias, c.dropout) for _ in range(c.n_layer))
+        self.h = ModuleList(Block(c.n_embd, c.n_head, c.bias, c.dropout, init=init)
+                            for _ in range(c.n_layer))
         self.ln_f = LayerNorm(c.n_embd, bias=c.bias)
         if not c.tie_word_embeddings:  # created last: a tied model draws the same initial weights
-            self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
-        self._init_weights()
+            self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, init=init)
+        if init:
+            self._init_weights()
 
     def _init_weights(self):
         rng = backend.rng()

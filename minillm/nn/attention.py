@@ -54,15 +54,15 @@ class KVCache:
 
 
 class CausalSelfAttention(Module):
-    def __init__(self, n_embd, n_head, bias=True, dropout=0.0):
+    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, init=True):
         super().__init__()
         if n_embd % n_head:
             from minillm.errors import ConfigError
 
             raise ConfigError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
         self.n_head, self.n_embd, self.dropout_p = n_head, n_embd, dropout
-        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)  # fused q, k, v projection
-        self.c_proj = Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias, init=init)  # fused q, k, v projection
+        self.c_proj = Linear(n_embd, n_embd, bias=bias, init=init)
         self.resid_dropout = Dropout(dropout)
 
     def forward(self, x, kv_cache=None, layer=0, attention_mask=None):
@@ -106,12 +106,13 @@ class CausalSelfAttention(Module):
 class Block(Module):
     """Pre-LayerNorm transformer block (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, n_embd, n_head, bias=True, dropout=0.0):
+    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, init=True):
+        """``init=False`` allocates the weights without drawing them (about to be loaded)."""
         super().__init__()
         self.ln_1 = LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, bias=bias, dropout=dropout)
+        self.attn = CausalSelfAttention(n_embd, n_head, bias=bias, dropout=dropout, init=init)
         self.ln_2 = LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, bias=bias, dropout=dropout)
+        self.mlp = MLP(n_embd, bias=bias, dropout=dropout, init=init)
 
     def forward(self, x, kv_cache=None, layer=0, attention_mask=None):
         x = x + self.attn(self.ln_1(x), kv_cache=kv_cache, layer=layer, attention_mask=attention_mask)

@@ -101,10 +101,10 @@ class MLP(Module):
     c_fc's bias-free product ``c_fc.project(x)``, which a LoRALinear c_fc also provides.
     """
 
-    def __init__(self, n_embd, bias=True, dropout=0.0):
+    def __init__(self, n_embd, bias=True, dropout=0.0, init=True):
         super().__init__()
-        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias)
-        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias)
+        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias, init=init)
+        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias, init=init)
         self.dropout = Dropout(dropout)
 
     def forward(self, x):  # x: (B, T, C)

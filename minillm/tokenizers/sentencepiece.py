@@ -181,7 +181,12 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def _from_data(cls, data: dict[str, Any], directory: Path) -> "SentencePieceTokenizer":
-        path = directory / str(data.get("model_file", MODEL_FILE))
+        name = data.get("model_file", MODEL_FILE)
+        if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name:
+            # a file from elsewhere names only a file beside it, never a path out of its folder
+            raise TokenizerError(f"tokenizer.json in {directory} names model_file {name!r}, which "
+                                 f"is not a plain file name in that folder.")
+        path = directory / name
         if not path.is_file():
             raise TokenizerError(f"the SentencePiece model file {path} is missing.")
         proto = path.read_bytes()
@@ -219,6 +224,8 @@ def _training_error(message: str, vocab_size: int, model_type: str) -> Tokenizer
             "SentencePiece found no usable training lines: every line is empty or longer than "
             "max_sentence_length bytes; break the corpus into lines."
         )
-    return TokenizerError(
-        f"SentencePiece could not train a tokenizer: {_CHECK_PREFIX.sub('', message, count=1)}"
-    )
+    detail = _CHECK_PREFIX.sub("", message, count=1).strip()
+    if not detail:
+        return TokenizerError(f"SentencePiece could not train a tokenizer with vocab_size "
+                              f"{vocab_size} on this corpus (it gave no reason).")
+    return TokenizerError(f"SentencePiece could not train a tokenizer: {detail}")

@@ -11,6 +11,7 @@ The names follow nanoGPT (learning_rate, max_iters, lr_decay_iters, eval_interva
 import dataclasses
 import difflib
 import json
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,6 +22,78 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: finite, between ``low`` and ``high`` (None: no bound),
+    each bound included unless ``*_open``."""
+
+    low: float = None
+    high: float = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def __str__(self):
+        def num(x):
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"a finite number > {num(self.low)}" if self.low_open else f"at least {num(self.low)}"
+        return "a finite number"
+
+
+AT_LEAST_1, AT_LEAST_0 = Range(1), Range(0)
+POSITIVE, FRACTION, OPEN_FRACTION = Range(0, low_open=True), Range(0, 1, high_open=True), Range(0, 1, True, True)
+
+# Every number a training command takes, by name: the one table pretrain (TrainConfig fields),
+# finetune (its keyword arguments) and the CLI check before any work is done.
+CONSTRAINTS = {
+    # model shape
+    "n_layer": AT_LEAST_1, "n_head": AT_LEAST_1, "n_embd": AT_LEAST_1, "block_size": AT_LEAST_1,
+    "vocab_size": Range(1), "dropout": FRACTION, "initializer_range": POSITIVE,
+    # optimisation
+    "batch_size": AT_LEAST_1, "gradient_accumulation_steps": AT_LEAST_1, "max_iters": AT_LEAST_0,
+    "learning_rate": POSITIVE, "lr": POSITIVE, "min_lr": AT_LEAST_0, "warmup_iters": AT_LEAST_0,
+    "lr_decay_iters": AT_LEAST_0, "weight_decay": AT_LEAST_0, "beta1": FRACTION, "beta2": FRACTION,
+    "grad_clip": AT_LEAST_0, "epochs": AT_LEAST_1,
+    # LoRA
+    "rank": AT_LEAST_1, "alpha": POSITIVE, "lora_dropout": FRACTION, "freeze_last_k": AT_LEAST_0,
+    # evaluation, logging, data
+    "eval_interval": AT_LEAST_1, "eval_iters": AT_LEAST_1, "log_interval": AT_LEAST_1,
+    "val_fraction": OPEN_FRACTION, "n_sft": AT_LEAST_1,
+    # sampling
+    "sample_tokens": AT_LEAST_0, "sample_temperature": AT_LEAST_0, "sample_top_k": AT_LEAST_0,
+    # system
+    "seed": Range(0, 2**32 - 1),
+}
+
+
+def check_values(values, source="", names=None):
+    """ConfigError (one sentence naming the first bad value) unless every value in ``values``
+    (name -> number; None = not given) holds its CONSTRAINTS entry. ``names``: the spelling to
+    show, e.g. {"lr": "--lr"}."""
+    for name, v in values.items():
+        rule = CONSTRAINTS[name]
+        if v is not None and not rule.holds(v):
+            shown = (names or {}).get(name, name)
+            where = f" ({source})" if source else ""
+            raise ConfigError(f"{shown} must be {rule}, got {v!r}{where}")
+
+
+def cli_values(**values):
+    """check_values for command-line options, shown as ``--name-with-dashes``."""
+    check_values(values, names={k: "--" + k.replace("_", "-") for k in values})
 
 
 @dataclass
@@ -73,27 +146,22 @@ class TrainConfig:
     plot: bool = True
 
     def validate(self):
-        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                    "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_iters < 0:
-            raise ConfigError(f"max_iters must be >= 0, got {self.max_iters}")
+        """Check every value before any work (CONSTRAINTS, then the relations between values)."""
+        check_values({f.name: getattr(self, f.name) for f in fields(self) if f.name in CONSTRAINTS})
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.initializer_range > 0:
-            raise ConfigError(f"initializer_range must be positive, got {self.initializer_range}")
         if self.tokenizer not in ("char", "sentencepiece"):
             raise ConfigError(f"tokenizer must be 'char' or 'sentencepiece', got {self.tokenizer!r}")
+        if self.tokenizer_model not in ("bpe", "unigram"):
+            raise ConfigError(f"tokenizer_model must be 'bpe' or 'unigram', got {self.tokenizer_model!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be float32 or float64 on this backend, got {self.dtype!r}")
         if self.kernels not in ("auto", "reference", "numba"):
             raise ConfigError(f"kernels must be auto, reference or numba, got {self.kernels!r}")
-        if self.learning_rate <= 0 or self.min_lr < 0:
-            raise ConfigError("learning_rate must be > 0 and min_lr >= 0")
+        if self.device.lower() != "cpu" and not self.device.lower().startswith("cuda"):
+            raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
+        if not self.out_dir.strip() or not self.data_dir.strip():
+            raise ConfigError("out_dir and data_dir must not be empty")
         return self
 
     def to_dict(self):

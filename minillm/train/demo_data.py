@@ -72,13 +72,15 @@ def make_demo_data(out_dir, corpus=None, seed=0, n_sft=2000, speakers=CLASSIFY_S
     """Write OUT_DIR/sft.jsonl and OUT_DIR/classify.jsonl; returns {"sft": n, "classify": n}.
     ``corpus``: a text file (default: tiny Shakespeare, downloaded and cached on first use)."""
     from minillm.data import default_corpus, read_corpus
+    from minillm.train.config import check_values
 
+    check_values({"n_sft": n_sft, "seed": seed})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # a path that cannot be a folder fails before any work
     text = read_corpus(corpus if corpus is not None else default_corpus())
     sp = speeches(text)
     if not sp:
         raise DataError("the corpus has no 'NAME:' speeches to make demo data from")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     sft = sft_records(sp, n_sft, rng)
     cls = classify_records(sp, speakers, rng)

@@ -16,6 +16,7 @@ OUT_DIR/log.jsonl (``minillm plot OUT_DIR`` draws it).
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -32,11 +33,21 @@ from minillm.checkpoints.adapter import (
     resolve_base,
     save_adapter,
 )
+from minillm.checkpoints.atomic import write_file
+from minillm.checkpoints.formats import safetensors_bytes
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models.classifier import GPTClassifier
 from minillm.nn.lora import LoRAConfig, apply_lora
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
 from minillm.train import tasks
+from minillm.train.pretrain import _truncate_log
+from minillm.train.safety import (
+    RunLog,
+    check_finite,
+    check_finite_weights,
+    progress_bar_on,
+    quiet_on_closed_pipe,
+)
 from minillm.train.step import train_step
 
 TASKS, METHODS = ("sft", "classify"), ("lora", "full")
@@ -133,12 +144,34 @@ def finetune(
     log_interval=10,
     progress=True,
     device="cpu",
+    overwrite=False,
+    resume=False,
     say=print,
 ):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
-    ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning."""
+    ``lr`` defaults to 1e-3 for LoRA and 1e-4 for full fine-tuning. An ``out_dir`` that holds
+    anything is refused unless ``overwrite`` or ``resume``.
+
+    Exact resume: OUT_DIR/last holds, beside the adapter (or weights), the optimizer arrays and
+    the state after its epoch (step, both random generators, best and last metrics); ``resume``
+    continues from it with the same settings and logs what an uninterrupted run logs."""
     from tqdm import tqdm
+
+    from minillm.train.config import check_values
+
+    say = quiet_on_closed_pipe(say)
+    check_values({"rank": rank, "alpha": alpha, "lora_dropout": lora_dropout, "epochs": epochs,
+                  "lr": lr, "batch_size": batch_size, "block_size": block_size,
+                  "freeze_last_k": freeze_last_k, "seed": seed, "val_fraction": val_fraction,
+                  "weight_decay": weight_decay, "grad_clip": grad_clip, "log_interval": log_interval})
+    out = Path(out_dir)
+    if resume:
+        ckpt.recover_run(out)
+    if not overwrite and not resume and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty (it may hold a fine-tune); pass --resume to "
+                          f"continue it, --overwrite to replace its checkpoints and log, or choose "
+                          f"another --out (nothing was changed)")
 
     if task not in TASKS or method not in METHODS:
         raise ConfigError(
@@ -234,8 +267,8 @@ def finetune(
             acc, loss = classify_eval(net, val, batch_size, pad)
             return {"val_acc": acc, "val_loss": loss}
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt.recover_run(out)
     run_cfg = dict(
         base=str(base_path.resolve()),
         data=str(data),
@@ -252,16 +285,26 @@ def finetune(
         lora=lora_cfg and lora_cfg.to_dict(),
     )
 
+    def training_state(epoch, metrics):
+        return {"epoch": epoch, **metrics, "step": step, "optimizer_step": optimizer.step_count,
+                "rng": rng.bit_generator.state, "global_rng": backend.get_rng_state(),
+                "best": best, "before": before, "run": run_cfg}
+
     def save(directory, metrics, epoch):
+        check_finite_weights(net, step, diverge_hint)  # never replace a checkpoint with NaN
         extra = {"task": task, "labels": labels, "epoch": epoch, **metrics}
+        state = training_state(epoch, metrics)
         if method == "lora":
-            save_adapter(directory, net, lora_cfg, base_path, extra=extra)
+            files = {ckpt.OPTIM_FILE: safetensors_bytes(optimizer.state_arrays()),
+                     ckpt.STATE_FILE: json.dumps(state, indent=2).encode()}
+            save_adapter(directory, net, lora_cfg, base_path, extra=extra, extra_files=files)
         else:
             ckpt.save(
                 directory,
                 net,
                 config={"model": gpt.config.to_dict(), "finetune": run_cfg, **extra},
-                state={"epoch": epoch, **metrics},
+                optimizer=optimizer,
+                state=state,
                 tokenizer=tok,
             )
 
@@ -280,28 +323,62 @@ def finetune(
         f"finetune {task}/{method}: {len(train)} train / {len(val)} val examples, {total} steps, "
         f"{n_trainable:,} of {n_total:,} parameters trainable ({100 * n_trainable / n_total:.2f}%)"
     )
-    log = open(out / "log.jsonl", "w", encoding="utf-8")
-    before = evaluate()
-    _log(log, {"step": 0, "epoch": 0, **before})
-    say(f"before fine-tuning: {_fmt(before)}")
-    best, step, step_time, recent = None, 0, 0.0, []
-    bar = tqdm(total=total, desc=f"finetune {task}/{method}", unit="step", disable=not progress)
+    diverge_hint = _Hint(out_dir=str(out), learning_rate=lr, grad_clip=grad_clip)
+    best, step, step_time, recent, first_epoch = None, 0, 0.0, [], 1
+    point = out / "last" if resume and (out / "last" / ckpt.STATE_FILE).is_file() else None
+    if resume and point is None and any(ckpt.is_checkpoint_dir(out / sub) for sub in ckpt.RUN_SUBDIRS):
+        raise CheckpointError(f"{out} holds checkpoints without a training state, so there is "
+                              f"nothing to resume exactly; pass --overwrite to start afresh")
+    if resume and point is None:
+        say(f"no complete fine-tuning checkpoint in {out} yet; starting from the beginning")
+    if point is not None:
+        state = ckpt.read_json(point / ckpt.STATE_FILE)
+        if not isinstance(state, dict) or state.get("run") != json.loads(json.dumps(run_cfg)):
+            saved = state.get("run") if isinstance(state, dict) and isinstance(state.get("run"), dict) else {}
+            diff = sorted(k for k in set(saved) | set(run_cfg) if saved.get(k) != json.loads(json.dumps(run_cfg)).get(k))
+            raise ConfigError(f"{point} was trained with other settings ({', '.join(diff) or 'unknown'}); "
+                              f"resume with the same options, or pass --overwrite to start afresh")
+        if method == "lora":
+            load_adapter(net, point)
+        else:
+            ckpt.load_into(net, point)
+        try:
+            optimizer.load_state_arrays(ckpt.read_safetensors(point / ckpt.OPTIM_FILE), state["optimizer_step"])
+            step, first_epoch = int(state["step"]), int(state["epoch"]) + 1
+            best, before = state["best"], state["before"]
+            metrics = {k: state[k] for k in ("train_loss", "val_loss", "val_acc") if k in state}
+            rng.bit_generator.state = state["rng"]
+            backend.set_rng_state(state["global_rng"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{point / ckpt.STATE_FILE} is damaged ({type(e).__name__}: {e})") from None
+        _truncate_log(out / "log.jsonl", step)
+        say(f"resuming {point} after epoch {first_epoch - 1} (step {step})")
+    else:
+        write_file(out / "log.jsonl", b"")
+    log = RunLog(out / "log.jsonl")
+    if point is None:
+        before = evaluate()
+        log.write({"step": 0, "epoch": 0, **before})
+        say(f"before fine-tuning: {_fmt(before)}")
+    bar = tqdm(total=total, initial=step, desc=f"finetune {task}/{method}", unit="step",
+               disable=not progress_bar_on(progress), file=sys.stderr)
     try:
-        for epoch in range(1, int(epochs) + 1):
+        for epoch in range(first_epoch, int(epochs) + 1):
             order = rng.permutation(len(train))
             for i in range(0, len(order), batch_size):
                 x, y = batch([train[j] for j in order[i : i + batch_size]])
                 lr_t = cosine_lr(step, lr, warmup, total, lr / 10)
                 t0 = time.perf_counter()
                 loss, norm = train_step(net, optimizer, [(x, y)], grad_clip, lr_t, loss_fn)
+                check_finite({"loss": loss, "gradient norm": norm if grad_clip else 0.0},
+                              step + 1, diverge_hint)
                 step_time += time.perf_counter() - t0
                 step += 1
                 recent.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if step % log_interval == 0 or step == total:
-                    _log(
-                        log,
+                    log.write(
                         {
                             "step": step,
                             "epoch": epoch,
@@ -312,12 +389,13 @@ def finetune(
                     )
             metrics = {"train_loss": float(np.mean(recent)), **evaluate()}
             recent = []
-            _log(log, {"step": step, "epoch": epoch, **metrics})
-            bar.write(f"epoch {epoch}: {_fmt(metrics)}")
-            save(out / "last", metrics, epoch)
-            if better(metrics, best):
+            log.write({"step": step, "epoch": epoch, **metrics})
+            check_finite(metrics, step, diverge_hint)
+            say(f"epoch {epoch}: {_fmt(metrics)}")
+            if better(metrics, best):  # best/ first: both then hold the same training state
                 best = metrics
                 save(out / "best", metrics, epoch)
+            save(out / "last", metrics, epoch)
     finally:
         bar.close()
         log.close()
@@ -336,9 +414,11 @@ def finetune(
     }
 
 
-def _log(f, rec):
-    f.write(json.dumps(rec) + "\n")
-    f.flush()
+class _Hint:
+    """The settings a divergence message names (as pretrain's config does)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
 
 
 def _fmt(m):
@@ -349,7 +429,7 @@ def _fmt(m):
 def load_classifier(path, device="cpu"):
     """(classifier, tokenizer, labels) from a fine-tuned classification checkpoint: an adapter
     directory (its base is loaded, LoRA applied and merged) or a full classifier checkpoint."""
-    from minillm.models import GPT, GPTConfig
+    from minillm.models import GPT
     from minillm.nn.lora import merge_lora
 
     path = resolve_checkpoint(path)
@@ -365,7 +445,8 @@ def load_classifier(path, device="cpu"):
         load_adapter(net, path)
         merge_lora(net)
     else:
-        net = GPTClassifier(GPT(GPTConfig.from_dict(cfg["model"])), len(labels))
+        config = ckpt.model_config(cfg, path / ckpt.CONFIG_FILE)  # checked before anything is built
+        net = GPTClassifier(GPT(config, init=False), len(labels))
         ckpt.load_into(net, path)
         if device != "cpu":
             net.to(device)

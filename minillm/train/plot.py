@@ -7,12 +7,34 @@ from minillm.errors import DataError
 
 
 def read_log(path):
-    recs = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """The records of a JSONL log. Lines that are not JSON objects (a partial last line a kill
+    left) are skipped; a file with none at all is a DataError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not a training log") from None
+    recs, bad = [], 0
+    for line in text.splitlines():
         line = line.strip()
-        if line:
-            recs.append(json.loads(line))
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+            recs.append(rec)
+        else:
+            bad += 1
+    if bad and not recs:
+        raise DataError(f"{path} is not a training log (no line is a JSON record with a step)")
     return recs
+
+
+def _numbers(recs, *keys):
+    """The records whose ``keys`` are all numbers (a damaged record is left out of the plot)."""
+    return [r for r in recs if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                   for k in keys)]
 
 
 def plot_log(run_dir, out=None):
@@ -22,14 +44,17 @@ def plot_log(run_dir, out=None):
     log = run_dir / "log.jsonl" if run_dir.is_dir() else run_dir
     if not log.exists():
         raise DataError(f"no training log at {log}")
-    import matplotlib
+    recs = read_log(log)
+    try:
+        import matplotlib
+    except ImportError:
+        raise DataError("plotting needs matplotlib, which is not installed (pip install matplotlib)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = read_log(log)
-    steps = [r for r in recs if "loss" in r]
-    evals = [r for r in recs if "val_loss" in r]
+    steps = _numbers(recs, "step", "loss")
+    evals = _numbers(recs, "step", "train_loss", "val_loss")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if steps:
         ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6,

@@ -10,6 +10,13 @@ the states of both random generators (batches; dropout). ``--resume`` restores t
 resumed run draws the same batches and dropout masks and logs the same losses as a run that
 never stopped. Ctrl-C finishes the current step, saves OUT_DIR/last and exits cleanly (a second
 Ctrl-C stops at once; the last saved checkpoint stays intact either way).
+
+After a kill: both commands first repair the folder (``checkpoints.run.recover_run``: a
+moved-aside copy put back, temporary copies deleted). ``--resume`` then continues from the
+newest checkpoint with a full training state (last/, or best/ when a kill came between the
+two writes of one evaluation: best/ holds the same state), and from iteration 0 when there is
+none yet. log.jsonl is appended one line at a time and rewritten only atomically. A non-finite
+loss or gradient norm stops the run (DivergenceError, exit status 3) before anything is saved.
 """
 
 import json
@@ -22,10 +29,18 @@ import numpy as np
 
 from minillm import backend
 from minillm.checkpoints import run as ckpt
-from minillm.data import TokenData, corpus_sha256, prepare, read_corpus
+from minillm.checkpoints.atomic import write_file
+from minillm.data import TokenData, corpus_sha256, finish_prepare, prepare, read_corpus
 from minillm.errors import CheckpointError, ConfigError, DataError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
+from minillm.train.safety import (
+    RunLog,
+    check_finite,
+    check_finite_weights,
+    progress_bar_on,
+    quiet_on_closed_pipe,
+)
 from minillm.train.step import estimate_loss, train_step
 
 
@@ -38,6 +53,7 @@ def get_lr(cfg, it):
 def load_data(cfg, progress=True, say=print):
     """TokenData for cfg.data_dir, preparing it from cfg.corpus first if it is not there."""
     meta = Path(cfg.data_dir) / "meta.json"
+    finish_prepare(cfg.data_dir)  # new data a crashed `prepare` staged completely
     if not meta.exists():
         say(f"preparing {cfg.data_dir} from {cfg.corpus or 'the default corpus (tiny Shakespeare)'}")
         prepare(cfg.data_dir, corpus=cfg.corpus or None, tokenizer=cfg.tokenizer,
@@ -115,11 +131,16 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     """Run pretraining as ``cfg`` says; returns a summary dict (losses, time, throughput)."""
     from tqdm import tqdm
 
+    say = quiet_on_closed_pipe(say)
     backend.manual_seed(cfg.seed)
     backend.set_kernels(cfg.kernels)
     out = Path(cfg.out_dir)
     last_dir, best_dir, log_path = out / "last", out / "best", out / "log.jsonl"
-    if not resume and (last_dir.exists() or best_dir.exists()) and not cfg.eval_only:
+    writes = not cfg.eval_only
+    if writes:
+        ckpt.recover_run(out)  # decide from the repaired folder, not from a crash's leftovers
+    point = ckpt.resume_point(out) if resume else None
+    if not resume and writes and (ckpt.is_checkpoint_dir(last_dir) or ckpt.is_checkpoint_dir(best_dir)):
         raise ConfigError(
             f"{out} already holds checkpoints; pass --resume to continue them, or choose another "
             f"--out_dir (nothing was overwritten)"
@@ -132,19 +153,35 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     batch_rng = np.random.default_rng(cfg.seed)
     start, best_val, elapsed0 = 0, float("inf"), 0.0
 
+    if resume and point is None and writes and (ckpt.is_checkpoint_dir(last_dir) or ckpt.is_checkpoint_dir(best_dir)):
+        raise CheckpointError(f"{out} holds checkpoints but none with a complete training state "
+                              f"(weights, optimizer, step and random generator states), so there "
+                              f"is nothing to resume exactly; choose another --out_dir")
+    if resume and point is None:
+        resume = False  # a crash before the first checkpoint: the same run, from iteration 0
+        say(f"no complete checkpoint in {out} yet; starting from iteration 0")
     if resume:
-        if not (last_dir / ckpt.MODEL_FILE).exists():
-            raise CheckpointError(f"nothing to resume: {last_dir} holds no checkpoint")
-        saved = ckpt.load_config(last_dir)
-        _check_resume_shape(saved, cfg, data.vocab_size, last_dir)
-        ckpt.load_into(model, last_dir)
-        state = ckpt.load_training_state(last_dir, optimizer)
-        start, best_val = int(state["step"]), float(state["best_val_loss"])
-        elapsed0 = float(state.get("elapsed", 0.0))
-        batch_rng.bit_generator.state = state["batch_rng"]
-        backend.set_rng_state(state["global_rng"])
+        saved = ckpt.load_config(point)
+        _check_resume_shape(saved, cfg, data.vocab_size, point)
+        ckpt.load_into(model, point)
+        state = ckpt.load_training_state(point, optimizer)
+        try:
+            start, best_val = int(state["step"]), float(state["best_val_loss"])
+            elapsed0 = float(state.get("elapsed", 0.0))
+            batch_rng.bit_generator.state = state["batch_rng"]
+            backend.set_rng_state(state["global_rng"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{point / ckpt.STATE_FILE} is damaged ({type(e).__name__}: {e}); "
+                                  f"resume from a copy of the run or start afresh") from None
+        if start < 0:
+            raise CheckpointError(f"{point / ckpt.STATE_FILE} says step {start}; it is damaged")
         _truncate_log(log_path, start)
-        say(f"resuming {last_dir} at iteration {start} (best val loss so far {best_val:.4f})")
+        if point.name != "last":
+            say(f"{last_dir} is older than {point} (a crash between their writes); resuming from {point}")
+        say(f"resuming {point} at iteration {start} (best val loss so far {best_val:.4f})")
+    elif writes:
+        out.mkdir(parents=True, exist_ok=True)
+        write_file(log_path, b"")  # a new run: a log a crashed attempt left is replaced
 
     out.mkdir(parents=True, exist_ok=True)
     n_params = model.num_parameters()
@@ -164,38 +201,46 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                 "global_rng": backend.get_rng_state(), "elapsed": elapsed0 + time.time() - t0,
                 "optimizer_step": optimizer.step_count}
 
-    def save_last(step):
-        ckpt.save(last_dir, model, config={"model": model.config.to_dict(), "train": cfg.to_dict()},
+    def save_full(directory, step):
+        check_finite_weights(model, step, cfg)  # never replace a checkpoint with NaN weights
+        ckpt.save(directory, model, config={"model": model.config.to_dict(), "train": cfg.to_dict()},
                   optimizer=optimizer, state=checkpoint_state(step), tokenizer=tokenizer)
 
-    log = open(log_path, "a", encoding="utf-8")
+    def save_last(step):
+        save_full(last_dir, step)
+
+    log = RunLog(log_path, enabled=writes)
     stop = _StopFlag()
     old_handler = signal.signal(signal.SIGINT, stop) if _main_thread() else None
     bar = tqdm(total=cfg.max_iters, initial=start, desc="pretrain", unit="it",
-               disable=not progress, dynamic_ncols=True, file=sys.stdout)
+               disable=not progress_bar_on(progress), dynamic_ncols=True, file=sys.stderr)
     t0 = time.time()
     summary = {"params": n_params, "interrupted": False}
     it, last_eval = start, None
     try:
         while True:
+            if resume and it == start and point.name != "last":
+                save_last(it)  # last/ is older than best/ (a crash between them): bring it level
             due = it % cfg.eval_interval == 0 or it == cfg.max_iters
             if cfg.eval_only or (due and not (resume and it == start)):  # resumed: done before
                 losses = {s: estimate_loss(model, b) for s, b in eval_sets.items()}
+                check_finite({"train loss": losses["train"], "val loss": losses["val"]}, it, cfg)
                 last_eval = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
                              "val_ppl": float(np.exp(losses["val"]))}
-                _log(log, last_eval)
+                log.write(last_eval)
                 msg = (f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                        f" (ppl {last_eval['val_ppl']:.2f})")
-                if progress:
-                    bar.write(msg)  # above the bar, not through it
+                if not bar.disable:
+                    bar.write(msg, file=sys.stderr)  # above the bar, not through it
                 else:
                     say(msg)
                 if cfg.eval_only:
                     break
                 if losses["val"] < best_val:
                     best_val = losses["val"]
-                    ckpt.save(best_dir, model, config={"model": model.config.to_dict(), "train": cfg.to_dict()},
-                              state={"step": it, "val_loss": best_val}, tokenizer=tokenizer)
+                    # the full training state, so that a crash before last/ is written can
+                    # resume from best/ exactly
+                    save_full(best_dir, it)
                 if it > start or not resume:
                     save_last(it)
             if it >= cfg.max_iters:
@@ -205,6 +250,7 @@ def pretrain(cfg, resume=False, progress=True, say=print):
             batches = (data.get_batch("train", cfg.batch_size, cfg.block_size, batch_rng)
                        for _ in range(cfg.gradient_accumulation_steps))
             loss, norm = train_step(model, optimizer, batches, cfg.grad_clip, lr)
+            check_finite({"loss": loss, "gradient norm": norm if cfg.grad_clip else 0.0}, it + 1, cfg)
             dt = time.time() - t_step
             it += 1
             bar.update(1)
@@ -212,12 +258,12 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                 rec = {"step": it, "loss": loss, "lr": lr, "grad_norm": norm,
                        "tok_per_s": tokens_per_iter / dt, "gflops": flops_per_iter / dt / 1e9,
                        "elapsed": elapsed0 + time.time() - t0}
-                _log(log, rec)
+                log.write(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
             if stop.requested:
                 save_last(it)
                 summary["interrupted"] = True
-                bar.write(f"interrupted at iteration {it}: saved {last_dir}; continue with --resume")
+                say(f"interrupted at iteration {it}: saved {last_dir}; continue with --resume")
                 break
     finally:
         bar.close()
@@ -248,25 +294,21 @@ def _main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
-def _log(f, rec):
-    f.write(json.dumps(rec) + "\n")
-    f.flush()
-
-
 def _truncate_log(path, step):
     """Drop log records past ``step`` (the resumed run logs those iterations again). A train
-    record's step counts iterations done; the eval at ``step`` ran before the checkpoint."""
+    record's step counts iterations done; the eval at ``step`` ran before the checkpoint. The
+    file is replaced atomically: a crash here leaves the old log or the new one."""
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("step", 0) <= step:
+        if isinstance(rec, dict) and isinstance(rec.get("step", 0), (int, float)) and rec.get("step", 0) <= step:
             keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    write_file(path, "".join(line + "\n" for line in keep).encode("utf-8"))
 
 
 def _plot(out, say):

@@ -3,6 +3,9 @@
 One optimizer step = ``len(micro_batches)`` forward/backward passes whose gradients add up
 (gradient accumulation: each micro-batch loss is divided by their number, so the step sees the
 mean over the large batch), then gradient clipping, then the optimizer update.
+
+Floating-point overflow inside a step is not warned about: a run that diverges is stopped by the
+caller's check of the loss and gradient norm (minillm.train.safety), with one sentence.
 """
 
 import numpy as np
@@ -18,6 +21,11 @@ def train_step(model, optimizer, micro_batches, grad_clip=1.0, lr=None, loss_fn=
     at a time). ``loss_fn(model, x, y)`` returns a scalar loss Tensor; the default is the
     language-model loss ``model(x, y)[1]``.
     """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _train_step(model, optimizer, micro_batches, grad_clip, lr, loss_fn)
+
+
+def _train_step(model, optimizer, micro_batches, grad_clip, lr, loss_fn):
     if lr is not None:
         optimizer.set_lr(lr)
     micro_batches = list(micro_batches)
@@ -43,8 +51,9 @@ def estimate_loss(model, batches, loss_fn=None):
     was_training = model.training
     model.eval()
     losses = []
-    for x, y in batches:
-        loss = loss_fn(model, x, y) if loss_fn is not None else model(x, y)[1]
-        losses.append(loss.item())
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for x, y in batches:
+            loss = loss_fn(model, x, y) if loss_fn is not None else model(x, y)[1]
+            losses.append(loss.item())
     model.train(was_training)
     return float(np.mean(losses))

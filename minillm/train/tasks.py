@@ -52,8 +52,10 @@ def read_jsonl(path, keys):
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
+            if any("\udc80" <= ch <= "\udcff" for ch in line):
+                raise JSONLError(f"{path} line {n} is not UTF-8 text (is it a binary file?)")
             if not line.strip():
                 continue
             try:

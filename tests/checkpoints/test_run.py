@@ -25,7 +25,7 @@ def test_save_load_bit_identical(tmp_path):
     m2, tok = M.load(tmp_path / "ck")
     assert tok is None  # saved without one
     np.testing.assert_array_equal(m(idx)[0].numpy(), m2(idx)[0].numpy())
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
 
 
 def test_optimizer_state_round_trip(tmp_path):
