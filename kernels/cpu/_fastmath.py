@@ -126,6 +126,15 @@ def _make_tanh(ft, cut):
 # Fast-math flags for fast_exp / fast_tanh: see the module docstring.
 _FLAGS = {"nsz", "arcp", "contract", "afn"}
 
+# The fast-math flags of every Numba kernel in kernels/cpu: Numba's fastmath=True less
+# "contract". With both "reassoc" and "contract", LLVM fuses multiply-adds differently in a
+# parallel loop body compiled in the running process than in the copy Numba's on-disk cache
+# stores, so the same kernel gave results a few ulps apart compiled or loaded from the cache,
+# and a run resumed with a warm cache left the uninterrupted run's numbers
+# (tests/train/test_numba_cache.py). Without "contract" the two are bit-identical. (A plain
+# set: Numba takes True, a set or a dict.)
+FASTMATH = {"nnan", "ninf", "nsz", "arcp", "afn", "reassoc"}
+
 _EXP_ARGS = {
     np.float32: (np.float32, _EXP_C32, -87.0, 88.0),
     np.float64: (np.float64, _EXP_C64, -708.0, 709.0),

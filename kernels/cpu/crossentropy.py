@@ -40,10 +40,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..ladder import Ladder, Rung, dtype_fits
-from ._fastmath import fast_exp, fast_max
+from ._fastmath import FASTMATH, fast_exp, fast_max
 from ._serial import pick, picks
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy")
+_JIT = dict(fastmath=FASTMATH, cache=True, error_model="numpy")
 _CHUNK = 64  # v3: elements per online-max step (4 AVX-512 / 8 AVX2 float32 vectors)
 
 

@@ -45,24 +45,24 @@ from numba import njit, prange
 
 from ..ladder import Ladder, Rung, dtype_fits
 from ..reference import GELU_A, GELU_K
-from ._fastmath import fast_exp, fast_tanh
+from ._fastmath import FASTMATH, fast_exp, fast_tanh
 from ._serial import pick, picks
 from ._serial import threads as _threads
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy")
+_JIT = dict(fastmath=FASTMATH, cache=True, error_model="numpy")
 _EMAX = 40.0  # cap on -2u in the backward (see _dgelu_sig)
 _BLOCK = 4096  # elements per prange step of the flat kernels (16 KiB of float32)
 
 
 # --------------------------------------------------------------------------- element math
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _consts(x):
     # k, a, 1, 2, 3, 1/2 in the dtype of array x: a float64 literal would widen float32 math
     t = x.dtype.type
     return t(GELU_K), t(GELU_A), t(1.0), t(2.0), t(3.0), t(0.5), t(_EMAX)
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _gelu_sig(x, c):
     # y = x * sigmoid(2u) = x / (1 + exp(-2u))
     k, a, one, two, three, half, emax = c
@@ -70,7 +70,7 @@ def _gelu_sig(x, c):
     return x / (one + fast_exp(-two * u))
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _dgelu_sig(x, c):
     # dy/dx = s + 2 x s (1 - s) k (1 + 3 a x^2), s = 1 / (1 + e), 1 - s = e s, e = exp(-2u).
     # e is capped at exp(40): under fastmath the products may be reordered, and exp(88) times
@@ -84,20 +84,20 @@ def _dgelu_sig(x, c):
     return d if z < emax else d - d  # d - d: a zero of the right type
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _gelu_tanh(x, c):
     k, a, one, two, three, half, emax = c
     return half * x * (one + fast_tanh(k * (x + a * x * x * x)))
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _dgelu_tanh(x, c):
     k, a, one, two, three, half, emax = c
     t = fast_tanh(k * (x + a * x * x * x))
     return half * (one + t) + half * x * (one - t * t) * k * (one + three * a * x * x)
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _dgelu_libm(x):
     # the reference formula with math.tanh, float64 constants (the plain v1 loops)
     t = math.tanh(GELU_K * (x + GELU_A * x * x * x))

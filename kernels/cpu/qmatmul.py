@@ -64,10 +64,11 @@ from numba import njit, prange
 
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
+from ._fastmath import FASTMATH
 from ._serial import pick, threads
 from .matmul import pool as matmul_pool
 
-_JIT = {"fastmath": True, "cache": True, "error_model": "numpy"}
+_JIT = {"fastmath": FASTMATH, "cache": True, "error_model": "numpy"}
 QK = 32  # weights per block in every format here
 OT = 4  # output rows per tile in v3
 PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
@@ -79,7 +80,7 @@ _F16 = {np.dtype(t): np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype
 
 
 # --------------------------------------------------------------------------- block decoding
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _layout(qt):
     # (bytes per block, bytes before the codes) of a format
     if qt == Q8_0:  # d, 32 int8
@@ -89,7 +90,7 @@ def _layout(qt):
     return 20, 4  # Q4_1: d, m, 16 bytes of nibbles
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _scales(row, off, qt, f16):
     # d and m of the block at byte `off` of `row` (m = 0 where the format has none)
     d = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
@@ -98,7 +99,7 @@ def _scales(row, off, qt, f16):
     return d, d - d
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _code(row, off, qt, j):
     # the integer code of weight j of the block at `off`, centred: w = d * code + m
     if qt == Q8_0:
@@ -109,7 +110,7 @@ def _code(row, off, qt, j):
     return q - 8 if qt == Q4_0 else q
 
 
-@njit(fastmath=True, error_model="numpy")
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _unpack(dst, k0, row, off, qt, f16):
     # dst[k0 : k0 + 32] = the 32 weights of the block at `off`, in dst's dtype
     t = f16.dtype.type

@@ -28,10 +28,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..ladder import Ladder, Rung, dtype_fits
+from ._fastmath import FASTMATH
 from ._serial import pick, picks
 from ._serial import threads as _threads
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy")
+_JIT = dict(fastmath=FASTMATH, cache=True, error_model="numpy")
 
 
 # --------------------------------------------------------------------------- forward

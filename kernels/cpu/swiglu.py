@@ -25,10 +25,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..ladder import Ladder, Rung, dtype_fits
-from ._fastmath import fast_exp
+from ._fastmath import FASTMATH, fast_exp
 from ._serial import pick, picks
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy")
+_JIT = dict(fastmath=FASTMATH, cache=True, error_model="numpy")
 _BLOCK = 4096  # elements per prange step (16 KiB of float32 per input)
 
 

@@ -36,10 +36,10 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _blas
-from .._fastmath import fast_exp, fast_max
+from .._fastmath import FASTMATH, fast_exp, fast_max
 from .._serial import pick
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
+_JIT = dict(fastmath=FASTMATH, cache=True, error_model="numpy", nogil=True)
 TILE = 1 << 18  # score-tile elements (1 MiB float32): one chunk of batch x heads x query block
 RB = 128  # query rows per block: causal blocks skip the keys after the block's last row
 NEG_BIG = -1e30

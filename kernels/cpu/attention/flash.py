@@ -18,14 +18,14 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._fastmath import fast_exp  # vectorisable exp (range reduction + polynomial)
+from .._fastmath import FASTMATH, fast_exp  # vectorisable exp (range reduction + polynomial)
 
 BQ = 16  # query rows per block: they share each key block while it sits in L1
 BK = 64  # keys per block: a (D, BK) slice of K^T and a (BK, D) slice of V, 16 KiB each at D=64
 NEG_BIG = -1e30  # "minus infinity" that fastmath (which assumes no infs) cannot break
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _fill(a, x):
     # a[...] = x as a plain loop (inside a prange body an array expression becomes a nested
     # parfor, which costs compile time and buys nothing)
@@ -35,7 +35,7 @@ def _fill(a, x):
 
 
 # --------------------------------------------------------------------------- v1: plain loops
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def attention_forward_v1(o, lse, q, k, v, scale, causal):
     # one query row at a time: s (Tk,) scores, softmax, o_i = sum_j p_j v_j
     B, H, Tq, D = q.shape
@@ -65,7 +65,7 @@ def attention_forward_v1(o, lse, q, k, v, scale, causal):
                 lse[b, h, i] = m + math.log(l)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def attention_backward_v1(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     # one query row at a time: rebuild p_j = exp(s_j - lse_i), then
     # dv_j += p_j do_i;  ds_j = p_j (do_i . v_j - delta_i);  dq_i += ds_j k_j;  dk_j += ds_j q_i
@@ -97,7 +97,7 @@ def attention_backward_v1(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
 
 
 # --------------------------------------------------------------------------- v2: prange over heads
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def attention_forward_v2(o, lse, q, k, v, scale, causal):
     # each (b, h) is independent: one thread per head. Per row, one pass over the keys with a
     # running max m and sum l; when m grows, the partial o and l are rescaled by exp(m_old - m).
@@ -132,7 +132,7 @@ def attention_forward_v2(o, lse, q, k, v, scale, causal):
             lse[b, h, i] = m + math.log(l)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def attention_backward_v2(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
     # v1 with one thread per (b, h): each head writes only its own dq, dk, dv slices, no races
     B, H, Tq, D = q.shape
@@ -167,7 +167,7 @@ def attention_backward_v2(dq, dk, dv, do, q, k, v, o, lse, scale, causal):
 # runs along a contiguous row (BK keys or D channels), which LLVM turns into AVX-512 FMAs.
 # Rows are taken as 1-D views and indexed by the bare loop counter: Numba wraps negative
 # indices, and with an index like b0 + c (sign unknown) that check blocks vectorisation.
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _abt_v3(out, a, a0, bt, b0, nr, nc, K):
     # out[r, c] = sum_t a[a0 + r, t] * bt[t, b0 + c]     out: (BQ, BK)  a: (T, K)  bt: (K, T)
     for r in range(nr):
@@ -179,7 +179,7 @@ def _abt_v3(out, a, a0, bt, b0, nr, nc, K):
                 orow[c] += x * brow[c]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _acc_ab_v3(out, o0, a, b, b0, nr, nc, K):
     # out[o0 + r, :] += sum_c a[r, c] * b[b0 + c, :]     out, b: (T, K)  a: (BQ, BK)
     for r in range(nr):
@@ -190,7 +190,7 @@ def _acc_ab_v3(out, o0, a, b, b0, nr, nc, K):
                 orow[t] += x * brow[t]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _acc_atb_v3(out, a, b, b0, nr, nc, K):
     # out[c, :] += sum_r a[r, c] * b[b0 + r, :]          out: (BK, K)  a: (BQ, BK)  b: (T, K)
     for c in range(nc):
@@ -201,7 +201,7 @@ def _acc_atb_v3(out, a, b, b0, nr, nc, K):
                 orow[t] += x * brow[t]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _abt_v4(out, a, a0, bt, b0, nr, nc, K):
     # as _abt_v3 with the t (reduction) loop unrolled by four: one load and store of the
     # out row per four FMAs instead of per FMA (the v3 loop is bound by L1 traffic)
@@ -221,7 +221,7 @@ def _abt_v4(out, a, a0, bt, b0, nr, nc, K):
                 orow[c] += x * brow[c]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _acc_ab_v4(out, o0, a, b, b0, nr, nc, K):
     # as _acc_ab_v3, four c at a time
     c4 = nc - nc % 4
@@ -238,7 +238,7 @@ def _acc_ab_v4(out, o0, a, b, b0, nr, nc, K):
                 orow[t] += x * brow[t]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _acc_atb_v4(out, a, b, b0, nr, nc, K):
     # as _acc_atb_v3, four r at a time
     r4 = nr - nr % 4
@@ -256,7 +256,7 @@ def _acc_atb_v4(out, a, b, b0, nr, nc, K):
 
 
 # --------------------------------------------------------------------------- v3, v4: blocked
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _softmax_block(s, m, l, acc, a0, nq, nk, D, scale, diag):
     # s: (BQ, BK) raw q.k of this block, overwritten by p = exp(scale s - m_new), 0 where masked.
     # Row r may see columns c <= diag + r (diag = off + i0 - j0 if causal, else >= BK).
@@ -284,7 +284,7 @@ def _softmax_block(s, m, l, acc, a0, nq, nk, D, scale, diag):
             acc[a0 + r, d] *= alpha
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _forward_blocked(o, lse, q, k, v, scale, causal, unroll):
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
@@ -321,7 +321,7 @@ def _forward_blocked(o, lse, q, k, v, scale, causal, unroll):
                 lse[b, h, i0 + r] = m[r] + math.log(l[r])
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _backward_blocked(dq, dk, dv, do, q, k, v, o, lse, scale, causal, unroll):
     # FlashAttention-2 order: key blocks outer (their dk, dv stay in a (BK, D) accumulator),
     # query blocks inner; dq rows are accumulated in place (one thread owns the whole head).

@@ -28,12 +28,13 @@ Memory: per thread two (RB, Tk) score tiles and the packed panels; never a (B, H
 import numpy as np
 from numba import njit, prange
 
+from .._fastmath import FASTMATH
 from .._microkernel import MR, NV, VECTOR_BYTES, micro
 from .._serial import pick
 from ..matmul.packed import _cdiv, _pack_a, _pack_b
 from .blas_tiles import softmax_row, softmax_row_backward
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
+_JIT = dict(fastmath=FASTMATH, cache=True, error_model="numpy", nogil=True)
 RB = 8 * MR  # query rows per block: 48 (AVX2) or 96 (AVX-512)
 
 

@@ -7,10 +7,12 @@ the math are in ``__init__.py``.
 import numpy as np
 from numba import njit, prange
 
+from .._fastmath import FASTMATH
+
 MB, KB, NB = 64, 128, 512  # a (KB, NB) float32 tile of b is 256 KiB: fits in the 2 MiB L2
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def matmul_v1(out, a, b):
     M, K = a.shape
     N = b.shape[1]
@@ -22,7 +24,7 @@ def matmul_v1(out, a, b):
             out[i, j] = acc
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def matmul_v2(out, a, b):
     M, K = a.shape
     N = b.shape[1]
@@ -35,7 +37,7 @@ def matmul_v2(out, a, b):
                 orow[j] += x * brow[j]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def _tile(out, a, b, i0, i1, k0, k1, j0, j1):
     # out[i0:i1, j0:j1] += a[i0:i1, k0:k1] @ b[k0:k1, j0:j1], k unrolled by four
     nj = j1 - j0
@@ -54,7 +56,7 @@ def _tile(out, a, b, i0, i1, k0, k1, j0, j1):
                 orow[j] += x * brow[j]
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=FASTMATH, cache=True)
 def matmul_v3(out, a, b):
     M, K = a.shape
     N = b.shape[1]
@@ -65,7 +67,7 @@ def matmul_v3(out, a, b):
                 _tile(out, a, b, i0, min(i0 + MB, M), k0, min(k0 + KB, K), j0, min(j0 + NB, N))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def matmul_v4(out, a, b):
     M, K = a.shape
     N = b.shape[1]

@@ -27,13 +27,14 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .._fastmath import FASTMATH
 from .._microkernel import MR, NV, VECTOR_BYTES, micro
 
 KC = 256  # depth of a packed panel: an NR-column sliver of b is KC x NR, 32 KiB float32 (L1)
 NC = 4096  # columns of b packed at once
 MC = 240  # most rows of a packed per block (a multiple of MR for both MR = 12 and 6)
 
-_JIT = dict(fastmath=True, cache=True, nogil=True)
+_JIT = dict(fastmath=FASTMATH, cache=True, nogil=True)
 
 
 @njit(**_JIT)
