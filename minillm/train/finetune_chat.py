@@ -62,6 +62,17 @@ def load_examples(path, tokenizer, block_size):
     return out
 
 
+def total_weights(model):
+    """Every weight of the model: its Parameters plus the frozen quantized matrices (which are
+    not Parameters), a matrix shared by two layers (a tied head) once."""
+    from minillm.nn.quant import named_quant_weights
+
+    quant = {id(w): w for _, w in named_quant_weights(model)}
+    quant.update({id(m.quant_base): m.quant_base for _, m in lora_layers(model)
+                  if m.quant_base is not None})
+    return model.num_parameters() + sum(w.shape[0] * w.shape[1] for w in quant.values())
+
+
 def finetune_chat(base, data, dtype=None, method="lora", rank=8, alpha=16.0, targets="all",
                   epochs=3, lr=None, batch_size=8, block_size=256, out_dir="out/finetune",
                   seed=1337, weight_decay=0.0, grad_clip=1.0, eval_data=None, max_new_tokens=24,
@@ -102,7 +113,7 @@ def finetune_chat(base, data, dtype=None, method="lora", rank=8, alpha=16.0, tar
         model.requires_grad_(True)
     model.train()
     n_trainable = model.num_parameters(trainable_only=True)
-    n_total = model.num_parameters()
+    n_total = total_weights(model)
     optimizer = AdamW(gpt_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.99))
 
     def evaluate():
