@@ -113,19 +113,18 @@ def load_chat(path, tokenizer, block_size):
 
 
 def detect_task(path):
-    """ "chat", "sft" or "classify" from the keys of the first line of a JSONL file."""
+    """ "chat", "sft" or "classify" from the keys of the first record of a JSONL file."""
     import json
 
     try:
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    break
-            else:
-                raise DataError(f"{path} holds no examples")
-    except (OSError, ValueError) as e:
+            line = next((ln for ln in f if ln.strip()), "")
+    except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from None
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return "sft"  # the reader of that task reports the line (or the empty file) exactly
     if isinstance(rec, dict):
         if "messages" in rec:
             return "chat"

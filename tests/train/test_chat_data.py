@@ -94,3 +94,11 @@ def test_detect_task(tmp_path):
         p = tmp_path / f"{task}.jsonl"
         p.write_text("\n" + json.dumps(rec) + "\n")
         assert detect_task(p) == task
+
+
+def test_detect_task_leaves_bad_json_to_the_reader(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text("{not json\n")
+    assert detect_task(p) == "sft"
+    with pytest.raises(DataError, match="cannot read"):
+        detect_task(tmp_path / "missing.jsonl")
