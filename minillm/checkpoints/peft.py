@@ -38,6 +38,9 @@ from minillm.nn.lora import (
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."
+# the Hugging Face repository of a built-in model, for base_model_name_or_path (PEFT's loader
+# fetches the base by it); minillm itself reads the built-in name from the "minillm" block
+HF_REPOS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def is_peft_dir(path):
@@ -93,7 +96,7 @@ def save_peft(directory, model, lora_config, base, base_dtype=None, extra=None):
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,
-        "base_model_name_or_path": ref,
+        "base_model_name_or_path": HF_REPOS.get(ref, ref),
         "minillm": {
             "base": ref,
             "base_dtype": base_dtype,

@@ -10,6 +10,7 @@ from gguf_fixtures import write_tiny_gguf
 import minillm
 from minillm.checkpoints.formats import read_safetensors
 from minillm.checkpoints.peft import (
+    HF_REPOS,
     base_reference,
     load_peft_into,
     minillm_name,
@@ -36,6 +37,7 @@ def test_names():
     with pytest.raises(CheckpointError):
         minillm_name("model.layers.0.self_attn.q_proj.weight")
     assert base_reference("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert HF_REPOS["smollm2-135m-instruct"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def _adapted(path, dtype):
