@@ -155,12 +155,13 @@ def add_finetune(sub):
         description="Fine-tune a pretrained checkpoint. SFT data: lines {\"prompt\": ...,"
                     " \"response\": ...}; classification: lines {\"text\": ..., \"label\": ...}.",
     )
-    p.add_argument("--base", required=True,
+    p.add_argument("--base", default=None,
                    help="base checkpoint directory (or a run folder with best/ or last/)")
     p.add_argument("--data", required=True, help="training data, a JSONL file")
     p.add_argument("--val-data", default=None,
                    help="validation JSONL (default: split off --val-fraction of --data)")
-    p.add_argument("--task", choices=["sft", "classify"], default="sft")
+    p.add_argument("--task", choices=["sft", "classify", "chat"], default=None,
+                   help="default: from the JSONL keys (messages -> chat, label -> classify)")
     p.add_argument("--method", choices=["lora", "full"], default="lora")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=16.0,
@@ -187,11 +188,15 @@ def add_finetune(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue the fine-tune in --out exactly where it stopped (same options)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_chat_finetune_flags(p)  # hook: chat fine-tuning of a pretrained model
     p.set_defaults(run=run_finetune)
 
 
 def run_finetune(args):
     from minillm.train.finetune import finetune
+
+    if chat_finetune_hook(args):  # hook: --model/--ckpt/--task chat run finetune_chat
+        return
 
     s = finetune(args.base, args.data, task=args.task, method=args.method, rank=args.rank,
                  alpha=args.alpha, lora_dropout=args.lora_dropout, targets=args.targets,
@@ -233,11 +238,16 @@ def add_finetune_demo_data(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-sft", type=int, default=2000,
                    help="number of SFT examples (default: %(default)s)")
+    p.add_argument("--task", choices=("shakespeare", "chat"), default="shakespeare",
+                   help="chat: train/held-out chat JSONL of facts about a fictional product")
     p.set_defaults(run=run_finetune_demo_data)
 
 
 def run_finetune_demo_data(args):
     from minillm.train.demo_data import make_demo_data
+
+    if chat_demo_hook(args):  # hook: --task chat writes the chat demo
+        return
 
     n = make_demo_data(args.out, corpus=args.corpus, seed=args.seed, n_sft=args.n_sft)
     print(f"wrote {args.out}/sft.jsonl ({n['sft']} examples) and "
@@ -420,10 +430,16 @@ def run_kernels(args):
     print(registry.format_rows(registry.describe()))
 
 
+from minillm.cli_chat_finetune import (  # noqa: E402  (chat fine-tuning hooks)
+    add_chat_finetune_flags,
+    add_eval,
+    chat_demo_hook,
+    chat_finetune_hook,
+)
 from minillm.serve.cli import add_serve  # noqa: E402  (the server's flags live with it)
 
 COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_classify,
-            add_finetune_demo_data, add_sample, add_chat, add_kernels, add_serve]
+            add_finetune_demo_data, add_sample, add_chat, add_kernels, add_serve, add_eval]
 
 
 def os_error_sentence(e):

@@ -6,7 +6,8 @@ What it reads, in the order it decides:
     "out/run"             a minillm run folder: its best/ checkpoint, else last/
     "out/run/last"        a checkpoint directory itself (model.safetensors + config.json)
     "out/lora"            a LoRA fine-tune run or adapter directory: the base it names, then the
-                          adapter, merged into the weights
+                          adapter, merged into the weights (PEFT's layout, adapter_model.
+                          safetensors: minillm.checkpoints.peft.load_peft)
     "gpt2/"               a Hugging Face GPT-2 directory (config.json with GPT2Config fields)
     "smollm2-hf/"         a Hugging Face Llama directory (config.json model_type "llama"):
                           minillm.checkpoints.hf_llama.load_hf_llama
@@ -19,7 +20,7 @@ What it reads, in the order it decides:
 import os
 from pathlib import Path
 
-from minillm.checkpoints import adapter, builtin, hf_gpt2, hf_llama, run
+from minillm.checkpoints import adapter, builtin, hf_gpt2, hf_llama, peft, run
 from minillm.checkpoints.atomic import recover_dir
 from minillm.checkpoints.llama import load_gguf
 from minillm.errors import CheckpointError, ConfigError
@@ -60,6 +61,8 @@ def load(path_or_name, device="cpu", dropout=None, verify=True, **options):
     if ckpt is None:
         raise CheckpointError(f"{path} holds no checkpoint (no {run.MODEL_FILE}, "
                               f"{adapter.ADAPTER_CONFIG}, best/ or last/); pass {ACCEPTED}")
+    if peft.is_peft_dir(ckpt):  # a LoRA adapter in PEFT's layout: its base, then the adapter
+        return peft.load_peft(ckpt, device=device)
     if adapter.is_adapter_dir(ckpt):
         return _load_with_adapter(ckpt, device=device, dropout=dropout)
     cfg = run.load_config(ckpt)

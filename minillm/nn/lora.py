@@ -8,6 +8,12 @@ A starts small and random (PyTorch's kaiming-uniform bound 1/sqrt(in)), B starts
 at step 0 the adapted model computes exactly what the base model computes. Only A and B are
 trained: r (in + out) numbers per layer instead of in * out.
 
+The base may also be a ``QuantLinear`` (weights in GGML blocks, frozen): the QLoRA idea. The
+product with the base dequantizes inside the kernel, its backward gives only dx, and A, B train in
+float32. Such a base cannot take the update in place: ``merge()`` replaces its weight by a float32
+matrix (dequantized W + B A * alpha/r, 4 bytes a weight instead of about 1) and ``unmerge()``
+puts the original blocks back.
+
 ``merge()`` folds the update into W (W' = W + B A * alpha/r), so inference costs nothing extra;
 ``unmerge()`` puts the original W back. It restores a copy of W taken at merge time rather than
 subtracting B A again, so the base weights come back bit-identical (subtracting would leave float32
@@ -28,10 +34,22 @@ from minillm import functional as F
 from minillm.errors import ConfigError
 from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
+from minillm.nn.quant import QuantLinear
+from minillm.ops.quant import quant_linear
 
-# the Linear layers of a GPT Block, by the group names the CLI accepts
-TARGET_GROUPS = {"attn": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
+# the Linear layers of a block, by the names the CLI accepts: GPT's (attn.c_attn, ...) and
+# Llama's (self_attn.q_proj, ..., mlp.down_proj); a group lists both families' layers (a name
+# that the model lacks matches nothing)
+LLAMA_TARGETS = {
+    "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
+}
+TARGET_GROUPS = {
+    "attn": ("attn.c_attn", "attn.c_proj") + tuple(LLAMA_TARGETS[t] for t in "qkvo"),
+    "mlp": ("mlp.c_fc", "mlp.c_proj") + tuple(LLAMA_TARGETS[t] for t in ("gate", "up", "down")),
+}
 TARGET_GROUPS["all"] = TARGET_GROUPS["attn"] + TARGET_GROUPS["mlp"]
+TARGET_GROUPS.update({k: (v,) for k, v in LLAMA_TARGETS.items()})
 LORA_PARAM_NAMES = ("lora_A", "lora_B")
 
 
@@ -81,16 +99,24 @@ class LoRALinear(Module):
 
     def __init__(self, base, rank=8, alpha=16.0, dropout=0.0):
         super().__init__()
-        if not isinstance(base, Linear):
+        if not isinstance(base, (Linear, QuantLinear)):
             raise ConfigError(f"LoRA adapts Linear layers, not {type(base).__name__}")
         if int(rank) < 1:
             raise ConfigError(f"LoRA rank must be a positive integer, got {rank}")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.rank, self.alpha, self.dropout_p = int(rank), float(alpha), float(dropout)
         self.scaling = self.alpha / self.rank
-        self.weight = base.weight.requires_grad_(False)  # (out, in), frozen
+        # a quantized base keeps its QuantWeight (out, in), never a Parameter
+        self.quant_base = base.weight if isinstance(base, QuantLinear) else None
+        if self.quant_base is None:
+            self.weight = base.weight.requires_grad_(False)  # (out, in), frozen
+        else:
+            self.weight = base.weight
         self.bias = base.bias.requires_grad_(False) if base.bias is not None else None
-        like, device = self.weight.data, backend.device_of(self.weight.data)
+        if self.quant_base is None:
+            like, device = self.weight.data, backend.device_of(self.weight.data)
+        else:
+            like, device = np.zeros(0, np.float32), "cpu"
         bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform(a=sqrt(5)), as PyTorch/PEFT
         a = backend.rng().uniform(-bound, bound, size=(self.rank, self.in_features))
         self.lora_A = Parameter(backend.to_device(a.astype(like.dtype), device))  # (r, in)
@@ -100,12 +126,18 @@ class LoRALinear(Module):
         self.merged = False
         self._weight_before_merge = None
 
+    def _base(self, x):  # x W^T with the base weight as it is now (blocks, or float)
+        if self.quant_base is not None and not self.merged:
+            return quant_linear(x, self.weight)
+        return F.linear(x, self.weight)
+
     def forward(self, x):  # x: (..., in)
-        return self._update(x, F.linear(x, self.weight, self.bias))
+        y = self._base(x)
+        return self._update(x, y if self.bias is None else y + self.bias)
 
     def project(self, x):
         """x W^T plus the low-rank update, without the bias (as Linear.project)."""
-        return self._update(x, F.linear(x, self.weight))
+        return self._update(x, self._base(x))
 
     def _update(self, x, y):  # y: (..., out), the base layer's output
         if self.merged:
@@ -116,11 +148,17 @@ class LoRALinear(Module):
 
     def delta_weight(self):
         """B A * alpha/r: (out, in), the update as a dense matrix (an array, not a Tensor)."""
-        return (self.lora_B.data @ self.lora_A.data) * self.weight.dtype.type(self.scaling)
+        dtype = self.lora_A.data.dtype
+        return (self.lora_B.data @ self.lora_A.data) * dtype.type(self.scaling)
 
     def merge(self):
-        """Fold the update into the base weight; forward then uses only the base Linear."""
-        if not self.merged:
+        """Fold the update into the base weight; forward then uses only the base Linear.
+        A quantized base becomes a float32 (out, in) Parameter (dequantized + update)."""
+        if not self.merged and self.quant_base is not None:
+            w = self.quant_base.dequantize() + backend.to_numpy(self.delta_weight())
+            self.weight = Parameter(w.astype(np.float32), requires_grad=False)
+            self.merged = True
+        elif not self.merged:
             self._weight_before_merge = self.weight.data.copy()
             self.weight.data = self.weight.data + self.delta_weight()
             self.merged = True
@@ -128,19 +166,26 @@ class LoRALinear(Module):
 
     def unmerge(self):
         """Undo ``merge``: restore the base weight bit-identically from the copy."""
-        if self.merged:
+        if self.merged and self.quant_base is not None:
+            self.weight = self.quant_base
+            self.merged = False
+        elif self.merged:
             self.weight.data = self._weight_before_merge
             self._weight_before_merge = None
             self.merged = False
         return self
 
     def base_weight(self):
-        """The base weight array as it was before any merge (what the adapter was trained on)."""
+        """The base weight array as it was before any merge (what the adapter was trained on);
+        a QuantWeight for a quantized base."""
+        if self.quant_base is not None:
+            return self.quant_base
         return self._weight_before_merge if self.merged else self.weight.data
 
     def extra_repr(self):
+        quant = "" if self.quant_base is None else f"{self.quant_base.format.name}, "
         return (
-            f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
+            f"{self.in_features}, {self.out_features}, {quant}bias={self.bias is not None}, "
             f"rank={self.rank}, alpha={self.alpha:g}, merged={self.merged}"
         )
 
@@ -165,7 +210,7 @@ def apply_lora(model, rank=8, alpha=16.0, dropout=0.0, targets="all"):
     for name, parent in list(model.named_modules()):
         for child_name, child in list(parent._modules.items()):
             full = f"{name}.{child_name}" if name else child_name
-            if type(child) is Linear and any(full == s or full.endswith("." + s) for s in suffixes):
+            if type(child) in (Linear, QuantLinear) and any(full == s or full.endswith("." + s) for s in suffixes):
                 lora = LoRALinear(child, rank, alpha, dropout)
                 lora.train(child.training)
                 # replace in place, keeping the parent's module order (and so parameter order)
@@ -203,15 +248,25 @@ def lora_state_dict(model):
 
 def base_fingerprint(model, exclude=()):
     """sha256 over the names, shapes and float32 bytes of the base parameters (everything that
-    is not LoRA and not in ``exclude``), using the pre-merge weights of merged layers. Two models
-    have the same fingerprint exactly when an adapter trained on one fits the other."""
+    is not LoRA and not in ``exclude``), using the pre-merge weights of merged layers, then over
+    the names, formats and block bytes of every quantized weight. Two models have the same
+    fingerprint exactly when an adapter trained on one fits the other."""
+    from minillm.nn.quant import named_quant_weights
+
     merged = {f"{n}.weight": m for n, m in lora_layers(model) if m.merged}
+    quant = dict(named_quant_weights(model))
+    quant.update({f"{n}.weight": m.quant_base for n, m in lora_layers(model)
+                  if m.quant_base is not None})
     h = hashlib.sha256()
     for name, p in model.named_parameters():
-        if is_lora_param(name) or name in exclude:
+        if is_lora_param(name) or name in exclude or name in quant:
             continue
         arr = merged[name].base_weight() if name in merged else p.data
         arr = np.ascontiguousarray(backend.to_numpy(arr), dtype="<f4")
         h.update(f"{name}:{arr.shape};".encode())
         h.update(arr.tobytes())
+    for name in sorted(quant):
+        qw = quant[name]
+        h.update(f"{name}:{qw.shape}:{qw.format.name};".encode())
+        h.update(np.ascontiguousarray(qw.blocks).tobytes())
     return h.hexdigest()
