@@ -16,7 +16,7 @@ from minillm.checkpoints import run as ckpt
 from minillm.cli import main
 from minillm.data import TokenData, prepare
 from minillm.models import GPT, GPTConfig
-from tests.test_pretrain import TINY, make_corpus
+from tests.train.test_pretrain import TINY, make_corpus
 
 RUN = [*TINY, "--max_iters=2", "--eval_interval=2", "--lr_decay_iters=2", "--no-progress"]
 

@@ -117,8 +117,8 @@ def detect_task(path):
     import json
 
     try:
-        with open(path, encoding="utf-8") as f:
-            line = next((ln for ln in f if ln.strip()), "")
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:  # the reader names
+            line = next((ln for ln in f if ln.strip()), "")  # a line that is not UTF-8
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from None
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from minillm.checkpoints.atomic import CRASH_EXIT
 from minillm.data import prepare
-from tests.test_pretrain import TINY, make_corpus
+from tests.train.test_pretrain import TINY, make_corpus
 
 RUN = ["--max_iters=6", "--eval_interval=2", "--lr_decay_iters=6", "--dropout=0.1", "--no-progress",
        *TINY]
