@@ -8,7 +8,15 @@ import argparse
 import sys
 
 from minillm import __version__
+from minillm.cli_chat_finetune import (
+    add_chat_finetune_flags,
+    add_eval,
+    chat_demo_hook,
+    chat_finetune_hook,
+)
+from minillm.cli_models import add_model_flags, load_for_sampling, model_source
 from minillm.errors import MinillmError
+from minillm.serve.cli import add_serve  # the server's flags live with it
 
 
 def _parser():
@@ -255,24 +263,8 @@ def run_finetune_demo_data(args):
 
 
 # ----------------------------------------------------------------------------- sample, chat
-def _add_model_flags(p, default_model=None):
-    """--ckpt PATH | --model NAME, and --dtype for GGUF weights."""
-    src = p.add_mutually_exclusive_group(required=default_model is None)
-    src.add_argument("--ckpt", help="a run or checkpoint directory, a LoRA run, a Hugging Face "
-                                    "GPT-2 directory or a .gguf file")
-    src.add_argument("--model", metavar="NAME",
-                     help="a built-in model, fetched once: smollm2-135m-instruct"
-                          + (f" (default: {default_model})" if default_model else ""))
-    p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
-                   help="GGUF weights in memory: as the file stores them (default), float32, "
-                        "or requantized to q8_0")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the sha256 check of a minillm checkpoint's weights (huge files)")
-    p.set_defaults(default_model=default_model)
-
-
 def _add_sampling_flags(p, max_new_tokens=256, default_model=None):
-    _add_model_flags(p, default_model)
+    add_model_flags(p, default_model)
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
     p.add_argument("--top-k", type=int, default=200, help="0 = no limit (default: 200)")
@@ -304,25 +296,6 @@ def add_sample(sub):
     p.set_defaults(run=run_sample)
 
 
-def _model_source(args):
-    """What --ckpt / --model (or the command's default model) names."""
-    return args.ckpt or args.model or args.default_model
-
-
-def _load_for_sampling(args):
-    """(model, tokenizer) from --ckpt or --model; a checkpoint without a tokenizer cannot be
-    sampled."""
-    from minillm.checkpoints import load
-
-    source = _model_source(args)
-    options = {"dtype": args.dtype} if args.dtype else {}
-    model, tokenizer = load(source, device=args.device, verify=not args.no_verify, **options)
-    if tokenizer is None:
-        raise MinillmError(f"{source} holds no tokenizer, so its text cannot be encoded; save "
-                           f"the checkpoint with its tokenizer.")
-    return model, tokenizer
-
-
 def run_sample(args):
     from pathlib import Path
 
@@ -337,7 +310,7 @@ def run_sample(args):
             raise MinillmError(f"cannot read the prompt file {path} ({e}).") from None
     if args.num_samples < 1:
         raise MinillmError(f"--num-samples must be at least 1, got {args.num_samples}.")
-    model, tokenizer = _load_for_sampling(args)
+    model, tokenizer = load_for_sampling(args)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i  # sample i uses seed + i
         pieces = stream(model, tokenizer, prompt, seed=seed, **_sampling_options(args))
@@ -372,7 +345,7 @@ def _new_chat(args, model, tokenizer):
         return TemplateChat.for_model(model, tokenizer, system=args.system, seed=args.seed,
                                       **opts)
     if args.system:
-        raise MinillmError(f"{_model_source(args)} has no chat template, so it takes no "
+        raise MinillmError(f"{model_source(args)} has no chat template, so it takes no "
                            f"--system prompt.")
     return Chat(model, tokenizer, seed=args.seed, **opts)
 
@@ -380,11 +353,11 @@ def _new_chat(args, model, tokenizer):
 def run_chat(args):
     from minillm.sample import CHAT_HELP
 
-    model, tokenizer = _load_for_sampling(args)
+    model, tokenizer = load_for_sampling(args)
     chat = _new_chat(args, model, tokenizer)
     tty = sys.stdin.isatty()
     if tty:
-        print(f"chatting with {_model_source(args)}; {CHAT_HELP}")
+        print(f"chatting with {model_source(args)}; {CHAT_HELP}")
     while True:
         if tty:
             print("you> ", end="", flush=True)
@@ -429,14 +402,6 @@ def run_kernels(args):
     print(f"kernel mode: {registry.get_mode()}")
     print(registry.format_rows(registry.describe()))
 
-
-from minillm.cli_chat_finetune import (  # noqa: E402  (chat fine-tuning hooks)
-    add_chat_finetune_flags,
-    add_eval,
-    chat_demo_hook,
-    chat_finetune_hook,
-)
-from minillm.serve.cli import add_serve  # noqa: E402  (the server's flags live with it)
 
 COMMANDS = [add_prepare, add_pretrain, add_plot, add_export, add_finetune, add_classify,
             add_finetune_demo_data, add_sample, add_chat, add_kernels, add_serve, add_eval]

@@ -8,6 +8,8 @@ fine-tuning and returns True, or fills in the auto-detected task and returns Fal
 ``chat_demo_hook`` first thing in ``run_finetune_demo_data``.
 """
 
+from minillm.cli_models import add_model_flags, load_for_sampling
+
 
 def add_chat_finetune_flags(p):
     p.add_argument("--model", metavar="NAME", default=None,
@@ -74,14 +76,13 @@ def chat_demo_hook(args):
 
 
 def add_eval(sub):
-    from minillm.cli import _add_model_flags
 
     p = sub.add_parser("eval", help="held-out accuracy and loss of a chat model on chat JSONL",
                        description="Ask each held-out question (the conversation without its "
                                    "last reply), greedily, and count replies that contain the "
                                    "record's \"answer\" (or the whole expected reply); also the "
                                    "mean loss on the assistant tokens.")
-    _add_model_flags(p, default_model="smollm2-135m-instruct")
+    add_model_flags(p, default_model="smollm2-135m-instruct")
     p.add_argument("--data", required=True, help="held-out chat JSONL")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=8)
@@ -91,10 +92,9 @@ def add_eval(sub):
 
 
 def run_eval(args):
-    from minillm.cli import _load_for_sampling
     from minillm.train.evaluate import evaluate_chat
 
-    model, tok = _load_for_sampling(args)
+    model, tok = load_for_sampling(args)
     m, rows = evaluate_chat(model, tok, args.data, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size)
     if args.show:

@@ -7,7 +7,7 @@ What it reads, in the order it decides:
     "out/run/last"        a checkpoint directory itself (model.safetensors + config.json)
     "out/lora"            a LoRA fine-tune run or adapter directory: the base it names, then the
                           adapter, merged into the weights (PEFT's layout, adapter_model.
-                          safetensors: minillm.checkpoints.peft.load_peft)
+                          safetensors: load_peft below)
     "gpt2/"               a Hugging Face GPT-2 directory (config.json with GPT2Config fields)
     "smollm2-hf/"         a Hugging Face Llama directory (config.json model_type "llama"):
                           minillm.checkpoints.hf_llama.load_hf_llama
@@ -25,7 +25,7 @@ from minillm.checkpoints.atomic import recover_dir
 from minillm.checkpoints.llama import load_gguf
 from minillm.errors import CheckpointError, ConfigError
 from minillm.models import pretrained
-from minillm.nn.lora import merge_lora
+from minillm.nn.lora import lora_layers, merge_lora
 
 ACCEPTED = ("a minillm run or checkpoint directory, a LoRA fine-tune run, a Hugging Face GPT-2 "
             "or Llama directory, a .gguf file or a built-in model name")
@@ -62,7 +62,7 @@ def load(path_or_name, device="cpu", dropout=None, verify=True, **options):
         raise CheckpointError(f"{path} holds no checkpoint (no {run.MODEL_FILE}, "
                               f"{adapter.ADAPTER_CONFIG}, best/ or last/); pass {ACCEPTED}")
     if peft.is_peft_dir(ckpt):  # a LoRA adapter in PEFT's layout: its base, then the adapter
-        return peft.load_peft(ckpt, device=device)
+        return load_peft(ckpt, device=device)
     if adapter.is_adapter_dir(ckpt):
         return _load_with_adapter(ckpt, device=device, dropout=dropout)
     cfg = run.load_config(ckpt)
@@ -92,6 +92,28 @@ def _load_gguf(path, device="cpu", dropout=None, **options):
     if dropout is not None:
         options["dropout"] = dropout
     return load_gguf(path, device=device, **options)
+
+
+def load_peft(directory, device="cpu", base=None, merge=True):
+    """(model in eval mode, tokenizer): the base the adapter names (or ``base``), loaded with the
+    dtype it was trained on, plus the adapter. ``merge`` folds the update into float32 layers;
+    layers over a quantized base stay unmerged (merging would dequantize them to float32)."""
+    cfg = peft.read_peft_config(directory)
+    own = cfg.get("minillm", {})
+    ref = base or own.get("base") or cfg.get("base_model_name_or_path")
+    if not ref:
+        raise CheckpointError(f"adapter {directory} names no base model; pass one")
+    options = {"dtype": own["base_dtype"]} if own.get("base_dtype") else {}
+    try:
+        model, tokenizer = load(ref, device=device, **options)
+    except CheckpointError as e:
+        raise CheckpointError(f"adapter {directory}: cannot load its base {ref}: {e}") from None
+    peft.load_peft_into(model, directory)
+    if merge:
+        for _, m in lora_layers(model):
+            if m.quant_base is None:
+                m.merge()
+    return model.eval(), tokenizer
 
 
 pretrained.register_loader(load)

@@ -154,27 +154,3 @@ def load_peft_into(model, directory):
         p = params[name]
         p.data = backend.to_device(arr.astype(p.dtype, copy=True), backend.device_of(p.data))
     return cfg
-
-
-def load_peft(directory, device="cpu", base=None, merge=True):
-    """(model in eval mode, tokenizer): the base the adapter names (or ``base``), loaded with the
-    dtype it was trained on, plus the adapter. ``merge`` folds the update into float32 layers;
-    layers over a quantized base stay unmerged (merging would dequantize them to float32)."""
-    from minillm.checkpoints.loader import load
-
-    cfg = read_peft_config(directory)
-    own = cfg.get("minillm", {})
-    ref = base or own.get("base") or cfg.get("base_model_name_or_path")
-    if not ref:
-        raise CheckpointError(f"adapter {directory} names no base model; pass one")
-    options = {"dtype": own["base_dtype"]} if own.get("base_dtype") else {}
-    try:
-        model, tokenizer = load(ref, device=device, **options)
-    except CheckpointError as e:
-        raise CheckpointError(f"adapter {directory}: cannot load its base {ref}: {e}") from None
-    load_peft_into(model, directory)
-    if merge:
-        for _, m in lora_layers(model):
-            if m.quant_base is None:
-                m.merge()
-    return model.eval(), tokenizer
