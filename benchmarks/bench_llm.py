@@ -78,6 +78,7 @@ def run_minillm(dtype, path, ids, new, threads):
 
 
 def run_llamacpp(path, ids, new, threads):
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
@@ -90,8 +91,10 @@ def run_llamacpp(path, ids, new, threads):
         llm.eval(ids)
         t1 = time.perf_counter()
         out = []
-        for _ in range(new):
-            t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        V = llm.n_vocab()
+        for _ in range(new):  # the last position's logits, as llama.cpp left them
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm._ctx.ctx), shape=(V,))
+            t = int(np.argmax(logits))
             out.append(t)
             llm.eval([t])
         t2 = time.perf_counter()
