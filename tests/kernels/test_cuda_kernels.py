@@ -20,7 +20,6 @@ Marker ``gpu``: skipped without CuPy or a CUDA device (and deselected by default
 
 import importlib
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -30,6 +29,7 @@ from minillm.kernels import registry
 
 pytestmark = pytest.mark.gpu
 cp = pytest.importorskip("cupy")
+from _cuda import gpu, poison, rng_for  # noqa: E402, F401  (fixtures)
 
 _mod = lambda name: importlib.import_module(f"minillm.kernels.cuda.{name}")  # noqa: E731
 KM, KLN, KSM, KCE, KGL, KAW, KAT = map(
@@ -40,36 +40,6 @@ KM, KLN, KSM, KCE, KGL, KAW, KAT = map(
 def versions(module, op):
     """The versions of ``op`` declared in ``module.LADDERS``."""
     return {lad.op: lad for lad in module.LADDERS}[op].versions
-
-
-@pytest.fixture(scope="module", autouse=True)
-def gpu():
-    try:
-        n = cp.cuda.runtime.getDeviceCount()
-    except Exception as e:  # CuPy without a driver or device
-        pytest.skip(f"no usable CUDA device: {e}")
-    if n < 1:
-        pytest.skip("no CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """cupy.empty / empty_like hand out NaN-filled (float) or -7777-filled (int) buffers."""
-    real_empty, real_empty_like = cp.empty, cp.empty_like
-
-    def fill(a):
-        try:
-            a.fill(np.nan if a.dtype.kind == "f" or "float" in str(a.dtype) else -7777)
-        except Exception:  # a dtype fill() does not take NaN for: leave it
-            pass
-        return a
-
-    monkeypatch.setattr(cp, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
-    monkeypatch.setattr(cp, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def host64(a):

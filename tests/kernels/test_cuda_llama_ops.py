@@ -5,7 +5,6 @@ Marker ``gpu``: skipped without CuPy or a CUDA device (run with
 ``pytest -m gpu tests/kernels/test_cuda_llama_ops.py`` on a GPU machine).
 """
 
-import zlib
 
 import numpy as np
 import pytest
@@ -15,34 +14,7 @@ from minillm.kernels import registry
 
 pytestmark = pytest.mark.gpu
 cp = pytest.importorskip("cupy")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def gpu():
-    try:
-        n = cp.cuda.runtime.getDeviceCount()
-    except Exception as e:  # CuPy without a driver or device
-        pytest.skip(f"no usable CUDA device: {e}")
-    if n < 1:
-        pytest.skip("no CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """cupy.empty / empty_like hand out NaN-filled buffers, so an unwritten element fails."""
-    real_empty, real_empty_like = cp.empty, cp.empty_like
-
-    def fill(a):
-        if a.dtype.kind == "f":
-            a.fill(np.nan)
-        return a
-
-    monkeypatch.setattr(cp, "empty", lambda *a, **k: fill(real_empty(*a, **k)))
-    monkeypatch.setattr(cp, "empty_like", lambda *a, **k: fill(real_empty_like(*a, **k)))
-
-
-def rng_for(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+from _cuda import gpu, poison, rng_for  # noqa: E402, F401  (fixtures)
 
 
 def f32(a):
