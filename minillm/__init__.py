@@ -11,16 +11,31 @@ from minillm import (
     _env,  # noqa: E402,F401  (thread and BLAS settings, before NumPy loads)
     functional,  # noqa: E402
 )
-from minillm.autograd import enable_grad, is_grad_enabled, no_grad  # noqa: E402
+from minillm.autograd import enable_grad, inference_mode, is_grad_enabled, no_grad  # noqa: E402
 from minillm.backend import get_kernels, manual_seed, set_kernels  # noqa: E402
 from minillm.checkpoints import load  # noqa: E402  (also registers GPT.from_pretrained's loader)
 from minillm.errors import MinillmError  # noqa: E402
-from minillm.ops import cat, concat, stack, where  # noqa: E402
-from minillm.tensor import Tensor, arange, ones, randn, tensor, zeros  # noqa: E402
+from minillm.ops import cat, clamp, concat, matmul, stack, where  # noqa: E402
+from minillm.tensor import (  # noqa: E402
+    Tensor,
+    arange,
+    full,
+    full_like,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randn,
+    randn_like,
+    tensor,
+    zeros,
+    zeros_like,
+)
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "arange", "cat", "concat", "stack", "where",
-    "no_grad", "enable_grad", "is_grad_enabled", "manual_seed", "set_kernels", "get_kernels",
+    "zeros_like", "ones_like", "full", "full_like", "rand", "rand_like", "randn_like", "matmul",
+    "clamp", "no_grad", "enable_grad", "inference_mode", "is_grad_enabled", "manual_seed", "set_kernels", "get_kernels",
     "functional", "MinillmError", "__version__", "generate", "stream", "load", "save", "finetune",
 ]
 

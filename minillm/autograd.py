@@ -54,6 +54,28 @@ class enable_grad(no_grad):
         _grad_enabled = True
 
 
+class inference_mode(no_grad):
+    """PyTorch's ``inference_mode``: here the same as ``no_grad`` (minillm has no separate
+    cheaper mode). ``inference_mode(False)`` records the graph as usual."""
+
+    def __init__(self, mode=True):
+        self.mode = bool(mode)
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev = _grad_enabled
+        if self.mode:
+            _grad_enabled = False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with inference_mode(self.mode):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
 _FREED = object()  # marks a node whose saved arrays were released by a backward
 
 
@@ -61,6 +83,9 @@ class Function:
     """One differentiable op. Subclasses implement forward(*arrays, **params) and backward(dy)."""
 
     __slots__ = ("parents", "needs_input_grad", "saved", "__weakref__")
+
+    def __repr__(self):
+        return f"<{type(self).__name__}Backward>"  # PyTorch prints grad_fn as <MulBackward0>
 
     def save(self, *arrays):
         self.saved = arrays

@@ -1,4 +1,5 @@
-"""Optimizers (SGD with momentum, AdamW), gradient clipping and learning-rate schedules.
+"""Optimizers (SGD with momentum, AdamW), gradient clipping and learning-rate schedules
+(``optim.lr_scheduler``: the schedulers, in minillm/lr_scheduler.py).
 
 Optimizers take parameters or parameter groups (a list of dicts with "params" and per-group
 overrides such as "weight_decay"), as in PyTorch, so that biases, LayerNorm weights and
@@ -8,13 +9,16 @@ tensors with 2 or more dimensions that are matmul weights).
 AdamW's update runs as one kernel per parameter (kernels ``adamw_step``: reference or Numba).
 """
 
-import math
-
 import numpy as np
 
-from minillm import backend
+from minillm import (
+    backend,
+    lr_scheduler,  # noqa: F401  (PyTorch's torch.optim.lr_scheduler)
+)
 from minillm.errors import ConfigError
 from minillm.kernels import registry
+from minillm.lr_scheduler import cosine_lr  # noqa: F401  (nanoGPT's schedule as a function)
+from minillm.nn import utils as nn_utils
 
 
 class Optimizer:
@@ -62,6 +66,51 @@ class Optimizer:
             data = backend.to_device(np.array(arr, dtype=p.dtype), p.device)
             self.state.setdefault(id(p), {})[name] = data
         self.step_count = int(step_count)
+
+    # PyTorch's state_dict: the state by parameter index, and the groups' settings
+    def state_dict(self):
+        """{"state": {i: {name: array}}, "param_groups": [{setting: value, "params": [i, ...]}],
+        "step": steps taken}, parameters numbered in group order as in PyTorch. The arrays are
+        copies, so the dict is a snapshot that later steps do not change."""
+        state, groups, i = {}, [], 0
+        for g in self.param_groups:
+            ids = []
+            for p in g["params"]:
+                if id(p) in self.state:
+                    state[i] = {k: a.copy() for k, a in self.state[id(p)].items()}
+                ids.append(i)
+                i += 1
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+        return {"state": state, "param_groups": groups, "step": self.step_count}
+
+    def load_state_dict(self, state_dict):
+        """Restore what ``state_dict`` returned (from an optimizer over parameters of the same
+        shapes, in the same groups): the per-parameter state, each group's settings (lr,
+        betas, ...) and the step count, so training continues as if never interrupted."""
+        try:
+            groups, saved = state_dict["param_groups"], state_dict["state"]
+        except (KeyError, TypeError):
+            raise ConfigError("not an optimizer state_dict (it needs 'state' and 'param_groups')"
+                              ) from None
+        sizes = [len(g["params"]) for g in self.param_groups]
+        if [len(g["params"]) for g in groups] != sizes:
+            raise ConfigError(f"the optimizer state_dict has groups of "
+                              f"{[len(g['params']) for g in groups]} parameters, this optimizer "
+                              f"{sizes}")
+        params = [p for _, p in self._params()]
+        new_state = {}
+        for key, arrays in saved.items():
+            p = params[int(key)]
+            for name, arr in arrays.items():
+                if tuple(arr.shape) != tuple(p.shape):
+                    raise ConfigError(f"optimizer state {key}.{name} has shape {tuple(arr.shape)}, "
+                                      f"the parameter has {tuple(p.shape)}")
+                data = backend.to_device(np.array(backend.to_numpy(arr), dtype=p.dtype), p.device)
+                new_state.setdefault(id(p), {})[name] = data
+        for own, g in zip(self.param_groups, groups):
+            own.update({k: v for k, v in g.items() if k != "params"})
+        self.state = new_state
+        self.step_count = int(state_dict.get("step", 0))
 
     def set_lr(self, lr):
         for g in self.param_groups:
@@ -131,27 +180,6 @@ def gpt_param_groups(model, weight_decay):
 
 def clip_grad_norm_(params, max_norm):
     """Scale all gradients in place so their global L2 norm is at most ``max_norm``; returns
-    the norm before clipping (as a float)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) if g.dtype != np.float64
-                          else float((g * g).sum()) for g in grads))
-    if max_norm is not None and max_norm > 0 and total > max_norm:
-        scale = max_norm / (total + 1e-6)
-        for g in grads:
-            g *= g.dtype.type(scale)
-    return total
-
-
-# ----------------------------------------------------------------------------- schedules
-def cosine_lr(step, lr, warmup_iters, decay_iters, min_lr):
-    """Linear warmup from 0 to ``lr`` over ``warmup_iters`` steps, then cosine decay to
-    ``min_lr`` at ``decay_iters``, then ``min_lr`` (nanoGPT's get_lr; step counts from 0)."""
-    if step < warmup_iters:
-        return lr * (step + 1) / (warmup_iters + 1)
-    if step > decay_iters:
-        return min_lr
-    ratio = (step - warmup_iters) / max(1, decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-    return min_lr + coeff * (lr - min_lr)
+    the norm before clipping (as a float). ``minillm.nn.utils.clip_grad_norm_`` does the work
+    (PyTorch's spelling, returning a Tensor)."""
+    return float(nn_utils.clip_grad_norm_(list(params), max_norm))

@@ -4,6 +4,11 @@ A Tensor holds ``data`` (the array), ``requires_grad``, ``grad`` (an array, fill
 leaves) and ``_ctx`` (the Function that produced it, None for leaves). Operators and methods
 delegate to the differentiable ops in ``minillm.ops``; this file only wires them up, the way
 PyTorch users expect (``a @ b``, ``x.sum(-1, keepdims=True)``, ``x.view(B, T, C)``, ...).
+
+Both spellings work: NumPy's ``axis=``/``keepdims=`` and PyTorch's ``dim=``/``keepdim=``.
+``size()`` is PyTorch's (the shape, or one dimension's length); the element count is
+``numel()``. ``max(dim=...)`` and ``min(dim=...)`` return PyTorch's (values, indices) pair;
+with ``axis=`` (or positionally) they return the values, as NumPy does.
 """
 
 import numpy as np
@@ -55,13 +60,22 @@ class Tensor:
     def ndim(self):
         return self.data.ndim
 
-    @property
-    def size(self):
-        """Number of elements (NumPy's meaning); ``numel()`` is the same."""
-        return self.data.size
+    def size(self, dim=None):
+        """The shape (PyTorch's ``size()``), or the length of dimension ``dim``; the number of
+        elements is ``numel()``."""
+        if dim is None:
+            return tuple(self.data.shape)
+        if not -self.ndim <= dim < self.ndim:
+            raise MinillmError(f"dimension {dim} is out of range for a tensor of shape {self.shape}")
+        return self.data.shape[dim]
 
     def numel(self):
+        """Number of elements (NumPy's ``.size``)."""
         return self.data.size
+
+    def dim(self):
+        """Number of dimensions (PyTorch's ``dim()``; ``ndim`` is the same)."""
+        return self.data.ndim
 
     @property
     def device(self):
@@ -70,6 +84,12 @@ class Tensor:
     @property
     def is_leaf(self):
         return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        """The op node (a ``Function``) that produced this tensor in the graph; None for a leaf
+        and for a result computed without grad."""
+        return self._ctx
 
     def __len__(self):
         return len(self.data)
@@ -138,6 +158,12 @@ class Tensor:
 
     def tolist(self):
         return self.numpy().tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
 
     def to(self, device=None, dtype=None):
         """A copy on ``device`` ('cpu' or 'cuda') and/or of ``dtype``; graph-connected for dtype."""
@@ -255,23 +281,54 @@ class Tensor:
     def abs(self):
         return ops.abs(self)
 
-    def sum(self, axis=None, keepdims=False):
-        return ops.sum(self, axis, keepdims)
+    def pow(self, exponent):
+        return ops.pow(self, exponent)
 
-    def mean(self, axis=None, keepdims=False):
-        return ops.mean(self, axis, keepdims)
+    def square(self):
+        return ops.square(self)
 
-    def max(self, axis=None, keepdims=False):
-        return ops.max(self, axis, keepdims)
+    def clamp(self, min=None, max=None):
+        return ops.clamp(self, min, max)
 
-    def var(self, axis=None, keepdims=False, correction=1):
-        return ops.var(self, axis, keepdims, correction)
+    clip = clamp
 
-    def softmax(self, axis=-1):
-        return ops.softmax(self, axis)
+    def matmul(self, other):
+        return ops.matmul(self, other)
 
-    def log_softmax(self, axis=-1):
-        return ops.log_softmax(self, axis)
+    def clone(self):
+        """A copy with its own memory that stays in the graph (gradients flow through it)."""
+        return ops.clone(self)
+
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.min(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def var(self, axis=None, keepdims=False, correction=1, *, dim=None, keepdim=None,
+            unbiased=None):
+        return ops.var(self, axis, keepdims, correction, dim=dim, keepdim=keepdim,
+                       unbiased=unbiased)
+
+    def std(self, axis=None, keepdims=False, correction=1, *, dim=None, keepdim=None,
+            unbiased=None):
+        return ops.std(self, axis, keepdims, correction, dim=dim, keepdim=keepdim,
+                       unbiased=unbiased)
+
+    def norm(self, p=2, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return ops.norm(self, p, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def softmax(self, axis=None, *, dim=None):
+        return ops.softmax(self, axis, dim=dim)
+
+    def log_softmax(self, axis=None, *, dim=None):
+        return ops.log_softmax(self, axis, dim=dim)
 
     def reshape(self, *shape):
         return ops.reshape(self, *shape)
@@ -279,8 +336,9 @@ class Tensor:
     def view(self, *shape):
         return ops.reshape(self, *shape)
 
-    def flatten(self, start=0, end=-1):
-        return ops.flatten(self, start, end)
+    def flatten(self, start=0, end=-1, *, start_dim=None, end_dim=None):
+        return ops.flatten(self, start if start_dim is None else start_dim,
+                           end if end_dim is None else end_dim)
 
     def transpose(self, a=-2, b=-1):
         return ops.transpose(self, a, b)
@@ -292,11 +350,18 @@ class Tensor:
     def T(self):
         return ops.permute(self, *reversed(range(self.ndim)))
 
-    def unsqueeze(self, axis):
-        return ops.unsqueeze(self, axis)
+    def t(self):
+        """The transpose of a matrix (PyTorch's ``t()``: 0-D and 1-D tensors come back as they are)."""
+        if self.ndim > 2:
+            raise MinillmError(f"t() takes a tensor of at most 2 dimensions, got shape "
+                               f"{self.shape}; use transpose(dim0, dim1) or permute")
+        return self if self.ndim < 2 else ops.transpose(self, 0, 1)
 
-    def squeeze(self, axis=None):
-        return ops.squeeze(self, axis)
+    def unsqueeze(self, axis=None, *, dim=None):
+        return ops.unsqueeze(self, _dim(axis, dim))
+
+    def squeeze(self, axis=None, *, dim=None):
+        return ops.squeeze(self, dim if axis is None else axis)
 
     def expand(self, *shape):
         return ops.expand(self, *shape)
@@ -304,14 +369,27 @@ class Tensor:
     def contiguous(self):
         return self
 
-    def split(self, size_or_sections, axis=-1):
-        return ops.split(self, size_or_sections, axis)
+    def split(self, size_or_sections, axis=None, *, dim=None):
+        return ops.split(self, size_or_sections, axis, dim=dim)
 
     def masked_fill(self, mask, value):
         return ops.masked_fill(self, mask, value)
 
-    def argmax(self, axis=None):
-        return Tensor(self.data.argmax(axis=axis))
+    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Index of the largest value (over all elements flattened, or along one axis)."""
+        return self._arg("argmax", axis, keepdims, dim, keepdim)
+
+    def argmin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return self._arg("argmin", axis, keepdims, dim, keepdim)
+
+    def _arg(self, name, axis, keepdims, dim, keepdim):
+        axis = _dim(axis, dim)
+        keep = bool(keepdims or keepdim)
+        idx = getattr(self.data, name)(axis=axis)
+        if keep:
+            xp = backend.array_module(self.data)
+            idx = xp.expand_dims(idx, axis) if axis is not None else idx.reshape((1,) * self.ndim)
+        return Tensor(backend.array_module(self.data).asarray(idx, dtype=np.int64))
 
 
 def tensor(data, requires_grad=False, dtype=None):
@@ -333,8 +411,63 @@ def randn(*shape, dtype=None, requires_grad=False):
     return Tensor(data, requires_grad)
 
 
+def rand(*shape, dtype=None, requires_grad=False):
+    """Uniform samples in [0, 1) from minillm's seeded generator (see ``manual_seed``)."""
+    data = backend.rng().random(_shape(shape)).astype(dtype or backend.DEFAULT_DTYPE)
+    return Tensor(data, requires_grad)
+
+
+def full(shape, fill_value, dtype=None, requires_grad=False):
+    """A tensor of ``shape`` filled with ``fill_value`` (float32 unless ``dtype``, as PyTorch
+    does for a float; an int fill gives int64)."""
+    if dtype is None:
+        dtype = np.int64 if isinstance(fill_value, (int, np.integer)) and not isinstance(
+            fill_value, bool) else backend.DEFAULT_DTYPE
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    return Tensor(np.full(shape, fill_value, dtype=dtype), requires_grad)
+
+
+def _like(fill, t, dtype, requires_grad):
+    """An array shaped like ``t`` (a Tensor or array), on its device, of its dtype by default."""
+    data = t.data if isinstance(t, Tensor) else t
+    xp = backend.array_module(data)
+    return Tensor(fill(xp, data.shape, dtype or data.dtype), requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return _like(lambda xp, s, d: xp.zeros(s, d), t, dtype, requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return _like(lambda xp, s, d: xp.ones(s, d), t, dtype, requires_grad)
+
+
+def full_like(t, fill_value, dtype=None, requires_grad=False):
+    return _like(lambda xp, s, d: xp.full(s, fill_value, d), t, dtype, requires_grad)
+
+
+def randn_like(t, dtype=None, requires_grad=False):
+    """Standard normal samples shaped like ``t`` (drawn on the CPU, moved to ``t``'s device)."""
+    data = t.data if isinstance(t, Tensor) else t
+    out = randn(*data.shape, dtype=dtype or data.dtype)
+    return Tensor(backend.to_device(out.data, backend.device_of(data)), requires_grad)
+
+
+def rand_like(t, dtype=None, requires_grad=False):
+    data = t.data if isinstance(t, Tensor) else t
+    out = rand(*data.shape, dtype=dtype or data.dtype)
+    return Tensor(backend.to_device(out.data, backend.device_of(data)), requires_grad)
+
+
 def arange(*args, dtype=None):
     return Tensor(np.arange(*args, dtype=dtype))
+
+
+def _dim(axis, dim):
+    """``axis`` or PyTorch's ``dim`` (for the methods that are not ops)."""
+    if axis is not None and dim is not None and axis != dim:
+        raise MinillmError(f"got axis={axis} and dim={dim}; pass one of them")
+    return axis if dim is None else dim
 
 
 def _shape(shape):

@@ -90,7 +90,7 @@ def test_backward_with_explicit_grad_and_detach():
 
 def test_tensor_basics():
     x = M.tensor([[1.0, 2.0], [3.0, 4.0]])
-    assert x.shape == (2, 2) and x.ndim == 2 and x.size == 4 and x.dtype == np.float32
+    assert x.shape == (2, 2) and x.ndim == 2 and x.numel() == 4 and x.size() == (2, 2) and x.dtype == np.float32
     assert M.tensor([1, 2]).dtype == np.int64
     assert x.sum().item() == 10.0
     assert isinstance(x.numpy(), np.ndarray)

@@ -117,8 +117,8 @@ class GPT(DecoderLM):
         n = super().num_parameters(trainable_only=trainable_only)
         if not non_embedding:
             return n
-        n -= self.wpe.weight.size
-        return n if self.config.tie_word_embeddings else n - self.wte.weight.size
+        n -= self.wpe.weight.numel()
+        return n if self.config.tie_word_embeddings else n - self.wte.weight.numel()
 
     def crop_block_size(self, block_size):
         """Shrink the context window and drop the position rows past it."""

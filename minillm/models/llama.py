@@ -139,5 +139,5 @@ class Llama(DecoderLM):
         (a tied table is counted: it is also the LM head's matmul), as GPT.num_parameters."""
         n = super().num_parameters(trainable_only=trainable_only)
         if non_embedding and not self.config.tie_word_embeddings:
-            n -= self.embed_tokens.weight.size
+            n -= self.embed_tokens.weight.numel()
         return n

@@ -77,7 +77,7 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def num_parameters(self, trainable_only=False):
-        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ------------------------------------------------------------------ modes and grads
     def train(self, mode=True):
@@ -186,6 +186,14 @@ class ModuleList(Module):
 
 
 class Sequential(ModuleList):
+    """Modules applied in order: ``Sequential(Linear(3, 4), ReLU(), Linear(4, 2))`` as in
+    PyTorch (a single list of modules works too)."""
+
+    def __init__(self, *modules):
+        if len(modules) == 1 and not isinstance(modules[0], Module):
+            modules = modules[0]
+        super().__init__(modules)
+
     def forward(self, x):
         for m in self:
             x = m(x)

@@ -5,6 +5,9 @@ from minillm.ops.elementwise import (
     abs,
     add,
     cast,
+    clamp,
+    clip,
+    clone,
     div,
     exp,
     gelu,
@@ -16,6 +19,7 @@ from minillm.ops.elementwise import (
     relu,
     sigmoid,
     sqrt,
+    square,
     sub,
     tanh,
     where,
@@ -32,7 +36,7 @@ from minillm.ops.nn import (
     self_attention,
     softmax,
 )
-from minillm.ops.reduce import max, mean, sum, var
+from minillm.ops.reduce import max, mean, min, norm, std, sum, var
 from minillm.ops.shape import (
     cat,
     concat,

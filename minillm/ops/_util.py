@@ -58,3 +58,22 @@ def check_broadcast(a, b, opname):
         raise MinillmError(
             f"{opname}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast together"
         ) from None
+
+
+def pick_dim(axis, dim, default=None):
+    """The axis an op works along, named with NumPy's ``axis`` or PyTorch's ``dim`` (either, not
+    two different values); ``default`` when neither is given."""
+    if dim is None:
+        return default if axis is None else axis
+    if axis is not None and axis != dim and axis != default:
+        raise MinillmError(f"got axis={axis} and dim={dim}; pass one of them")
+    return dim
+
+
+def pick_keepdims(keepdims, keepdim):
+    """NumPy's ``keepdims`` or PyTorch's ``keepdim`` (either spelling, not two different values)."""
+    if keepdim is None:
+        return bool(keepdims)
+    if keepdims and not keepdim:
+        raise MinillmError("got keepdims=True and keepdim=False; pass one of them")
+    return bool(keepdim)

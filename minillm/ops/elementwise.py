@@ -7,6 +7,7 @@ NumPy and CuPy.
 
 from minillm import backend
 from minillm.autograd import Function
+from minillm.errors import MinillmError
 from minillm.kernels import registry
 from minillm.ops._util import check_broadcast, lift, unbroadcast
 from minillm.tensor import Tensor
@@ -214,6 +215,34 @@ class GELU(Function):
         return (registry.get("gelu_backward", x)(dy, x),)
 
 
+class Clamp(Function):
+    """y = min(max(x, lo), hi) (either bound may be None);
+    dx = dy where lo <= x <= hi (PyTorch's rule at the bounds), else 0."""
+
+    def forward(self, x, lo, hi):
+        xp = _xp(x)
+        inside = xp.ones(x.shape, dtype=bool)
+        if lo is not None:
+            inside &= x >= lo
+        if hi is not None:
+            inside &= x <= hi
+        self.saved = (inside,)
+        return xp.clip(x, lo, hi).astype(x.dtype, copy=False)
+
+    def backward(self, dy):
+        return (dy * self.saved[0],)
+
+
+class Clone(Function):
+    """y = a copy of x (its own memory, still in the graph);  dx = dy."""
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, dy):
+        return (dy,)
+
+
 class Where(Function):
     """y = where(cond, a, b);  da = dy where cond, db = dy where not cond. cond is constant."""
 
@@ -309,6 +338,27 @@ def abs(x):
 
 def gelu(x):
     return GELU.apply(x)
+
+
+def square(x):
+    """x^2: PowScalar with p = 2 (which computes x * x)."""
+    return PowScalar.apply(x, p=2)
+
+
+def clamp(x, min=None, max=None):
+    """x limited to [min, max] elementwise (PyTorch's ``clamp``; ``clip`` is NumPy's name)."""
+    if min is None and max is None:
+        raise MinillmError("clamp needs min, max or both")
+    if min is not None and max is not None and min > max:
+        raise MinillmError(f"clamp: min {min} is larger than max {max}")
+    return Clamp.apply(x, lo=min, hi=max)
+
+
+clip = clamp
+
+
+def clone(x):
+    return Clone.apply(x)
 
 
 def where(cond, a, b):

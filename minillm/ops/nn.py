@@ -16,6 +16,7 @@ from minillm.autograd import Function
 from minillm.errors import MinillmError
 from minillm.kernels import registry
 from minillm.kernels.reference import causal_mask
+from minillm.ops._util import pick_dim
 from minillm.tensor import Tensor
 
 
@@ -210,12 +211,14 @@ def _last_axis(fn, x, axis):
     return fn(x.transpose(axis, -1)).transpose(axis, -1)
 
 
-def softmax(x, axis=-1):
-    return _last_axis(Softmax.apply, x, axis)
+def softmax(x, axis=None, *, dim=None):
+    """Softmax along ``axis`` or ``dim`` (either spelling; the last axis by default)."""
+    return _last_axis(Softmax.apply, x, pick_dim(axis, dim, -1))
 
 
-def log_softmax(x, axis=-1):
-    return _last_axis(LogSoftmax.apply, x, axis)
+def log_softmax(x, axis=None, *, dim=None):
+    """log(softmax) along ``axis`` or ``dim`` (either spelling; the last axis by default)."""
+    return _last_axis(LogSoftmax.apply, x, pick_dim(axis, dim, -1))
 
 
 def cross_entropy(logits, targets, ignore_index=-100):

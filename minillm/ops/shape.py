@@ -9,7 +9,7 @@ import numpy as np
 from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
-from minillm.ops._util import normalize_axes, unbroadcast
+from minillm.ops._util import normalize_axes, pick_dim, unbroadcast
 from minillm.tensor import Tensor
 
 
@@ -118,7 +118,7 @@ def reshape(x, *shape):
         return Reshape.apply(x, shape=shape)
     except ValueError:
         raise MinillmError(
-            f"cannot reshape a tensor of shape {tuple(x.shape)} ({x.size} elements) into {shape}"
+            f"cannot reshape a tensor of shape {tuple(x.shape)} ({x.numel()} elements) into {shape}"
         ) from None
 
 
@@ -180,11 +180,12 @@ def getitem(x, index):
         raise MinillmError(f"bad index for a tensor of shape {tuple(x.shape)}: {e}") from None
 
 
-def cat(tensors, axis=0):
+def cat(tensors, axis=None, *, dim=None):
+    """Join tensors along ``axis`` or ``dim`` (either spelling; axis 0 by default)."""
     tensors = list(tensors)
     if not tensors:
         raise MinillmError("cat needs at least one tensor")
-    axis = axis % tensors[0].ndim
+    axis = pick_dim(axis, dim, 0) % tensors[0].ndim
     ref = tensors[0].shape
     for t in tensors[1:]:
         if t.ndim != len(ref) or any(a != b for i, (a, b) in enumerate(zip(t.shape, ref)) if i != axis):
@@ -198,7 +199,9 @@ def cat(tensors, axis=0):
 concat = cat
 
 
-def stack(tensors, axis=0):
+def stack(tensors, axis=None, *, dim=None):
+    """Stack same-shaped tensors along a new ``axis`` or ``dim`` (axis 0 by default)."""
+    axis = pick_dim(axis, dim, 0)
     tensors = list(tensors)
     if not tensors:
         raise MinillmError("stack needs at least one tensor")
@@ -208,10 +211,11 @@ def stack(tensors, axis=0):
     return Stack.apply(*tensors, axis=axis % (tensors[0].ndim + 1))
 
 
-def split(x, size_or_sections, axis=-1):
+def split(x, size_or_sections, axis=None, *, dim=None):
     """Split into pieces along ``axis``: an int gives pieces of that size (the last may be
-    smaller), a list gives the sizes (PyTorch's ``split``). Each piece is a getitem."""
-    axis = axis % x.ndim
+    smaller), a list gives the sizes (PyTorch's ``split``; ``dim`` is ``axis``, the last by
+    default). Each piece is a getitem."""
+    axis = pick_dim(axis, dim, -1) % x.ndim
     n = x.shape[axis]
     if isinstance(size_or_sections, int):
         if size_or_sections <= 0:
