@@ -105,7 +105,8 @@ class Optimizer:
                 if tuple(arr.shape) != tuple(p.shape):
                     raise ConfigError(f"optimizer state {key}.{name} has shape {tuple(arr.shape)}, "
                                       f"the parameter has {tuple(p.shape)}")
-                data = backend.to_device(np.array(backend.to_numpy(arr), dtype=p.dtype), p.device)
+                # a copy in the saved dtype (SGD's momentum takes the gradients' dtype)
+                data = backend.to_device(np.array(backend.to_numpy(arr)), p.device)
                 new_state.setdefault(id(p), {})[name] = data
         for own, g in zip(self.param_groups, groups):
             own.update({k: v for k, v in g.items() if k != "params"})
