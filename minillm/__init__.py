@@ -11,6 +11,7 @@ from minillm import (
     _env,  # noqa: E402,F401  (thread and BLAS settings, before NumPy loads)
     functional,  # noqa: E402
 )
+from minillm import sample as _sample  # noqa: E402,F401  (registers model.generate's loop)
 from minillm.autograd import enable_grad, inference_mode, is_grad_enabled, no_grad  # noqa: E402
 from minillm.backend import get_kernels, manual_seed, set_kernels  # noqa: E402
 from minillm.checkpoints import load  # noqa: E402  (also registers GPT.from_pretrained's loader)
@@ -41,22 +42,22 @@ __all__ = [
 
 
 def generate(model, tokenizer, prompt, **options):
-    """The continuation of ``prompt`` (a str, or a list of str for a batch) by ``model``.
+    """The continuation of ``prompt`` (a str, or a list of str for a batch) by ``model``;
+    token ids (a list of ints, an array or Tensor (T,) or (B, T)) give token ids back, as
+    Hugging Face's ``generate`` (``tokenizer`` may then be None).
 
-    Options: max_new_tokens=256, temperature=1.0, top_k=None, top_p=None, greedy=False,
-    seed=None, stop=None (str or list), repetition_penalty=1.0, use_cache=True; see
-    ``minillm.sample`` (imported on first use, so ``import minillm`` stays light).
+    Options, with the defaults of ``minillm sample``: max_new_tokens=256 (or max_length,
+    counting the prompt), temperature=0.8, top_k=200, top_p=None, greedy=False (or
+    do_sample=True), num_return_sequences=1, seed=None, stop=None (str or list),
+    repetition_penalty=1.0, use_cache=True, eos_token_id, pad_token_id; see
+    ``minillm.sample.generate``.
     """
-    from minillm.sample import generate as _generate
-
-    return _generate(model, tokenizer, prompt, **options)
+    return _sample.generate(model, tokenizer, prompt, **options)
 
 
 def stream(model, tokenizer, prompt, **options):
     """Like ``generate`` for one prompt, yielding the text piece by piece as it is produced."""
-    from minillm.sample import stream as _stream
-
-    return _stream(model, tokenizer, prompt, **options)
+    return _sample.stream(model, tokenizer, prompt, **options)
 
 
 def save(model, directory, config=None, tokenizer=None):

@@ -263,11 +263,14 @@ def run_finetune_demo_data(args):
 
 
 # ----------------------------------------------------------------------------- sample, chat
-def _add_sampling_flags(p, max_new_tokens=256, default_model=None):
+def _add_sampling_flags(p, max_new_tokens=None, default_model=None):
+    from minillm.sample import MAX_NEW_TOKENS, TEMPERATURE, TOP_K  # minillm.generate's defaults
+
     add_model_flags(p, default_model)
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=200, help="0 = no limit (default: 200)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens or MAX_NEW_TOKENS)
+    p.add_argument("--temperature", type=float, default=TEMPERATURE,
+                   help=f"0 = greedy (default: {TEMPERATURE})")
+    p.add_argument("--top-k", type=int, default=TOP_K, help=f"0 = no limit (default: {TOP_K})")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")

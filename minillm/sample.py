@@ -47,6 +47,12 @@ import numpy as np
 from minillm import backend
 from minillm.autograd import no_grad
 from minillm.errors import MinillmError, TokenizerError
+from minillm.models import generation
+
+# The defaults of minillm.generate and of `minillm sample` (the CLI reads them from here).
+MAX_NEW_TOKENS = 256
+TEMPERATURE = 0.8
+TOP_K = 200
 
 
 # ----------------------------------------------------------------------------- one step
@@ -193,29 +199,16 @@ def _forward(model, ids, mask, cache, new):
     return backend.to_numpy(logits.data)[:, -1, :].astype(np.float64)  # (B, V)
 
 
-def _generate_rows(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p,
-                   greedy, seed, stop, repetition_penalty, use_cache):
-    """Yield (row, piece) as text becomes certain; the core of ``generate`` and ``stream``."""
-    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise MinillmError("each stop sequence must be a non-empty string.")
+def _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, greedy, rng,
+            repetition_penalty, use_cache, vocab_limit):
+    """Yield the next ids (B,) int64, one step at a time, for the left-padded context ``ids``,
+    ``mask`` (B, N). The caller may overwrite entries of each yielded array (rows that have
+    finished) before asking for the next step; what the array then holds is appended."""
+    B, N = ids.shape
     V = model.config.vocab_size
-    if tokenizer.vocab_size > V:
-        raise MinillmError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                           f"{V}; they do not belong together.")
-    rows = [_encode(tokenizer, p) for p in prompts]
-    if max_new_tokens == 0 or not rows:
-        return
-    B, N = len(rows), max(map(len, rows))
-    ids = np.full((B, N), tokenizer.eos_id, dtype=np.int64)  # (B, N) left-padded
-    mask = np.zeros((B, N), dtype=bool)  # (B, N) True at real tokens
     seen = np.zeros((B, V), dtype=bool)  # (B, V) for the repetition penalty
-    for b, r in enumerate(rows):
-        ids[b, N - len(r):], mask[b, N - len(r):] = r, True
-        seen[b, r] = True
-    rng = np.random.default_rng(seed)
-    trackers = [_TextTracker(tokenizer, stops) for _ in rows]
+    for b in range(B):
+        seen[b, ids[b][mask[b]]] = True
     was_training = model.training
     model.eval()
     try:
@@ -227,51 +220,249 @@ def _generate_rows(model, tokenizer, prompts, max_new_tokens, temperature, top_k
             new = 0  # 0: run the whole window (prefill); then one new column per step
             for _ in range(max_new_tokens):
                 logits = _forward(model, ids, mask, cache, new)  # (B, V)
-                logits[:, tokenizer.vocab_size:] = -np.inf  # ids the tokenizer cannot decode
+                logits[:, vocab_limit:] = -np.inf  # ids the tokenizer cannot decode
                 logits = apply_repetition_penalty(logits, seen, repetition_penalty)
                 nxt = sample_next(logits, rng, temperature, top_k, top_p, greedy)  # (B,)
-                for b, t in enumerate(trackers):
-                    if t.done:
-                        nxt[b] = tokenizer.eos_id  # finished rows are fed eos, ignored
-                        continue
-                    if nxt[b] == tokenizer.eos_id:
-                        t.done = True
-                        piece = t.finish()
-                    else:
-                        seen[b, nxt[b]] = True
-                        piece = t.push(nxt[b])
-                    if piece:
-                        yield b, piece
-                if all(t.done for t in trackers):
-                    return
+                yield nxt
+                seen[np.arange(B), nxt] = True
                 ids = np.concatenate([ids, nxt[:, None]], axis=1)  # (B, N + 1)
                 mask = np.concatenate([mask, np.ones((B, 1), dtype=bool)], axis=1)
                 new = 1 if use_cache else 0
-            for b, t in enumerate(trackers):
-                if not t.done:
-                    piece = t.finish()
-                    if piece:
-                        yield b, piece
     finally:
         model.train(was_training)
 
 
-def generate(model, tokenizer, prompt, max_new_tokens=256, temperature=1.0, top_k=None,
+def _left_padded(rows, pad_id):
+    """Lists of ids -> ids (B, N) left-padded with ``pad_id``, mask (B, N) True at real ids."""
+    B, N = len(rows), max(map(len, rows))
+    ids = np.full((B, N), pad_id, dtype=np.int64)
+    mask = np.zeros((B, N), dtype=bool)
+    for b, r in enumerate(rows):
+        ids[b, N - len(r):], mask[b, N - len(r):] = r, True
+    return ids, mask
+
+
+def _generate_rows(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p,
+                   greedy, seed, stop, repetition_penalty, use_cache):
+    """Yield (row, piece) as text becomes certain; the core of ``generate`` and ``stream``."""
+    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise MinillmError("each stop sequence must be a non-empty string.")
+    _check_vocab(model, tokenizer)
+    rows = [_encode(tokenizer, p) for p in prompts]
+    if max_new_tokens == 0 or not rows:
+        return
+    ids, mask = _left_padded(rows, tokenizer.eos_id)
+    trackers = [_TextTracker(tokenizer, stops) for _ in rows]
+    steps = _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, greedy,
+                    np.random.default_rng(seed), repetition_penalty, use_cache,
+                    tokenizer.vocab_size)
+    try:
+        for nxt in steps:
+            for b, t in enumerate(trackers):
+                if t.done:
+                    nxt[b] = tokenizer.eos_id  # finished rows are fed eos, ignored
+                    continue
+                if nxt[b] == tokenizer.eos_id:
+                    t.done = True
+                    piece = t.finish()
+                else:
+                    piece = t.push(nxt[b])
+                if piece:
+                    yield b, piece
+            if all(t.done for t in trackers):
+                return
+        for b, t in enumerate(trackers):
+            if not t.done:
+                piece = t.finish()
+                if piece:
+                    yield b, piece
+    finally:
+        steps.close()
+
+
+def _check_vocab(model, tokenizer):
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise MinillmError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                           f"{model.config.vocab_size}; they do not belong together.")
+
+
+# ----------------------------------------------------------------------------- token ids
+def as_id_batch(input_ids):
+    """Token ids as a (B, T) int64 array: a list of ints, a list of equally long lists, or a
+    NumPy array or Tensor of shape (T,) or (B, T)."""
+    data = getattr(input_ids, "data", input_ids)  # a Tensor's array
+    data = backend.to_numpy(data) if backend.is_cupy(data) else data
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        arr = np.asarray(data, dtype=object)
+    if arr.dtype == object:
+        raise MinillmError("token-id rows of different lengths: pad them (tokenizer(texts, "
+                           "padding=True) gives input_ids and an attention_mask) or pass one "
+                           "row at a time.")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or (arr.size and arr.dtype.kind not in "iu"):
+        raise MinillmError(f"token ids must be integers of shape (T,) or (batch, T), got "
+                           f"{arr.dtype} of shape {arr.shape}.")
+    if arr.shape[1] == 0:
+        raise MinillmError("the input needs at least one token id.")
+    return arr.astype(np.int64)
+
+
+def generate_ids(model, input_ids, attention_mask=None, max_new_tokens=None, max_length=None,
+                 do_sample=True, temperature=1.0, top_k=None, top_p=None,
+                 num_return_sequences=1, eos_token_id=None, pad_token_id=None,
+                 repetition_penalty=1.0, rng=None, use_cache=True, vocab_limit=None):
+    """Token ids in, token ids out, with Hugging Face's ``generate`` semantics: the result is
+    (B * num_return_sequences, T + steps) int64, each input row followed by its new ids (the
+    ``num_return_sequences`` copies of a row side by side). A row ends at any id in
+    ``eos_token_id`` (kept in the output); after that it holds ``pad_token_id`` (default: the
+    first eos id). Generation stops when every row has ended or after ``max_new_tokens``
+    (``max_length`` counts the input too; max_new_tokens wins when both are given).
+    ``attention_mask`` (B, T): 0 at padding, which must be on the left. ``do_sample=False``
+    is greedy. ``rng``: a NumPy Generator (default: minillm's seeded one, ``manual_seed``).
+    ``vocab_limit``: ids at or past it are never drawn (default: the model's vocabulary)."""
+    ids = as_id_batch(input_ids)
+    B, T = ids.shape
+    if attention_mask is None:
+        mask = np.ones((B, T), dtype=bool)
+    else:
+        mask = as_id_batch(attention_mask).astype(bool)
+        if mask.shape != ids.shape:
+            raise MinillmError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}.")
+        if (mask[:, 1:] < mask[:, :-1]).any():
+            raise MinillmError("the attention mask has padding on the right; pad on the left "
+                               "for generation (tokenizer(..., padding_side='left')).")
+        if not mask[:, -1].all():
+            raise MinillmError("a row of the attention mask is all padding.")
+    if max_new_tokens is None:
+        if max_length is None:
+            raise MinillmError("pass max_new_tokens (or max_length, which counts the input).")
+        max_new_tokens = max_length - T
+        if max_new_tokens < 1:
+            raise MinillmError(f"max_length={max_length} leaves no room after the {T} input "
+                               f"tokens; raise it or pass max_new_tokens.")
+    greedy = not do_sample
+    n = num_return_sequences
+    if int(n) != n or n < 1:
+        raise MinillmError(f"num_return_sequences must be a whole number >= 1, got {n}.")
+    if greedy and n > 1:
+        raise MinillmError("greedy decoding gives one sequence per input; pass do_sample=True "
+                           "for num_return_sequences > 1.")
+    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    V = model.config.vocab_size
+    if (ids[mask] < 0).any() or (ids[mask] >= V).any():
+        raise MinillmError(f"token ids must lie in 0..{V - 1} (the model's vocabulary).")
+    eos = {eos_token_id} if isinstance(eos_token_id, (int, np.integer)) else set(eos_token_id or ())
+    if pad_token_id is None:
+        pad_token_id = next(iter(sorted(eos)), 0) if eos else 0
+    ids, mask = np.repeat(ids, n, axis=0), np.repeat(mask, n, axis=0)  # (B n, T)
+    out = [ids]
+    done = np.zeros(len(ids), dtype=bool)
+    steps = _decode(model, ids, mask, int(max_new_tokens), temperature, top_k, top_p, greedy,
+                    backend.rng() if rng is None else rng, repetition_penalty, use_cache,
+                    V if vocab_limit is None else vocab_limit)
+    try:
+        for nxt in steps:
+            nxt[done] = pad_token_id
+            out.append(nxt[:, None].copy())
+            done |= np.isin(nxt, list(eos))
+            if done.all():
+                break
+    finally:
+        steps.close()
+    return np.concatenate(out, axis=1)  # (B n, T + steps)
+
+
+def _is_ids(prompt):
+    """Whether a prompt is token ids (ints, rows of ints, an array or Tensor), not text."""
+    if isinstance(prompt, str):
+        return False
+    if hasattr(prompt, "shape"):
+        return True
+    first = next(iter(prompt), None) if isinstance(prompt, (list, tuple)) else None
+    while isinstance(first, (list, tuple)):
+        first = first[0] if first else None
+    return isinstance(first, (int, np.integer))
+
+
+# ----------------------------------------------------------------------------- the API
+def _resolve(tokenizer, prompts, max_new_tokens, max_length, do_sample, greedy):
+    """(max_new_tokens, greedy) from the two ways of saying each."""
+    if do_sample is not None:
+        if greedy and do_sample:
+            raise MinillmError("greedy=True and do_sample=True contradict each other.")
+        greedy = not do_sample
+    if max_new_tokens is None:
+        if max_length is None:
+            max_new_tokens = MAX_NEW_TOKENS
+        else:  # max_length counts the prompt too (Hugging Face's meaning)
+            longest = max((len(_encode(tokenizer, p)) for p in prompts), default=0)
+            max_new_tokens = max_length - longest
+            if max_new_tokens < 1:
+                raise MinillmError(f"max_length={max_length} leaves no room after the prompt "
+                                   f"({longest} tokens); raise it or pass max_new_tokens.")
+    return max_new_tokens, greedy
+
+
+def generate(model, tokenizer, prompt, max_new_tokens=None, temperature=TEMPERATURE, top_k=TOP_K,
              top_p=None, greedy=False, seed=None, stop=None, repetition_penalty=1.0,
-             use_cache=True):
-    """The continuation of ``prompt`` (str -> str; a list of prompts -> list of str, batched).
-    See the module docstring for the meaning of each option."""
+             use_cache=True, *, max_length=None, do_sample=None, num_return_sequences=1,
+             eos_token_id=None, pad_token_id=None, attention_mask=None):
+    """The continuation of ``prompt``: a str gives a str, a list of str a list (batched).
+
+    Token ids (a list of ints, an array or Tensor of shape (T,) or (B, T)) give token ids
+    instead, as Hugging Face's ``model.generate``: (B * num_return_sequences, T + new) with the
+    prompt first; ``tokenizer`` may then be None (no eos stop unless ``eos_token_id``).
+    The defaults are the CLI's (``minillm sample``): 256 new tokens (MAX_NEW_TOKENS),
+    temperature 0.8, top_k 200. ``max_length`` counts the prompt too; ``do_sample=False`` is
+    ``greedy=True``; ``num_return_sequences`` > 1 gives a list of that many texts per prompt.
+    See the module docstring for the rest."""
+    n = num_return_sequences
+    if _is_ids(prompt):
+        if stop is not None:
+            raise MinillmError("stop strings apply to text prompts; with token ids pass "
+                               "eos_token_id.")
+        if greedy and do_sample:
+            raise MinillmError("greedy=True and do_sample=True contradict each other.")
+        if max_new_tokens is None and max_length is None:
+            max_new_tokens = MAX_NEW_TOKENS
+        if tokenizer is not None:
+            _check_vocab(model, tokenizer)
+            if eos_token_id is None:
+                eos_token_id = tokenizer.eos_id
+        sample = not greedy if do_sample is None else do_sample
+        return generate_ids(
+            model, prompt, attention_mask, max_new_tokens, max_length, sample, temperature,
+            top_k, top_p, n, eos_token_id, pad_token_id, repetition_penalty,
+            np.random.default_rng(seed), use_cache,
+            None if tokenizer is None else tokenizer.vocab_size)
+    if tokenizer is None:
+        raise MinillmError("a text prompt needs the tokenizer; pass token ids to go without.")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    out = [""] * len(prompts)
-    for b, piece in _generate_rows(model, tokenizer, prompts, max_new_tokens, temperature,
+    max_new_tokens, greedy = _resolve(tokenizer, prompts, max_new_tokens, max_length,
+                                      do_sample, greedy)
+    if int(n) != n or n < 1:
+        raise MinillmError(f"num_return_sequences must be a whole number >= 1, got {n}.")
+    if greedy and n > 1:
+        raise MinillmError("greedy decoding gives one text per prompt; sample (do_sample=True) "
+                           "for num_return_sequences > 1.")
+    rows = [p for p in prompts for _ in range(n)]  # each prompt n times, side by side
+    out = [""] * len(rows)
+    for b, piece in _generate_rows(model, tokenizer, rows, max_new_tokens, temperature,
                                    top_k, top_p, greedy, seed, stop, repetition_penalty,
                                    use_cache):
         out[b] += piece
+    if n > 1:
+        out = [out[i:i + n] for i in range(0, len(out), n)]
     return out[0] if isinstance(prompt, str) else out
 
 
-def stream(model, tokenizer, prompt, max_new_tokens=256, temperature=1.0, top_k=None,
-           top_p=None, greedy=False, seed=None, stop=None, repetition_penalty=1.0,
+def stream(model, tokenizer, prompt, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE,
+           top_k=TOP_K, top_p=None, greedy=False, seed=None, stop=None, repetition_penalty=1.0,
            use_cache=True):
     """Like ``generate`` for one prompt, but yields the text piece by piece as it is produced;
     the pieces join to exactly what ``generate`` returns with the same arguments."""
@@ -281,6 +472,26 @@ def stream(model, tokenizer, prompt, max_new_tokens=256, temperature=1.0, top_k=
                                    top_k, top_p, greedy, seed, stop, repetition_penalty,
                                    use_cache):
         yield piece
+
+
+def _model_generate(model, input_ids, **options):
+    """``model.generate``: Hugging Face's defaults (greedy, max_length 20, top_k 50 when
+    sampling, eos from the model's config), then ``generate_ids``."""
+    c = model.config
+    seed = options.pop("seed", None)
+    o = dict(do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
+             eos_token_id=getattr(c, "eos_token_id", None),
+             pad_token_id=getattr(c, "pad_token_id", None))
+    o.update(options)
+    if o.get("max_new_tokens") is None and o.get("max_length") is None:
+        o["max_length"] = 20
+    if o["top_k"] == 0:
+        o["top_k"] = None  # Hugging Face's 0: no top-k
+    return generate_ids(model, input_ids, rng=None if seed is None else
+                        np.random.default_rng(seed), **o)
+
+
+generation.register(_model_generate)
 
 
 # ----------------------------------------------------------------------------- chat

@@ -16,6 +16,7 @@ import numpy as np
 
 from minillm import functional as F
 from minillm.errors import ConfigError
+from minillm.models import generation
 from minillm.nn import Module
 from minillm.tensor import Tensor
 
@@ -63,6 +64,33 @@ class DecoderLM(Module):
         if targets is not None:
             loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
         return logits, loss
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=None, max_length=None,
+                 do_sample=False, temperature=1.0, top_k=50, top_p=1.0, num_return_sequences=1,
+                 eos_token_id=None, pad_token_id=None, repetition_penalty=1.0, seed=None,
+                 use_cache=True):
+        """Continue token ids, as Hugging Face's ``model.generate``: ``input_ids`` (a list of
+        ints, or an array or Tensor of shape (T,) or (B, T)) -> int64 array
+        (B * num_return_sequences, T + new), each input row followed by its new ids.
+
+        Hugging Face's defaults: greedy (``do_sample=False``), ``max_length=20`` (the input
+        counts) unless ``max_new_tokens`` is given, ``top_k=50`` and ``temperature=1.0`` when
+        sampling, ``eos_token_id`` and ``pad_token_id`` from the config (Llama files have
+        them; GPT runs have none: generation then runs to the length). A row that reaches eos
+        keeps it and is padded with ``pad_token_id`` after it. ``attention_mask`` (B, T) marks
+        real tokens under left padding. ``seed``: None draws from minillm's generator (seeded
+        by ``minillm.manual_seed``). The tokenizer's ``decode`` turns a row back into text;
+        ``minillm.generate`` does text in, text out.
+        """
+        options = dict(attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                       max_length=max_length, do_sample=do_sample, temperature=temperature,
+                       top_k=top_k, top_p=top_p, num_return_sequences=num_return_sequences,
+                       repetition_penalty=repetition_penalty, seed=seed, use_cache=use_cache)
+        if eos_token_id is not None:
+            options["eos_token_id"] = eos_token_id
+        if pad_token_id is not None:
+            options["pad_token_id"] = pad_token_id
+        return generation.generate(self, input_ids, **options)
 
     def flops_per_token(self, T=None):
         """Training FLOPs per token, forward + backward (PaLM appendix B): 6 N for the weight
