@@ -21,10 +21,10 @@ import os
 from pathlib import Path
 
 from minillm.checkpoints import adapter, builtin, hf_gpt2, hf_llama, peft, run
-from minillm.checkpoints.atomic import recover_dir
+from minillm.checkpoints.atomic import check_replaceable, recover_dir
 from minillm.checkpoints.llama import load_gguf
 from minillm.errors import CheckpointError, ConfigError
-from minillm.models import pretrained
+from minillm.models import GPT, Llama, pretrained
 from minillm.nn.lora import lora_layers, merge_lora
 
 ACCEPTED = ("a minillm run or checkpoint directory, a LoRA fine-tune run, a Hugging Face GPT-2 "
@@ -73,8 +73,11 @@ def load(path_or_name, device="cpu", dropout=None, verify=True, **options):
 
 
 def _missing(path, why=""):
-    return (f"there is no checkpoint at {path}{why}; pass {ACCEPTED} (for GPT-2 where there is "
-            f"internet: `huggingface-cli download gpt2 --local-dir {path}`)")
+    where = "" if Path(path).is_absolute() else f" (looked in {Path.cwd()})"
+    return (f"there is no checkpoint at {path}{where}{why}; pass {ACCEPTED} (a minillm run "
+            f"folder such as out/shakespeare_char_tiny is made by `minillm pretrain` or "
+            f"`make demo`; for GPT-2 where there is internet: `huggingface-cli download gpt2 "
+            f"--local-dir {path}`)")
 
 
 def _load_with_adapter(directory, device="cpu", dropout=None):
@@ -116,4 +119,28 @@ def load_peft(directory, device="cpu", base=None, merge=True):
     return model.eval(), tokenizer
 
 
+def save_pretrained(model, directory, tokenizer=None, hf_format=None):
+    """``model.save_pretrained``: a GPT as a minillm checkpoint (``hf_format=True``: a Hugging
+    Face GPT-2 directory), a Llama as a Hugging Face Llama directory; ``load`` reads each back.
+    Refuses a ``directory`` holding other files (the write replaces it whole). Returns the
+    names of the files written."""
+    if isinstance(model, Llama):
+        if hf_format is False:
+            raise ConfigError("a Llama is saved as a Hugging Face directory; leave hf_format "
+                              "unset")
+        return hf_llama.export_hf_llama(model, tokenizer, directory)
+    if not isinstance(model, GPT):
+        raise ConfigError(f"save_pretrained writes GPT and Llama models, not "
+                          f"{type(model).__name__}; use minillm.save")
+    if hf_format:
+        return hf_gpt2.export_hf(model, tokenizer, directory)
+    tok_files = set(run.tokenizer_files(tokenizer)) if tokenizer is not None else set()
+    check_replaceable(directory, {run.MODEL_FILE, run.CONFIG_FILE, run.SUMS_FILE, run.OPTIM_FILE,
+                                  run.STATE_FILE, "tokenizer.json", "tokenizer.model",
+                                  *tok_files})
+    run.save(directory, model, tokenizer=tokenizer)
+    return sorted({run.MODEL_FILE, run.CONFIG_FILE, run.SUMS_FILE, *tok_files})
+
+
 pretrained.register_loader(load)
+pretrained.register_saver(save_pretrained)

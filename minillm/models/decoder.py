@@ -16,7 +16,7 @@ import numpy as np
 
 from minillm import functional as F
 from minillm.errors import ConfigError
-from minillm.models import generation
+from minillm.models import generation, pretrained
 from minillm.nn import Module
 from minillm.tensor import Tensor
 
@@ -64,6 +64,30 @@ class DecoderLM(Module):
         if targets is not None:
             loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
         return logits, loss
+
+    @classmethod
+    def from_pretrained(cls, path_or_name, **options):
+        """The model (eval mode) in ``path_or_name``: anything ``minillm.load`` reads (a
+        minillm run or checkpoint such as "out/shakespeare_char_tiny", what
+        ``save_pretrained`` wrote, a Hugging Face directory, a .gguf file, a built-in name).
+        ``options`` go to the loader (device, dropout, ...)."""
+        return pretrained.from_pretrained(cls, path_or_name, **options)
+
+    def save_pretrained(self, directory, tokenizer=None, hf_format=None):
+        """Write the model (and ``tokenizer``, if given) to ``directory``, which
+        ``from_pretrained`` and ``minillm.load`` read back (the tokenizer too).
+
+        A GPT is written as a minillm checkpoint (model.safetensors, config.json,
+        checksums.json, and tokenizer.json: what ``minillm pretrain`` saves, so
+        ``minillm sample --ckpt DIR`` works too); ``hf_format=True`` writes a Hugging Face
+        GPT-2 directory instead, which transformers' ``GPT2LMHeadModel.from_pretrained`` reads
+        (minillm reads it back when the tokenizer was saved with it).
+        A Llama is always written as a Hugging Face Llama directory (config.json,
+        model.safetensors, tokenizer.json), the one layout minillm keeps Llama weights in.
+        ``directory`` must be new or hold only files such a save writes (it is replaced
+        whole, atomically). Returns the names of the files written."""
+        return pretrained.save_pretrained(self, directory, tokenizer=tokenizer,
+                                          hf_format=hf_format)
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=None, max_length=None,
                  do_sample=False, temperature=1.0, top_k=50, top_p=1.0, num_return_sequences=1,

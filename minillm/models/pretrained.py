@@ -1,14 +1,16 @@
 """The way from a model class to the files: ``GPT.from_pretrained(path)`` reads anything
-``minillm.load`` reads.
+``minillm.load`` reads, and ``model.save_pretrained(dir)`` writes a directory it reads back.
 
-The loader lives in ``minillm.checkpoints``, which sits above the models in the layers (it builds
-models from files), so a model cannot import it. Instead ``minillm.checkpoints`` registers its
-loader here when it is imported (``import minillm`` does that), and ``from_pretrained`` calls it.
+The loader and the writers live in ``minillm.checkpoints``, which sits above the models in the
+layers (it builds models from files), so a model cannot import them. Instead
+``minillm.checkpoints`` registers its functions here when it is imported (``import minillm``
+does that), and ``from_pretrained`` / ``save_pretrained`` call them.
 """
 
 from minillm.errors import ConfigError
 
 _loader = None  # load(path_or_name, **options) -> (model, tokenizer), set by minillm.checkpoints
+_saver = None  # save(model, directory, **options) -> file names, set by minillm.checkpoints
 
 
 def register_loader(load):
@@ -27,3 +29,15 @@ def from_pretrained(cls, path_or_name, **options):
         raise ConfigError(f"{path_or_name} holds a {type(model).__name__}, not a {cls.__name__}; "
                           f"load it with minillm.load")
     return model
+
+
+def register_saver(save):
+    """Make ``save`` the function ``save_pretrained`` writes files with."""
+    global _saver
+    _saver = save
+
+
+def save_pretrained(model, directory, **options):
+    if _saver is None:
+        raise ConfigError("no checkpoint writer is registered; `import minillm` registers it")
+    return _saver(model, directory, **options)
