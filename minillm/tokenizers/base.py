@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Iterable, Sequence, Union
 
 from minillm.checkpoints.atomic import write_file
 from minillm.errors import TokenizerError
+from minillm.tokenizers.encoding import encode_batch
 
 EOT_TOKEN = "<|endoftext|>"
 CONFIG_NAME = "tokenizer.json"
@@ -61,6 +62,48 @@ class Tokenizer(ABC):
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
         """The text for ``ids``; special ids decode to ""."""
+
+    # -- Hugging Face's spellings ------------------------------------------------------------
+    padding_side = "left"  # where ``__call__`` pads; left is what batched generation needs
+
+    def __call__(self, text, return_tensors=None, padding=False, truncation=False,
+                 max_length=None, padding_side=None):
+        """``tok("text")`` or ``tok(["a", "b"], padding=True, return_tensors="np")``: a
+        dict-like ``BatchEncoding`` with ``input_ids`` and ``attention_mask``, as Hugging
+        Face's tokenizers return (see ``minillm.tokenizers.encoding``)."""
+        return encode_batch(self, text, return_tensors=return_tensors, padding=padding,
+                            truncation=truncation, max_length=max_length,
+                            padding_side=padding_side)
+
+    def batch_decode(self, sequences) -> list[str]:
+        """The text of each row of ``sequences`` (lists of ids, or a (B, T) array)."""
+        return [self.decode(row) for row in sequences]
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_id
+
+    @property
+    def bos_token_id(self) -> int:
+        return self.bos_id
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.pad_id
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """``save`` under Hugging Face's name (minillm's tokenizer.json, not Hugging Face's)."""
+        return self.save(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "Tokenizer":
+        """The tokenizer ``save`` or ``save_pretrained`` wrote to ``directory``."""
+        from minillm.tokenizers import load_tokenizer
+
+        return load_tokenizer(directory)
 
     # -- persistence -------------------------------------------------------------------------
     @abstractmethod

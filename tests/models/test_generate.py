@@ -171,3 +171,12 @@ def test_minillm_generate_defaults_are_the_clis():
     assert sig["top_k"].default == args.top_k == S.TOP_K
     assert args.max_new_tokens == S.MAX_NEW_TOKENS
     assert inspect.signature(S.stream).parameters["max_new_tokens"].default == S.MAX_NEW_TOKENS
+
+
+def test_generate_takes_a_tokenizer_call_as_hugging_face_users_write_it(tok):
+    model = gpt()
+    enc = tok(["the fox", "a dog jumps"], padding=True, return_tensors="np")
+    out = model.generate(**enc, max_new_tokens=4)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:])
+    assert texts == [M.generate(model, tok, p, max_new_tokens=4, greedy=True)
+                     for p in ("the fox", "a dog jumps")]
