@@ -95,15 +95,9 @@ class Tokenizer(ABC):
         return self.pad_id
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """``save`` under Hugging Face's name (minillm's tokenizer.json, not Hugging Face's)."""
+        """``save`` under Hugging Face's name (minillm's tokenizer.json, not Hugging Face's);
+        ``minillm.tokenizers.load_tokenizer(directory)`` reads it back."""
         return self.save(directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "Tokenizer":
-        """The tokenizer ``save`` or ``save_pretrained`` wrote to ``directory``."""
-        from minillm.tokenizers import load_tokenizer
-
-        return load_tokenizer(directory)
 
     # -- persistence -------------------------------------------------------------------------
     @abstractmethod
