@@ -38,6 +38,13 @@ Batches: a list of prompts is left-padded to one length; an attention mask hides
 position ids restart at 0 at each row's first real token, so each row generates what it would
 alone (up to float32 rounding). Rows that finish keep being fed ``eos_id``, which is ignored.
 
+Token ids: ``generate_ids`` is the same loop with Hugging Face's ``generate`` semantics (ids in,
+(B * num_return_sequences, T + new) ids out, eos kept and the row padded after it, max_length
+counting the input). ``model.generate`` (registered here into ``minillm.models.generation``)
+runs it with Hugging Face's defaults (greedy, max_length 20); ``generate`` runs it when given
+ids instead of text, with this module's defaults (MAX_NEW_TOKENS, TEMPERATURE, TOP_K), which
+are also the CLI's.
+
 ``Chat`` (behind ``minillm chat``) keeps a plain "User: ... / Assistant: ..." transcript for a
 base model; see its docstring.
 """
