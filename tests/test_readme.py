@@ -12,7 +12,8 @@ offline:
 - SMALL rewrites iteration counts and epochs, gives every `minillm pretrain` a one-block model,
   and points the demo data at that corpus instead of the tiny Shakespeare download;
 - SKIP lists the commands that are not run, each with its reason;
-- MINILLM_KERNELS=reference: NumPy kernels, no Numba compile (the kernels have their tests).
+- NumPy kernels (MINILLM_KERNELS=reference, and --kernels=reference for pretrain, whose config
+  says auto): no Numba compile (the kernels have their own tests).
 """
 
 import os
@@ -42,7 +43,7 @@ SKIP = [
 ]
 
 TINY_MODEL = ("--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=4 --eval_iters=2 "
-              "--eval_interval=4 --sample_tokens=20")
+              "--eval_interval=4 --sample_tokens=20 --kernels=reference")
 # (pattern, replacement) applied to every command that is run
 SMALL = [
     (r"--max_iters=\d+", "--max_iters=4"),
