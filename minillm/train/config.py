@@ -438,7 +438,7 @@ def parse_cli_overrides(args):
             k, v = a[2:], args[i + 1]
             i += 1
         else:
-            raise ConfigError(f"override {a!r} has no value; write --key=value")
+            raise ConfigError(f"override {a!r} has no value; write {a}=VALUE or {a} VALUE")
         out.append((k, v))
         i += 1
     return out
