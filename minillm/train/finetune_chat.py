@@ -21,6 +21,7 @@ directory. OUT_DIR/log.jsonl holds the training log and OUT_DIR/summary.json the
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from minillm.optim import AdamW, cosine_lr, gpt_param_groups
 from minillm.train import tasks
 from minillm.train.chat_data import chat_example, detect_task, load_chat, template_for
 from minillm.train.evaluate import evaluate_chat
+from minillm.train.safety import progress_bar_on
 from minillm.train.step import train_step
 
 
@@ -137,7 +139,8 @@ def finetune_chat(base, data, dtype=None, method="lora", rank=8, alpha=16.0, tar
         say("before: " + _fmt(before))
     log = open(out / "log.jsonl", "w", encoding="utf-8")
     step, seconds, recent = 0, 0.0, []
-    bar = tqdm(total=total, desc=f"finetune chat/{method}", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"finetune chat/{method}", unit="step", file=sys.stderr,
+               disable=not progress_bar_on(progress))  # a log file gets no bar frames
     try:
         _log(log, {"step": 0, **before})
         while step < total:

@@ -34,6 +34,7 @@ from minillm.data import TokenData, corpus_sha256, finish_prepare, prepare, read
 from minillm.errors import CheckpointError, ConfigError, DataError
 from minillm.models import GPT, GPTConfig
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
+from minillm.train.progress import plain_every, plain_line, will_compile
 from minillm.train.safety import (
     RunLog,
     check_finite,
@@ -214,6 +215,10 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     old_handler = signal.signal(signal.SIGINT, stop) if _main_thread() else None
     bar = tqdm(total=cfg.max_iters, initial=start, desc="pretrain", unit="it",
                disable=not progress_bar_on(progress), dynamic_ncols=True, file=sys.stderr)
+    # no bar (a log file, a pipe): a plain line every few log records instead
+    lines_every = plain_every(cfg) if progress and bar.disable else 0
+    if will_compile(cfg):
+        say("compiling kernels (first run only: Numba caches them for later runs)...")
     t0 = time.time()
     summary = {"params": n_params, "interrupted": False}
     it, last_eval = start, None
@@ -260,6 +265,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                        "elapsed": elapsed0 + time.time() - t0}
                 log.write(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
+                if lines_every and it % lines_every == 0:
+                    say(plain_line(it, cfg, rec))
             if stop.requested:
                 save_last(it)
                 summary["interrupted"] = True
@@ -312,12 +319,12 @@ def _truncate_log(path, step):
 
 
 def _plot(out, say):
-    from minillm.train.plot import plot_log
+    from minillm.train.plot import NoMatplotlib, plot_log
 
     try:
         say(f"loss curve: {plot_log(out)}")
-    except ImportError:
-        say("loss curve skipped: matplotlib is not installed (pip install matplotlib)")
+    except NoMatplotlib as e:
+        say(f"loss curve skipped: {e}")
 
 
 def _print_sample(model, tokenizer, cfg, say):
