@@ -23,6 +23,7 @@ import numpy as np
 from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
+from minillm.kernels import registry
 from minillm.kernels.reference import rope_cos_sin
 from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
@@ -143,9 +144,54 @@ class LlamaAttention(Module):
         return t.unsqueeze(2).expand(B, Hkv, rep, Tk, D).reshape(B, Hkv * rep, Tk, D)
 
 
+def _call_array(module, x):
+    """``module(x)`` on a plain array, outside the graph: the module's ``forward_array`` where
+    it has one (a quantized linear layer), else its forward on a Tensor."""
+    f = getattr(module, "forward_array", None)
+    return f(x) if f is not None else module(Tensor(x)).data
+
+
+def _rms_array(norm, x):
+    x2 = x.reshape(-1, x.shape[-1])  # (N, C)
+    return registry.get("rms_norm_forward", x2)(x2, norm.weight.data, norm.eps)[0].reshape(x.shape)
+
+
 class LlamaBlock(Module):
     """Pre-norm Llama block: x + self_attn(input_layernorm(x)), then
-    x + mlp(post_attention_layernorm(x))."""
+    x + mlp(post_attention_layernorm(x)).
+
+    ``step`` is the same block for one new position per row on plain arrays, without building
+    a graph: what decoding runs token after token, where the Tensor ops' own bookkeeping would
+    cost more than the kernels (tests/models/test_llama.py holds it to ``forward``).
+    """
+
+    def step(self, x, kv_cache, layer, rope):
+        """x: (B, 1, C) array of the newest position of each row, ``rope`` its (cos, sin); the
+        cache receives its key and value -> (B, 1, C) array."""
+        a = self.self_attn
+        B, T, C = x.shape
+        H, Hkv, D = a.n_head, a.n_kv_head, a.head_dim
+        cos, sin = rope
+        h = _rms_array(self.input_layernorm, x)
+        # (B, 1, n, D) -> (B, n, 1, D) is a reshape when T = 1
+        q = _call_array(a.q_proj, h).reshape(B, H, T, D)
+        k = _call_array(a.k_proj, h).reshape(B, Hkv, T, D)
+        v = _call_array(a.v_proj, h).reshape(B, Hkv, T, D)
+        rope_fwd = registry.get("rope_forward", q)
+        q = rope_fwd(q, cos, sin, a.rope_interleaved)
+        k = rope_fwd(k, cos, sin, a.rope_interleaved)
+        k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + 1, D)
+        if H > Hkv:  # the query heads of a group as rows of one query block, as forward
+            q, causal = q.reshape(B, Hkv, H // Hkv, D), False
+        else:
+            causal = True
+        y, _ = registry.get("attention_forward", q)(q, k_all, v_all, 1.0 / math.sqrt(D), causal)
+        x = x + _call_array(a.o_proj, y.reshape(B, T, H * D))
+        h = _rms_array(self.post_attention_layernorm, x)
+        m = self.mlp
+        g = _call_array(m.gate_proj, h)
+        u = _call_array(m.up_proj, h)
+        return x + _call_array(m.down_proj, registry.get("swiglu_forward", g)(g, u))
 
     def __init__(self, n_embd, n_head, n_kv_head, intermediate_size, rms_norm_eps=1e-5,
                  rope_theta=10000.0, rope_interleaved=False, init=True):

@@ -10,6 +10,7 @@ dequantized weight, to float32 rounding.
 
 import numpy as np
 
+from minillm.kernels import registry
 from minillm.kernels.quant import QuantWeight
 from minillm.nn.module import Module, Parameter
 from minillm.ops.quant import quant_embedding, quant_linear
@@ -35,6 +36,14 @@ class QuantLinear(Module):
     def forward(self, x):
         y = quant_linear(x, self.weight)  # (..., out)
         return y if self.bias is None else y + self.bias
+
+    def forward_array(self, x):
+        """forward on a plain array (..., in) outside the graph (the decoding step's path)."""
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        y = registry.get("qmatmul_forward", x2)(x2, self.weight)
+        if self.bias is not None:
+            y = y + self.bias.data
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, {self.weight.format.name}, "
