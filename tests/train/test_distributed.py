@@ -1,0 +1,257 @@
+"""Data-parallel training under ``mpiexec -n 2`` (minillm.distributed): 2 ranks train the same
+run as 1 process with the same config, resume on 2 ranks or on 1 continues it, a failing rank
+ends the job with one sentence in bounded time, mismatched ranks are refused at start.
+
+The runs are subprocesses (mpiexec cannot be started inside pytest's process) with one BLAS and
+one Numba thread each, so that 1 process and 2 ranks do the same arithmetic. They need mpi4py
+and an mpiexec (``pip install -e '.[mpi]'`` brings both: the mpich wheel puts mpiexec beside
+the venv's python); without them the MPI tests are skipped with that reason.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minillm import distributed
+from minillm.errors import ConfigError
+from minillm.train.pretrain import local_micro_batch_count, train_micro_batch
+from tests.train.test_pretrain import TINY, make_corpus
+
+DRIVER = Path(__file__).with_name("mpi_driver.py")
+ROOT = Path(__file__).resolve().parents[2]
+LIMIT = 180  # seconds any one launch may take before the test calls it a hang
+
+
+def find_mpiexec():
+    """The mpiexec of this environment (the mpich wheel's, in the venv's bin), else PATH's."""
+    for d in (Path(sys.executable).parent, Path(sys.prefix) / "bin"):
+        if (d / "mpiexec").is_file():
+            return str(d / "mpiexec")
+    return shutil.which("mpiexec")
+
+
+def mpi_missing():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install -e '.[mpi]')"
+    if find_mpiexec() is None:
+        return "no mpiexec found beside python or on PATH (pip install -e '.[mpi]')"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(mpi_missing() is not None, reason=str(mpi_missing()))
+
+
+def env(**extra):
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MV2_", "MINILLM_TEST_"))}
+    e.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+             MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    return e
+
+
+def launch(args, ranks=None, mpmd=None, **extra_env):
+    """Run ``minillm ARGS`` as one plain process (ranks=None) or under ``mpiexec -n ranks``;
+    ``mpmd``: a second argument list for rank 1 (``mpiexec -n 1 A : -n 1 B``). Returns
+    (exit status, stderr, seconds); a launch still running after LIMIT seconds fails the test."""
+    cmd = [sys.executable, str(DRIVER), *args]
+    if mpmd is not None:
+        cmd = [find_mpiexec(), "-n", "1", *cmd, ":", "-n", "1", sys.executable, str(DRIVER), *mpmd]
+    elif ranks is not None:
+        cmd = [find_mpiexec(), "-n", str(ranks), *cmd]
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env(**extra_env), start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail(f"{' '.join(cmd)} still ran after {LIMIT} s (a hang)")
+    return p.returncode, err, time.time() - t0
+
+
+def run_args(w, out, *extra):
+    return ["pretrain", "--config=shakespeare_char_tiny", f"--corpus={w / 'corpus.txt'}",
+            f"--data_dir={w / 'data'}", f"--out_dir={w / out}", "--no-progress", *TINY,
+            "--gradient_accumulation_steps=2", "--dropout=0.1", "--eval_interval=4",
+            "--lr_decay_iters=8", "--learning_rate=3e-3", *extra]
+
+
+def ok(result):
+    code, err, _ = result
+    assert code == 0, err[-3000:]
+
+
+def log_of(path):
+    recs = [json.loads(x) for x in (path / "log.jsonl").read_text().splitlines()]
+    train = {r["step"]: r["loss"] for r in recs if "loss" in r}
+    evals = {r["step"]: (r["train_loss"], r["val_loss"]) for r in recs if "val_loss" in r}
+    return train, evals
+
+
+def weights(path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path / "last" / "model.safetensors"))
+
+
+def max_differences(a, b):
+    """(max |loss difference| over logged steps and evaluations, max |weight difference|)."""
+    (ta, ea), (tb, eb) = log_of(a), log_of(b)
+    assert sorted(ta) == sorted(tb) and sorted(ea) == sorted(eb), (ta, tb)
+    dl = max([abs(ta[k] - tb[k]) for k in ta] + [abs(x - y) for k in ea for x, y in zip(ea[k], eb[k])])
+    wa, wb = weights(a), weights(b)
+    assert sorted(wa) == sorted(wb)
+    dw = max(float(np.abs(wa[k].astype(np.float64) - wb[k]).max()) for k in wa)
+    return dl, dw
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """8 iterations of the tiny model with gradient_accumulation_steps=2 and dropout: on 2 ranks
+    (which prepares the data: rank 0 alone), as 1 process, and on 2 ranks stopped at 4."""
+    if mpi_missing():
+        pytest.skip(mpi_missing())
+    w = tmp_path_factory.mktemp("dist")
+    make_corpus(w / "corpus.txt")
+    ok(launch(run_args(w, "two", "--max_iters=8"), ranks=2))
+    ok(launch(run_args(w, "one", "--max_iters=8")))
+    ok(launch(run_args(w, "half", "--max_iters=4"), ranks=2))
+    return w
+
+
+@needs_mpi
+def test_two_ranks_train_the_same_run_as_one_process(runs):
+    dl, dw = max_differences(runs / "one", runs / "two")
+    print(f"2 ranks vs 1 process: max |loss diff| {dl:.3g}, max |weight diff| {dw:.3g}")
+    # gradient_accumulation_steps=2 over 2 ranks adds the same two float32 gradients one
+    # process adds (the sum of two numbers does not depend on order): equal, not just close
+    assert dl <= 1e-6 and dw <= 1e-6, (dl, dw)
+    assert len(log_of(runs / "two")[0]) == 8
+
+
+@needs_mpi
+def test_resumed_on_two_ranks_equals_the_uninterrupted_run(runs):
+    shutil.copytree(runs / "half", runs / "half2")
+    ok(launch(run_args(runs, "half2", "--max_iters=8", "--resume"), ranks=2))
+    dl, dw = max_differences(runs / "two", runs / "half2")
+    assert dl == 0 and dw == 0, (dl, dw)
+
+
+@needs_mpi
+def test_a_two_rank_run_resumed_on_one_process_goes_on_the_same(runs):
+    shutil.copytree(runs / "half", runs / "half1")
+    ok(launch(run_args(runs, "half1", "--max_iters=8", "--resume")))
+    dl, dw = max_differences(runs / "two", runs / "half1")
+    print(f"2 ranks resumed on 1: max |loss diff| {dl:.3g}, max |weight diff| {dw:.3g}")
+    assert dl <= 1e-6 and dw <= 1e-6, (dl, dw)
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_a_failing_rank_ends_every_rank_in_bounded_time(runs, how):
+    code, err, seconds = launch(run_args(runs, f"fail-{how}", "--max_iters=8"), ranks=2,
+                                MINILLM_TEST_FAULT=f"1:3:{how}")
+    assert code != 0 and seconds < LIMIT
+    if how == "raise":  # the failing rank names itself and the reason, once
+        line = ("minillm pretrain: error on rank 1 of 2: the disk of this rank went away "
+                "(injected by the test); stopping all ranks")
+        assert err.count(line) == 1, err
+        assert "Traceback" not in err
+    # rank 0 wrote the checkpoint at iteration 0 and nothing after the failure
+    assert (runs / f"fail-{how}" / "last" / "model.safetensors").is_file()
+
+
+@needs_mpi
+def test_gradient_accumulation_that_does_not_divide_is_one_sentence(runs):
+    code, err, _ = launch(run_args(runs, "odd", "--max_iters=2",
+                                   "--gradient_accumulation_steps=3"), ranks=2)
+    assert code == 2
+    assert err.count("gradient_accumulation_steps=3 does not divide among 2 ranks") == 1, err
+    assert "Traceback" not in err and not (runs / "odd").exists()
+
+
+@needs_mpi
+def test_ranks_with_different_configs_are_refused_at_start(runs):
+    args = run_args(runs, "mismatch", "--max_iters=2")
+    code, err, _ = launch(args, mpmd=[*args, "--learning_rate=1e-2"])
+    assert code == 2
+    assert err.count("differ between ranks (rank 1 disagrees with rank 0)") == 1, err
+    assert "Traceback" not in err and not (runs / "mismatch" / "last").exists()
+
+
+# ----------------------------------------------------------------------------- without MPI
+def test_world_size_one_imports_no_mpi():
+    code = ("import sys; from minillm import distributed as d; import minillm.train.pretrain; "
+            "w = d.get_world(); assert (w.rank, w.size) == (0, 1); "
+            "assert 'mpi4py' not in sys.modules, 'mpi4py imported'")
+    subprocess.run([sys.executable, "-c", code], env=env(), check=True, timeout=LIMIT)
+
+
+def test_launched_size_reads_the_launchers_variables(monkeypatch):
+    for var in (*distributed.SIZE_VARS, "PMIX_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.launched_size() == 1
+    monkeypatch.setenv("PMIX_RANK", "0")
+    assert distributed.launched_size() is None  # PMIx names no size: ask MPI
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert distributed.launched_size() == 4
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert distributed.launched_size() == 1
+
+
+def test_world_of_one_process_is_the_identity():
+    w = distributed.World()
+    buf = np.arange(5, dtype=np.float32)
+    assert w.allreduce_(buf) is buf and list(w.my_micro_batches(3)) == [0, 1, 2]
+    assert w.sum([1.5, 2.0]).tolist() == [1.5, 2.0] and w.any(True) and not w.any(False)
+    assert w.broadcast({"a": 1}) == {"a": 1} and w.allgather(7) == [7]
+
+
+def test_ranks_split_micro_batches_round_robin():
+    class Two(distributed.World):
+        size = 2
+
+        def __init__(self, rank):
+            self.rank = rank
+
+    assert [list(Two(r).my_micro_batches(6)) for r in (0, 1)] == [[0, 2, 4], [1, 3, 5]]
+    assert local_micro_batch_count(Two(0), 6) == 3
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=5 does not divide among 2"):
+        local_micro_batch_count(Two(1), 5)
+
+
+def test_micro_batch_depends_on_seed_step_and_index_alone(tmp_path):
+    from minillm.data import TokenData, prepare
+
+    make_corpus(tmp_path / "c.txt", n_lines=200)
+    prepare(tmp_path / "d", corpus=tmp_path / "c.txt", progress=False)
+    data = TokenData(tmp_path / "d")
+    a = train_micro_batch(data, 7, 3, 1, 4, 8)
+    b = train_micro_batch(data, 7, 3, 1, 4, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2])) and a[2] == b[2]
+    for other in ((8, 3, 1), (7, 4, 1), (7, 3, 0)):
+        c = train_micro_batch(data, *other, 4, 8)
+        assert not np.array_equal(a[0], c[0]) and a[2] != c[2]
+
+
+def test_check_same_names_the_ranks_that_differ():
+    class Gathered(distributed.World):
+        size = 3
+
+        def allgather(self, obj):
+            return [obj, obj, "other"]
+
+    distributed.check_same(distributed.World(), "the config", "x")  # one rank: nothing to compare
+    with pytest.raises(ConfigError, match=r"the config differ between ranks \(rank 2 disagrees"):
+        distributed.check_same(Gathered(), "the config", "x")
