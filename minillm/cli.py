@@ -181,6 +181,9 @@ def add_finetune(sub):
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: 1e-3 for LoRA, 1e-4 for full)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="micro-batches of --batch-size per optimizer step; under mpiexec -n N "
+                        "a multiple of N, split among the ranks (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=None,
                    help="crop the context to this many tokens")
     p.add_argument("--out", default="out/finetune",
@@ -212,7 +215,8 @@ def run_finetune(args):
                  block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
                  weight_decay=args.weight_decay, device=args.device,
-                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                 gradient_accumulation_steps=args.gradient_accumulation_steps)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
     print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "
           f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")

@@ -103,6 +103,7 @@ class MpiWorld(World):
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
         self._nccl = None
+        share_cores(self.local_size)
 
     def allreduce_(self, buf):
         from minillm.backend import is_cupy
@@ -189,6 +190,17 @@ class NcclAllreduce:
         return buf
 
 
+def share_cores(local_size):
+    """Give each of the ``local_size`` ranks on this machine its share of Numba's threads (the
+    kernels' and the matmuls' one pool), so that N ranks do not run N x cores threads; a
+    NUMBA_NUM_THREADS the user set wins."""
+    if local_size <= 1 or "NUMBA_NUM_THREADS" in os.environ:
+        return
+    import numba
+
+    numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS // local_size))
+
+
 def use_local_gpu(world):
     """Make GPU ``local_rank mod (GPUs on this machine)`` CuPy's current device, so that the
     ranks on one machine spread over its GPUs."""
@@ -226,6 +238,18 @@ def get_world():
         ) from None
     _WORLD = MpiWorld(MPI.COMM_WORLD) if MPI.COMM_WORLD.Get_size() > 1 else World()
     return _WORLD
+
+
+def micro_batches_per_rank(world, n, option="gradient_accumulation_steps"):
+    """n / world size: how many of a step's ``n`` micro-batches each rank computes; one
+    ConfigError (printed once) when they do not divide evenly."""
+    if n % world.size:
+        e = ConfigError(f"{option}={n} does not divide among {world.size} ranks; use a multiple "
+                        f"of {world.size} (the global batch stays batch size x {option}) or "
+                        f"another number of ranks")
+        e.all_ranks = True  # every rank finds it
+        raise e
+    return n // world.size
 
 
 def fingerprint(*parts):

@@ -48,7 +48,7 @@ from minillm.train.safety import (
     progress_bar_on,
     quiet_on_closed_pipe,
 )
-from minillm.train.step import estimate_loss, train_step
+from minillm.train.step import estimate_loss, micro_batch_seeds, train_step
 
 
 def get_lr(cfg, it):
@@ -100,20 +100,9 @@ def _check_same_corpus(cfg, meta):
 def train_micro_batch(data, seed, step, j, batch_size, block_size):
     """(x, y, dropout_seed) of micro-batch ``j`` of iteration ``step``: drawn from a generator
     seeded by (seed, step, j) alone, so it is the same whichever rank computes it."""
-    batch_seed, dropout_seed = np.random.SeedSequence([seed, step, j]).generate_state(2)
+    batch_seed, dropout_seed = micro_batch_seeds(seed, step, j)
     x, y = data.get_batch("train", batch_size, block_size, np.random.default_rng(batch_seed))
-    return x, y, int(dropout_seed)
-
-
-def local_micro_batch_count(world, n):
-    """gradient_accumulation_steps / world size: the micro-batches each rank computes."""
-    if n % world.size:
-        e = ConfigError(f"gradient_accumulation_steps={n} does not divide among {world.size} "
-                        f"ranks; use a multiple of {world.size} (the global batch stays "
-                        f"batch_size x gradient_accumulation_steps) or another number of ranks")
-        e.all_ranks = True  # every rank finds it: printed once
-        raise e
-    return n // world.size
+    return x, y, dropout_seed
 
 
 def build_model(cfg, vocab_size):
@@ -161,7 +150,7 @@ def pretrain(cfg, resume=False, progress=True, say=print):
 
     world = distributed.get_world()
     say = quiet_on_closed_pipe(say) if world.is_main else (lambda *a, **k: None)
-    local_micro = local_micro_batch_count(world, cfg.gradient_accumulation_steps)
+    local_micro = distributed.micro_batches_per_rank(world, cfg.gradient_accumulation_steps)
     if cfg.device != "cpu" and world.size > 1:
         distributed.use_local_gpu(world)
     backend.manual_seed(cfg.seed)

@@ -58,6 +58,14 @@ def _train_step(model, optimizer, micro_batches, grad_clip, lr, loss_fn, n_micro
     return total / n, norm
 
 
+def micro_batch_seeds(seed, step, j):
+    """(batch seed, dropout seed) of micro-batch ``j`` of optimizer step ``step``: functions of
+    the three numbers alone, so a micro-batch is drawn and masked the same whichever rank
+    computes it and however many ranks there are."""
+    batch_seed, dropout_seed = np.random.SeedSequence([seed, step, j]).generate_state(2)
+    return int(batch_seed), int(dropout_seed)
+
+
 @no_grad()
 def estimate_loss(model, batches, loss_fn=None):
     """Mean loss over ``batches`` [(x, y), ...] in eval mode (dropout off); restores the mode."""

@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minillm as M
 from minillm import distributed
+from minillm.checkpoints import run as ckpt
 from minillm.errors import ConfigError
-from minillm.train.pretrain import local_micro_batch_count, train_micro_batch
+from minillm.models import GPT, GPTConfig
+from minillm.train.pretrain import train_micro_batch
 from tests.train.test_pretrain import TINY, make_corpus
 
 DRIVER = Path(__file__).with_name("mpi_driver.py")
@@ -190,6 +193,41 @@ def test_ranks_with_different_configs_are_refused_at_start(runs):
     assert "Traceback" not in err and not (runs / "mismatch" / "last").exists()
 
 
+@needs_mpi
+def test_lora_finetune_on_two_ranks_equals_one_process(runs):
+    from safetensors.numpy import load_file
+
+    from tests.train.test_finetune import TOK, sft_records, write_jsonl
+
+    M.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=48, n_layer=1, n_head=2,
+                          n_embd=16, dropout=0.1))
+    ckpt.save(runs / "base", model, tokenizer=TOK)
+    data = write_jsonl(runs / "sft.jsonl", sft_records(24))
+    # 18 training examples in steps of 4 x 2: micro-batches 2, 2, 1 (rank 1 idle in the last)
+    args = ["finetune", "--base", str(runs / "base"), "--data", str(data), "--task", "sft",
+            "--method", "lora", "--rank", "2", "--lora-dropout", "0.1", "--epochs", "2",
+            "--batch-size", "4", "--gradient-accumulation-steps", "2", "--val-fraction", "0.25",
+            "--lr", "3e-3", "--no-progress"]
+    ok(launch([*args, "--out", str(runs / "ft1")]))
+    ok(launch([*args, "--out", str(runs / "ft2")], ranks=2))
+    logs = [[json.loads(x) for x in (runs / o / "log.jsonl").read_text().splitlines()]
+            for o in ("ft1", "ft2")]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] and logs[0][-1]["step"] == 6
+    keys = {k for r in logs[0] for k in r if "loss" in k}
+    dl = max(abs(a[k] - b[k]) for a, b in zip(*logs) for k in keys if k in a)
+    files = sorted(p.name for p in (runs / "ft1" / "last").glob("*.safetensors"))
+    assert files and files == sorted(p.name for p in (runs / "ft2" / "last").glob("*.safetensors"))
+    dw = 0.0
+    for name in files:
+        a, b = (load_file(str(runs / o / "last" / name)) for o in ("ft1", "ft2"))
+        assert sorted(a) == sorted(b)
+        dw = max([dw] + [float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a])
+    print(f"LoRA fine-tune, 2 ranks vs 1 process: max |loss diff| {dl:.3g}, max |diff| in "
+          f"{', '.join(files)} {dw:.3g}")
+    assert dl <= 1e-6 and dw <= 1e-6, (dl, dw)
+
+
 # ----------------------------------------------------------------------------- without MPI
 def test_world_size_one_imports_no_mpi():
     code = ("import sys; from minillm import distributed as d; import minillm.train.pretrain; "
@@ -226,9 +264,9 @@ def test_ranks_split_micro_batches_round_robin():
             self.rank = rank
 
     assert [list(Two(r).my_micro_batches(6)) for r in (0, 1)] == [[0, 2, 4], [1, 3, 5]]
-    assert local_micro_batch_count(Two(0), 6) == 3
+    assert distributed.micro_batches_per_rank(Two(0), 6) == 3
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=5 does not divide among 2"):
-        local_micro_batch_count(Two(1), 5)
+        distributed.micro_batches_per_rank(Two(1), 5)
 
 
 def test_micro_batch_depends_on_seed_step_and_index_alone(tmp_path):
