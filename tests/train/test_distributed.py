@@ -62,11 +62,12 @@ def env(**extra):
     return e
 
 
-def launch(args, ranks=None, mpmd=None, **extra_env):
-    """Run ``minillm ARGS`` as one plain process (ranks=None) or under ``mpiexec -n ranks``;
-    ``mpmd``: a second argument list for rank 1 (``mpiexec -n 1 A : -n 1 B``). Returns
-    (exit status, stderr, seconds); a launch still running after LIMIT seconds fails the test."""
-    cmd = [sys.executable, str(DRIVER), *args]
+def launch(args, ranks=None, mpmd=None, script=DRIVER, **extra_env):
+    """Run ``minillm ARGS`` (or ``script ARGS``) as one plain process (ranks=None) or under
+    ``mpiexec -n ranks``; ``mpmd``: a second argument list for rank 1 (``mpiexec -n 1 A : -n 1
+    B``). Returns (exit status, stderr, seconds); a launch still running after LIMIT seconds
+    fails the test."""
+    cmd = [sys.executable, str(script), *args]
     if mpmd is not None:
         cmd = [find_mpiexec(), "-n", "1", *cmd, ":", "-n", "1", sys.executable, str(DRIVER), *mpmd]
     elif ranks is not None:
@@ -228,11 +229,68 @@ def test_lora_finetune_on_two_ranks_equals_one_process(runs):
     assert dl <= 1e-6 and dw <= 1e-6, (dl, dw)
 
 
+@needs_mpi
+def test_collectives_on_two_ranks():
+    # gradients summed (a parameter without a gradient on one rank counts as zeros there, one
+    # without a gradient anywhere stays None), sums, any, broadcast, allgather, barrier
+    ok(launch(["cpu"], ranks=2, script=Path(__file__).with_name("mpi_allreduce_check.py")))
+
+
+# ----------------------------------------------------------------------------- GPUs (NCCL)
+def gpu_count():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver, no device
+        return 0
+
+
+@pytest.mark.gpu
+def test_nccl_allreduce_of_one_rank_keeps_the_buffer():
+    if gpu_count() < 1 or mpi_missing():
+        pytest.skip("needs CuPy with a CUDA device, and mpi4py")
+    import cupy as cp
+    from mpi4py import MPI
+
+    world = distributed.MpiWorld(MPI.COMM_WORLD)  # a world of 1 that still goes through NCCL
+    for dtype in (cp.float32, cp.float64):
+        buf = cp.arange(1001, dtype=dtype) / 7
+        want = buf.copy()
+        assert world.allreduce_(buf) is buf
+        cp.testing.assert_array_equal(buf, want)
+
+
+@pytest.mark.gpu
+def test_nccl_collectives_on_two_gpus():
+    if gpu_count() < 2 or mpi_missing():
+        pytest.skip("needs 2 CUDA devices (NCCL takes one GPU per rank), CuPy and mpi4py")
+    ok(launch(["cuda"], ranks=2, script=Path(__file__).with_name("mpi_allreduce_check.py")))
+
+
+@pytest.mark.gpu
+def test_two_gpu_ranks_train_the_same_run_as_one_gpu(tmp_path):
+    if gpu_count() < 2 or mpi_missing():
+        pytest.skip("needs 2 CUDA devices (NCCL takes one GPU per rank), CuPy and mpi4py")
+    make_corpus(tmp_path / "corpus.txt")
+
+    def on_gpu(out):  # the default (CUDA) kernels instead of the NumPy reference ones
+        return [a for a in run_args(tmp_path, out, "--max_iters=8", "--device=cuda")
+                if a != "--kernels=reference"]
+
+    ok(launch(on_gpu("one")))
+    ok(launch(on_gpu("two"), ranks=2))
+    dl, dw = max_differences(tmp_path / "one", tmp_path / "two")
+    print(f"2 GPU ranks vs 1 GPU: max |loss diff| {dl:.3g}, max |weight diff| {dw:.3g}")
+    assert dl <= 1e-5 and dw <= 1e-5, (dl, dw)
+
+
 # ----------------------------------------------------------------------------- without MPI
 def test_world_size_one_imports_no_mpi():
     code = ("import sys; from minillm import distributed as d; import minillm.train.pretrain; "
             "w = d.get_world(); assert (w.rank, w.size) == (0, 1); "
-            "assert 'mpi4py' not in sys.modules, 'mpi4py imported'")
+            "assert 'mpi4py' not in sys.modules, 'mpi4py imported'; "
+            "assert 'cupy' not in sys.modules, 'cupy imported'")
     subprocess.run([sys.executable, "-c", code], env=env(), check=True, timeout=LIMIT)
 
 
