@@ -168,22 +168,22 @@ class NcclAllreduce:
     machine (chosen by ``use_local_gpu`` before the model is built)."""
 
     def __init__(self, world):
-        from cupy.cuda import nccl
+        from minillm.backend import nccl
 
-        self.nccl = nccl
+        self.nccl = nccl = nccl()
         uid = nccl.get_unique_id() if world.rank == 0 else None
         uid = world.comm.bcast(uid, root=0)
         self.comm = nccl.NcclCommunicator(world.size, uid, world.rank)
 
     def allreduce_(self, buf):
-        import cupy
+        from minillm.backend import cupy
 
         kinds = {np.dtype(np.float32): self.nccl.NCCL_FLOAT32,
                  np.dtype(np.float64): self.nccl.NCCL_FLOAT64,
                  np.dtype(np.float16): self.nccl.NCCL_FLOAT16}
         if buf.dtype not in kinds:
             raise ConfigError(f"NCCL all-reduce of {buf.dtype} gradients is not supported")
-        stream = cupy.cuda.get_current_stream()
+        stream = cupy().cuda.get_current_stream()
         self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kinds[buf.dtype],
                             self.nccl.NCCL_SUM, stream.ptr)
         stream.synchronize()

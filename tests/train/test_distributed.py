@@ -177,12 +177,45 @@ def test_a_failing_rank_ends_every_rank_in_bounded_time(runs, how):
 
 
 @needs_mpi
+def test_ctrl_c_under_mpiexec_stops_every_rank_and_saves(runs):
+    # mpiexec passes Ctrl-C to every rank; they agree (any rank asked) to stop after one step
+    args = [a for a in run_args(runs, "ctrl-c", "--max_iters=100000", "--eval_interval=100000")
+            if not a.startswith("--lr_decay_iters")]
+    cmd = [find_mpiexec(), "-n", "2", sys.executable, str(DRIVER), *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env(), start_new_session=True)
+    log, deadline = runs / "ctrl-c" / "log.jsonl", time.time() + LIMIT
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 4):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    try:
+        out, err = p.communicate(timeout=LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("the ranks did not stop after Ctrl-C")
+    assert p.returncode == 0, err[-3000:]
+    assert out.count("interrupted at iteration") == 1, out
+    state = json.loads((runs / "ctrl-c" / "last" / "state.json").read_text())
+    assert state["step"] == max(log_of(runs / "ctrl-c")[0])
+
+
+@needs_mpi
 def test_gradient_accumulation_that_does_not_divide_is_one_sentence(runs):
     code, err, _ = launch(run_args(runs, "odd", "--max_iters=2",
                                    "--gradient_accumulation_steps=3"), ranks=2)
     assert code == 2
     assert err.count("gradient_accumulation_steps=3 does not divide among 2 ranks") == 1, err
     assert "Traceback" not in err and not (runs / "odd").exists()
+
+
+@needs_mpi
+def test_a_divergence_every_rank_sees_is_told_once_with_status_3(runs):
+    args = [a for a in run_args(runs, "diverge", "--max_iters=20", "--eval_interval=100",
+                                "--warmup_iters=0", "--learning_rate=1e30")
+            if not a.startswith("--lr_decay_iters")]
+    code, err, _ = launch(args, ranks=2)
+    assert code == 3 and err.count("training diverged at iteration") == 1, err
+    assert "Traceback" not in err and "rank" not in err
 
 
 @needs_mpi
