@@ -242,12 +242,13 @@ def get_world():
 
 def micro_batches_per_rank(world, n, option="gradient_accumulation_steps"):
     """n / world size: how many of a step's ``n`` micro-batches each rank computes; one
-    ConfigError (printed once) when they do not divide evenly."""
+    ConfigError (printed once) when they do not divide evenly. Call it after ``check_same``
+    made sure that every rank has the same ``n`` (so that every rank raises it)."""
     if n % world.size:
         e = ConfigError(f"{option}={n} does not divide among {world.size} ranks; use a multiple "
                         f"of {world.size} (the global batch stays batch size x {option}) or "
                         f"another number of ranks")
-        e.all_ranks = True  # every rank finds it
+        e.all_ranks = True  # every rank finds it (same n, same world)
         raise e
     return n // world.size
 
@@ -260,7 +261,7 @@ def fingerprint(*parts):
 
 def check_same(world, what, value):
     """ConfigError on every rank when ``value`` (a fingerprint) differs between ranks; ``what``
-    names it in the sentence ("the config and data")."""
+    names it in the sentence ("the configs")."""
     values = world.allgather(value)
     odd = [r for r, v in enumerate(values) if v != values[0]]
     if odd:

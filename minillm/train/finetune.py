@@ -166,12 +166,15 @@ def finetune(
     the state after its epoch (step, both random generators, best and last metrics); ``resume``
     continues from it with the same settings and logs what an uninterrupted run logs.
     Launched by ``mpiexec -n N``, the N processes train it together (see the module docstring)."""
+    options = {k: v for k, v in locals().items() if k != "say"}  # the arguments, for check_same
     from tqdm import tqdm
 
     from minillm.train.config import check_values
 
     world = distributed.get_world()
     say = quiet_on_closed_pipe(say) if world.is_main else (lambda *a, **k: None)
+    # the same options on every rank first: what is then found wrong with them, every rank finds
+    distributed.check_same(world, "the options", distributed.fingerprint(options))
     check_values({"rank": rank, "alpha": alpha, "lora_dropout": lora_dropout, "epochs": epochs,
                   "lr": lr, "batch_size": batch_size, "block_size": block_size,
                   "freeze_last_k": freeze_last_k, "seed": seed, "val_fraction": val_fraction,
@@ -379,9 +382,9 @@ def finetune(
         say(f"resuming {point} after epoch {first_epoch - 1} (step {step})")
     elif world.is_main:
         write_file(out / "log.jsonl", b"")
-    # every rank must train the same run on the same data from the same checkpoint
-    distributed.check_same(world, "the options, the data or the checkpoint to resume",
-                           distributed.fingerprint(run_cfg, len(train), len(val), step))
+    # every rank trains on the same data from the same checkpoint
+    distributed.check_same(world, "the data or the checkpoints to resume",
+                           distributed.fingerprint(len(train), len(val), step))
     log = RunLog(out / "log.jsonl", enabled=world.is_main)
     if point is None:
         before = evaluate()

@@ -150,6 +150,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
 
     world = distributed.get_world()
     say = quiet_on_closed_pipe(say) if world.is_main else (lambda *a, **k: None)
+    # the same config on every rank first: what is then found wrong with it, every rank finds
+    distributed.check_same(world, "the configs", distributed.fingerprint(cfg.to_dict()))
     local_micro = distributed.micro_batches_per_rank(world, cfg.gradient_accumulation_steps)
     if cfg.device != "cpu" and world.size > 1:
         distributed.use_local_gpu(world)
@@ -214,10 +216,10 @@ def pretrain(cfg, resume=False, progress=True, say=print):
 
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    # every rank must train the same run on the same data from the same checkpoint
-    distributed.check_same(world, "the config, the data files or the checkpoint to resume",
-                           distributed.fingerprint(cfg.to_dict(), len(data.train), len(data.val),
-                                                   data.meta, start, batch_seed))
+    # every rank trains on the same data from the same checkpoint
+    distributed.check_same(world, "the data files or the checkpoints to resume",
+                           distributed.fingerprint(len(data.train), len(data.val), data.meta,
+                                                   start, batch_seed))
     n_params = model.num_parameters()
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     flops_per_iter = model.flops_per_token(cfg.block_size) * tokens_per_iter

@@ -223,7 +223,7 @@ def test_ranks_with_different_configs_are_refused_at_start(runs):
     args = run_args(runs, "mismatch", "--max_iters=2")
     code, err, _ = launch(args, mpmd=[*args, "--learning_rate=1e-2"])
     assert code == 2
-    assert err.count("differ between ranks (rank 1 disagrees with rank 0)") == 1, err
+    assert err.count("the configs differ between ranks (rank 1 disagrees with rank 0)") == 1, err
     assert "Traceback" not in err and not (runs / "mismatch" / "last").exists()
 
 
@@ -381,6 +381,6 @@ def test_check_same_names_the_ranks_that_differ():
         def allgather(self, obj):
             return [obj, obj, "other"]
 
-    distributed.check_same(distributed.World(), "the config", "x")  # one rank: nothing to compare
-    with pytest.raises(ConfigError, match=r"the config differ between ranks \(rank 2 disagrees"):
-        distributed.check_same(Gathered(), "the config", "x")
+    distributed.check_same(distributed.World(), "the configs", "x")  # one rank: nothing to compare
+    with pytest.raises(ConfigError, match=r"the configs differ between ranks \(rank 2 disagrees"):
+        distributed.check_same(Gathered(), "the configs", "x")
