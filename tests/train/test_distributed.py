@@ -384,3 +384,49 @@ def test_check_same_names_the_ranks_that_differ():
     distributed.check_same(distributed.World(), "the configs", "x")  # one rank: nothing to compare
     with pytest.raises(ConfigError, match=r"the configs differ between ranks \(rank 2 disagrees"):
         distributed.check_same(Gathered(), "the configs", "x")
+
+
+class FakeRanks(distributed.World):
+    """Rank ``rank`` of 2, without MPI: records an abort instead of ending the process (so the
+    error stops there, where MPI_Abort would end every rank)."""
+
+    size = 2
+
+    def __init__(self, rank):
+        self.rank, self.aborted = rank, None
+
+    def abort(self, code):
+        self.aborted = code
+
+
+def test_failing_together_aborts_on_a_local_error_and_tells_a_shared_one_once(capsys):
+    from minillm.errors import DataError, DivergenceError
+
+    w = FakeRanks(1)
+    with distributed.failing_together(w, "pretrain"):
+        raise DataError("no space left on this rank's disk")
+    assert w.aborted == 2
+    err = capsys.readouterr().err
+    assert err == ("minillm pretrain: error on rank 1 of 2: no space left on this rank's disk; "
+                   "stopping all ranks\n")
+    w = FakeRanks(1)
+    with distributed.failing_together(w, "pretrain"):  # a bug: traceback, sentence, abort
+        raise RuntimeError("oops")
+    err = capsys.readouterr().err
+    assert w.aborted == 1 and "Traceback" in err and "rank 1 of 2: RuntimeError: oops;" in err
+    # every rank diverges at once: rank 0 raises (the CLI prints it), the others exit quietly
+    with pytest.raises(DivergenceError):
+        with distributed.failing_together(FakeRanks(0), "pretrain"):
+            raise DivergenceError("diverged")
+    with pytest.raises(SystemExit) as exit_:
+        with distributed.failing_together(FakeRanks(1), "pretrain"):
+            raise DivergenceError("diverged")
+    assert exit_.value.code == 3 and capsys.readouterr().err == ""
+
+
+def test_chat_finetuning_refuses_to_run_on_several_ranks(monkeypatch):
+    from minillm.train.finetune_chat import finetune_chat
+
+    monkeypatch.setattr(distributed, "_WORLD", FakeRanks(0))
+    with pytest.raises(ConfigError, match="chat fine-tuning .* runs in one process"):
+        finetune_chat("smollm2-135m-instruct", "train.jsonl")
