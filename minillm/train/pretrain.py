@@ -183,8 +183,9 @@ def pretrain(cfg, resume=False, progress=True, say=print):
 
     if resume and point is None and not cfg.eval_only and (ckpt.is_checkpoint_dir(last_dir) or ckpt.is_checkpoint_dir(best_dir)):
         raise CheckpointError(f"{out} holds checkpoints but none with a complete training state "
-                              f"(weights, optimizer, step and random generator states), so there "
-                              f"is nothing to resume exactly; choose another --out_dir")
+                              f"(weights, optimizer, step, batch seed and random generator "
+                              f"state), so there is nothing to resume exactly; choose another "
+                              f"--out_dir")
     if resume and point is None:
         resume = False  # a crash before the first checkpoint: the same run, from iteration 0
         say(f"no complete checkpoint in {out} yet; starting from iteration 0")
