@@ -28,6 +28,21 @@ def cupy():
     return cp
 
 
+def nccl():
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``: gradient all-reduce across GPUs), or one
+    sentence saying they are missing."""
+    cupy()
+    try:
+        from cupy.cuda import nccl as bindings
+    except ImportError:
+        bindings = None
+    if bindings is None or not getattr(bindings, "available", True):
+        raise MinillmError("data-parallel training on GPUs needs NCCL, which this CuPy cannot "
+                           "load; install NCCL as CuPy's installation guide says (Additional "
+                           "CUDA Libraries)")
+    return bindings
+
+
 def is_cupy(a):
     return type(a).__module__.startswith("cupy")
 

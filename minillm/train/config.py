@@ -190,6 +190,7 @@ class FinetuneConfig:
     epochs: int = 3
     lr: float = None  # None: 1e-3 for LoRA, 1e-4 for full fine-tuning
     batch_size: int = 16
+    gradient_accumulation_steps: int = 1
     block_size: int = None
     out: str = "out/finetune"
     freeze_last_k: int = None
@@ -231,7 +232,8 @@ HELP = {
         "tie_word_embeddings": "the LM head shares the token embedding matrix",
         "initializer_range": "standard deviation of the initial weights",
         "batch_size": "sequences per micro-batch",
-        "gradient_accumulation_steps": "micro-batches per optimizer step",
+        "gradient_accumulation_steps": "micro-batches per optimizer step; under mpiexec -n N a multiple of N, split "
+                                       "among the ranks",
         "max_iters": "optimizer steps in all",
         "learning_rate": "peak learning rate (after warmup)",
         "min_lr": "learning rate at the end of the cosine decay",
@@ -268,7 +270,9 @@ HELP = {
         "targets": "LoRA layers: attn, mlp, all, or a comma list",
         "epochs": "passes over the training data",
         "lr": "peak learning rate; default: 1e-3 for LoRA, 1e-4 for full",
-        "batch_size": "examples per step",
+        "batch_size": "examples per micro-batch",
+        "gradient_accumulation_steps": "micro-batches of batch_size per optimizer step; under "
+                                       "mpiexec -n N a multiple of N, split among the ranks",
         "block_size": "crop the context to this many tokens; default: the model's",
         "out": "output folder: best/, last/, log.jsonl",
         "freeze_last_k": "full: train only the last K blocks (+ final norm and tied head)",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm import backend
+from minillm import backend, distributed
 from minillm.errors import ConfigError
 from minillm.nn.lora import LoRAConfig, apply_lora, lora_layers
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
@@ -86,6 +86,9 @@ def finetune_chat(base, data, dtype=None, method="lora", rank=8, alpha=16.0, tar
 
     from minillm.checkpoints.peft import save_peft
 
+    if distributed.get_world().size > 1:  # N copies would write one folder: refuse
+        raise ConfigError("chat fine-tuning (--task chat) runs in one process; launch it without "
+                          "mpiexec (pretrain and SFT/classify fine-tuning run data-parallel)")
     if method not in ("lora", "full"):
         raise ConfigError(f"method must be 'lora' or 'full', got {method!r}")
     if int(epochs) < 1 or int(batch_size) < 1:
