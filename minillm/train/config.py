@@ -232,8 +232,8 @@ HELP = {
         "tie_word_embeddings": "the LM head shares the token embedding matrix",
         "initializer_range": "standard deviation of the initial weights",
         "batch_size": "sequences per micro-batch",
-        "gradient_accumulation_steps": "micro-batches per optimizer step; under mpiexec -n N a multiple of N, split "
-                                       "among the ranks",
+        "gradient_accumulation_steps": "micro-batches per optimizer step; under mpiexec -n N "
+                                       "a multiple of N, split among the ranks",
         "max_iters": "optimizer steps in all",
         "learning_rate": "peak learning rate (after warmup)",
         "min_lr": "learning rate at the end of the cosine decay",
