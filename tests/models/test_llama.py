@@ -177,6 +177,41 @@ def test_kv_cache_matches_full_forward_at_every_step(interleaved):
     np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
+@pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
+def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):
+    # without grad, one new token runs LlamaBlock.step (plain arrays); with grad on, the same
+    # token runs the Tensor ops: the logits must be the same numbers
+    from minillm.nn.quant import quantize_linears
+
+    m = make(seed=8, n_kv_head=kv_heads, n_embd=48, intermediate_size=64).eval()
+    if quantized:
+        assert quantize_linears(m, "q8_0")
+    idx = np.random.default_rng(9).integers(0, 61, (2, 9))
+    calls = []
+    step = type(m.layers[0]).step
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return step(self, *a, **k)
+
+    fast_cache, slow_cache = m.new_kv_cache(2, max_len=12), m.new_kv_cache(2, max_len=12)
+    with M.no_grad():
+        m(idx[:, :5], kv_cache=fast_cache)
+    m(idx[:, :5], kv_cache=slow_cache)
+    type(m.layers[0]).step = counting
+    try:
+        for t in range(5, 9):
+            with M.no_grad():
+                fast = m(idx[:, t:t + 1], kv_cache=fast_cache)[0].data
+            slow = m(idx[:, t:t + 1], kv_cache=slow_cache)[0].data
+            np.testing.assert_array_equal(fast, slow)
+    finally:
+        type(m.layers[0]).step = step
+    assert len(calls) == 4 * 2  # every decoding step went through both blocks' step
+    np.testing.assert_array_equal(fast_cache.k[1], slow_cache.k[1])
+
+
 def test_left_padding_with_positions_matches_each_row_alone():
     m = make(seed=6).eval()
     rng = np.random.default_rng(7)
