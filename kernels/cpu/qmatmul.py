@@ -258,7 +258,6 @@ def _make_v6(qt):
     # v6 compiled once per format, like v5; W in the row-group layout (kernels/quant.py).
     ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
     is_q8, has_m, is_q40 = qt == Q8_0, qt == Q4_1, qt == Q4_0
-    R = GROUP
 
     def qmatmul_forward_v6(out, x, data, f16):
         # out: (N, O)  x: (N, K)  data: (G, K / 32, R * ts) uint8, group g's
@@ -267,6 +266,8 @@ def _make_v6(qt):
         # broadcast, no sum across lanes), then acc[r] += d[r] blk[r] (+ m[r] sum(x_b)).
         N, K = x.shape
         G = data.shape[0]
+        R = data.shape[2] // ts  # GROUP, read at run time: a constant 32 let LLVM unroll the
+        # lane loops completely instead of vectorising them (scalar conversions for Q8_0)
         nb = K // QK
         t = f16.dtype.type
         xs = np.empty((N, nb), dtype=f16.dtype)  # (N, K / 32) block sums of x
