@@ -33,23 +33,34 @@ qmatmul_forward
       fraction of memory bandwidth: not measured yet.
   v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
       unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
-      49152-row head never needs its 113 MiB float copy), each panel then one BLAS GEMM on
-      Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
+      49152-row head never needs its 113 MiB float copy; either layout), each panel then one
+      BLAS GEMM on Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
       (default; its ``fits`` declines fewer than GEMM_MIN_ROWS rows)
       fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
   v5  for decoding: no float buffer at all. Within a block w = d q + m, so x . w = d (x . q) +
       m sum(x): the codes are converted and multiplied as they are unpacked (one pass over the
       block's bytes), the scale applied once per block, and Q4_1's offset through x's block
       sums, computed once per call. v3 wrote every weight to a buffer and read it back.
-      (runs for fewer than GEMM_MIN_ROWS rows: the ladder's ``also``)
+      (runs for fewer than GEMM_MIN_ROWS rows on weights in GGUF's row layout)
+      fraction of memory bandwidth: not measured yet.
+  v6  for decoding, on the row-group layout (kernels/quant.py: GROUP = 32 rows interleaved,
+      the same bytes permuted; the GGUF loader and --dtype q8_0 store weights this way). v5's
+      lanes ran along one block of one row: 16 or 32 products, then a sum across the vector and
+      a scale, for every 32 weights, and LLVM kept much of it scalar. Here byte j of a block is
+      a vector of 32 rows, multiplied by one broadcast x value and added lane by lane; the
+      scales apply lane by lane once per block; no sum ever crosses lanes. Nibbles are split in
+      float arithmetic (floor of a sixteenth) because Numba widens integer ops to int64, whose
+      conversion to float does not vectorise on AVX2; Q8_0's codes are stored plus 128 for the
+      same reason (unsigned bytes, the 128 taken back through x's block sums).
+      (runs for fewer than GEMM_MIN_ROWS rows on grouped weights: the ladder's ``also``)
       fraction of memory bandwidth: not measured yet.
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
       (o, block) unpacked once into a 32-float buffer, then dx[n, block] += dy[n, o] * buffer
       for every n, contiguous and vectorised.  (runs for fewer than GEMM_MIN_ROWS rows)
-  v3  W dequantized a panel at a time, dx += dy[:, panel] @ W[panel] on the pool's GEMM.
-      (default; declines fewer than GEMM_MIN_ROWS rows)
+  v3  W dequantized a panel at a time (from either layout), dx += dy[:, panel] @ W[panel] on
+      the pool's GEMM.  (default; declines fewer than GEMM_MIN_ROWS rows)
 
 GEMM_MIN_ROWS = 16 is not measured yet (see its comment). A weight in a format without kernels
 here (F16, BF16, Q5, K-quants) is declined by every rung's ``fits``, so the registry runs the
