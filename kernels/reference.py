@@ -76,8 +76,8 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     safe_t = xp.where(valid, targets, 0)
     picked = xp.take_along_axis(logits, safe_t[:, None].astype(xp.int64), axis=-1)[:, 0]
     nll = xp.where(valid, lse - picked, 0.0)
-    count = int(valid.sum())
-    loss = nll.sum() / max(count, 1)
+    count = xp.maximum(valid.sum(), 1)  # stays on the device: no host sync on CuPy
+    loss = nll.sum() / count.astype(nll.dtype)
     return xp.asarray(loss, dtype=logits.dtype), lse
 
 
@@ -85,11 +85,11 @@ def cross_entropy_backward(dloss, logits, lse, targets, ignore_index=-100):
     """dlogits = dloss * (softmax(logits) - onehot(targets)) / count; ignored rows get 0."""
     xp = _xp(logits)
     valid = targets != ignore_index
-    count = max(int(valid.sum()), 1)
+    count = xp.maximum(valid.sum(), 1)  # on the device, like dloss: no host sync on CuPy
     p = xp.exp(logits - lse[:, None])  # (N, V)
     rows = xp.arange(logits.shape[0])
     p[rows, xp.where(valid, targets, 0)] -= 1.0
-    p *= (valid[:, None] * (float(dloss) / count)).astype(logits.dtype)
+    p *= (valid[:, None] * (xp.asarray(dloss, dtype=xp.float64) / count)).astype(logits.dtype)
     return p
 
 
