@@ -191,6 +191,9 @@ def add_finetune(sub):
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="compute precision: bfloat16/float16 train in mixed precision with "
+                        "float32 master weights (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints and log in a non-empty --out")
     p.add_argument("--resume", action="store_true",
@@ -211,7 +214,7 @@ def run_finetune(args):
                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
-                 weight_decay=args.weight_decay, device=args.device,
+                 weight_decay=args.weight_decay, device=args.device, precision=args.precision,
                  overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
     print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "

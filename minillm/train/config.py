@@ -154,8 +154,9 @@ class TrainConfig:
             raise ConfigError(f"tokenizer must be 'char' or 'sentencepiece', got {self.tokenizer!r}")
         if self.tokenizer_model not in ("bpe", "unigram"):
             raise ConfigError(f"tokenizer_model must be 'bpe' or 'unigram', got {self.tokenizer_model!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64 on this backend, got {self.dtype!r}")
+        if self.dtype not in ("float32", "float64", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, float64, bfloat16 or float16 (the last two: "
+                              f"mixed precision with float32 master weights), got {self.dtype!r}")
         if self.kernels not in ("auto", "reference", "numba"):
             raise ConfigError(f"kernels must be auto, reference or numba, got {self.kernels!r}")
         if self.device.lower() != "cpu" and not self.device.lower().startswith("cuda"):

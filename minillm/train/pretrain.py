@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm import backend
+from minillm.amp import MixedPrecision
 from minillm.checkpoints import run as ckpt
 from minillm.checkpoints.atomic import write_file
 from minillm.data import TokenData, corpus_sha256, finish_prepare, prepare, read_corpus
@@ -152,6 +153,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                       betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     batch_rng = np.random.default_rng(cfg.seed)
     start, best_val, elapsed0 = 0, float("inf"), 0.0
+    # mixed precision (minillm/amp.py): float32 master weights, bfloat16/float16 compute
+    amp = MixedPrecision(cfg.dtype) if cfg.dtype in ("bfloat16", "float16") else None
 
     if resume and point is None and writes and (ckpt.is_checkpoint_dir(last_dir) or ckpt.is_checkpoint_dir(best_dir)):
         raise CheckpointError(f"{out} holds checkpoints but none with a complete training state "
@@ -170,6 +173,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
             elapsed0 = float(state.get("elapsed", 0.0))
             batch_rng.bit_generator.state = state["batch_rng"]
             backend.set_rng_state(state["global_rng"])
+            if amp is not None and "amp" in state:
+                amp.load_state_dict(state["amp"])  # the loss scale continues where it was
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{point / ckpt.STATE_FILE} is damaged ({type(e).__name__}: {e}); "
                                   f"resume from a copy of the run or start afresh") from None
@@ -199,7 +204,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     def checkpoint_state(step):
         return {"step": step, "best_val_loss": best_val, "batch_rng": batch_rng.bit_generator.state,
                 "global_rng": backend.get_rng_state(), "elapsed": elapsed0 + time.time() - t0,
-                "optimizer_step": optimizer.step_count}
+                "optimizer_step": optimizer.step_count,
+                **({"amp": amp.state_dict()} if amp is not None else {})}
 
     def save_full(directory, step):
         check_finite_weights(model, step, cfg)  # never replace a checkpoint with NaN weights
@@ -249,7 +255,7 @@ def pretrain(cfg, resume=False, progress=True, say=print):
             t_step = time.time()
             batches = (data.get_batch("train", cfg.batch_size, cfg.block_size, batch_rng)
                        for _ in range(cfg.gradient_accumulation_steps))
-            loss, norm = train_step(model, optimizer, batches, cfg.grad_clip, lr)
+            loss, norm = train_step(model, optimizer, batches, cfg.grad_clip, lr, amp=amp)
             check_finite({"loss": loss, "gradient norm": norm if cfg.grad_clip else 0.0}, it + 1, cfg)
             dt = time.time() - t_step
             it += 1
@@ -258,6 +264,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                 rec = {"step": it, "loss": loss, "lr": lr, "grad_norm": norm,
                        "tok_per_s": tokens_per_iter / dt, "gflops": flops_per_iter / dt / 1e9,
                        "elapsed": elapsed0 + time.time() - t0}
+                if amp is not None and amp.scaler is not None:
+                    rec.update(loss_scale=amp.scaler.scale, skipped_steps=amp.scaler.skipped)
                 log.write(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
             if stop.requested:
