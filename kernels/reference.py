@@ -374,6 +374,7 @@ def swiglu_backward(dy, gate, up):
     s = _sigmoid(_xp(gate), gate)
     return dy * up * s * (1.0 + gate * (1.0 - s)), dy * gate * s
 # --------------------------------------------------------------------------- quantized matmul
+@_half_in_float32()
 def qmatmul_forward(x, qw):
     """y = x W^T with W (O, K) held in GGML blocks (a kernels.quant.QuantWeight).
 
@@ -381,10 +382,18 @@ def qmatmul_forward(x, qw):
     x's dtype. x: (N, K) -> y: (N, O). (llama.cpp instead rounds x to 8 bits inside the
     product; here activations keep their precision.)
     """
-    return x @ qw.dequantize().astype(x.dtype, copy=False).T
+    return x @ _dequantized(qw, x).T
 
 
+def _dequantized(qw, like):
+    """qw's float matrix in ``like``'s dtype, on ``like``'s device (the fallback on CuPy)."""
+    w = qw.dequantize().astype(like.dtype, copy=False)
+    xp = _xp(like)
+    return w if xp is np else xp.asarray(w)
+
+
+@_half_in_float32()
 def qmatmul_backward_input(dy, qw):
     """dx = dy W for y = x W^T with W frozen in blocks: dy (N, O) -> dx (N, K). No dW: a
     quantized base weight does not train (LoRA adapters beside it do)."""
-    return dy @ qw.dequantize().astype(dy.dtype, copy=False)
+    return dy @ _dequantized(qw, dy)

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import minillm as M
 from minillm.amp import LossScaler, MixedPrecision, low_dtype
@@ -131,9 +132,8 @@ def test_a_tiny_model_learns_in_low_precision(dtype, kernels):
 
 
 def test_pretrain_keeps_the_loss_scaler_across_a_resume(tmp_path):
-    from tests.train.test_pretrain import cfg_for, losses
-
     from minillm.train.pretrain import pretrain
+    from tests.train.test_pretrain import cfg_for, losses
 
     common = ["--max_iters=6", "--eval_interval=3", "--lr_decay_iters=6", "--dtype=float16"]
     a = cfg_for(tmp_path, *common, f"--out_dir={tmp_path / 'a'}")
@@ -150,8 +150,5 @@ def test_pretrain_keeps_the_loss_scaler_across_a_resume(tmp_path):
     assert sa == sb and sb["loss_scaler"]["good_steps"] + sb["loss_scaler"]["skipped"] == 6
     la, lb = losses(tmp_path / "a" / "log.jsonl"), losses(tmp_path / "b" / "log.jsonl")
     assert la == lb and sorted(la) == list(range(1, 7))
-    import minillm.models  # noqa: F401  (the saved weights load back as float32)
-    from safetensors.numpy import load_file
-
     w = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     assert all(v.dtype == np.float32 for v in w.values())
