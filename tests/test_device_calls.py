@@ -46,10 +46,10 @@ def _gpt(dropout=0.1):
     return GPT(cfg)
 
 
-def _llama():
+def _llama(n_embd=16, intermediate_size=24):
     M.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=31, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=16,
-                      intermediate_size=24)
+    cfg = LlamaConfig(vocab_size=31, block_size=16, n_layer=2, n_head=4, n_kv_head=2,
+                      n_embd=n_embd, intermediate_size=intermediate_size)
     return Llama(cfg)
 
 
@@ -128,6 +128,11 @@ def test_training_steps_on_the_device(fake, make):
         assert sum(fake.syncs.values()) <= 2, dict(fake.sync_sites)
         losses.append(loss)
     assert all(np.isfinite(losses)) and np.isfinite(norm)
+    # batches already on the device (benchmarks/gpu/train_gpt2.py) take the same path
+    on_device = [tuple(backend.to_device(a, "cuda") for a in b) for b in _batches(V, n=1)]
+    fake.reset_syncs()
+    train_step(model, opt, on_device, grad_clip=1.0)
+    assert sum(fake.syncs.values()) <= 2, dict(fake.sync_sites)
     _assert_clean(fake)
 
 
@@ -168,4 +173,27 @@ def test_getitem_with_host_index_arrays_scatters_on_the_device(fake):
     want[0, 1], want[2, 1] = 2.0, 1.0
     np.testing.assert_array_equal(backend.to_numpy(x.grad), want)
     assert fake.calls["cupyx.scatter_add"] == 1
+    _assert_clean(fake)
+
+
+def test_quantized_llama_decoding_on_the_device(fake):
+    from minillm.autograd import no_grad
+    from minillm.kernels.quant import QuantWeight
+    from minillm.nn.quant import QuantEmbedding, QuantLinear, quantize_linears
+
+    model = _llama(n_embd=32, intermediate_size=64)  # whole 32-weight blocks
+    quantize_linears(model, "q4_1")
+    table = QuantWeight.from_float(model.embed_tokens.weight.data, "q4_1")
+    model.embed_tokens, model.lm_head = QuantEmbedding(table), QuantLinear(table)
+    model.to("cuda").eval()
+    cache = model.new_kv_cache(1, max_len=12)
+    with no_grad():
+        logits, _ = model(np.array([[1, 2, 3]]), kv_cache=cache, last_only=True)
+        fake.reset_syncs()
+        for _ in range(4):
+            nxt = logits.data[:, -1].argmax(axis=-1).reshape(1, 1)  # chosen on the device
+            logits, _ = model(nxt, kv_cache=cache, last_only=True)
+    assert backend.is_cupy(logits.data) and logits.shape == (1, 1, model.config.vocab_size)
+    # the token ids cross to the host for the lookup in the blocks: one small copy per token
+    assert sum(fake.syncs.values()) <= 4, dict(fake.sync_sites)
     _assert_clean(fake)

@@ -110,6 +110,8 @@ class Llama(DecoderLM):
         -> (B, T, C) before the final norm; ``Llama.forward`` (DecoderLM's) explains the
         arguments."""
         x = self.embed_tokens(idx)  # (B, T, C)
+        if backend.is_cupy(self.norm.weight.data) and x.device != "cuda":
+            x = x.to("cuda")  # a quantized table looks rows up on the host (QuantEmbedding)
         rope = self.rope_angles(pos, x.dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
         for i, block in enumerate(self.layers):
             x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask, rope=rope)

@@ -227,7 +227,10 @@ def log_softmax(x, axis=-1):
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), leaving out
     positions equal to ``ignore_index`` (PyTorch's default -100). All ignored gives 0."""
-    t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+    t = targets.data if isinstance(targets, Tensor) else targets
+    on_device = backend.is_cupy(t)
+    if not on_device:
+        t = np.asarray(t)
     if t.dtype.kind not in "iu":
         raise MinillmError(f"cross_entropy targets must be integers, got {t.dtype}")
     if logits.shape[:-1] != t.shape:
@@ -236,9 +239,10 @@ def cross_entropy(logits, targets, ignore_index=-100):
             f"{tuple(logits.shape[:-1])}, got {tuple(t.shape)}"
         )
     V = logits.shape[-1]
-    valid = t[t != ignore_index]
-    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= V):
-        raise MinillmError(f"cross_entropy target out of range 0..{V - 1}")
+    if not on_device:  # checked on the host; targets already on the GPU are not copied back
+        valid = t[t != ignore_index]
+        if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= V):
+            raise MinillmError(f"cross_entropy target out of range 0..{V - 1}")
     flat = logits if logits.ndim == 2 else logits.reshape(-1, V)
     if flat.dtype.name in ("float16", "bfloat16"):
         # mixed precision: the loss (exp, log-sum-exp over V) in float32, whatever the logits;
