@@ -18,6 +18,7 @@ short run through the same code (kernel compilation, the blocks' copy to the dev
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -95,6 +96,10 @@ def main(argv=None):
     if args.gguf and not os.path.isfile(args.gguf):
         print(f"decode_llama: no GGUF at {args.gguf}; using random weights of SmolLM2's shape")
         args.gguf = None
+    if args.gguf and importlib.util.find_spec("gguf") is None:
+        print("decode_llama: the gguf package is not installed here (carry its wheel); using "
+              "random weights of SmolLM2's shape")
+        args.gguf = None
     if args.device != "cpu":
         try:
             import cupy as cp
@@ -109,6 +114,7 @@ def main(argv=None):
     print(f"\ndecode, batch 1, {args.device}: {what}")
     print(f"{'tokens':>7s} {'seconds':>8s} {'tok/s':>8s} {'ms/token':>9s}")
     print(f"{args.tokens:7d} {sec:8.3f} {args.tokens / sec:8.1f} {sec / args.tokens * 1e3:9.2f}")
+    print(f"SUMMARY: {args.tokens / sec:.1f} tok/s ({what})")
     return 0
 
 

@@ -185,6 +185,10 @@ def main(argv=None):
         tp = f"{tps:10.0f}" if tps else f"{'-':>10s}"
         rt = f"{ratio:9.2f}" if ratio else f"{'-':>9s}"
         print(f"{dtype:9s} {name:9s} {ms} {tp} {rt}  {note}")
+    mine = [r for r in rows if r[1] == "minillm"]
+    print("SUMMARY: " + ", ".join(
+        f"{r[0]} {r[2] * 1e3:.0f} ms/step" + (f" ({r[4]:.2f}x pytorch)" if r[4] else "")
+        if r[2] else f"{r[0]} FAILED" for r in mine))
     return 0 if all(r[2] is not None for r in rows) else 1
 
 
