@@ -99,6 +99,14 @@ class LossScaler:
         self.scale, self.good_steps, self.skipped = scale, good, skipped
 
 
+def _cast(a, dtype):
+    try:
+        return a.astype(dtype)
+    except (TypeError, ValueError) as e:  # a CuPy without bfloat16 arrays, say
+        raise ConfigError(f"{backend.device_of(a)} arrays cannot hold {dtype.name} here ({e}); "
+                          f"use another dtype") from None
+
+
 class MixedPrecision:
     """The compute precision of a training step: ``dtype`` "float32" (off), "bfloat16" or
     "float16" (with a LossScaler unless ``scaler`` is given; ``scaler=False`` turns it off)."""
@@ -124,7 +132,7 @@ class MixedPrecision:
         try:
             for p in params:
                 if backend.is_float_dtype(p.data.dtype):
-                    p.data = p.data.astype(self.dtype)
+                    p.data = _cast(p.data, self.dtype)
             yield
         finally:
             for p, master in zip(params, masters):

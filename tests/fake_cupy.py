@@ -216,12 +216,12 @@ def _method(name):
     return method
 
 
-def _operator(dunder):
+def _operator(dunder, in_place=False):
     def op(self, *args):
         out = getattr(self._a, dunder)(*_unwrap(args, operand=True))
         if out is NotImplemented:
             return out
-        if dunder.startswith("__i"):  # in place: the same device array
+        if in_place:  # a += b: the same device array
             return self
         return _wrap(out)
 
@@ -235,7 +235,7 @@ for _op in ("add sub mul truediv floordiv mod pow matmul and or xor lt le eq ne 
             "rshift").split():
     for _d in (f"__{_op}__", f"__r{_op}__", f"__i{_op}__"):
         if hasattr(np.ndarray, _d):
-            setattr(ndarray, _d, _operator(_d))
+            setattr(ndarray, _d, _operator(_d, in_place=_d == f"__i{_op}__"))
 for _d in ("__neg__", "__pos__", "__abs__", "__invert__"):
     setattr(ndarray, _d, _operator(_d))
 ndarray.__hash__ = None

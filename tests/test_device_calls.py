@@ -68,6 +68,11 @@ def test_the_fake_catches_what_cupy_would_refuse(fake):
     assert kinds == ["host copy", "lacks", "host copy"]
     float(x.sum())
     assert fake.syncs["float"] == 1
+    m = backend.to_device(np.array([True, False]), "cuda")
+    np.testing.assert_array_equal(backend.to_numpy(~m), [False, True])  # operators compute
+    y = x.copy()
+    y += 1.0
+    np.testing.assert_array_equal(backend.to_numpy(y), backend.to_numpy(x) + 1.0)
 
 
 def test_scatter_add_matches_add_at_on_both_array_modules(fake):
@@ -133,6 +138,23 @@ def test_training_steps_on_the_device(fake, make):
     fake.reset_syncs()
     train_step(model, opt, on_device, grad_clip=1.0)
     assert sum(fake.syncs.values()) <= 2, dict(fake.sync_sites)
+    _assert_clean(fake)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_steps_on_the_device(fake, dtype):
+    pytest.importorskip("ml_dtypes")
+    from minillm.amp import MixedPrecision
+
+    model = _gpt().to("cuda")
+    opt = AdamW(model.parameters(), lr=1e-2)
+    amp = MixedPrecision(dtype)
+    for step in range(2):
+        fake.reset_syncs()
+        loss, norm = train_step(model, opt, _batches(model.config.vocab_size, seed=step), 1.0,
+                                amp=amp)
+        assert sum(fake.syncs.values()) <= 2, dict(fake.sync_sites)  # the loss and the norm
+    assert np.isfinite(loss) and all(p.dtype == np.float32 for p in model.parameters())
     _assert_clean(fake)
 
 
