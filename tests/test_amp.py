@@ -2,6 +2,7 @@
 float16 and ml_dtypes' bfloat16 at small sizes, so the logic is tested without a GPU."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -57,9 +58,21 @@ def test_loss_scaler_halves_on_overflow_and_grows_after_clean_steps():
         LossScaler(backoff_factor=2.0)
 
 
-def test_unknown_precision_is_one_clear_error():
+def test_unknown_precision_is_one_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match="float32, bfloat16, float16"):
         low_dtype("float8")
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match="pip install ml_dtypes"):
+        low_dtype("bfloat16")
+
+
+def test_the_training_config_takes_the_low_precisions():
+    from minillm.train.config import TrainConfig
+
+    for d in ("float32", "float64", "bfloat16", "float16"):
+        TrainConfig(dtype=d).validate()
+    with pytest.raises(ConfigError, match="bfloat16 or float16"):
+        TrainConfig(dtype="half").validate()
 
 
 @pytest.mark.usefixtures("reference_kernels")
