@@ -165,3 +165,16 @@ def test_pretrain_keeps_the_loss_scaler_across_a_resume(tmp_path):
     assert la == lb and sorted(la) == list(range(1, 7))
     w = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     assert all(v.dtype == np.float32 for v in w.values())
+
+
+def test_a_tiny_llama_learns_in_bfloat16():
+    from minillm.models.llama import Llama, LlamaConfig
+
+    M.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=V, block_size=T, n_layer=2, n_head=4, n_kv_head=2,
+                              n_embd=32, intermediate_size=48))
+    opt = AdamW(model.parameters(), lr=1e-2)
+    amp = MixedPrecision("bfloat16")
+    losses = [train_step(model, opt, [b], 1.0, amp=amp)[0] for b in _pattern_batches(30)]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+    assert all(p.dtype == np.float32 for p in model.parameters())

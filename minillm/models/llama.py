@@ -112,7 +112,10 @@ class Llama(DecoderLM):
         x = self.embed_tokens(idx)  # (B, T, C)
         if backend.is_cupy(self.norm.weight.data) and x.device != "cuda":
             x = x.to("cuda")  # a quantized table looks rows up on the host (QuantEmbedding)
-        rope = self.rope_angles(pos, x.dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
+        angle_dtype = x.dtype if x.dtype.itemsize >= 4 else np.float32  # float32 under bf16/fp16
+        rope = self.rope_angles(pos, angle_dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
+        if x.device == "cuda":  # host positions: the angles go over once, not once per layer
+            rope = tuple(backend.to_device(a, "cuda") for a in rope)
         for i, block in enumerate(self.layers):
             x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask, rope=rope)
         return x
