@@ -95,7 +95,12 @@ def scatter_add(a, index, values):
     """
     if is_cupy(a):
         cupyx = _device_module.cupyx if _device_module is not None else _import_cupyx()
-        cupyx.scatter_add(a, index, values)
+        if a.dtype.itemsize == 2:  # float16/bfloat16: atomic adds in float32, then rounded once
+            acc = a.astype(np.float32)
+            cupyx.scatter_add(acc, index, values.astype(np.float32))
+            a[...] = acc.astype(a.dtype)
+        else:
+            cupyx.scatter_add(a, index, values)
     else:
         np.add.at(a, index, values)
 

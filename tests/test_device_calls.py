@@ -75,18 +75,21 @@ def test_the_fake_catches_what_cupy_would_refuse(fake):
     np.testing.assert_array_equal(backend.to_numpy(y), backend.to_numpy(x) + 1.0)
 
 
-def test_scatter_add_matches_add_at_on_both_array_modules(fake):
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_scatter_add_matches_add_at_on_both_array_modules(fake, dtype):
     rng = np.random.default_rng(1)
     idx = rng.integers(0, 5, 17)
-    vals = rng.standard_normal((17, 3))
+    vals = rng.standard_normal((17, 3)).astype(dtype)
     want = np.zeros((5, 3))
-    np.add.at(want, idx, vals)
-    host = np.zeros((5, 3))
+    np.add.at(want, idx, vals.astype(np.float64))
+    host = np.zeros((5, 3), dtype)
     backend.scatter_add(host, idx, vals)
-    dev = backend.to_device(np.zeros((5, 3)), "cuda")
+    dev = backend.to_device(np.zeros((5, 3), dtype), "cuda")
     backend.scatter_add(dev, backend.to_device(idx, "cuda"), backend.to_device(vals, "cuda"))
-    np.testing.assert_allclose(host, want)
-    np.testing.assert_allclose(backend.to_numpy(dev), want)
+    tol = 1e-12 if dtype == np.float64 else 1e-2  # float16: summed in float32, rounded once
+    np.testing.assert_allclose(host, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(backend.to_numpy(dev), want, rtol=tol, atol=tol)
+    assert backend.to_numpy(dev).dtype == dtype
     assert fake.calls["cupyx.scatter_add"] == 1
     _assert_clean(fake)
 
