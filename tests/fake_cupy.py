@@ -40,10 +40,10 @@ divide dot einsum empty empty_like equal exp exp2 expand_dims expm1 eye flatnonz
 floor_divide full full_like greater greater_equal isclose isfinite isinf isnan less less_equal linspace
 log log1p log2 log10 logical_and logical_not logical_or matmul max maximum mean min minimum moveaxis
 multiply nan_to_num negative nonzero not_equal ones ones_like outer partition power prod
-put_along_axis ravel reciprocal repeat reshape result_type rint round rsqrt searchsorted sign sin sinh
+put_along_axis ravel reciprocal repeat reshape result_type rint round searchsorted sign sin sinh
 sort split sqrt square squeeze stack std subtract sum swapaxes take take_along_axis tan tanh tile
 transpose tril triu true_divide unique var vstack hstack where zeros zeros_like bitwise_and bitwise_or
-invert erf float_power fmax fmin cbrt
+invert float_power fmax fmin cbrt
 """.split())
 
 CUPY_METHODS = frozenset("""
@@ -54,7 +54,7 @@ prod ravel repeat reshape sort squeeze std sum swapaxes take tolist transpose va
 # dtypes and constants the module passes through from NumPy (cupy re-exports the same objects)
 PASSTHROUGH = frozenset("""
 float16 float32 float64 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool_ intp newaxis
-inf nan pi e dtype finfo iinfo errstate integer floating generic number
+inf nan pi e dtype finfo iinfo integer floating generic number
 """.split())
 
 
