@@ -225,7 +225,7 @@ def run_finetune(args):
                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
-                 weight_decay=args.weight_decay, device=args.device,
+                 weight_decay=args.weight_decay, device=args.device, precision=args.precision,
                  overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
                  gradient_accumulation_steps=args.gradient_accumulation_steps)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())

@@ -131,12 +131,20 @@ def gpt_param_groups(model, weight_decay):
 
 def clip_grad_norm_(params, max_norm):
     """Scale all gradients in place so their global L2 norm is at most ``max_norm``; returns
-    the norm before clipping (as a float)."""
+    the norm before clipping (as a float; inf or nan when a gradient holds one).
+
+    The squares are summed in float64. On the GPU the per-gradient sums stay on the device and
+    are added there, so the whole norm costs one transfer to the host (the returned float).
+    """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) if g.dtype != np.float64
-                          else float((g * g).sum()) for g in grads))
+    parts = [(g.astype(np.float64) ** 2).sum() if g.dtype != np.float64 else (g * g).sum()
+             for g in grads]  # one 0-d float64 array per gradient, on its device
+    if backend.is_cupy(grads[0]):
+        total = math.sqrt(float(backend.array_module(grads[0]).stack(parts).sum()))  # one sync
+    else:
+        total = math.sqrt(sum(float(s) for s in parts))
     if max_norm is not None and max_norm > 0 and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

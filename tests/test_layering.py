@@ -22,7 +22,7 @@ LAYERS = {
     "minillm.testing": 3,
     "minillm.nn": 4,
     "minillm.models": 5,
-    "minillm.optim": 6,
+    "minillm.optim": 6, "minillm.amp": 6,  # mixed precision: beside the optimizers (DESIGN layer 6)
     "minillm.tokenizers": 7, "minillm.data": 7,
     "minillm.checkpoints": 8,
     "minillm.distributed": 9,

@@ -112,9 +112,14 @@ class Llama(DecoderLM):
         -> (B, T, C) before the final norm; ``Llama.forward`` (DecoderLM's) explains the
         arguments."""
         x = self.embed_tokens(idx)  # (B, T, C)
-        rope = self.rope_angles(pos, x.dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
-        if (idx.shape[1] == 1 and kv_cache is not None and attention_mask is None
-                and not is_grad_enabled() and not backend.is_cupy(x.data)):
+        if backend.is_cupy(self.norm.weight.data) and x.device != "cuda":
+            x = x.to("cuda")  # a quantized table looks rows up on the host (QuantEmbedding)
+        angle_dtype = x.dtype if x.dtype.itemsize >= 4 else np.float32  # float32 under bf16/fp16
+        rope = self.rope_angles(pos, angle_dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
+        if x.device == "cuda":  # host positions: the angles go over once, not once per layer
+            rope = tuple(backend.to_device(a, "cuda") for a in rope)
+        elif (idx.shape[1] == 1 and kv_cache is not None and attention_mask is None
+                and not is_grad_enabled()):
             # decoding one token: the blocks' array step, without the graph's bookkeeping
             h = x.data
             for i, block in enumerate(self.layers):

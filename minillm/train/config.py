@@ -159,8 +159,9 @@ class TrainConfig:
             raise ConfigError(f"tokenizer must be 'char' or 'sentencepiece', got {self.tokenizer!r}")
         if self.tokenizer_model not in ("bpe", "unigram"):
             raise ConfigError(f"tokenizer_model must be 'bpe' or 'unigram', got {self.tokenizer_model!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64 on this backend, got {self.dtype!r}")
+        if self.dtype not in ("float32", "float64", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, float64, bfloat16 or float16 (the last two: "
+                              f"mixed precision with float32 master weights), got {self.dtype!r}")
         if self.kernels not in ("auto", "reference", "numba"):
             raise ConfigError(f"kernels must be auto, reference or numba, got {self.kernels!r}")
         if self.device.lower() != "cpu" and not self.device.lower().startswith("cuda"):
@@ -198,6 +199,7 @@ class FinetuneConfig:
     val_fraction: float = 0.1
     weight_decay: float = 0.0
     device: str = "cpu"
+    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
 
     def validate(self):
         """The choices; the numbers are checked by finetune() against CONSTRAINTS."""
@@ -207,6 +209,9 @@ class FinetuneConfig:
             raise ConfigError(f"task must be sft, classify or chat, got {self.task!r}")
         if self.method not in ("lora", "full"):
             raise ConfigError(f"method must be lora or full, got {self.method!r}")
+        if self.precision not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"precision must be float32, bfloat16 or float16, got "
+                              f"{self.precision!r}")
         return self
 
     def to_dict(self):
@@ -280,6 +285,8 @@ HELP = {
         "val_fraction": "share of data held out for validation",
         "weight_decay": "AdamW weight decay",
         "device": "cpu or cuda",
+        "precision": "compute precision: bfloat16 or float16 train in mixed precision with "
+                     "float32 master weights",
     },
 }
 

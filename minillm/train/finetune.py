@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm import backend, distributed
+from minillm.amp import MixedPrecision
 from minillm.autograd import no_grad
 from minillm.checkpoints import load
 from minillm.checkpoints import run as ckpt
@@ -156,6 +157,7 @@ def finetune(
     resume=False,
     say=print,
     gradient_accumulation_steps=1,
+    precision="float32",
 ):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
@@ -165,7 +167,11 @@ def finetune(
     Exact resume: OUT_DIR/last holds, beside the adapter (or weights), the optimizer arrays and
     the state after its epoch (step, both random generators, best and last metrics); ``resume``
     continues from it with the same settings and logs what an uninterrupted run logs.
-    Launched by ``mpiexec -n N``, the N processes train it together (see the module docstring)."""
+    Launched by ``mpiexec -n N``, the N processes train it together (see the module docstring).
+
+    ``precision`` "bfloat16" or "float16" trains in mixed precision (minillm/amp.py: float32
+    master weights and optimizer state, the forward and backward in the low precision, loss
+    scaling for float16, its state kept in the checkpoint)."""
     options = {k: v for k, v in locals().items() if k != "say"}  # the arguments, for check_same
     from tqdm import tqdm
 
@@ -204,6 +210,9 @@ def finetune(
             f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}"
         )
     lr = float(lr if lr is not None else (1e-3 if method == "lora" else 1e-4))
+    # mixed precision (minillm/amp.py): float32 master weights, bfloat16/float16 compute
+    amp = MixedPrecision(precision)  # a ConfigError for an unknown name
+    amp = amp if amp.enabled else None
     backend.manual_seed(seed)
     rng = np.random.default_rng(seed)
     base_path = resolve_checkpoint(base)
@@ -306,12 +315,14 @@ def finetune(
         val_fraction=val_fraction,
         weight_decay=weight_decay,
         lora=lora_cfg and lora_cfg.to_dict(),
+        **({"precision": precision} if amp is not None else {}),
     )
 
     def training_state(epoch, metrics):
         return {"epoch": epoch, **metrics, "step": step, "optimizer_step": optimizer.step_count,
                 "rng": rng.bit_generator.state, "global_rng": backend.get_rng_state(),
-                "best": best, "before": before, "run": run_cfg}
+                "best": best, "before": before, "run": run_cfg,
+                **({"amp": amp.state_dict()} if amp is not None else {})}
 
     def save(directory, metrics, epoch):
         check_finite_weights(net, step, diverge_hint)  # never replace a checkpoint with NaN
@@ -375,6 +386,8 @@ def finetune(
             metrics = {k: state[k] for k in ("train_loss", "val_loss", "val_acc") if k in state}
             rng.bit_generator.state = state["rng"]
             backend.set_rng_state(state["global_rng"])
+            if amp is not None and "amp" in state:
+                amp.load_state_dict(state["amp"])  # the loss scale continues where it was
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{point / ckpt.STATE_FILE} is damaged ({type(e).__name__}: {e})") from None
         if world.is_main:
@@ -407,7 +420,7 @@ def finetune(
                 lr_t = cosine_lr(step, lr, warmup, total, lr / 10)
                 t0 = time.perf_counter()
                 loss, norm = train_step(net, optimizer, micro_batches(chunk, n_micro, step), grad_clip,
-                                        lr_t, loss_fn, n_micro=n_micro, world=world)
+                                        lr_t, loss_fn, n_micro=n_micro, world=world, amp=amp)
                 check_finite({"loss": loss, "gradient norm": norm if grad_clip else 0.0},
                               step + 1, diverge_hint)
                 step_time += time.perf_counter() - t0

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm import backend, distributed
+from minillm.amp import MixedPrecision
 from minillm.checkpoints import run as ckpt
 from minillm.checkpoints.atomic import write_file
 from minillm.data import TokenData, corpus_sha256, finish_prepare, prepare, read_corpus
@@ -181,6 +182,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                       betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     batch_seed = cfg.seed  # of the batch order (see train_micro_batch); a resumed run keeps its own
     start, best_val, elapsed0 = 0, float("inf"), 0.0
+    # mixed precision (minillm/amp.py): float32 master weights, bfloat16/float16 compute
+    amp = MixedPrecision(cfg.dtype) if cfg.dtype in ("bfloat16", "float16") else None
 
     if resume and point is None and not cfg.eval_only and (ckpt.is_checkpoint_dir(last_dir) or ckpt.is_checkpoint_dir(best_dir)):
         raise CheckpointError(f"{out} holds checkpoints but none with a complete training state "
@@ -202,6 +205,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
             if isinstance(batch_seed, bool) or not isinstance(batch_seed, int) or batch_seed < 0:
                 raise ValueError(f"batch_seed {batch_seed!r} is not a seed")
             backend.set_rng_state(state["global_rng"])
+            if amp is not None and "amp" in state:
+                amp.load_state_dict(state["amp"])  # the loss scale continues where it was
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{point / ckpt.STATE_FILE} is damaged ({type(e).__name__}: {e}); "
                                   f"resume from a copy of the run or start afresh") from None
@@ -253,7 +258,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
     def checkpoint_state(step):
         return {"step": step, "best_val_loss": best_val, "batch_seed": batch_seed,
                 "global_rng": backend.get_rng_state(), "elapsed": elapsed0 + time.time() - t0,
-                "optimizer_step": optimizer.step_count}
+                "optimizer_step": optimizer.step_count,
+                **({"amp": amp.state_dict()} if amp is not None else {})}
 
     def save_full(directory, step):
         check_finite_weights(model, step, cfg)  # never replace a checkpoint with NaN weights
@@ -309,7 +315,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
             lr = get_lr(cfg, it)
             t_step = time.time()
             loss, norm = train_step(model, optimizer, micro_batches(it), cfg.grad_clip, lr,
-                                    n_micro=cfg.gradient_accumulation_steps, world=world)
+                                    n_micro=cfg.gradient_accumulation_steps, world=world,
+                                    amp=amp)
             check_finite({"loss": loss, "gradient norm": norm if cfg.grad_clip else 0.0}, it + 1, cfg)
             dt = time.time() - t_step
             it += 1
@@ -318,6 +325,8 @@ def pretrain(cfg, resume=False, progress=True, say=print):
                 rec = {"step": it, "loss": loss, "lr": lr, "grad_norm": norm,
                        "tok_per_s": tokens_per_iter / dt, "gflops": flops_per_iter / dt / 1e9,
                        "elapsed": elapsed0 + time.time() - t0}
+                if amp is not None and amp.scaler is not None:
+                    rec.update(loss_scale=amp.scaler.scale, skipped_steps=amp.scaler.skipped)
                 log.write(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
                 if lines_every and it % lines_every == 0:
