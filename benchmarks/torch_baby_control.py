@@ -45,7 +45,7 @@ from bench_train import torch_adamw, torch_gpt
 
 from minillm.data import TokenData
 from minillm.train.config import TrainConfig, load_config
-from minillm.train.pretrain import get_lr
+from minillm.train.pretrain import get_lr, train_micro_batch
 
 
 def main():
@@ -63,7 +63,6 @@ def main():
     torch.set_num_threads(2)
     model = torch_gpt(c, gpt2_init=True)
     opt = torch_adamw(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    batch_rng = np.random.default_rng(cfg.seed)  # the same batch sequence as minillm's loop
 
     def evaluate(split, n):
         rng = np.random.default_rng(cfg.seed + 1)  # minillm's fixed evaluation batches
@@ -85,7 +84,8 @@ def main():
             break
         for g in opt.param_groups:
             g["lr"] = get_lr(cfg, it)
-        x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, batch_rng)
+        # the batch minillm's loop draws at this step (its config has one micro-batch per step)
+        x, y, _ = train_micro_batch(data, cfg.seed, it, 0, cfg.batch_size, cfg.block_size)
         loss = model(torch.from_numpy(x), torch.from_numpy(y))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,6 +15,8 @@ listed in ``Ladder.also`` in order, then the reference, and ``describe()`` repor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Rung:
@@ -73,10 +75,14 @@ def dtype_fits(names, arg=0):
     """A ``fits`` for rungs that take only some dtypes: None when argument ``arg`` has a dtype
     named in ``names`` (NumPy and CuPy arrays alike), else "<dtype> input"."""
     names = tuple(names)
+    dtypes = frozenset(np.dtype(n) for n in names)  # a dtype's .name is built anew per call
 
     def fits(*args, **kwargs):
-        name = getattr(getattr(args[arg], "dtype", None), "name", type(args[arg]).__name__)
-        return None if name in names else f"{name} input"
+        dt = getattr(args[arg], "dtype", None)
+        if dt in dtypes:
+            return None
+        name = getattr(dt, "name", type(args[arg]).__name__)
+        return f"{name} input"
 
     fits.__doc__ = f"{' or '.join(names)} input"
     return fits

@@ -208,17 +208,85 @@ def quantize(w, qtype):
     return blocks.reshape(rows.shape[0], -1)
 
 
+# --------------------------------------------------------------------------- row groups
+# The decode layout. A matrix-vector product over GGUF's rows dots one row at a time, and every
+# 32 weights bring their own scale, so SIMD lanes see a 16- or 32-wide block and must be summed
+# across (a horizontal sum per block). Interleaving GROUP rows puts the same weight of GROUP rows
+# side by side: byte j of a block is a vector of GROUP rows, multiplied by one broadcast x[k], and
+# the lanes are only ever added lane-wise (kernels/cpu/qmatmul.py v6). The same bytes, permuted:
+# for each group g of GROUP rows and each block b, the GROUP scales d (2 bytes each), for Q4_1
+# the GROUP offsets m, then code byte j of rows 0..GROUP-1, for every j; Q8_0's signed codes are
+# stored plus 128 (their sign bit flipped), so that the kernel converts unsigned bytes and takes
+# the 128 back once per block. Stored in an array of the same (O, bytes per row) shape as the
+# rows layout, so sizes and checks stay the same.
+GROUP = 32
+
+
+def _group_parts(qtype):
+    """(header bytes, code bytes) of one block of the format."""
+    f = FORMATS[qtype]
+    h = 4 if qtype == Q4_1 else 2
+    return h, f.type_size - h
+
+
+def to_groups(blocks, qtype):
+    """(O, bytes per row) in GGUF's row layout -> the same bytes in the row-group layout;
+    O a multiple of GROUP."""
+    O, rb = blocks.shape
+    ts = FORMATS[qtype].type_size
+    h, cb = _group_parts(qtype)
+    G, nb = O // GROUP, rb // ts
+    bl = blocks.reshape(G, GROUP, nb, ts).transpose(0, 2, 1, 3)  # (G, nb, R, ts)
+    parts = [bl[..., i:i + 2].reshape(G, nb, 2 * GROUP) for i in range(0, h, 2)]  # d (and m)
+    codes = bl[..., h:].transpose(0, 1, 3, 2).reshape(G, nb, cb * GROUP)  # (G, nb, cb R)
+    parts.append(codes ^ np.uint8(0x80) if qtype == Q8_0 else codes)
+    return np.concatenate(parts, axis=2).reshape(O, rb)
+
+
+def from_groups(data, qtype):
+    """The inverse of ``to_groups``: the row-group layout -> GGUF's row layout."""
+    O, rb = data.shape
+    ts = FORMATS[qtype].type_size
+    h, cb = _group_parts(qtype)
+    G, nb = O // GROUP, rb // ts
+    gb = data.reshape(G, nb, GROUP * ts)
+    out = np.empty((G, GROUP, nb, ts), dtype=np.uint8)
+    for i in range(0, h, 2):
+        out[..., i:i + 2] = gb[..., i * GROUP:(i + 2) * GROUP].reshape(G, nb, GROUP, 2) \
+            .transpose(0, 2, 1, 3)
+    out[..., h:] = gb[..., h * GROUP:].reshape(G, nb, cb, GROUP).transpose(0, 3, 1, 2)
+    if qtype == Q8_0:
+        out[..., h:] ^= np.uint8(0x80)
+    return out.reshape(O, rb)
+
+
+def _group_offsets(qtype, nb):
+    """(GROUP, nb, type_size) positions, within one group's bytes, of each row's blocks as the
+    row layout orders them (for gathering a few rows without converting the whole matrix)."""
+    ts = FORMATS[qtype].type_size
+    h, cb = _group_parts(qtype)
+    r = np.arange(GROUP)[:, None, None]
+    b = np.arange(nb)[None, :, None]
+    i = np.arange(ts)[None, None, :]
+    head = (i // 2) * 2 * GROUP + 2 * r + (i % 2)  # byte i of d (i < 2) or m (2 <= i < 4)
+    code = h * GROUP + (i - h) * GROUP + r
+    return b * GROUP * ts + np.where(i < h, head, code)
+
+
 # --------------------------------------------------------------------------- QuantWeight
 @dataclass(frozen=True, eq=False)
 class QuantWeight:
     """A matrix W (out, in) kept in a GGML block format.
 
-    blocks: (out, bytes_per_row) uint8, row o holding W[o, :] as in // block_size blocks.
+    blocks: (out, bytes_per_row) uint8. grouped False: GGUF's row layout, row o holding W[o, :]
+    as in // block_size blocks. grouped True: the same bytes in the row-group layout
+    (``to_groups``; out a multiple of GROUP), which the decode kernel reads.
     """
 
     qtype: int
     shape: tuple
     blocks: np.ndarray
+    grouped: bool = False
 
     def __post_init__(self):
         f = block_format(self.qtype)
@@ -229,14 +297,38 @@ class QuantWeight:
         if self.blocks.dtype != np.uint8 or self.blocks.shape != want:
             raise ValueError(f"{f.name} weight {shape} needs blocks of shape {want} uint8, got "
                              f"{self.blocks.shape} {self.blocks.dtype}")
+        if self.grouped and not self.groupable(f.type_id, shape):
+            raise ValueError(f"a {f.name} weight {shape} cannot be held in row groups (Q8_0, "
+                             f"Q4_0 or Q4_1 with a multiple of {GROUP} rows)")
         object.__setattr__(self, "qtype", f.type_id)
         object.__setattr__(self, "shape", shape)
+
+    @staticmethod
+    def groupable(qtype, shape):
+        return qtype in MATMUL_TYPES and shape[0] % GROUP == 0
 
     @classmethod
     def from_float(cls, w, qtype):
         """Quantize a float matrix (out, in)."""
         w = np.asarray(w)
         return cls(block_format(qtype).type_id, w.shape, quantize(w, qtype))
+
+    def to_groups(self):
+        """This weight in the row-group layout (itself when it is, or cannot be, grouped)."""
+        if self.grouped or not self.groupable(self.qtype, self.shape):
+            return self
+        return QuantWeight(self.qtype, self.shape, to_groups(self.blocks, self.qtype), True)
+
+    def to_rows(self):
+        """This weight in GGUF's row layout (itself when it is): what files and exports hold."""
+        if not self.grouped:
+            return self
+        return QuantWeight(self.qtype, self.shape, from_groups(self.blocks, self.qtype))
+
+    @property
+    def row_blocks(self):
+        """The blocks in GGUF's row layout (a converted copy when grouped)."""
+        return self.to_rows().blocks
 
     @property
     def format(self):
@@ -252,14 +344,27 @@ class QuantWeight:
 
     def dequantize(self):
         """W as float32 (out, in)."""
-        return dequantize(self.blocks, self.qtype, self.shape)
+        return dequantize(self.row_blocks, self.qtype, self.shape)
 
     def rows(self, idx):
         """W[idx] as float32 (..., in), dequantizing only the rows asked for."""
         idx = np.asarray(idx)
-        sub = self.blocks[idx.reshape(-1)]  # (n, bytes_per_row)
+        flat = idx.reshape(-1)
+        if self.grouped:
+            ts = self.format.type_size
+            nb = self.blocks.shape[1] // ts
+            offsets = _group_offsets(self.qtype, nb)  # (GROUP, nb, ts)
+            g, r = np.divmod(flat, GROUP)
+            where = g[:, None, None] * (GROUP * nb * ts) + offsets[r]  # (n, nb, ts)
+            sub = self.blocks.reshape(-1)[where]  # (n, nb, ts) in the row layout's order
+            if self.qtype == Q8_0:
+                sub[..., 2:] ^= np.uint8(0x80)
+            sub = sub.reshape(flat.size, -1)
+        else:
+            sub = self.blocks[flat]  # (n, bytes_per_row)
         return dequantize(sub, self.qtype, (sub.shape[0], self.shape[1])).reshape(
             idx.shape + (self.shape[1],))
 
     def __repr__(self):
-        return f"QuantWeight({self.format.name}, shape={self.shape})"
+        grouped = ", grouped" if self.grouped else ""
+        return f"QuantWeight({self.format.name}, shape={self.shape}{grouped})"

@@ -9,6 +9,7 @@ Shape letters: N rows (B*T flattened), C channels, V vocabulary, B batch, H head
 T / Tq / Tk sequence lengths, D head size.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -26,13 +27,44 @@ def _xp(a):
     return np if isinstance(a, np.ndarray) else __import__(type(a).__module__.split(".")[0])
 
 
+def _is_half(a):
+    dtype = getattr(a, "dtype", None)
+    return dtype is not None and dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16")
+
+
+def _half_in_float32(keep=()):
+    """Run a reference on 2-byte float inputs (float16, bfloat16) in float32 and round its outputs
+    back to that dtype, except the outputs at positions ``keep`` (row statistics such as lse,
+    mean, rstd), which stay float32. This is what the GPU kernels do with half-precision data
+    (load it, compute and accumulate in float32, store it rounded), and NumPy's own float16 /
+    ml_dtypes' bfloat16 arithmetic would lose most of the digits in the sums. Other dtypes pass
+    through untouched."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            low = next((a.dtype for a in args if _is_half(a)), None)
+            if low is None:
+                return fn(*args, **kwargs)
+            out = fn(*(a.astype(np.float32) if _is_half(a) else a for a in args), **kwargs)
+            if not isinstance(out, tuple):
+                return out.astype(low)
+            return tuple(o if o is None or i in keep else o.astype(low) for i, o in enumerate(out))
+
+        return run
+
+    return wrap
+
+
 # --------------------------------------------------------------------------- matmul
+@_half_in_float32()
 def matmul(a, b):
     """out = a @ b, batch dims broadcast. The BLAS call is the reference and the default."""
     return a @ b
 
 
 # --------------------------------------------------------------------------- softmax
+@_half_in_float32()
 def softmax_forward(x):
     """y = exp(x - max) / sum(exp(x - max)) over the last axis.  x, y: (..., V)"""
     xp = _xp(x)
@@ -41,11 +73,13 @@ def softmax_forward(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+@_half_in_float32()
 def softmax_backward(dy, y):
     """dx = y * (dy - sum(dy * y)) over the last axis (the Jacobian is diag(y) - y y^T)."""
     return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
+@_half_in_float32()
 def log_softmax_forward(x):
     """y = x - logsumexp(x) over the last axis.  x, y: (..., V)"""
     xp = _xp(x)
@@ -54,6 +88,7 @@ def log_softmax_forward(x):
     return x - lse
 
 
+@_half_in_float32()
 def log_softmax_backward(dy, y):
     """dx = dy - softmax(x) * sum(dy), with softmax(x) = exp(y)."""
     xp = _xp(y)
@@ -61,6 +96,7 @@ def log_softmax_backward(dy, y):
 
 
 # --------------------------------------------------------------------------- cross-entropy
+@_half_in_float32(keep=(0, 1))
 def cross_entropy_forward(logits, targets, ignore_index=-100):
     """Mean negative log-likelihood of ``targets`` under softmax(logits).
 
@@ -76,24 +112,26 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     safe_t = xp.where(valid, targets, 0)
     picked = xp.take_along_axis(logits, safe_t[:, None].astype(xp.int64), axis=-1)[:, 0]
     nll = xp.where(valid, lse - picked, 0.0)
-    count = int(valid.sum())
-    loss = nll.sum() / max(count, 1)
+    count = xp.maximum(valid.sum(), 1)  # stays on the device: no host sync on CuPy
+    loss = nll.sum() / count.astype(nll.dtype)
     return xp.asarray(loss, dtype=logits.dtype), lse
 
 
+@_half_in_float32()
 def cross_entropy_backward(dloss, logits, lse, targets, ignore_index=-100):
     """dlogits = dloss * (softmax(logits) - onehot(targets)) / count; ignored rows get 0."""
     xp = _xp(logits)
     valid = targets != ignore_index
-    count = max(int(valid.sum()), 1)
+    count = xp.maximum(valid.sum(), 1)  # on the device, like dloss: no host sync on CuPy
     p = xp.exp(logits - lse[:, None])  # (N, V)
     rows = xp.arange(logits.shape[0])
     p[rows, xp.where(valid, targets, 0)] -= 1.0
-    p *= (valid[:, None] * (float(dloss) / count)).astype(logits.dtype)
+    p *= (valid[:, None] * (xp.asarray(dloss, dtype=xp.float64) / count)).astype(logits.dtype)
     return p
 
 
 # --------------------------------------------------------------------------- layer norm
+@_half_in_float32(keep=(1, 2))
 def layernorm_forward(x, w, b, eps=1e-5):
     """y = (x - mean) * rstd * w + b over the last axis (Ba, Kiros & Hinton 2016).
 
@@ -112,6 +150,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     return y, mean, rstd
 
 
+@_half_in_float32()
 def layernorm_backward(dy, x, w, mean, rstd):
     """Gradients of layernorm_forward. Returns dx (N, C), dw (C,) or None, db (C,).
 
@@ -129,12 +168,14 @@ def layernorm_backward(dy, x, w, mean, rstd):
 
 
 # --------------------------------------------------------------------------- GELU
+@_half_in_float32()
 def gelu_forward(x):
     """y = 0.5 x (1 + tanh(k (x + a x^3))), k = sqrt(2/pi), a = 0.044715 (GPT-2's GELU)."""
     xp = _xp(x)
     return 0.5 * x * (1.0 + xp.tanh(GELU_K * (x + GELU_A * x * x * x)))
 
 
+@_half_in_float32()
 def gelu_backward(dy, x):
     """dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2), t = tanh(k (x + a x^3))."""
     xp = _xp(x)
@@ -142,11 +183,13 @@ def gelu_backward(dy, x):
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_A * x * x))
 
 
+@_half_in_float32()
 def bias_gelu_forward(x, b):
     """y = gelu(x + b).  x: (N, C)  b: (C,)  (the MLP's first Linear epilogue)."""
     return gelu_forward(x + b)
 
 
+@_half_in_float32()
 def bias_gelu_backward(dy, x, b):
     """Returns dx (N, C) and db (C,) of y = gelu(x + b)."""
     dx = gelu_backward(dy, x + b)
@@ -154,6 +197,7 @@ def bias_gelu_backward(dy, x, b):
 
 
 # --------------------------------------------------------------------------- attention
+@_half_in_float32(keep=(1,))
 def attention_forward(q, k, v, scale, causal=True):
     """Scaled dot-product attention (Vaswani et al. 2017), materialising the score matrix.
 
@@ -174,6 +218,7 @@ def attention_forward(q, k, v, scale, causal=True):
     return o, (m + xp.log(l))[..., 0]
 
 
+@_half_in_float32()
 def attention_backward(do, q, k, v, o, lse, scale, causal=True):
     """Gradients of attention_forward from the saved lse. Returns dq, dk, dv.
 
@@ -224,6 +269,7 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
 
 
 # --------------------------------------------------------------------------- RMSNorm
+@_half_in_float32(keep=(1,))
 def rms_norm_forward(x, w, eps=1e-5):
     """y = x * rrms * w,  rrms = 1 / sqrt(mean_c(x^2) + eps)  (Zhang & Sennrich 2019).
 
@@ -235,6 +281,7 @@ def rms_norm_forward(x, w, eps=1e-5):
     return x * rrms[:, None] * w, rrms
 
 
+@_half_in_float32()
 def rms_norm_backward(dy, x, w, rrms):
     """Gradients of rms_norm_forward. Returns dx (N, C), dw (C,).
 
@@ -283,6 +330,7 @@ def _rope_rotate(x, cos, sin, interleaved):
     return y
 
 
+@_half_in_float32()
 def rope_forward(x, cos, sin, interleaved=False):
     """Rotary position embedding: each pair (x1, x2) of a head is turned by its angle theta,
 
@@ -296,6 +344,7 @@ def rope_forward(x, cos, sin, interleaved=False):
     return _rope_rotate(x, cos, sin, interleaved)
 
 
+@_half_in_float32()
 def rope_backward(dy, cos, sin, interleaved=False):
     """dx of rope_forward: a rotation is orthogonal, so its transpose is the rotation by -theta:
     dx1 = dy1 cos + dy2 sin,  dx2 = -dy1 sin + dy2 cos. Needs no saved input."""
@@ -309,6 +358,7 @@ def _sigmoid(xp, x):
     return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+@_half_in_float32()
 def swiglu_forward(gate, up):
     """y = silu(gate) * up,  silu(g) = g * sigmoid(g)  (Shazeer 2020, GLU variants).
 
@@ -317,12 +367,14 @@ def swiglu_forward(gate, up):
     return gate * _sigmoid(_xp(gate), gate) * up
 
 
+@_half_in_float32()
 def swiglu_backward(dy, gate, up):
     """Returns dgate, dup of y = silu(gate) * up. With s = sigmoid(gate):
     dgate = dy * up * s * (1 + gate * (1 - s)),  dup = dy * gate * s."""
     s = _sigmoid(_xp(gate), gate)
     return dy * up * s * (1.0 + gate * (1.0 - s)), dy * gate * s
 # --------------------------------------------------------------------------- quantized matmul
+@_half_in_float32()
 def qmatmul_forward(x, qw):
     """y = x W^T with W (O, K) held in GGML blocks (a kernels.quant.QuantWeight).
 
@@ -330,10 +382,18 @@ def qmatmul_forward(x, qw):
     x's dtype. x: (N, K) -> y: (N, O). (llama.cpp instead rounds x to 8 bits inside the
     product; here activations keep their precision.)
     """
-    return x @ qw.dequantize().astype(x.dtype, copy=False).T
+    return x @ _dequantized(qw, x).T
 
 
+def _dequantized(qw, like):
+    """qw's float matrix in ``like``'s dtype, on ``like``'s device (the fallback on CuPy)."""
+    w = qw.dequantize().astype(like.dtype, copy=False)
+    xp = _xp(like)
+    return w if xp is np else xp.asarray(w)
+
+
+@_half_in_float32()
 def qmatmul_backward_input(dy, qw):
     """dx = dy W for y = x W^T with W frozen in blocks: dy (N, O) -> dx (N, K). No dW: a
     quantized base weight does not train (LoRA adapters beside it do)."""
-    return dy @ qw.dequantize().astype(dy.dtype, copy=False)
+    return dy @ _dequantized(qw, dy)

@@ -13,8 +13,29 @@ DEFAULT_DTYPE = np.float32  # float32 by default; float64 works everywhere (grad
 
 
 # ----------------------------------------------------------------------------- array modules
+# The module that stands for cupy. None means the real cupy, imported on first use; tests put a
+# recording fake with cupy's API here (tests/fake_cupy.py) to run the GPU code paths on the CPU
+# and find calls CuPy lacks or that copy to the host. Its arrays' class must live in a module
+# whose name starts with "cupy" (how is_cupy and the kernel registry tell device arrays apart).
+_device_module = None
+
+
+def use_device_module(module):
+    """Stand ``module`` in for cupy (None: the real cupy again); returns the one it replaces.
+
+    ``module`` has cupy's API plus ``module.cupyx.scatter_add``. For tests only: it lets the
+    GPU code paths run without a GPU, to check which functions they call.
+    """
+    global _device_module
+    previous, _device_module = _device_module, module
+    _device_rngs.clear()
+    return previous
+
+
 def cupy():
     """Import and return cupy, or fail with one sentence saying how to get it."""
+    if _device_module is not None:
+        return _device_module
     try:
         import cupy as cp
     except ImportError as e:
@@ -26,6 +47,21 @@ def cupy():
     except Exception as e:  # cupy present but no usable GPU/driver
         raise MinillmError(f"device 'cuda' is not usable here: {e}") from e
     return cp
+
+
+def nccl():
+    """CuPy's NCCL bindings (``cupy.cuda.nccl``: gradient all-reduce across GPUs), or one
+    sentence saying they are missing."""
+    cupy()
+    try:
+        from cupy.cuda import nccl as bindings
+    except ImportError:
+        bindings = None
+    if bindings is None or not getattr(bindings, "available", True):
+        raise MinillmError("data-parallel training on GPUs needs NCCL, which this CuPy cannot "
+                           "load; install NCCL as CuPy's installation guide says (Additional "
+                           "CUDA Libraries)")
+    return bindings
 
 
 def is_cupy(a):
@@ -64,7 +100,31 @@ def to_numpy(a):
 
 
 def is_float_dtype(dtype):
-    return np.dtype(dtype).kind == "f"
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16"
+
+
+def scatter_add(a, index, values):
+    """a[index] += values in place, where repeated indices add up (NumPy's ``np.add.at``).
+
+    CuPy has no ``ufunc.at``; its ``cupyx.scatter_add`` does the same with atomic adds.
+    """
+    if is_cupy(a):
+        cupyx = _device_module.cupyx if _device_module is not None else _import_cupyx()
+        if a.dtype.itemsize == 2:  # float16/bfloat16: atomic adds in float32, then rounded once
+            acc = a.astype(np.float32)
+            cupyx.scatter_add(acc, index, values.astype(np.float32))
+            a[...] = acc.astype(a.dtype)
+        else:
+            cupyx.scatter_add(a, index, values)
+    else:
+        np.add.at(a, index, values)
+
+
+def _import_cupyx():
+    cupy()  # the one-sentence error when CuPy or the GPU is missing
+    import cupyx
+
+    return cupyx
 
 
 # ----------------------------------------------------------------------------- randomness
@@ -90,6 +150,28 @@ def get_rng_state():
 
 def set_rng_state(state):
     _rng.bit_generator.state = state
+
+
+_device_rngs = {}  # id(array module) -> its RandomState, reseeded for every draw
+
+
+def random_uniform(shape, like=None, generator=None, dtype=np.float32):
+    """Uniform samples in [0, 1) of ``shape`` on the device of ``like`` (dropout masks).
+
+    On the CPU they come from ``generator`` (default: the global one). On the GPU they are drawn
+    on the device, by a device generator seeded with one integer drawn from ``generator``: the
+    host generator, whose state goes into checkpoints, still decides every mask (CuPy's own
+    generator states cannot be saved), and no mask crosses the PCIe bus.
+    """
+    generator = _rng if generator is None else generator
+    if like is None or not is_cupy(like):
+        return generator.random(shape, dtype=dtype)
+    xp = cupy()
+    rs = _device_rngs.get(id(xp))
+    if rs is None:
+        rs = _device_rngs[id(xp)] = xp.random.RandomState()
+    rs.seed(int(generator.integers(2**63)))
+    return rs.random_sample(shape, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -2,10 +2,15 @@
 
 Each subcommand has an ``add_<name>(subparsers)`` that declares its options and a ``run_<name>``
 that calls the library. A user mistake (MinillmError) prints one sentence and exits with 2.
+
+Options are spelled in either case (``--max-new-tokens`` or ``--max_new_tokens``). ``pretrain`` and
+``finetune`` take their settings as config keys (``--key=value`` or ``--key value``), declared
+once in minillm/train/config.py, which also gives their ``--help`` listing.
 """
 
 import argparse
 import sys
+import textwrap
 
 from minillm import __version__
 from minillm.cli_chat_finetune import (
@@ -28,7 +33,23 @@ def _parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    p.commands = sub.choices  # name -> the subcommand's parser
     return p
+
+
+def _keys_epilog(cls, heading, kebab=False):
+    """The config keys of ``cls`` for a command's --help (defaults: of ``--config``'s default for
+    pretrain)."""
+    from minillm.errors import ConfigError
+    from minillm.train.config import TrainConfig, keys_help, load_config
+
+    defaults = None
+    if cls is TrainConfig:
+        try:
+            defaults = load_config(TrainConfig, DEFAULT_CONFIG)
+        except ConfigError:
+            pass
+    return f"{heading}:\n{keys_help(cls, defaults, kebab=kebab)}"
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -57,18 +78,28 @@ def run_prepare(args):
 
 
 # ----------------------------------------------------------------------------- pretrain
+DEFAULT_CONFIG = "shakespeare_char_tiny"
+
+
 def add_pretrain(sub):
+    from minillm.train.config import TrainConfig, builtin_configs
+
     p = sub.add_parser(
-        "pretrain", help="pretrain a GPT by next-token prediction",
-        description="Pretrain a GPT. Settings come from --config FILE.toml (or a built-in name "
-                    "such as shakespeare_char_tiny), then --key=value overrides, e.g. "
-                    "--max_iters=500 --device=cpu. Unknown keys and wrong types are errors.",
+        "pretrain", help="pretrain a GPT by next-token prediction", allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Pretrain a GPT. Settings come from --config FILE.toml (or a built-in name: "
+            f"{', '.join(builtin_configs())}), then config keys given as --key=value or "
+            "--key value, e.g. --max_iters=500 --lr 3e-4 (snake_case or kebab-case). "
+            "Unknown keys and wrong types are errors.", 100),
+        epilog=_keys_epilog(TrainConfig, f"config keys (defaults: --config {DEFAULT_CONFIG})"),
     )
-    p.add_argument("--config", default="shakespeare_char_tiny",
+    p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="TOML file or built-in config name (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT_DIR/last exactly where it stopped")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (in a log file)")
     p.set_defaults(run=run_pretrain, accepts_overrides=True)
 
 
@@ -76,7 +107,7 @@ def run_pretrain(args):
     from minillm.train.config import TrainConfig, load_config
     from minillm.train.pretrain import pretrain
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    cfg = load_config(TrainConfig, args.config, args.overrides, also=args.options)
     pretrain(cfg, resume=args.resume, progress=not args.no_progress)
 
 
@@ -89,7 +120,7 @@ def add_plot(sub):
 
 
 def run_plot(args):
-    from minillm.train.plot import plot_log
+    from minillm.train.plot import plot_log  # without matplotlib: one sentence, exit 2
 
     print(f"wrote {plot_log(args.run_dir, args.out)}")
 
@@ -158,50 +189,33 @@ def run_export(args):
 
 # ----------------------------------------------------------------------------- finetune
 def add_finetune(sub):
+    from minillm.train.config import FinetuneConfig
+
     p = sub.add_parser(
         "finetune", help="fine-tune a checkpoint on JSONL data (SFT or classify; LoRA or full)",
-        description="Fine-tune a pretrained checkpoint. SFT data: lines {\"prompt\": ...,"
-                    " \"response\": ...}; classification: lines {\"text\": ..., \"label\": ...}.",
+        allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Fine-tune a pretrained checkpoint. SFT data: lines {\"prompt\": ..., \"response\":"
+            " ...}; classification: lines {\"text\": ..., \"label\": ...}. Settings are config "
+            "keys, --key value or --key=value (kebab-case or snake_case), e.g. --base "
+            "out/shakespeare_char_tiny --data demo/sft.jsonl --lr 1e-3 --batch-size 8.", 100),
+        epilog=_keys_epilog(FinetuneConfig, "config keys", kebab=True),
     )
-    p.add_argument("--base", default=None,
-                   help="base checkpoint directory (or a run folder with best/ or last/)")
-    p.add_argument("--data", required=True, help="training data, a JSONL file")
-    p.add_argument("--val-data", default=None,
-                   help="validation JSONL (default: split off --val-fraction of --data)")
-    p.add_argument("--task", choices=["sft", "classify", "chat"], default=None,
-                   help="default: from the JSONL keys (messages -> chat, label -> classify)")
-    p.add_argument("--method", choices=["lora", "full"], default="lora")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=16.0,
-                   help="LoRA alpha; the update is scaled by alpha/rank (default: %(default)s)")
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--targets", default="attn,mlp",
-                   help="LoRA layers: attn, mlp, all, or a comma list (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 1e-3 for LoRA, 1e-4 for full)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--block-size", type=int, default=None,
-                   help="crop the context to this many tokens")
-    p.add_argument("--out", default="out/finetune",
-                   help="output folder: best/, last/, log.jsonl (default: %(default)s)")
-    p.add_argument("--freeze-last-k", type=int, default=None,
-                   help="full: train only the last K blocks (+ ln_f and the tied head)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints and log in a non-empty --out")
     p.add_argument("--resume", action="store_true",
                    help="continue the fine-tune in --out exactly where it stopped (same options)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_chat_finetune_flags(p)  # hook: chat fine-tuning of a pretrained model
-    p.set_defaults(run=run_finetune)
+    p.set_defaults(run=run_finetune, accepts_overrides=True)
 
 
 def run_finetune(args):
+    from minillm.train.config import FinetuneConfig, load_config
     from minillm.train.finetune import finetune
+
+    cfg = load_config(FinetuneConfig, None, args.overrides, also=args.options)
+    vars(args).update(cfg.to_dict())  # args.base, args.lr, ... as the hooks read them
 
     if chat_finetune_hook(args):  # hook: --model/--ckpt/--task chat run finetune_chat
         return
@@ -211,8 +225,9 @@ def run_finetune(args):
                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
-                 weight_decay=args.weight_decay, device=args.device,
-                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+                 weight_decay=args.weight_decay, device=args.device, precision=args.precision,
+                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                 gradient_accumulation_steps=args.gradient_accumulation_steps)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
     print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "
           f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")
@@ -275,15 +290,19 @@ def _add_sampling_flags(p, max_new_tokens=None, default_model=None):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--stop", action="append", default=None, metavar="STR",
-                   help="end the text at STR (repeatable); STR is not printed")
+                   help="end the text at STR (repeatable; \\n, \\t and \\\\ are a newline, a "
+                        "tab and a backslash); STR is not printed")
     p.add_argument("--seed", type=int, default=None, help="same seed -> same text")
     p.add_argument("--no-cache", action="store_true", help="re-run the context for each token")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def _sampling_options(args):
+    from minillm.train.config import unescape
+
+    stop = [unescape(s) for s in args.stop] if args.stop else None  # "\n\n" as typed in a shell
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                top_k=args.top_k or None, top_p=args.top_p, greedy=args.greedy, stop=args.stop,
+                top_k=args.top_k or None, top_p=args.top_p, greedy=args.greedy, stop=stop,
                 repetition_penalty=args.repetition_penalty, use_cache=not args.no_cache)
 
 
@@ -431,16 +450,62 @@ def _silence_stdout():
         pass
 
 
+def _command_options(parser, argv):
+    """(position of the command in ``argv``, its option strings), or (None, ())."""
+    for i, word in enumerate(argv):
+        if not word.startswith("-"):
+            sp = parser.commands.get(word)
+            # argparse keeps no public list of a parser's option strings
+            return (i, tuple(sp._option_string_actions)) if sp else (None, ())
+    return None, ()
+
+
+def _either_case(argv, start, options):
+    """``argv`` with each option the command (at ``start``) knows in the other case spelled its
+    way (--max_new_tokens -> --max-new-tokens, --no_progress -> --no-progress). Config keys,
+    which are not argparse options, are left to minillm.train.config, which takes both."""
+    if start is None:
+        return argv
+    out = argv[:start + 1]
+    for i in range(start + 1, len(argv)):
+        word = argv[i]
+        if word == "--":  # the rest are values, not options
+            return out + argv[i:]
+        if word.startswith("--"):
+            key, eq, value = word.partition("=")
+            if key not in options:
+                for other in (key.replace("_", "-"), "--" + key[2:].replace("-", "_")):
+                    if other in options:
+                        key = other
+                        break
+            word = key + eq + value
+        out.append(word)
+    return out
+
+
+def _unknown_option(rest, options):
+    """The one-sentence error for words the command does not take."""
+    from minillm.train.config import suggest
+
+    word = rest[0]
+    if not word.startswith("-"):
+        return f"unexpected argument {word!r}"
+    key = word.partition("=")[0]
+    return f"unknown option {key}{suggest(key, [o for o in options if o.startswith('--')])}"
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args, rest = parser.parse_known_args(argv)
+    start, options = _command_options(parser, argv)
+    args, rest = parser.parse_known_args(_either_case(argv, start, options))
     if args.command is None:
         parser.print_help()
         return 0
     if rest and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.overrides = rest
+        print(f"minillm {args.command}: error: {_unknown_option(rest, options)}", file=sys.stderr)
+        return 2
+    args.overrides, args.options = rest, options
     try:
         args.run(args)
     except MinillmError as e:

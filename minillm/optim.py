@@ -181,6 +181,7 @@ def gpt_param_groups(model, weight_decay):
 
 def clip_grad_norm_(params, max_norm):
     """Scale all gradients in place so their global L2 norm is at most ``max_norm``; returns
-    the norm before clipping (as a float). ``minillm.nn.utils.clip_grad_norm_`` does the work
-    (PyTorch's spelling, returning a Tensor)."""
+    the norm before clipping (as a float; inf or nan when a gradient holds one).
+    ``minillm.nn.utils.clip_grad_norm_`` does the work (PyTorch's spelling, returning a
+    Tensor; one transfer from the GPU)."""
     return float(nn_utils.clip_grad_norm_(list(params), max_norm))

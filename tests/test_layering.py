@@ -23,6 +23,7 @@ LAYERS = {
     "minillm.nn": 4,
     "minillm.models": 5,
     "minillm.optim": 6, "minillm.lr_scheduler": 6,
+    "minillm.amp": 6,  # mixed precision: beside the optimizers (DESIGN layer 6)
     "minillm.tokenizers": 7, "minillm.data": 7,
     "minillm.checkpoints": 8,
     "minillm.distributed": 9,

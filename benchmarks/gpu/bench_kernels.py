@@ -609,6 +609,113 @@ def bench_attention(b, peaks, torch):
             )
 
 
+# --------------------------------------------------------------------------------- Llama ops
+def _rungs(op):
+    from minillm.kernels import registry
+
+    return registry.ladder(op, "cuda").rungs
+
+
+def _time_rungs(b, op, shape, sets, ref, nbytes, base_ms, peak, tol=1e-5):
+    """Every rung of ``op`` (kernels/cuda LADDERS) on ``sets``: checked against ``ref``, timed."""
+    for rung in _rungs(op):
+        why = rung.reason_not(*sets[0])
+        if why is not None:
+            b.add(op, f"v{rung.version}", shape, None, 0, "GB/s", check=f"declines: {why}")
+            continue
+        if checked(b, op, f"v{rung.version}", shape, rung.run(*sets[0]), ref, tol):
+            b.add(op, f"v{rung.version}", shape, b.time_ms(rung.run, sets), nbytes, "GB/s",
+                  base_ms, peak)
+
+
+def bench_llama(b, peaks, torch):
+    """RMSNorm, RoPE and SwiGLU at SmolLM2-135M's widths over B*T = 8192 tokens."""
+    cp = b.cp
+    from minillm.kernels import reference as R
+
+    N, C, F = 8192, 576, 1536  # tokens; SmolLM2-135M hidden and MLP widths
+    shape = f"N={N} C={C}"
+    sets = b.copies(lambda i: (_rand(cp, (N, C)), 1 + _rand(cp, C, 0.1), 1e-5), 2 * N * C * 4)
+    ref = R.rms_norm_forward(*sets[0])
+    tv = None
+    if torch is not None and hasattr(torch.nn.functional, "rms_norm"):
+        t = [(torch.from_dlpack(x), torch.from_dlpack(w)) for x, w, _ in sets]
+        tv = b.time_ms(lambda x, w: torch.nn.functional.rms_norm(x, [C], w, 1e-5), t)
+        b.add("rms_norm_forward", "torch", shape, tv, 2 * N * C * 4, "GB/s", tv, peaks["GB/s"])
+    _time_rungs(b, "rms_norm_forward", shape, sets, ref, 2 * N * C * 4, tv, peaks["GB/s"])
+    x, w, _ = sets[0]
+    rr = ref[1]
+    bsets = b.copies(lambda i: (_rand(cp, (N, C)), x, w, rr), 3 * N * C * 4)
+    _time_rungs(b, "rms_norm_backward", shape, bsets, R.rms_norm_backward(*bsets[0]),
+                3 * N * C * 4, None, peaks["GB/s"], 1e-4)
+
+    B, H, T, D = 8, 9, 1024, 64  # q of SmolLM2-135M at B 8, T 1024
+    shape = f"B={B} H={H} T={T} D={D}"
+    cos, sin = (cp.asarray(a) for a in R.rope_cos_sin(np.arange(T), D, 100000.0))
+    nbytes = 2 * B * H * T * D * 4  # read x, write y (the angles stay in L2)
+    sets = b.copies(lambda i: (_rand(cp, (B, H, T, D)), cos, sin, False), nbytes)
+    for op in ("rope_forward", "rope_backward"):
+        _time_rungs(b, op, shape, sets, getattr(R, op)(*sets[0]), nbytes, None, peaks["GB/s"])
+
+    shape = f"N={N} F={F}"
+    sets = b.copies(lambda i: (_rand(cp, (N, F), 3.0), _rand(cp, (N, F))), 3 * N * F * 4)
+    tv = None
+    if torch is not None:
+        t = [tuple(torch.from_dlpack(a) for a in s) for s in sets]
+        tv = b.time_ms(lambda g, u: torch.nn.functional.silu(g) * u, t)
+        b.add("swiglu_forward", "torch", shape, tv, 3 * N * F * 4, "GB/s", tv, peaks["GB/s"])
+    _time_rungs(b, "swiglu_forward", shape, sets, R.swiglu_forward(*sets[0]), 3 * N * F * 4,
+                tv, peaks["GB/s"])
+    bsets = [(_rand(cp, (N, F)),) + s for s in sets]
+    _time_rungs(b, "swiglu_backward", shape, bsets, R.swiglu_backward(*bsets[0]), 5 * N * F * 4,
+                None, peaks["GB/s"])
+
+
+def bench_qmatmul(b, peaks, torch):
+    """Products with Q8_0/Q4_0/Q4_1 weights against cuBLAS on the dequantized float32 matrix:
+    decoding (N = 1, SmolLM2's tied head 49152 x 576: bound by W's bytes) and a prompt (N = 512
+    at the MLP's up projection 1536 x 576: bound by arithmetic)."""
+    cp = b.cp
+    from minillm.kernels import quant
+    from minillm.kernels import reference as R
+
+    for fmt in ("Q8_0", "Q4_0", "Q4_1"):
+        for N, Mo, Kd in ((1, 49152, 576), (512, 1536, 576)):
+            rng = np.random.default_rng(0)
+            host = quant.QuantWeight.from_float(
+                (0.05 * rng.standard_normal((Mo, Kd))).astype(np.float32), fmt)
+            wbytes = host.blocks.nbytes
+            nbytes = wbytes + 4 * N * (Kd + Mo)  # W's blocks, x and y once
+            flops = 2 * N * Mo * Kd
+            shape = f"{fmt} N={N} {Mo}x{Kd}"
+
+            def make(i):  # called at once by b.copies: the loop's values
+                qw = quant.QuantWeight(host.qtype, host.shape, cp.asarray(host.blocks))
+                return _rand(cp, (N, Kd)), qw
+
+            sets = b.copies(make, wbytes + 4 * N * Kd)
+            x0, _ = sets[0]
+            ref = cp.asarray(R.qmatmul_forward(cp.asnumpy(x0).astype(np.float64), host))
+            wf = cp.asarray(host.dequantize())  # (Mo, K) float32: the cuBLAS baseline's matrix
+            dense = [(x, wf) for x, _ in sets]
+            base = b.time_ms(lambda x, w: x @ w.T, dense)
+            unit, work = ("GB/s", nbytes) if N == 1 else ("TFLOP/s", flops)
+            peak = peaks["GB/s"] if N == 1 else peaks["SGEMM"]
+            b.add("qmatmul_forward", "cuBLAS-f32", shape, base,
+                  (4 * Mo * Kd + 4 * N * (Kd + Mo)) if N == 1 else flops, unit, base, peak)
+            for rung in _rungs("qmatmul_forward"):
+                why = rung.reason_not(*sets[0])
+                if why is not None:
+                    b.add("qmatmul_forward", f"v{rung.version}", shape, None, 0, unit,
+                          check=f"declines: {why}")
+                    continue
+                if checked(b, "qmatmul_forward", f"v{rung.version}", shape, rung.run(*sets[0]),
+                           ref, 1e-5):
+                    b.add("qmatmul_forward", f"v{rung.version}", shape, b.time_ms(rung.run, sets),
+                          work, unit, base, peak)
+            del wf, dense, sets
+
+
 def _bf16(cp):
     try:
         import ml_dtypes
@@ -628,6 +735,8 @@ SUITES = {
     "gelu": bench_gelu,
     "adamw": bench_adamw,
     "attention": bench_attention,
+    "llama": bench_llama,
+    "qmatmul": bench_qmatmul,
 }
 
 
@@ -656,7 +765,11 @@ def main(argv=None):
         cp.get_default_memory_pool().free_all_blocks()
     print()
     print(b.table())
+    wrong = [f"{r['kernel']} {r['version']}" for r in b.rows if r["check"].startswith("WRONG")]
+    timed = sum(r["ms"] is not None for r in b.rows)
+    print(f"SUMMARY: {timed} timed, {len(wrong)} WRONG" + (f" ({', '.join(wrong)})" if wrong else ""))
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,23 +33,34 @@ qmatmul_forward
       fraction of memory bandwidth: not measured yet.
   v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
       unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
-      49152-row head never needs its 113 MiB float copy), each panel then one BLAS GEMM on
-      Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
+      49152-row head never needs its 113 MiB float copy; either layout), each panel then one
+      BLAS GEMM on Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
       (default; its ``fits`` declines fewer than GEMM_MIN_ROWS rows)
       fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
   v5  for decoding: no float buffer at all. Within a block w = d q + m, so x . w = d (x . q) +
       m sum(x): the codes are converted and multiplied as they are unpacked (one pass over the
       block's bytes), the scale applied once per block, and Q4_1's offset through x's block
       sums, computed once per call. v3 wrote every weight to a buffer and read it back.
-      (runs for fewer than GEMM_MIN_ROWS rows: the ladder's ``also``)
+      (runs for fewer than GEMM_MIN_ROWS rows on weights in GGUF's row layout)
+      fraction of memory bandwidth: not measured yet.
+  v6  for decoding, on the row-group layout (kernels/quant.py: GROUP = 32 rows interleaved,
+      the same bytes permuted; the GGUF loader and --dtype q8_0 store weights this way). v5's
+      lanes ran along one block of one row: 16 or 32 products, then a sum across the vector and
+      a scale, for every 32 weights, and LLVM kept much of it scalar. Here byte j of a block is
+      a vector of 32 rows, multiplied by one broadcast x value and added lane by lane; the
+      scales apply lane by lane once per block; no sum ever crosses lanes. Nibbles are split in
+      float arithmetic (floor of a sixteenth) because Numba widens integer ops to int64, whose
+      conversion to float does not vectorise on AVX2; Q8_0's codes are stored plus 128 for the
+      same reason (unsigned bytes, the 128 taken back through x's block sums).
+      (runs for fewer than GEMM_MIN_ROWS rows on grouped weights: the ladder's ``also``)
       fraction of memory bandwidth: not measured yet.
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
       (o, block) unpacked once into a 32-float buffer, then dx[n, block] += dy[n, o] * buffer
       for every n, contiguous and vectorised.  (runs for fewer than GEMM_MIN_ROWS rows)
-  v3  W dequantized a panel at a time, dx += dy[:, panel] @ W[panel] on the pool's GEMM.
-      (default; declines fewer than GEMM_MIN_ROWS rows)
+  v3  W dequantized a panel at a time (from either layout), dx += dy[:, panel] @ W[panel] on
+      the pool's GEMM.  (default; declines fewer than GEMM_MIN_ROWS rows)
 
 GEMM_MIN_ROWS = 16 is not measured yet (see its comment). A weight in a format without kernels
 here (F16, BF16, Q5, K-quants) is declined by every rung's ``fits``, so the registry runs the
@@ -63,7 +74,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..ladder import Ladder, Rung
-from ..quant import FORMATS, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
+from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
 from ._fastmath import FASTMATH
 from ._serial import pick, threads
 from .matmul import pool as matmul_pool
@@ -254,6 +265,100 @@ def qmatmul_forward_v5(out, x, blocks, qt, f16):
     k(out, x, blocks, f16)
 
 
+def _make_v6(qt):
+    # v6 compiled once per format, like v5; W in the row-group layout (kernels/quant.py).
+    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
+    is_q8, has_m, is_q40 = qt == Q8_0, qt == Q4_1, qt == Q4_0
+
+    def qmatmul_forward_v6(out, x, data, f16):
+        # out: (N, O)  x: (N, K)  data: (G, K / 32, R * ts) uint8, group g's
+        # block b: R scales, [R offsets], then code byte j of rows 0..R-1 for each j.
+        # Per group and block: blk[r] = sum_j code[r, j] x[j] over lanes r (each x[j] one
+        # broadcast, no sum across lanes), then acc[r] += d[r] blk[r] (+ m[r] sum(x_b)).
+        N, K = x.shape
+        G = data.shape[0]
+        R = data.shape[2] // ts  # GROUP, read at run time: a constant 32 let LLVM unroll the
+        # lane loops completely instead of vectorising them (scalar conversions for Q8_0)
+        nb = K // QK
+        t = f16.dtype.type
+        xs = np.empty((N, nb), dtype=f16.dtype)  # (N, K / 32) block sums of x
+        for n in range(N):
+            for b in range(nb):
+                acc = t(0)
+                for j in range(QK):
+                    acc += x[n, b * QK + j]
+                xs[n, b] = acc
+        sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
+        for g in prange(G):
+            acc = np.empty(R, dtype=f16.dtype)
+            blk = np.empty(R, dtype=f16.dtype)
+            ds = np.empty(R, dtype=f16.dtype)
+            ms = np.empty(R, dtype=f16.dtype)
+            for n in range(N):
+                xn = x[n]
+                for r in range(R):
+                    acc[r] = 0
+                for b in range(nb):
+                    gb = data[g, b]
+                    for r in range(R):
+                        blk[r] = 0
+                    if is_q8:
+                        for j in range(QK):
+                            xj = xn[b * QK + j]
+                            c = gb[h * R + j * R:h * R + (j + 1) * R]
+                            for r in range(R):
+                                blk[r] += t(c[r]) * xj  # codes + 128 (kernels/quant.py)
+                    else:
+                        for j in range(QK // 2):
+                            xl, xh = xn[b * QK + j], xn[b * QK + j + 16]
+                            c = gb[h * R + j * R:h * R + (j + 1) * R]
+                            for r in range(R):
+                                # the byte as a float, split into its nibbles in float
+                                # arithmetic: integer ops would widen to int64, whose
+                                # conversion to float does not vectorise
+                                cf = t(c[r])
+                                hi = np.floor(cf * sixteenth)
+                                blk[r] += (cf - sixteen * hi) * xl + hi * xh
+                    for r in range(R):
+                        ds[r] = f16[np.uint32(gb[2 * r]) | (np.uint32(gb[2 * r + 1]) << np.uint32(8))]
+                    if has_m:
+                        for r in range(R):
+                            ms[r] = f16[np.uint32(gb[2 * R + 2 * r])
+                                        | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
+                        for r in range(R):
+                            acc[r] += ds[r] * blk[r] + ms[r] * xs[n, b]
+                    elif is_q40:  # codes centred on 8: sum (q - 8) x = blk - 8 sum(x_b)
+                        for r in range(R):
+                            acc[r] += ds[r] * (blk[r] - eight * xs[n, b])
+                    else:  # Q8_0, codes stored plus 128
+                        for r in range(R):
+                            acc[r] += ds[r] * (blk[r] - c128 * xs[n, b])
+                for r in range(R):
+                    out[n, g * R + r] = acc[r]
+
+    qmatmul_forward_v6.__qualname__ = f"qmatmul_forward_v6_{FORMATS[qt].name}"  # cache key
+    return njit(parallel=True, **_JIT)(qmatmul_forward_v6)
+
+
+_V6 = {qt: _make_v6(qt) for qt in (Q8_0, Q4_0, Q4_1)}
+
+
+def _group_view(qw):
+    """A grouped weight's bytes as (G, K / 32, GROUP * bytes per block)."""
+    ts = qw.format.type_size
+    return qw.blocks.reshape(qw.shape[0] // GROUP, qw.blocks.shape[1] // ts, GROUP * ts)
+
+
+def qmatmul_forward_v6(out, x, qw, f16):
+    """v6: the kernel compiled for this format on the row-group layout (the serial twin for
+    small products); W is grouped here first if it is not (a copy: the loader groups once)."""
+    qw = qw.to_groups()
+    if not qw.grouped:  # rows not a multiple of GROUP: no row groups
+        return qmatmul_forward_v5(out, x, qw.blocks, qw.qtype, f16)
+    k = pick(_V6[qw.qtype], x.shape[0] * out.shape[1] * x.shape[1])
+    k(out, x, _group_view(qw), f16)
+
+
 @njit(parallel=True, **_JIT)
 def dequantize_rows(w, blocks, qt, f16):
     # w: (O, K) in f16's dtype <- every block of W (v4 and the backward's v3 take this path)
@@ -264,19 +369,56 @@ def dequantize_rows(w, blocks, qt, f16):
             _unpack(w[o], b * QK, blocks[o], b * ts, qt, f16)
 
 
+@njit(parallel=True, **_JIT)
+def dequantize_groups(w, data, qt, f16):
+    # w: (G * GROUP, K) <- data: (G, K / 32, GROUP * ts) uint8 in the row-group layout
+    O, K = w.shape
+    ts, h = _layout(qt)
+    R = GROUP
+    for g in prange(O // R):
+        for b in range(K // QK):
+            gb = data[g, b]
+            for r in range(R):
+                row = w[g * R + r]
+                d = f16[np.int64(gb[2 * r]) | (np.int64(gb[2 * r + 1]) << 8)]
+                m = d - d
+                if qt == Q4_1:
+                    m = f16[np.int64(gb[2 * R + 2 * r]) | (np.int64(gb[2 * R + 2 * r + 1]) << 8)]
+                if qt == Q8_0:  # codes stored plus 128 (kernels/quant.py)
+                    for j in range(QK):
+                        row[b * QK + j] = d * (np.int32(gb[h * R + j * R + r]) - 128) + m
+                else:
+                    c = 8 if qt == Q4_0 else 0
+                    for j in range(QK // 2):
+                        q = np.int32(gb[h * R + j * R + r])
+                        row[b * QK + j] = d * ((q & 15) - c) + m
+                        row[b * QK + j + QK // 2] = d * ((q >> 4) - c) + m
+
+
 def _panels(O, K):
-    # row ranges of W whose float copy stays under PANEL_ELEMS elements (at least 32 rows)
-    step = max(32, PANEL_ELEMS // max(K, 1))
+    # row ranges of W whose float copy stays under PANEL_ELEMS elements (at least 32 rows, a
+    # multiple of GROUP so that a panel of a grouped weight is whole groups)
+    step = max(GROUP, PANEL_ELEMS // max(K, 1) // GROUP * GROUP)
     return [(o0, min(O, o0 + step)) for o0 in range(0, O, step)]
 
 
-def qmatmul_forward_v4(out, x, blocks, qt, f16):
+def _dequantize_panel(qw, o0, o1, dtype):
+    """W[o0:o1] as a float (o1 - o0, K) array of ``dtype``, from either layout."""
+    K = qw.shape[1]
+    w = np.empty((o1 - o0, K), dtype=dtype)
+    f16 = _F16[np.dtype(dtype)]
+    if qw.grouped:
+        data = qw.blocks.reshape(qw.shape[0] // GROUP, -1, GROUP * qw.format.type_size)
+        pick(dequantize_groups, w.size)(w, data[o0 // GROUP:o1 // GROUP], qw.qtype, f16)
+    else:
+        pick(dequantize_rows, w.size)(w, qw.blocks[o0:o1], qw.qtype, f16)
+    return w
+
+
+def qmatmul_forward_v4(out, x, qw, f16):
     # W dequantized panel by panel into a float temporary, each panel then one GEMM on the pool
-    K = x.shape[1]
-    for o0, o1 in _panels(blocks.shape[0], K):
-        w = np.empty((o1 - o0, K), dtype=x.dtype)  # (P, K)
-        pick(dequantize_rows, w.size)(w, blocks[o0:o1], qt, f16)
-        out[:, o0:o1] = matmul_pool.matmul(x, w.T)  # (N, P)
+    for o0, o1 in _panels(qw.shape[0], x.shape[1]):
+        out[:, o0:o1] = matmul_pool.matmul(x, _dequantize_panel(qw, o0, o1, x.dtype).T)  # (N, P)
 
 
 # --------------------------------------------------------------------------- backward (dx)
@@ -311,12 +453,10 @@ def qmatmul_backward_input_v2(dx, dy, blocks, qt, f16):
                     dx[n, k0 + j] += g * w[j]
 
 
-def qmatmul_backward_input_v3(dx, dy, blocks, qt, f16):
+def qmatmul_backward_input_v3(dx, dy, qw, f16):
     # dx (N, K) = sum over panels of rows of W: dy[:, panel] (N, P) @ W[panel] (P, K)
-    K = dx.shape[1]
-    for o0, o1 in _panels(blocks.shape[0], K):
-        w = np.empty((o1 - o0, K), dtype=dx.dtype)
-        pick(dequantize_rows, w.size)(w, blocks[o0:o1], qt, f16)
+    for o0, o1 in _panels(qw.shape[0], dx.shape[1]):
+        w = _dequantize_panel(qw, o0, o1, dx.dtype)
         dx += matmul_pool.matmul(np.ascontiguousarray(dy[:, o0:o1]), w)
 
 
@@ -336,19 +476,25 @@ def _check(qw, a, axis_len, what):
         raise ValueError(f"{what} must be (N, {axis_len}) for a weight {qw.shape}, got {a.shape}")
 
 
-def _forward(kernel, per_thread=False):
-    """qmatmul_forward(x, qw) -> y (N, O), running ``kernel(out, x, blocks, qtype, f16)``
-    (and the thread count after them for a kernel with ``per_thread`` buffers)."""
+def _forward(kernel, per_thread=False, whole=False):
+    """qmatmul_forward(x, qw) -> y (N, O), running ``kernel(out, x, blocks, qtype, f16)`` on
+    the blocks in the row layout (and the thread count after them for a kernel with
+    ``per_thread`` buffers), or ``kernel(out, x, qw, f16)`` for a ``whole`` kernel that reads
+    either layout itself."""
     def run(x, qw):
         x = _float(x)
         O, K = qw.shape
         _check(qw, x, K, "x")
         out = np.empty((x.shape[0], O), dtype=x.dtype)
         if out.size:
+            f16 = _F16[x.dtype]
+            if whole:
+                kernel(out, x, qw, f16)
+                return out
             k = kernel
-            if hasattr(k, "targetoptions"):  # a Numba kernel (v4 is Python around two)
+            if hasattr(k, "targetoptions"):
                 k = pick(k, x.shape[0] * O * K)
-            args = (out, x, qw.blocks, qw.qtype, _F16[x.dtype])
+            args = (out, x, qw.row_blocks, qw.qtype, f16)
             if per_thread:
                 args += (threads(k),)
             k(*args)
@@ -357,18 +503,22 @@ def _forward(kernel, per_thread=False):
     return run
 
 
-def _backward_input(kernel):
-    """qmatmul_backward_input(dy, qw) -> dx (N, K), running ``kernel(dx, dy, blocks, ...)``."""
+def _backward_input(kernel, whole=False):
+    """qmatmul_backward_input(dy, qw) -> dx (N, K), running ``kernel(dx, dy, blocks, ...)``
+    (or ``kernel(dx, dy, qw, f16)`` when ``whole``)."""
     def run(dy, qw):
         dy = _float(dy)
         O, K = qw.shape
         _check(qw, dy, O, "dy")
         dx = np.zeros((dy.shape[0], K), dtype=dy.dtype)
         if dx.size:
+            if whole:
+                kernel(dx, dy, qw, _F16[dy.dtype])
+                return dx
             k = kernel
             if hasattr(k, "targetoptions"):
                 k = pick(k, dy.shape[0] * O * K)
-            k(dx, dy, qw.blocks, qw.qtype, _F16[dy.dtype])
+            k(dx, dy, qw.row_blocks, qw.qtype, _F16[dy.dtype])
         return dx
     run.__name__ = f"{kernel.__name__}_call"
     return run
@@ -400,8 +550,25 @@ def _many_rows(a, qw):
 
 _many_rows.__doc__ = f"{_formats.__doc__} and {GEMM_MIN_ROWS} rows or more"
 
+
+def _row_layout(a, qw):
+    """Q8_0, Q4_0 or Q4_1 weights in GGUF's row layout (or not groupable)"""
+    reason = _formats(a, qw)
+    if reason is None and qw.grouped:
+        return "a weight in row groups"
+    return reason
+
+
+def _grouped(a, qw):
+    """Q8_0, Q4_0 or Q4_1 weights in row groups"""
+    reason = _formats(a, qw)
+    if reason is None and not qw.grouped:
+        return "a weight in GGUF's row layout"
+    return reason
+
+
 LADDERS = (
-    Ladder("qmatmul_forward", "cpu", default=4, also=(5,),
+    Ladder("qmatmul_forward", "cpu", default=4, also=(6, 5),
            about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product",
            rungs=(
         Rung(1, _forward(qmatmul_forward_v1), "plain loops, each weight decoded alone, one thread",
@@ -410,17 +577,19 @@ LADDERS = (
              "prange over output rows, scale decoded once per block", _formats),
         Rung(3, _forward(qmatmul_forward_v3, per_thread=True),
              "tiles of 4 rows unpacked once, vectorised dot per x row", _formats),
-        Rung(4, _forward(qmatmul_forward_v4),
+        Rung(4, _forward(qmatmul_forward_v4, whole=True),
              "W dequantized by panels (parallel), each the pool's GEMM", _many_rows),
         Rung(5, _forward(qmatmul_forward_v5),
-             "codes multiplied as unpacked, offsets through x's block sums", _formats),
+             "codes multiplied as unpacked, offsets through x's block sums", _row_layout),
+        Rung(6, _forward(qmatmul_forward_v6, whole=True),
+             f"row groups: {GROUP} rows side by side in SIMD lanes, no sums across lanes", _grouped),
     )),
     Ladder("qmatmul_backward_input", "cpu", default=3, also=(2,),
            about="dx = dy W for a frozen quantized W (LoRA on a quantized base)", rungs=(
         Rung(1, _backward_input(qmatmul_backward_input_v1), "plain loops, one thread", _formats),
         Rung(2, _backward_input(qmatmul_backward_input_v2),
              "prange over 32-column blocks, each block unpacked once", _formats),
-        Rung(3, _backward_input(qmatmul_backward_input_v3),
+        Rung(3, _backward_input(qmatmul_backward_input_v3, whole=True),
              "W dequantized by panels (parallel), each the pool's GEMM", _many_rows),
     )),
 )

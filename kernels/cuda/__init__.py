@@ -20,10 +20,12 @@ Files (each .cu header lists its versions and what each is expected to gain):
   rmsnorm.cu      RMSNorm forward v1..v2, backward v1..v2 (Llama)
   rope.cu         rotary embeddings, one kernel for both directions, v1..v2 (Llama)
   swiglu.cu       SwiGLU forward/backward v1..v2 (Llama)
+  qmatmul.cu      products with Q8_0/Q4_0/Q4_1 weights decoded inside them, forward and
+                  backward_input v1..v2 (quantized Llama / GGUF models, LoRA on them)
 """
 
 MODULES = ("matmul", "layernorm", "softmax", "crossentropy", "gelu", "adamw", "attention",
-           "rmsnorm", "rope", "swiglu")
+           "rmsnorm", "rope", "swiglu", "qmatmul")
 
 
 def all_configs():

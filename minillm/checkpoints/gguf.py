@@ -128,7 +128,8 @@ def _gguf_row_order(n_rows, n_head):
 
 def _take_rows(w, order):
     if isinstance(w, Q.QuantWeight):
-        return Q.QuantWeight(w.qtype, w.shape, np.ascontiguousarray(w.blocks[order]))
+        rows = Q.QuantWeight(w.qtype, w.shape, np.ascontiguousarray(w.row_blocks[order]))
+        return rows.to_groups() if w.grouped else rows  # in the layout it came in
     return np.ascontiguousarray(np.asarray(w)[order])
 
 
@@ -221,6 +222,17 @@ class GGUFFile:
         """The bytes of tensor ``name`` as a read-only uint8 array (a view of the mapping)."""
         t = self.tensors[name]
         return np.frombuffer(self.buffer, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+
+    def release(self, name):
+        """Drop the pages of tensor ``name`` from this process's memory (they stay in the page
+        cache, and a later read maps them back): after its bytes were copied, so that a
+        loaded model does not hold the file's pages as well as its own copy."""
+        t = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = t.offset // page * page
+        end = min(len(self.buffer), -(-(t.offset + t.nbytes) // page) * page)
+        if hasattr(self.buffer, "madvise") and hasattr(mmap, "MADV_DONTNEED") and end > start:
+            self.buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def open_gguf(path):
@@ -466,15 +478,20 @@ def _load_tensor(f, info, dtype):
     out, n_in = info.shape
     if dtype == "q8_0" and info.qtype != Q.Q8_0:
         w = Q.dequantize(raw, info.qtype, info.shape)
-        return Q.QuantWeight.from_float(w, Q.Q8_0) if n_in % 32 == 0 else w
-    return Q.QuantWeight(info.qtype, info.shape, raw.reshape(out, -1))
+        return Q.QuantWeight.from_float(w, Q.Q8_0).to_groups() if n_in % 32 == 0 else w
+    w = Q.QuantWeight(info.qtype, info.shape, raw.reshape(out, -1))
+    grouped = w.to_groups()  # the layout the CPU kernels decode from (kernels/quant.py)
+    if grouped is not w:
+        f.release(info.name)
+    return grouped
 
 
 def read_gguf(path, dtype="stored"):
     """Read a Llama GGUF file.
 
     dtype: what the matrices become. "stored": kept in their file format (quantized ones as
-    QuantWeight viewing the file's mapped bytes, nothing copied; F32 as arrays), "float32":
+    QuantWeight: Q8_0, Q4_0 and Q4_1 matrices copied into the row-group layout the CPU kernels
+    read, other formats viewing the file's mapped bytes; F32 as arrays), "float32":
     dequantized, "q8_0": requantized to Q8_0 (a matrix already Q8_0 is kept as is). Norm
     weights are always float32 arrays.
     """
@@ -654,7 +671,7 @@ def _write_file(tmp, config, arrays, tokenizer, chat_template, metadata, metadat
             _add(writer, k, v, t)
         for name, w in arrays.items():
             if isinstance(w, Q.QuantWeight):
-                writer.add_tensor(name, np.ascontiguousarray(w.blocks),
+                writer.add_tensor(name, np.ascontiguousarray(w.row_blocks),
                                   raw_dtype=gguf.GGMLQuantizationType(w.qtype))
             else:
                 writer.add_tensor(name, w)

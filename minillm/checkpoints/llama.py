@@ -59,6 +59,8 @@ def build_llama(config, tensors):
     if cfg.tie_word_embeddings and isinstance(tensors["embed_tokens.weight"], QuantWeight):
         w = tensors["embed_tokens.weight"]
         model.lm_head = QuantLinear(w) if w.qtype in MATMUL_TYPES else linear_from(w)
+    for block in model.layers:
+        block.fuse_projections()  # quantized q, k, v and gate, up: one product each to decode
     return model
 
 

@@ -142,7 +142,8 @@ def is_checkpoint_dir(path):
 
 def has_training_state(path):
     """True for a checkpoint that ``--resume`` can continue exactly: weights, config, optimizer
-    arrays and state.json with the step and both random generators' states."""
+    arrays and state.json with the step, the seed of the batch order and the random generator's
+    state."""
     path = Path(path)
     if not all((path / f).is_file() for f in (MODEL_FILE, CONFIG_FILE, OPTIM_FILE, STATE_FILE)):
         return False
@@ -150,7 +151,7 @@ def has_training_state(path):
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(state, dict) and all(k in state for k in ("step", "batch_rng", "global_rng"))
+    return isinstance(state, dict) and all(k in state for k in ("step", "batch_seed", "global_rng"))
 
 
 def recover_run(out):

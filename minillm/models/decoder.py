@@ -14,6 +14,7 @@ cache, keeps only the last position when sampling, and computes the loss.
 
 import numpy as np
 
+from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
 from minillm.models import generation, pretrained
@@ -37,7 +38,9 @@ class DecoderLM(Module):
         after the final norm instead of the (logits, loss) pair (for task heads such as
         GPTClassifier; the LM head is skipped).
         """
-        data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+        data = idx.data if isinstance(idx, Tensor) else idx
+        if not backend.is_cupy(data):  # a device array stays there (np.asarray would refuse it)
+            data = np.asarray(data)
         if data.ndim != 2:
             raise ConfigError(f"{self.kind} input must be (batch, time) token ids, got shape "
                               f"{data.shape}")

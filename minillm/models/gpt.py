@@ -91,7 +91,7 @@ class GPT(DecoderLM):
     def trunk(self, idx, pos, kv_cache, attention_mask):
         """idx: (B, T) token ids, pos: (T,) or (B, T) positions -> (B, T, C) before ln_f;
         ``GPT.forward`` (DecoderLM's) explains the arguments."""
-        x = self.drop(self.wte(idx) + self.wpe(np.asarray(pos)))  # (B, T, C)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.h):
             x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask)
         return x

@@ -19,12 +19,14 @@ import numpy as np
 
 from minillm import backend
 from minillm import functional as F
+from minillm.autograd import is_grad_enabled
 from minillm.errors import ConfigError
 from minillm.kernels.reference import rope_cos_sin
 from minillm.models.config import ModelConfig
 from minillm.models.decoder import DecoderLM
 from minillm.nn import Embedding, KVCache, Linear, ModuleList
 from minillm.nn.llama import LlamaBlock, RMSNorm
+from minillm.tensor import Tensor
 
 
 @dataclass
@@ -110,7 +112,19 @@ class Llama(DecoderLM):
         -> (B, T, C) before the final norm; ``Llama.forward`` (DecoderLM's) explains the
         arguments."""
         x = self.embed_tokens(idx)  # (B, T, C)
-        rope = self.rope_angles(pos, x.dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
+        if backend.is_cupy(self.norm.weight.data) and x.device != "cuda":
+            x = x.to("cuda")  # a quantized table looks rows up on the host (QuantEmbedding)
+        angle_dtype = x.dtype if x.dtype.itemsize >= 4 else np.float32  # float32 under bf16/fp16
+        rope = self.rope_angles(pos, angle_dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
+        if x.device == "cuda":  # host positions: the angles go over once, not once per layer
+            rope = tuple(backend.to_device(a, "cuda") for a in rope)
+        elif (idx.shape[1] == 1 and kv_cache is not None and attention_mask is None
+                and not is_grad_enabled()):
+            # decoding one token: the blocks' array step, without the graph's bookkeeping
+            h = x.data
+            for i, block in enumerate(self.layers):
+                h = block.step(h, kv_cache, i, rope)
+            return Tensor(h)
         for i, block in enumerate(self.layers):
             x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask, rope=rope)
         return x

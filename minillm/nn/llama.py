@@ -23,6 +23,7 @@ import numpy as np
 from minillm import backend
 from minillm import functional as F
 from minillm.errors import ConfigError
+from minillm.kernels import registry
 from minillm.kernels.reference import rope_cos_sin
 from minillm.nn.layers import Linear
 from minillm.nn.module import Module, Parameter
@@ -143,9 +144,77 @@ class LlamaAttention(Module):
         return t.unsqueeze(2).expand(B, Hkv, rep, Tk, D).reshape(B, Hkv * rep, Tk, D)
 
 
+def _call_array(module, x):
+    """``module(x)`` on a plain array, outside the graph: the module's ``forward_array`` where
+    it has one (a quantized linear layer), else its forward on a Tensor."""
+    f = getattr(module, "forward_array", None)
+    return f(x) if f is not None else module(Tensor(x)).data
+
+
+def _project(layers, fused, x):
+    """[layer(x) for layer in layers] on a plain array: one product over their fused weights
+    while ``fused`` (an nn.quant.FusedProjections or None) still holds them."""
+    if fused is not None and fused.current(layers):
+        return fused.forward_array(x)
+    return [_call_array(m, x) for m in layers]
+
+
+def _rms_array(norm, x):
+    x2 = x.reshape(-1, x.shape[-1])  # (N, C)
+    return registry.get("rms_norm_forward", x2)(x2, norm.weight.data, norm.eps)[0].reshape(x.shape)
+
+
 class LlamaBlock(Module):
     """Pre-norm Llama block: x + self_attn(input_layernorm(x)), then
-    x + mlp(post_attention_layernorm(x))."""
+    x + mlp(post_attention_layernorm(x)).
+
+    ``step`` is the same block for one new position per row on plain arrays, without building
+    a graph: what decoding runs token after token, where the Tensor ops' own bookkeeping would
+    cost more than the kernels (tests/models/test_llama.py holds it to ``forward``).
+    """
+
+    def step(self, x, kv_cache, layer, rope):
+        """x: (B, 1, C) array of the newest position of each row, ``rope`` its (cos, sin); the
+        cache receives its key and value -> (B, 1, C) array."""
+        a = self.self_attn
+        B, T, C = x.shape
+        H, Hkv, D = a.n_head, a.n_kv_head, a.head_dim
+        cos, sin = rope
+        h = _rms_array(self.input_layernorm, x)
+        q, k, v = _project((a.q_proj, a.k_proj, a.v_proj), self.__dict__.get("fused_qkv"), h)
+        # (B, 1, n, D) -> (B, n, 1, D) is a reshape when T = 1 (copied: the kernels take
+        # contiguous heads, and q, k, v may be column slices of one fused product)
+        q = np.ascontiguousarray(q.reshape(B, H, T, D))
+        k = np.ascontiguousarray(k.reshape(B, Hkv, T, D))
+        v = np.ascontiguousarray(v.reshape(B, Hkv, T, D))
+        rope_fwd = registry.get("rope_forward", q)
+        q = rope_fwd(q, cos, sin, a.rope_interleaved)
+        k = rope_fwd(k, cos, sin, a.rope_interleaved)
+        k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + 1, D)
+        if H > Hkv:  # the query heads of a group as rows of one query block, as forward
+            q, causal = q.reshape(B, Hkv, H // Hkv, D), False
+        else:
+            causal = True
+        y, _ = registry.get("attention_forward", q)(q, k_all, v_all, 1.0 / math.sqrt(D), causal)
+        x = x + _call_array(a.o_proj, y.reshape(B, T, H * D))
+        h = _rms_array(self.post_attention_layernorm, x)
+        m = self.mlp
+        g, u = _project((m.gate_proj, m.up_proj), self.__dict__.get("fused_gate_up"), h)
+        g, u = np.ascontiguousarray(g), np.ascontiguousarray(u)
+        return x + _call_array(m.down_proj, registry.get("swiglu_forward", g)(g, u))
+
+    def fuse_projections(self):
+        """Lay the quantized q, k, v weights end to end, and gate and up, so that a decoding
+        step computes each set in one product (nn.quant.FusedProjections); no-op for float
+        or mixed layers. Returns True if it fused anything."""
+        from minillm.nn.quant import FusedProjections
+
+        a, m = self.self_attn, self.mlp
+        qkv = FusedProjections.fuse((a.q_proj, a.k_proj, a.v_proj))
+        gate_up = FusedProjections.fuse((m.gate_proj, m.up_proj))
+        object.__setattr__(self, "fused_qkv", qkv)  # plain attributes, not submodules
+        object.__setattr__(self, "fused_gate_up", gate_up)
+        return qkv is not None or gate_up is not None
 
     def __init__(self, n_embd, n_head, n_kv_head, intermediate_size, rms_norm_eps=1e-5,
                  rope_theta=10000.0, rope_interleaved=False, init=True):

@@ -268,5 +268,5 @@ def base_fingerprint(model, exclude=()):
     for name in sorted(quant):
         qw = quant[name]
         h.update(f"{name}:{qw.shape}:{qw.format.name};".encode())
-        h.update(np.ascontiguousarray(qw.blocks).tobytes())
+        h.update(np.ascontiguousarray(qw.row_blocks).tobytes())  # the file's layout
     return h.hexdigest()

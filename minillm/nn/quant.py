@@ -10,6 +10,7 @@ dequantized weight, to float32 rounding.
 
 import numpy as np
 
+from minillm.kernels import registry
 from minillm.kernels.quant import QuantWeight
 from minillm.nn.module import Module, Parameter
 from minillm.ops.quant import quant_embedding, quant_linear
@@ -28,13 +29,22 @@ class QuantLinear(Module):
 
     @classmethod
     def from_linear(cls, linear, qtype="q8_0"):
-        """Quantize an nn.Linear's weight (its bias, if any, stays float32 and trainable)."""
-        qw = QuantWeight.from_float(np.asarray(linear.weight.data), qtype)
+        """Quantize an nn.Linear's weight (its bias, if any, stays float32 and trainable), in
+        the row-group layout where its rows allow (the CPU kernels' decoding layout)."""
+        qw = QuantWeight.from_float(np.asarray(linear.weight.data), qtype).to_groups()
         return cls(qw, None if linear.bias is None else linear.bias.data)
 
     def forward(self, x):
         y = quant_linear(x, self.weight)  # (..., out)
         return y if self.bias is None else y + self.bias
+
+    def forward_array(self, x):
+        """forward on a plain array (..., in) outside the graph (the decoding step's path)."""
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        y = registry.get("qmatmul_forward", x2)(x2, self.weight)
+        if self.bias is not None:
+            y = y + self.bias.data
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, {self.weight.format.name}, "
@@ -57,6 +67,47 @@ class QuantEmbedding(Module):
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.weight.format.name}"
+
+
+class FusedProjections:
+    """Several bias-free QuantLinear layers reading the same input (q, k, v; gate, up), their
+    grouped weights laid end to end in one buffer: one product computes all their outputs
+    (a decoding step then calls one kernel instead of three). Each layer keeps its own weight,
+    a view of its rows of the buffer, so nothing is held twice. ``fuse`` returns None where the
+    layers cannot share a buffer."""
+
+    def __init__(self, layers, weight):
+        self.layers = tuple(layers)
+        self.parts = tuple(m.weight for m in layers)  # the views, to see a layer replaced
+        self.weight = weight
+        self.splits = np.cumsum([w.shape[0] for w in self.parts])[:-1]
+
+    @classmethod
+    def fuse(cls, layers):
+        ws = [getattr(m, "weight", None) for m in layers]
+        if not all(type(m) is QuantLinear and m.bias is None and w.grouped for m, w in
+                   zip(layers, ws)) or len({(w.qtype, w.shape[1]) for w in ws}) != 1:
+            return None
+        blocks = np.concatenate([w.blocks for w in ws])  # whole groups of rows, end to end
+        views, o = [], 0
+        for m, w in zip(layers, ws):
+            m.weight = QuantWeight(w.qtype, w.shape, blocks[o:o + w.shape[0]], grouped=True)
+            views.append(m.weight)
+            o += w.shape[0]
+        total = QuantWeight(ws[0].qtype, (o, ws[0].shape[1]), blocks, grouped=True)
+        return cls(layers, total)
+
+    def current(self, layers):
+        """True while ``layers`` are still the fused layers holding their fused weights (a
+        LoRA wrapper or a new weight in their place ends the fusion)."""
+        return all(a is b and a.weight is w for a, b, w in zip(layers, self.layers, self.parts))
+
+    def forward_array(self, x):
+        """The layers' outputs for a plain array x (..., in), as a list."""
+        x2 = x.reshape(-1, x.shape[-1])
+        y = registry.get("qmatmul_forward", x2)(x2, self.weight)  # (N, sum of outs)
+        lead = x.shape[:-1]
+        return [p.reshape(lead + (p.shape[-1],)) for p in np.split(y, self.splits, axis=1)]
 
 
 def named_quant_weights(module):

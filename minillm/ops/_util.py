@@ -13,8 +13,9 @@ def lift(x, like):
         return x
     xp = backend.array_module(like.data)
     if np.isscalar(x) or (isinstance(x, np.ndarray) and x.ndim == 0):
-        if like.dtype.kind == "f" or isinstance(x, (float, np.floating)):
-            dtype = like.dtype if like.dtype.kind == "f" else backend.DEFAULT_DTYPE
+        like_float = backend.is_float_dtype(like.dtype)  # bfloat16 (ml_dtypes) is kind "V"
+        if like_float or isinstance(x, (float, np.floating)):
+            dtype = like.dtype if like_float else backend.DEFAULT_DTYPE
             return Tensor(xp.asarray(x, dtype=dtype))
         return Tensor(xp.asarray(x, dtype=like.dtype))
     return Tensor(xp.asarray(x) if backend.is_cupy(like.data) else x)

@@ -7,6 +7,8 @@ Their composite twins, built from primitive ops, are in tests/ops/test_llama_gra
 which holds both to float64 finite differences.
 """
 
+import numpy as np
+
 from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
@@ -85,7 +87,8 @@ def rope(x, cos, sin, interleaved=False):
     xp = backend.array_module(x.data)
     if backend.is_cupy(x.data):
         cos, sin = backend.to_device(cos, "cuda"), backend.to_device(sin, "cuda")
-    cos, sin = xp.asarray(cos, dtype=x.dtype), xp.asarray(sin, dtype=x.dtype)
+    angle_dtype = x.dtype if x.dtype.itemsize >= 4 else np.float32  # half x: float32 angles
+    cos, sin = xp.asarray(cos, dtype=angle_dtype), xp.asarray(sin, dtype=angle_dtype)
     return RoPE.apply(x, cos=cos, sin=sin, interleaved=bool(interleaved))
 
 

@@ -30,6 +30,8 @@ class Embedding(Function):
     dW = zeros with dy rows added at idx (a token seen twice gets both gradients)."""
 
     def forward(self, w, idx):
+        if backend.is_cupy(w) and not backend.is_cupy(idx):
+            idx = backend.to_device(idx, "cuda")  # once: the gather and the scatter-add use it
         self.saved = (idx, w.shape, w.dtype)
         return w[idx]
 
@@ -39,7 +41,7 @@ class Embedding(Function):
         dw = xp.zeros(shape, dtype=dtype)
         flat, rows = idx.reshape(-1), dy.reshape(-1, shape[1])
         if xp is not np:
-            xp.add.at(dw, flat, rows)
+            backend.scatter_add(dw, flat, rows)  # CuPy has no add.at: cupyx.scatter_add
         elif flat.size:
             # np.add.at is a slow scatter (12 ms at the small config); sorting the ids and
             # summing each run of equal ids with reduceat gives the same sums in 2 ms (stable:
@@ -117,10 +119,9 @@ class Dropout(Function):
     """y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p) (inverted dropout);  dx = dy * mask/(1-p)."""
 
     def forward(self, x, p, generator):
-        keep = generator.random(x.shape, dtype=np.float32) >= p
+        # drawn where x lives (on the GPU by a device generator that ``generator`` seeds)
+        keep = backend.random_uniform(x.shape, like=x, generator=generator) >= p
         scale = (keep / (1.0 - p)).astype(x.dtype)
-        if backend.is_cupy(x):
-            scale = backend.to_device(scale, "cuda")
         self.saved = (scale,)
         return x * scale
 
@@ -194,10 +195,15 @@ def _heads(qkv, n_head):
 # ---------------------------------------------------------------------------- functions
 def embedding(idx, weight):
     """Rows of ``weight`` (V, C) at integer ``idx`` (any shape) -> (..., C)."""
-    data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+    data = idx.data if isinstance(idx, Tensor) else idx
+    on_device = backend.is_cupy(data)
+    if not on_device:
+        data = np.asarray(data)
     if data.dtype.kind not in "iu":
         raise MinillmError(f"embedding indices must be integers, got {data.dtype}")
-    if data.size and (int(data.min()) < 0 or int(data.max()) >= weight.shape[0]):
+    # the range is checked on the host; indices already on the GPU (minillm's sampling and
+    # position ids) are not copied back for it, which would stall the device at every call
+    if not on_device and data.size and (int(data.min()) < 0 or int(data.max()) >= weight.shape[0]):
         raise MinillmError(
             f"embedding index out of range: indices span {int(data.min())}..{int(data.max())} "
             f"but the table has {weight.shape[0]} rows"
@@ -224,7 +230,10 @@ def log_softmax(x, axis=None, *, dim=None):
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), leaving out
     positions equal to ``ignore_index`` (PyTorch's default -100). All ignored gives 0."""
-    t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+    t = targets.data if isinstance(targets, Tensor) else targets
+    on_device = backend.is_cupy(t)
+    if not on_device:
+        t = np.asarray(t)
     if t.dtype.kind not in "iu":
         raise MinillmError(f"cross_entropy targets must be integers, got {t.dtype}")
     if logits.shape[:-1] != t.shape:
@@ -233,10 +242,15 @@ def cross_entropy(logits, targets, ignore_index=-100):
             f"{tuple(logits.shape[:-1])}, got {tuple(t.shape)}"
         )
     V = logits.shape[-1]
-    valid = t[t != ignore_index]
-    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= V):
-        raise MinillmError(f"cross_entropy target out of range 0..{V - 1}")
+    if not on_device:  # checked on the host; targets already on the GPU are not copied back
+        valid = t[t != ignore_index]
+        if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= V):
+            raise MinillmError(f"cross_entropy target out of range 0..{V - 1}")
     flat = logits if logits.ndim == 2 else logits.reshape(-1, V)
+    if flat.dtype.name in ("float16", "bfloat16"):
+        # mixed precision: the loss (exp, log-sum-exp over V) in float32, whatever the logits;
+        # the cast's backward hands the gradient back in the logits' dtype
+        flat = flat.float()
     t = t.reshape(-1)
     if backend.is_cupy(logits.data):
         t = backend.to_device(t, "cuda")  # the kernel (or the reference on CuPy) reads them there

@@ -7,6 +7,7 @@ which is what LoRA on a quantized base needs: the adapters beside the frozen pro
 
 import numpy as np
 
+from minillm import backend
 from minillm.autograd import Function
 from minillm.errors import MinillmError
 from minillm.kernels import registry
@@ -47,13 +48,17 @@ def quant_linear(x, qw):
 
 def quant_embedding(idx, qw, dtype=np.float32):
     """Rows ``qw[idx]`` dequantized (only those rows): idx (...) ints -> (..., C). No gradient
-    (the table is frozen)."""
-    ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
-    ids = np.asarray(ids)
+    (the table is frozen). The rows are on idx's device."""
+    ids = idx.data if isinstance(idx, Tensor) else idx
+    on_device = backend.is_cupy(ids)
+    # the lookup runs on the host, where the blocks are: a few ids come over, and only the rows
+    # looked up are decoded and go to the device
+    ids = backend.to_numpy(ids) if on_device else np.asarray(ids)
     if ids.dtype.kind not in "iu":
         raise MinillmError(f"embedding ids must be integers, not {ids.dtype}")
     V = qw.shape[0]
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         raise MinillmError(f"token id {int(ids.max() if ids.max() >= V else ids.min())} is "
                            f"outside the embedding table (0..{V - 1})")
-    return Tensor(qw.rows(ids).astype(dtype, copy=False))
+    rows = qw.rows(ids).astype(dtype, copy=False)
+    return Tensor(backend.to_device(rows, "cuda") if on_device else rows)

@@ -28,7 +28,7 @@ class Permute(Function):
     """y = x with its axes reordered;  dx = dy with the inverse order."""
 
     def forward(self, x, axes):
-        self.saved = (np.argsort(axes),)
+        self.saved = (tuple(int(a) for a in np.argsort(axes)),)  # ints: CuPy takes no host array
         return x.transpose(axes)
 
     def backward(self, dy):
@@ -51,6 +51,8 @@ class GetItem(Function):
     dx = zeros with dy scatter-added at ``index`` (repeated indices add up)."""
 
     def forward(self, x, index):
+        if backend.is_cupy(x) and _has_array(index):
+            index = _device_index(index)  # once: the gather and the scatter-add use it
         self.saved = (x.shape, x.dtype, index)
         return x[index]
 
@@ -59,7 +61,7 @@ class GetItem(Function):
         xp = backend.array_module(dy)
         dx = xp.zeros(shape, dtype=dtype)
         if _has_array(index):
-            xp.add.at(dx, index, dy)  # advanced indices may repeat: accumulate
+            backend.scatter_add(dx, index, dy)  # advanced indices may repeat: accumulate
         else:
             dx[index] = dy  # basic indexing picks each element at most once
         return (dx,)
@@ -92,6 +94,14 @@ class Stack(Function):
 def _has_array(index):
     items = index if isinstance(index, tuple) else (index,)
     return any(not isinstance(i, (int, np.integer, slice, type(None), type(Ellipsis))) for i in items)
+
+
+def _device_index(index):
+    """``index`` with its host integer/bool arrays moved to the GPU (CuPy's scatter-add takes
+    device indices only)."""
+    items = index if isinstance(index, tuple) else (index,)
+    moved = tuple(backend.to_device(i, "cuda") if isinstance(i, np.ndarray) else i for i in items)
+    return moved if isinstance(index, tuple) else moved[0]
 
 
 def _index_data(index):

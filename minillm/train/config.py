@@ -3,9 +3,14 @@
     cfg = load_config(TrainConfig, "configs/shakespeare_char_tiny.toml", ["--max_iters=500"])
 
 A config name without a path ("shakespeare_char_tiny") is looked up in the configs shipped with
-minillm. Overrides are ``--key=value`` (``-`` and ``_`` in keys are the same); values are parsed
-as the field's type. Unknown keys and values of the wrong type are ConfigErrors that name them.
-The names follow nanoGPT (learning_rate, max_iters, lr_decay_iters, eval_interval, ...).
+minillm. Overrides are ``--key=value`` or ``--key value`` (``-`` and ``_`` in keys are the same,
+and each class has a few aliases, e.g. ``--lr`` for ``--learning_rate``); values are parsed as
+the field's type, and ``\n``, ``\t``, ``\\`` in text values become the characters. Unknown
+keys (with a suggestion) and values of the wrong type are ConfigErrors that name them. The names
+follow nanoGPT (learning_rate, max_iters, lr_decay_iters, eval_interval, ...).
+
+Every key has a line of help in ``HELP`` beside its class; ``keys_help`` prints them with their
+defaults for ``minillm pretrain --help`` and ``minillm finetune --help``.
 """
 
 import dataclasses
@@ -154,8 +159,9 @@ class TrainConfig:
             raise ConfigError(f"tokenizer must be 'char' or 'sentencepiece', got {self.tokenizer!r}")
         if self.tokenizer_model not in ("bpe", "unigram"):
             raise ConfigError(f"tokenizer_model must be 'bpe' or 'unigram', got {self.tokenizer_model!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64 on this backend, got {self.dtype!r}")
+        if self.dtype not in ("float32", "float64", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, float64, bfloat16 or float16 (the last two: "
+                              f"mixed precision with float32 master weights), got {self.dtype!r}")
         if self.kernels not in ("auto", "reference", "numba"):
             raise ConfigError(f"kernels must be auto, reference or numba, got {self.kernels!r}")
         if self.device.lower() != "cpu" and not self.device.lower().startswith("cuda"):
@@ -166,6 +172,177 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+@dataclass
+class FinetuneConfig:
+    """The settings of ``minillm finetune`` (the keyword arguments of train.finetune.finetune,
+    under the command line's names)."""
+
+    base: str = None
+    data: str = None
+    val_data: str = None
+    task: str = None  # sft | classify | chat; None: from the JSONL keys
+    method: str = "lora"  # lora | full
+    rank: int = 8
+    alpha: float = 16.0
+    lora_dropout: float = 0.0
+    targets: str = "attn,mlp"
+    epochs: int = 3
+    lr: float = None  # None: 1e-3 for LoRA, 1e-4 for full fine-tuning
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    block_size: int = None
+    out: str = "out/finetune"
+    freeze_last_k: int = None
+    seed: int = 1337
+    val_fraction: float = 0.1
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
+
+    def validate(self):
+        """The choices; the numbers are checked by finetune() against CONSTRAINTS."""
+        if not self.data:
+            raise ConfigError("finetune needs --data FILE.jsonl (the training examples)")
+        if self.task not in (None, "sft", "classify", "chat"):
+            raise ConfigError(f"task must be sft, classify or chat, got {self.task!r}")
+        if self.method not in ("lora", "full"):
+            raise ConfigError(f"method must be lora or full, got {self.method!r}")
+        if self.precision not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"precision must be float32, bfloat16 or float16, got "
+                              f"{self.precision!r}")
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+# One line of help per config key, shown by `minillm pretrain --help` / `finetune --help`
+# (tests/train/test_config_cli.py checks that every field has one).
+HELP = {
+    TrainConfig: {
+        "out_dir": "output folder: best/ and last/ checkpoints, log.jsonl, loss.png",
+        "data_dir": "prepared data (train.bin, val.bin, meta.json); prepared from corpus if absent",
+        "corpus": "text file or folder of .txt files to prepare; empty: tiny Shakespeare",
+        "tokenizer": "char or sentencepiece (when data_dir is prepared here)",
+        "vocab_size": "sentencepiece vocabulary size",
+        "tokenizer_model": "sentencepiece model type: bpe or unigram",
+        "n_layer": "transformer blocks",
+        "n_head": "attention heads per block",
+        "n_embd": "embedding width (a multiple of n_head)",
+        "block_size": "context length in tokens",
+        "dropout": "dropout probability, in [0, 1)",
+        "bias": "biases in Linear and LayerNorm layers",
+        "tie_word_embeddings": "the LM head shares the token embedding matrix",
+        "initializer_range": "standard deviation of the initial weights",
+        "batch_size": "sequences per micro-batch",
+        "gradient_accumulation_steps": "micro-batches per optimizer step; under mpiexec -n N "
+                                       "a multiple of N, split among the ranks",
+        "max_iters": "optimizer steps in all",
+        "learning_rate": "peak learning rate (after warmup)",
+        "min_lr": "learning rate at the end of the cosine decay",
+        "warmup_iters": "steps of linear warmup",
+        "lr_decay_iters": "step where the cosine decay reaches min_lr",
+        "decay_lr": "warmup + cosine schedule; false: constant learning_rate",
+        "weight_decay": "AdamW weight decay (not on biases and LayerNorm)",
+        "beta1": "AdamW beta1",
+        "beta2": "AdamW beta2",
+        "grad_clip": "clip the gradient norm to this; 0: no clipping",
+        "eval_interval": "evaluate and checkpoint every this many steps",
+        "eval_iters": "batches per loss estimate (fixed batches)",
+        "log_interval": "log.jsonl record every this many steps",
+        "eval_only": "evaluate once and stop, writing nothing",
+        "sample_tokens": "tokens of the sample printed at the end; 0: none",
+        "sample_prompt": "prompt of that sample",
+        "sample_temperature": "temperature of that sample",
+        "sample_top_k": "top-k of that sample; 0: no limit",
+        "seed": "seed of weights, batches and dropout",
+        "device": "cpu or cuda",
+        "dtype": "float32 or float64",
+        "kernels": "auto, reference (NumPy) or numba",
+        "plot": "draw OUT_DIR/loss.png at the end (needs matplotlib)",
+    },
+    FinetuneConfig: {
+        "base": "base checkpoint (a run folder with best/ or last/, or a checkpoint directory)",
+        "data": "training data, a JSONL file (required)",
+        "val_data": "validation JSONL; default: split off val_fraction of data",
+        "task": "sft, classify or chat; default: from the JSONL keys",
+        "method": "lora or full",
+        "rank": "LoRA rank",
+        "alpha": "LoRA alpha; the update is scaled by alpha/rank",
+        "lora_dropout": "dropout on the LoRA input",
+        "targets": "LoRA layers: attn, mlp, all, or a comma list",
+        "epochs": "passes over the training data",
+        "lr": "peak learning rate; default: 1e-3 for LoRA, 1e-4 for full",
+        "batch_size": "examples per micro-batch",
+        "gradient_accumulation_steps": "micro-batches of batch_size per optimizer step; under "
+                                       "mpiexec -n N a multiple of N, split among the ranks",
+        "block_size": "crop the context to this many tokens; default: the model's",
+        "out": "output folder: best/, last/, log.jsonl",
+        "freeze_last_k": "full: train only the last K blocks (+ final norm and tied head)",
+        "seed": "seed of the split, batches and dropout",
+        "val_fraction": "share of data held out for validation",
+        "weight_decay": "AdamW weight decay",
+        "device": "cpu or cuda",
+        "precision": "compute precision: bfloat16 or float16 train in mixed precision with "
+                     "float32 master weights",
+    },
+}
+
+# Other names a key answers to (alias -> field): nanoGPT's and the fine-tuning command's
+# spellings of the same setting, so that --lr and --learning_rate work with both commands.
+ALIASES = {
+    TrainConfig: {"lr": "learning_rate", "out": "out_dir"},
+    FinetuneConfig: {"learning_rate": "lr", "out_dir": "out"},
+}
+
+
+def _key(name):
+    """A key as the field name it spells: --Batch-Size -> batch_size."""
+    return name.strip().lstrip("-").replace("-", "_").lower()
+
+
+def _shown(value):
+    """A default as it is typed: "text", 0.001, true."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def keys_help(cls, defaults=None, kebab=False, width=100):
+    """The help text listing every key of ``cls``: its spellings, type, help and default
+    (``defaults``: a config whose values to show, e.g. the default TOML file's; a default of
+    None is left to the help text to explain)."""
+    import textwrap
+
+    defaults = defaults if defaults is not None else cls()
+    aliases = {}
+    for alias, name in ALIASES.get(cls, {}).items():
+        aliases.setdefault(name, []).append(alias)
+    lines = []
+    for f in fields(cls):
+        spellings = [n.replace("_", "-") if kebab else n for n in [f.name, *aliases.get(f.name, [])]]
+        typ = f.type if isinstance(f.type, str) else f.type.__name__
+        head = f"  {', '.join('--' + n for n in spellings)} {typ.upper()}"
+        value = getattr(defaults, f.name)
+        text = HELP.get(cls, {}).get(f.name, "")
+        text += "" if value is None else f" (default: {_shown(value)})"
+        body = textwrap.wrap(text, width - 32) or [""]
+        lines += [f"{head:<32}{body[0]}"] if len(head) <= 30 else [head, " " * 32 + body[0]]
+        lines += [" " * 32 + b for b in body[1:]]
+    return "\n".join(lines)
+
+
+def builtin_configs():
+    """The names of the configs shipped with minillm (``--config NAME``)."""
+    try:
+        import minillm.configs as shipped
+    except ImportError:
+        return []
+    return sorted({p.stem for d in shipped.__path__ for p in Path(d).glob("*.toml")})
 
 
 def find_config(name_or_path):
@@ -185,7 +362,27 @@ def find_config(name_or_path):
     for c in candidates:
         if c.exists():
             return c
-    raise ConfigError(f"no config file {name_or_path!r} (give a .toml path or a built-in name)")
+    names = ", ".join(builtin_configs()) or "none installed"
+    raise ConfigError(f"no config file {name_or_path!r}: give a .toml path or a built-in name "
+                      f"({names})")
+
+
+def unescape(text):
+    """Backslash escapes typed on a command line as the characters: ``\\n`` newline, ``\\t`` tab,
+    ``\\r`` carriage return, ``\\\\`` one backslash; any other backslash stays as it is. (A shell
+    passes "\\n" as two characters; `--stop "\\n\\n"` means two newlines.)"""
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in "ntr\\":
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def _coerce(cls_field, value, source):
@@ -212,19 +409,28 @@ def _coerce(cls_field, value, source):
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is str and isinstance(value, str):
-        return value.encode().decode("unicode_escape") if source == "command line" and "\\" in value else value
+        return unescape(value) if source == "command line" else value
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {typ.__name__}, got {value!r} ({source})")
     return value
 
 
-def apply_overrides(cfg, items, source):
+def suggest(word, names):
+    """'; did you mean X or Y?' for the names in ``names`` close to ``word``, else ''."""
+    close = difflib.get_close_matches(word, list(names), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def apply_overrides(cfg, items, source, also=()):
+    """Set the fields ``items`` ((key, value) pairs) name, by name or alias, snake or kebab
+    case. ``also``: other option names the command takes, offered as suggestions."""
     by_name = {f.name: f for f in fields(cfg)}
+    aliases = ALIASES.get(type(cfg), {})
     for key, value in items:
-        norm = key.strip().lstrip("-").replace("-", "_")
+        norm = _key(key)
+        norm = aliases.get(norm, norm)
         if norm not in by_name:
-            close = difflib.get_close_matches(norm, list(by_name), n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            hint = suggest(norm, [*by_name, *aliases, *(_key(a) for a in also)])
             raise ConfigError(f"unknown config key {key!r} ({source}){hint}")
         setattr(cfg, norm, _coerce(by_name[norm], value, source))
     return cfg
@@ -243,14 +449,15 @@ def parse_cli_overrides(args):
             k, v = a[2:], args[i + 1]
             i += 1
         else:
-            raise ConfigError(f"override {a!r} has no value; write --key=value")
+            raise ConfigError(f"override {a!r} has no value; write {a}=VALUE or {a} VALUE")
         out.append((k, v))
         i += 1
     return out
 
 
-def load_config(cls, config=None, overrides=()):
-    """``cls()`` updated by the TOML file ``config`` (path or built-in name) and ``overrides``."""
+def load_config(cls, config=None, overrides=(), also=()):
+    """``cls()`` updated by the TOML file ``config`` (path or built-in name) and ``overrides``
+    (command-line words; ``also``: the command's other options, for suggestions)."""
     cfg = cls()
     if config:
         path = find_config(config)
@@ -259,7 +466,7 @@ def load_config(cls, config=None, overrides=()):
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML ({e})") from None
         apply_overrides(cfg, data.items(), str(path))
-    apply_overrides(cfg, parse_cli_overrides(list(overrides)), "command line")
+    apply_overrides(cfg, parse_cli_overrides(list(overrides)), "command line", also)
     return cfg.validate()
 
 

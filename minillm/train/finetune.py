@@ -12,6 +12,13 @@ go to OUT_DIR/last after every epoch and OUT_DIR/best when the metric improved; 
 adapter directories (a few hundred KB, naming their base), a full run saves whole checkpoints with
 the tokenizer. Every evaluation and every ``log_interval`` steps append a record to
 OUT_DIR/log.jsonl (``minillm plot OUT_DIR`` draws it).
+
+One step takes ``batch_size x gradient_accumulation_steps`` examples of the epoch's shuffled
+order, in micro-batches of ``batch_size`` (the last step of an epoch may have fewer); micro-batch
+j of step s masks its dropout with a generator seeded by (seed, s, j). Under ``mpiexec -n N``
+(data parallel, minillm.distributed) rank r computes micro-batches r, r+N, ... of each step, the
+gradients are summed across ranks and rank 0 alone writes: N ranks train the same run as one
+process, and a run resumes on any number of ranks.
 """
 
 import json
@@ -22,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm import backend
+from minillm import backend, distributed
+from minillm.amp import MixedPrecision
 from minillm.autograd import no_grad
 from minillm.checkpoints import load
 from minillm.checkpoints import run as ckpt
@@ -48,7 +56,7 @@ from minillm.train.safety import (
     progress_bar_on,
     quiet_on_closed_pipe,
 )
-from minillm.train.step import train_step
+from minillm.train.step import micro_batch_seeds, train_step
 
 TASKS, METHODS = ("sft", "classify"), ("lora", "full")
 
@@ -121,6 +129,7 @@ def classify_eval(model, examples, batch_size, pad_id):
 
 
 # ----------------------------------------------------------------------------- the run
+@distributed.job("finetune")
 def finetune(
     base,
     data,
@@ -147,6 +156,8 @@ def finetune(
     overwrite=False,
     resume=False,
     say=print,
+    gradient_accumulation_steps=1,
+    precision="float32",
 ):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
@@ -155,23 +166,38 @@ def finetune(
 
     Exact resume: OUT_DIR/last holds, beside the adapter (or weights), the optimizer arrays and
     the state after its epoch (step, both random generators, best and last metrics); ``resume``
-    continues from it with the same settings and logs what an uninterrupted run logs."""
+    continues from it with the same settings and logs what an uninterrupted run logs.
+    Launched by ``mpiexec -n N``, the N processes train it together (see the module docstring).
+
+    ``precision`` "bfloat16" or "float16" trains in mixed precision (minillm/amp.py: float32
+    master weights and optimizer state, the forward and backward in the low precision, loss
+    scaling for float16, its state kept in the checkpoint)."""
+    options = {k: v for k, v in locals().items() if k != "say"}  # the arguments, for check_same
     from tqdm import tqdm
 
     from minillm.train.config import check_values
 
-    say = quiet_on_closed_pipe(say)
+    world = distributed.get_world()
+    say = quiet_on_closed_pipe(say) if world.is_main else (lambda *a, **k: None)
+    # the same options on every rank first: what is then found wrong with them, every rank finds
+    distributed.check_same(world, "the options", distributed.fingerprint(options))
     check_values({"rank": rank, "alpha": alpha, "lora_dropout": lora_dropout, "epochs": epochs,
                   "lr": lr, "batch_size": batch_size, "block_size": block_size,
                   "freeze_last_k": freeze_last_k, "seed": seed, "val_fraction": val_fraction,
-                  "weight_decay": weight_decay, "grad_clip": grad_clip, "log_interval": log_interval})
+                  "weight_decay": weight_decay, "grad_clip": grad_clip, "log_interval": log_interval,
+                  "gradient_accumulation_steps": gradient_accumulation_steps})
+    accum = int(gradient_accumulation_steps)
+    distributed.micro_batches_per_rank(world, accum, "gradient-accumulation-steps")
+    if device != "cpu" and world.size > 1:
+        distributed.use_local_gpu(world)
     out = Path(out_dir)
-    if resume:
+    if resume and world.is_main:
         ckpt.recover_run(out)
     if not overwrite and not resume and out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty (it may hold a fine-tune); pass --resume to "
                           f"continue it, --overwrite to replace its checkpoints and log, or choose "
                           f"another --out (nothing was changed)")
+    world.barrier()  # every rank has looked at the folder (rank 0 repaired it) before any write
 
     if task not in TASKS or method not in METHODS:
         raise ConfigError(
@@ -184,6 +210,9 @@ def finetune(
             f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}"
         )
     lr = float(lr if lr is not None else (1e-3 if method == "lora" else 1e-4))
+    # mixed precision (minillm/amp.py): float32 master weights, bfloat16/float16 compute
+    amp = MixedPrecision(precision)  # a ConfigError for an unknown name
+    amp = amp if amp.enabled else None
     backend.manual_seed(seed)
     rng = np.random.default_rng(seed)
     base_path = resolve_checkpoint(base)
@@ -267,8 +296,10 @@ def finetune(
             acc, loss = classify_eval(net, val, batch_size, pad)
             return {"val_acc": acc, "val_loss": loss}
 
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.recover_run(out)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.recover_run(out)
+    world.barrier()
     run_cfg = dict(
         base=str(base_path.resolve()),
         data=str(data),
@@ -277,21 +308,26 @@ def finetune(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
+        gradient_accumulation_steps=accum,
         block_size=T,
         freeze_last_k=freeze_last_k,
         seed=seed,
         val_fraction=val_fraction,
         weight_decay=weight_decay,
         lora=lora_cfg and lora_cfg.to_dict(),
+        **({"precision": precision} if amp is not None else {}),
     )
 
     def training_state(epoch, metrics):
         return {"epoch": epoch, **metrics, "step": step, "optimizer_step": optimizer.step_count,
                 "rng": rng.bit_generator.state, "global_rng": backend.get_rng_state(),
-                "best": best, "before": before, "run": run_cfg}
+                "best": best, "before": before, "run": run_cfg,
+                **({"amp": amp.state_dict()} if amp is not None else {})}
 
     def save(directory, metrics, epoch):
         check_finite_weights(net, step, diverge_hint)  # never replace a checkpoint with NaN
+        if not world.is_main:  # (checked on every rank: the weights are the same everywhere)
+            return
         extra = {"task": task, "labels": labels, "epoch": epoch, **metrics}
         state = training_state(epoch, metrics)
         if method == "lora":
@@ -316,7 +352,8 @@ def finetune(
         key = "val_loss" if "val_loss" in m else "train_loss"
         return m[key] < best[key]
 
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    per_step = batch_size * accum  # examples per optimizer step, whatever the number of ranks
+    steps_per_epoch = math.ceil(len(train) / per_step)
     total = int(epochs) * steps_per_epoch
     warmup = max(1, total // 20)
     say(
@@ -349,27 +386,41 @@ def finetune(
             metrics = {k: state[k] for k in ("train_loss", "val_loss", "val_acc") if k in state}
             rng.bit_generator.state = state["rng"]
             backend.set_rng_state(state["global_rng"])
+            if amp is not None and "amp" in state:
+                amp.load_state_dict(state["amp"])  # the loss scale continues where it was
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{point / ckpt.STATE_FILE} is damaged ({type(e).__name__}: {e})") from None
-        _truncate_log(out / "log.jsonl", step)
+        if world.is_main:
+            _truncate_log(out / "log.jsonl", step)
         say(f"resuming {point} after epoch {first_epoch - 1} (step {step})")
-    else:
+    elif world.is_main:
         write_file(out / "log.jsonl", b"")
-    log = RunLog(out / "log.jsonl")
+    # every rank trains on the same data from the same checkpoint
+    distributed.check_same(world, "the data or the checkpoints to resume",
+                           distributed.fingerprint(len(train), len(val), step))
+    log = RunLog(out / "log.jsonl", enabled=world.is_main)
     if point is None:
         before = evaluate()
         log.write({"step": 0, "epoch": 0, **before})
         say(f"before fine-tuning: {_fmt(before)}")
     bar = tqdm(total=total, initial=step, desc=f"finetune {task}/{method}", unit="step",
-               disable=not progress_bar_on(progress), file=sys.stderr)
+               disable=not (world.is_main and progress_bar_on(progress)), file=sys.stderr)
+
+    def micro_batches(chunk, n_micro, step):
+        for j in world.my_micro_batches(n_micro):
+            backend.manual_seed(micro_batch_seeds(seed, step, j)[1])  # this micro-batch's dropout
+            yield batch([train[k] for k in chunk[j * batch_size : (j + 1) * batch_size]])
+
     try:
         for epoch in range(first_epoch, int(epochs) + 1):
             order = rng.permutation(len(train))
-            for i in range(0, len(order), batch_size):
-                x, y = batch([train[j] for j in order[i : i + batch_size]])
+            for i in range(0, len(order), per_step):
+                chunk = order[i : i + per_step]
+                n_micro = math.ceil(len(chunk) / batch_size)
                 lr_t = cosine_lr(step, lr, warmup, total, lr / 10)
                 t0 = time.perf_counter()
-                loss, norm = train_step(net, optimizer, [(x, y)], grad_clip, lr_t, loss_fn)
+                loss, norm = train_step(net, optimizer, micro_batches(chunk, n_micro, step), grad_clip,
+                                        lr_t, loss_fn, n_micro=n_micro, world=world, amp=amp)
                 check_finite({"loss": loss, "gradient norm": norm if grad_clip else 0.0},
                               step + 1, diverge_hint)
                 step_time += time.perf_counter() - t0

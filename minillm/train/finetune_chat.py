@@ -21,18 +21,20 @@ directory. OUT_DIR/log.jsonl holds the training log and OUT_DIR/summary.json the
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from minillm import backend
+from minillm import backend, distributed
 from minillm.errors import ConfigError
 from minillm.nn.lora import LoRAConfig, apply_lora, lora_layers
 from minillm.optim import AdamW, cosine_lr, gpt_param_groups
 from minillm.train import tasks
 from minillm.train.chat_data import chat_example, detect_task, load_chat, template_for
 from minillm.train.evaluate import evaluate_chat
+from minillm.train.safety import progress_bar_on
 from minillm.train.step import train_step
 
 
@@ -84,6 +86,9 @@ def finetune_chat(base, data, dtype=None, method="lora", rank=8, alpha=16.0, tar
 
     from minillm.checkpoints.peft import save_peft
 
+    if distributed.get_world().size > 1:  # N copies would write one folder: refuse
+        raise ConfigError("chat fine-tuning (--task chat) runs in one process; launch it without "
+                          "mpiexec (pretrain and SFT/classify fine-tuning run data-parallel)")
     if method not in ("lora", "full"):
         raise ConfigError(f"method must be 'lora' or 'full', got {method!r}")
     if int(epochs) < 1 or int(batch_size) < 1:
@@ -137,7 +142,8 @@ def finetune_chat(base, data, dtype=None, method="lora", rank=8, alpha=16.0, tar
         say("before: " + _fmt(before))
     log = open(out / "log.jsonl", "w", encoding="utf-8")
     step, seconds, recent = 0, 0.0, []
-    bar = tqdm(total=total, desc=f"finetune chat/{method}", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"finetune chat/{method}", unit="step", file=sys.stderr,
+               disable=not progress_bar_on(progress))  # a log file gets no bar frames
     try:
         _log(log, {"step": 0, **before})
         while step < total:

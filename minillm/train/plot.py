@@ -3,7 +3,11 @@
 import json
 from pathlib import Path
 
-from minillm.errors import DataError
+from minillm.errors import DataError, MinillmError
+
+
+class NoMatplotlib(MinillmError):
+    """matplotlib, the one package a plot needs, is missing (the ``plot`` extra)."""
 
 
 def read_log(path):
@@ -48,7 +52,8 @@ def plot_log(run_dir, out=None):
     try:
         import matplotlib
     except ImportError:
-        raise DataError("plotting needs matplotlib, which is not installed (pip install matplotlib)") from None
+        raise NoMatplotlib("plotting needs matplotlib, which is not installed: "
+                           "pip install 'minillm[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -224,6 +224,8 @@ def _swiglu(op, shape):
 # (N, O, K): K a multiple of the 32-weight block; N = 1, 3 run the fused rungs by default, N = 17
 # the GEMM rungs (qmatmul's GEMM_MIN_ROWS; tests/kernels/test_cpu_qmatmul.py checks it)
 QMATMUL = [(n, o, k) for n in (1, 3, 17) for o in (7, 33) for k in (64, 96)]
+# the row-group layout (kernels/quant.py GROUP rows side by side): rows a multiple of 32
+QMATMUL_GROUPED = [(n, 64, k) for n in (1, 3, 17) for k in (64, 96)]
 QFORMATS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)
 
 
@@ -238,17 +240,20 @@ def quant_weight(shape, qtype, seed=0):
     return Q.QuantWeight.from_float(w.astype(np.float32), qtype)
 
 
-def _qmatmul(op, shape, qtype):
+def _qmatmul(op, shape, qtype, grouped=False):
     def make(rng, dt):
         n, o, k = shape  # x (n, k) or dy (n, o), W (o, k)
         qw = quant_weight((o, k), qtype, 0 if op == "qmatmul_forward" else 1)
+        qw = qw.to_groups() if grouped else qw
         return _x(rng, (n, k if op == "qmatmul_forward" else o), dt, 1.0), qw
     return make
 
 
 def _qmatmul_cases(op):
-    return [(f"{Q.FORMATS[t].name}-{'x'.join(map(str, s))}", _qmatmul(op, s, t))
+    rows = [(f"{Q.FORMATS[t].name}-{'x'.join(map(str, s))}", _qmatmul(op, s, t))
             for t in QFORMATS for s in QMATMUL]
+    return rows + [(f"{Q.FORMATS[t].name}-{'x'.join(map(str, s))}-grouped",
+                    _qmatmul(op, s, t, grouped=True)) for t in QFORMATS for s in QMATMUL_GROUPED]
 
 
 # --------------------------------------------------------------------------- the table

@@ -70,7 +70,7 @@ def test_every_rung_equals_float64_math(op, qtype, dtype):
 
 def test_ladders_declare_defaults_and_refuse_other_formats(numba_mode):
     fwd, bwd = registry.ladder("qmatmul_forward"), registry.ladder("qmatmul_backward_input")
-    assert (fwd.default, fwd.also, fwd.versions) == (4, (5,), (1, 2, 3, 4, 5))
+    assert (fwd.default, fwd.also, fwd.versions) == (4, (6, 5), (1, 2, 3, 4, 5, 6))
     assert (bwd.default, bwd.also, bwd.versions) == (3, (2,), (1, 2, 3))
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.F16)
     x = np.ones((2, 32), np.float32)
@@ -96,12 +96,18 @@ def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
         (4, "default")
     assert registry.rung_for("qmatmul_forward", np.zeros((n - 1, 64), np.float32), qw) == \
         (5, f"v4: {few}")
+    grouped = Q.QuantWeight.from_float(weights((64, 64)), Q.Q8_0).to_groups()
+    assert registry.rung_for("qmatmul_forward", np.zeros((1, 64), np.float32), grouped) == \
+        (6, f"v4: {few}")  # decoding from the row groups the loader makes
+    assert registry.rung_for("qmatmul_forward", np.zeros((n, 64), np.float32), grouped) == \
+        (4, "default")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((n, 7), np.float32), qw) == \
         (3, "default")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((1, 7), np.float32), qw) == \
         (2, f"v3: {few}")
     rows = {r[0]: r for r in registry.describe(("cpu",))}
-    assert f"{n} rows or more, else v5, then the reference" in rows["qmatmul_forward"][4]
+    assert f"{n} rows or more, else v6, then v5, then the reference" in \
+        rows["qmatmul_forward"][4]
     assert f"{n} rows or more, else v2, then the reference" in rows["qmatmul_backward_input"][4]
     for N in (1, n - 1, n):  # what the registry runs on both sides of the rule is right
         x = np.random.default_rng(N).standard_normal((N, 64)).astype(np.float32)
@@ -183,3 +189,24 @@ def test_read_only_blocks_as_mapped_from_a_file():
     for version in registry.ladder("qmatmul_backward_input").versions:
         run = rung("qmatmul_backward_input", version).run
         np.testing.assert_array_equal(run(x[:, :33], ro), run(x[:, :33], qw))
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1], ids=lambda t: Q.FORMATS[t].name)
+def test_row_groups_hold_the_same_weights(qtype):
+    qw = Q.QuantWeight.from_float(weights((96, 64), 6), qtype)
+    g = qw.to_groups()
+    assert g.grouped and g.blocks.shape == qw.blocks.shape and g.nbytes == qw.nbytes
+    assert not np.array_equal(g.blocks, qw.blocks)  # a different order of the bytes
+    np.testing.assert_array_equal(g.to_rows().blocks, qw.blocks)
+    np.testing.assert_array_equal(g.row_blocks, qw.blocks)
+    np.testing.assert_array_equal(g.dequantize(), qw.dequantize())
+    idx = np.array([[0, 95], [31, 32]])  # rows at both ends of groups
+    np.testing.assert_array_equal(g.rows(idx), qw.dequantize()[idx])
+    assert g.to_groups() is g and qw.to_rows() is qw
+    odd = Q.QuantWeight.from_float(weights((33, 64), 6), qtype)
+    assert odd.to_groups() is odd  # rows not a multiple of GROUP stay in the row layout
+    with pytest.raises(ValueError, match="row groups"):
+        Q.QuantWeight(qtype, odd.shape, odd.blocks, grouped=True)
+    # one group's first block, by hand: the GROUP scales first, codes of all rows side by side
+    first = g.blocks.reshape(-1)[:2 * Q.GROUP].reshape(Q.GROUP, 2)
+    np.testing.assert_array_equal(first, qw.blocks[:Q.GROUP, :2])

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from minillm.kernels import cuda as K
@@ -49,6 +50,7 @@ FAST = [
     ("rmsnorm.cu", _mod("rmsnorm").DEFINES),
     ("rope.cu", _mod("rope").DEFINES),
     ("swiglu.cu", _mod("swiglu").DEFINES),
+    _mod("qmatmul").CONFIGS[1],  # Q4_0: nibbles and the centred code
 ]
 SLOW = [c for c in ALL if c not in FAST]
 LAUNCHER = {
@@ -62,6 +64,7 @@ LAUNCHER = {
     "rmsnorm.cu": _mod("rmsnorm"),
     "rope.cu": _mod("rope"),
     "swiglu.cu": _mod("swiglu"),
+    "qmatmul.cu": _mod("qmatmul"),
 }
 
 
@@ -180,3 +183,16 @@ def test_package_imports_without_cupy():
     )
     r = sp.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_qmatmul_ladder_is_declared_and_declines_host_inputs():
+    from minillm.kernels import quant, registry
+    from minillm.kernels.cuda import qmatmul as K
+
+    lads = registry.ladders("cuda")
+    for op in ("qmatmul_forward", "qmatmul_backward_input"):
+        assert lads[op].versions == (1, 2) and lads[op].default == 2 and lads[op].also == (1,)
+    qw = quant.QuantWeight.from_float(np.ones((5, 64), np.float32), "Q8_0")
+    x = np.ones((3, 64), np.float32)
+    assert K.fits_forward_v1(x, qw) == "not a CuPy array"  # host arrays run the reference
+    assert {c[1]["QM_TYPE"] for c in K.CONFIGS} == set(quant.MATMUL_TYPES)

@@ -177,6 +177,56 @@ def test_kv_cache_matches_full_forward_at_every_step(interleaved):
     np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
+@pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
+def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):
+    # without grad, one new token runs LlamaBlock.step (plain arrays); with grad on, the same
+    # token runs the Tensor ops: the logits must be the same numbers
+    from minillm.nn.quant import quantize_linears
+
+    m = make(seed=8, n_kv_head=kv_heads, n_embd=96, intermediate_size=64).eval()
+    if quantized:  # every matrix Q8_0 in row groups; q, k, v and gate, up fused for decoding
+        assert len(quantize_linears(m, "q8_0")) == 2 * 7
+        assert all(b.fuse_projections() for b in m.layers)
+        qkv = m.layers[0].fused_qkv
+        assert qkv.weight.shape == (96 + 2 * 16 * kv_heads, 96)
+        assert np.shares_memory(m.layers[0].self_attn.k_proj.weight.blocks, qkv.weight.blocks)
+    idx = np.random.default_rng(9).integers(0, 61, (2, 9))
+    calls = []
+    step = type(m.layers[0]).step
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return step(self, *a, **k)
+
+    fast_cache, slow_cache = m.new_kv_cache(2, max_len=12), m.new_kv_cache(2, max_len=12)
+    with M.no_grad():
+        m(idx[:, :5], kv_cache=fast_cache)
+    m(idx[:, :5], kv_cache=slow_cache)
+    type(m.layers[0]).step = counting
+    try:
+        for t in range(5, 9):
+            with M.no_grad():
+                fast = m(idx[:, t:t + 1], kv_cache=fast_cache)[0].data
+            slow = m(idx[:, t:t + 1], kv_cache=slow_cache)[0].data
+            np.testing.assert_array_equal(fast, slow)
+    finally:
+        type(m.layers[0]).step = step
+    assert len(calls) == 4 * 2  # every decoding step went through both blocks' step
+    np.testing.assert_array_equal(fast_cache.k[1], slow_cache.k[1])
+    if quantized:  # a LoRA wrapper in place of q_proj ends the fusion: the layers run alone
+        from minillm.nn.lora import apply_lora
+
+        apply_lora(m, rank=2, targets=("q_proj",))
+        assert not m.layers[0].fused_qkv.current(
+            (m.layers[0].self_attn.q_proj, m.layers[0].self_attn.k_proj,
+             m.layers[0].self_attn.v_proj))
+        with M.no_grad():
+            fast = m(idx[:, 8:9], kv_cache=fast_cache)[0].data
+        slow = m(idx[:, 8:9], kv_cache=slow_cache)[0].data
+        np.testing.assert_array_equal(fast, slow)
+
+
 def test_left_padding_with_positions_matches_each_row_alone():
     m = make(seed=6).eval()
     rng = np.random.default_rng(7)
