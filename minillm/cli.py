@@ -212,7 +212,8 @@ def run_finetune(args):
                  block_size=args.block_size, out_dir=args.out, freeze_last_k=args.freeze_last_k,
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
                  weight_decay=args.weight_decay, device=args.device,
-                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                 gradient_checkpointing=args.grad_checkpoint)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
     print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "
           f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")

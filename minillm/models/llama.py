@@ -112,7 +112,8 @@ class Llama(DecoderLM):
         x = self.embed_tokens(idx)  # (B, T, C)
         rope = self.rope_angles(pos, x.dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
         for i, block in enumerate(self.layers):
-            x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask, rope=rope)
+            x = self.run_block(block, x, kv_cache=kv_cache, layer=i,
+                               attention_mask=attention_mask, rope=rope)
         return x
 
     def final_norm(self, x):

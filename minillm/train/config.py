@@ -128,6 +128,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    gradient_checkpointing: bool = False  # recompute each block's activations in the backward
     # evaluation, logging, checkpoints
     eval_interval: int = 250
     eval_iters: int = 20

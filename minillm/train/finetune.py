@@ -147,6 +147,7 @@ def finetune(
     overwrite=False,
     resume=False,
     say=print,
+    gradient_checkpointing=False,
 ):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
@@ -155,7 +156,8 @@ def finetune(
 
     Exact resume: OUT_DIR/last holds, beside the adapter (or weights), the optimizer arrays and
     the state after its epoch (step, both random generators, best and last metrics); ``resume``
-    continues from it with the same settings and logs what an uninterrupted run logs."""
+    continues from it with the same settings and logs what an uninterrupted run logs.
+    ``gradient_checkpointing`` recomputes each block's activations in the backward pass."""
     from tqdm import tqdm
 
     from minillm.train.config import check_values
@@ -200,6 +202,7 @@ def finetune(
                 f"block_size {block_size} exceeds the base model's {gpt.config.block_size}"
             )
         gpt.crop_block_size(int(block_size))
+    gpt.gradient_checkpointing = bool(gradient_checkpointing)
     T, pad = gpt.config.block_size, tok.eos_id  # pad value is never seen: targets ignore it
 
     # data -> train / val examples
