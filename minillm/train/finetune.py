@@ -336,9 +336,13 @@ def finetune(
         say(f"no complete fine-tuning checkpoint in {out} yet; starting from the beginning")
     if point is not None:
         state = ckpt.read_json(point / ckpt.STATE_FILE)
-        if not isinstance(state, dict) or state.get("run") != json.loads(json.dumps(run_cfg)):
-            saved = state.get("run") if isinstance(state, dict) and isinstance(state.get("run"), dict) else {}
-            diff = sorted(k for k in set(saved) | set(run_cfg) if saved.get(k) != json.loads(json.dumps(run_cfg)).get(k))
+        # the base may have moved (--base names its new place): the adapter's fingerprint, not
+        # the path, says whether it is the same base (load_adapter checks it)
+        now = {k: v for k, v in json.loads(json.dumps(run_cfg)).items() if k != "base"}
+        saved_run = state.get("run") if isinstance(state, dict) else None
+        if not isinstance(saved_run, dict) or {k: v for k, v in saved_run.items() if k != "base"} != now:
+            saved = saved_run if isinstance(saved_run, dict) else {}
+            diff = sorted(k for k in set(saved) | set(now) if k != "base" and saved.get(k) != now.get(k))
             raise ConfigError(f"{point} was trained with other settings ({', '.join(diff) or 'unknown'}); "
                               f"resume with the same options, or pass --overwrite to start afresh")
         if method == "lora":
