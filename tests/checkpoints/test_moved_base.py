@@ -127,3 +127,28 @@ def test_finetune_resume_with_moved_base(tmp_path):
     with pytest.raises(CheckpointError, match="other base weights"):
         finetune(tmp_path / "other", data, out_dir=tmp_path / "run", resume=True,
                  say=lambda *a: None, **opts)
+
+
+# ----------------------------------------------------------------------------- export --merge
+@pytest.mark.parametrize("fmt,dtype", [("gguf", "stored"), ("gguf", "float32"), ("hf", None)])
+def test_export_merge_gives_base_plus_adapter_logits(peft_run, tmp_path, fmt, dtype):
+    """The adapter over a quantized base, merged and written as GGUF (adapted layers float32,
+    the others in their blocks, or everything float32) or HF: the file loads and gives the
+    logits of base + adapter, to float32 rounding."""
+    adapter, new, ref = peft_run
+    out = tmp_path / ("merged.gguf" if fmt == "gguf" else "merged_hf")
+    argv = ["export", "--ckpt", str(adapter), "--base", str(new), "--out", str(out),
+            "--format", fmt] + (["--dtype", dtype] if dtype else [])
+    assert main(argv[:3] + argv[5:]) == 2  # the base moved: without --base, one sentence
+    assert main(argv) == 2  # an adapter on a quantized base needs --merge
+    assert main(argv + ["--merge"]) == 0
+    model, _ = M.load(out)
+    assert not lora_layers(model)
+    np.testing.assert_allclose(model(X)[0].data, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_export_merge_requires_an_adapter(tmp_path, capsys):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    assert main(["export", "--ckpt", str(path), "--merge", "--out", str(tmp_path / "o")]) == 2
+    assert "is none" in capsys.readouterr().err
