@@ -49,6 +49,10 @@ def chat_finetune_hook(args):
     source = source or args.base
     if args.model and args.ckpt:
         raise ConfigError("pass either --model or --ckpt, not both")
+    if args.resume:
+        raise ConfigError("--resume continues a checkpoint fine-tune (sft or classify data); "
+                          "a chat fine-tune saves its adapter at the end and starts afresh "
+                          "(nothing was changed)")
     from minillm.train.finetune_chat import finetune_chat
 
     s = finetune_chat(source, args.data, dtype=args.dtype, method=args.method, rank=args.rank,
