@@ -146,6 +146,12 @@ def add_export(sub):
     p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
                    help="GGUF weights: as the model holds them (default; quantized blocks "
                         "unchanged), float32, or q8_0")
+    p.add_argument("--merge", action="store_true",
+                   help="--ckpt is a LoRA adapter (or its run): write its base with the update "
+                        "merged into the weights (adapted layers of a quantized base become "
+                        "float32, or q8_0 with --dtype q8_0)")
+    p.add_argument("--base", metavar="PATH_OR_NAME", default=None,
+                   help="with --merge: the adapter's base, when it has moved")
     p.set_defaults(run=run_export)
 
 
@@ -156,16 +162,28 @@ def run_export(args):
     from minillm.checkpoints.hf_gpt2 import MINILLM_TOKENIZER_DIR, export_hf
     from minillm.checkpoints.hf_llama import export_hf_llama
     from minillm.checkpoints.llama import export_gguf
+    from minillm.checkpoints.loader import is_adapter
     from minillm.models.llama import Llama
+    from minillm.nn.lora import lora_layers, merge_lora
     from minillm.nn.quant import named_quant_weights
 
     if args.dtype and args.format != "gguf":
         raise MinillmError("--dtype chooses the weights of a GGUF file (--format gguf); a "
                            "Hugging Face export is always float32.")
-    model, tokenizer = load(args.ckpt or args.model)
+    adapter = args.ckpt is not None and is_adapter(args.ckpt)
+    if (args.merge or args.base) and not adapter:
+        raise MinillmError(f"--merge and --base take a LoRA adapter (or a run holding one) as "
+                           f"--ckpt; {args.ckpt or args.model} is none.")
+    model, tokenizer = load(args.ckpt or args.model, **({"base": args.base} if args.base else {}))
+    if adapter:  # a float base comes back merged; a quantized one keeps its blocks until now
+        if not args.merge and any(not m.merged for _, m in lora_layers(model)):
+            raise MinillmError(f"{args.ckpt} is a LoRA adapter on a quantized base: pass --merge "
+                               f"to write the base with the update merged into the weights.")
+        merge_lora(model)
     # parameters, counting the weights quantized layers hold (they are not Parameters)
     count = model.num_parameters() + sum(w.shape[0] * w.shape[1]
                                          for _, w in named_quant_weights(model))
+    count -= sum(m.lora_A.numel() + m.lora_B.numel() for _, m in lora_layers(model))  # merged in
     if not isinstance(model, Llama):
         if args.format == "gguf":
             raise MinillmError("GGUF export is for Llama models; export this GPT with "
@@ -227,7 +245,8 @@ def run_finetune(args):
                  seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
                  weight_decay=args.weight_decay, device=args.device, precision=args.precision,
                  overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
-                 gradient_accumulation_steps=args.gradient_accumulation_steps)
+                 gradient_accumulation_steps=args.gradient_accumulation_steps,
+                 gradient_checkpointing=args.grad_checkpoint)
     best = ", ".join(f"{k} {v:.4f}" for k, v in (s["best"] or {}).items())
     print(f"done: {s['steps']} steps, {s['sec_per_step'] * 1000:.1f} ms/step; best: {best}; "
           f"checkpoints in {s['out_dir']}/best and {s['out_dir']}/last")

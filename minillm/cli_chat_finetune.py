@@ -26,6 +26,9 @@ def add_chat_finetune_flags(p):
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--max-new-tokens", type=int, default=24,
                    help="reply length for --eval (default: %(default)s)")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each block's activations in the backward pass: less memory "
+                        "(longer sequences fit), about a third more compute")
 
 
 def chat_finetune_hook(args):
@@ -46,6 +49,10 @@ def chat_finetune_hook(args):
     source = source or args.base
     if args.model and args.ckpt:
         raise ConfigError("pass either --model or --ckpt, not both")
+    if args.resume:
+        raise ConfigError("--resume continues a checkpoint fine-tune (sft or classify data); "
+                          "a chat fine-tune saves its adapter at the end and starts afresh "
+                          "(nothing was changed)")
     from minillm.train.finetune_chat import finetune_chat
 
     s = finetune_chat(source, args.data, dtype=args.dtype, method=args.method, rank=args.rank,
@@ -54,8 +61,10 @@ def chat_finetune_hook(args):
                       out_dir=args.out, seed=args.seed, weight_decay=args.weight_decay,
                       eval_data=args.eval, max_new_tokens=args.max_new_tokens,
                       max_steps=args.max_steps, device=args.device,
-                      progress=not args.no_progress)
-    print(f"done: {s['steps']} steps in {s['train_seconds']:.0f} s; saved {s['saved']}")
+                      progress=not args.no_progress,
+                      gradient_checkpointing=args.grad_checkpoint)
+    rss = f", peak RSS {s['peak_rss_mib']:.0f} MiB" if s["peak_rss_mib"] else ""
+    print(f"done: {s['steps']} steps in {s['train_seconds']:.0f} s{rss}; saved {s['saved']}")
     for key in ("before", "after"):
         if s[key]:
             print(f"{key}: held-out accuracy {100 * s[key]['heldout_accuracy']:.0f}%, "

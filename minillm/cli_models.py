@@ -1,4 +1,4 @@
-"""The model flags every command that loads a model shares (--ckpt | --model, --dtype,
+"""The model flags every command that loads a model shares (--ckpt | --model, --dtype, --base,
 --no-verify), and the load they lead to; used by minillm.cli and its chat fine-tuning part."""
 
 from minillm.errors import MinillmError
@@ -15,6 +15,10 @@ def add_model_flags(p, default_model=None):
     p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
                    help="GGUF weights in memory: as the file stores them (default), float32, "
                         "or requantized to q8_0")
+    p.add_argument("--base", metavar="PATH_OR_NAME", default=None,
+                   help="with --ckpt LORA_RUN: the adapter's base model (a path or a built-in "
+                        "name), for a run whose base has moved; it must be the base the adapter "
+                        "was trained on (checked by fingerprint)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of a minillm checkpoint's weights (huge files)")
     p.set_defaults(default_model=default_model)
@@ -32,6 +36,8 @@ def load_for_sampling(args):
 
     source = model_source(args)
     options = {"dtype": args.dtype} if args.dtype else {}
+    if getattr(args, "base", None):
+        options["base"] = args.base
     model, tokenizer = load(source, device=args.device, verify=not args.no_verify, **options)
     if tokenizer is None:
         raise MinillmError(f"{source} holds no tokenizer, so its text cannot be encoded; save "

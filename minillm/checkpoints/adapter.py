@@ -138,7 +138,8 @@ def resolve_base(directory, cfg):
         raise CheckpointError(f"adapter {directory} names base {base}, which is not a checkpoint directory")
     if not base.exists():
         raise CheckpointError(
-            f"adapter {directory} names base checkpoint {base}, which does not exist"
+            f"adapter {directory} names base checkpoint {base}, which does not exist; pass "
+            f"--base PATH with that base's new place"
         )
     return base
 

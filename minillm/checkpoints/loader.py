@@ -14,6 +14,9 @@ What it reads, in the order it decides:
     "smollm2"             a name without a slash that is not an existing path: a built-in model,
                           which minillm.checkpoints.builtin resolves to a local path
 
+``base=PATH_OR_NAME`` loads an adapter (either layout) onto that base instead of the one it
+names, for a run whose base has moved; the adapter's base fingerprint still has to match.
+
 ``GPT.from_pretrained`` reads through this function too (registered in minillm.models.pretrained).
 """
 
@@ -31,15 +34,19 @@ ACCEPTED = ("a minillm run or checkpoint directory, a LoRA fine-tune run, a Hugg
             "or Llama directory, a .gguf file or a built-in model name")
 
 
-def load(path_or_name, device="cpu", dropout=None, verify=True, **options):
+def load(path_or_name, device="cpu", dropout=None, verify=True, base=None, **options):
     """(model in eval mode, tokenizer) for a run, checkpoint, adapter, HF GPT-2 directory, GGUF
     file or built-in name (see the module docstring).
 
     ``device``: "cpu" or "cuda". ``dropout``: None keeps the file's; a number overrides it (for
     fine-tuning; eval mode ignores it). ``verify``: check a minillm checkpoint's weights against
-    its checksums.json (False skips it for huge files). ``options``: passed on to the GGUF reader. The tokenizer
+    its checksums.json (False skips it for huge files). ``base``: the base of a LoRA adapter, in
+    place of the one it names. ``options``: passed on to the GGUF reader. The tokenizer
     is None for a minillm checkpoint saved without one (``minillm.save(model, dir)``).
     """
+    if base is not None and not is_adapter(path_or_name):
+        raise ConfigError(f"--base names the base of a LoRA adapter, and {path_or_name} is not "
+                          f"an adapter (or a run holding one)")
     text = os.fspath(path_or_name)
     path = Path(text)
     if not path.exists() and "/" not in text and os.sep not in text:
@@ -62,14 +69,24 @@ def load(path_or_name, device="cpu", dropout=None, verify=True, **options):
         raise CheckpointError(f"{path} holds no checkpoint (no {run.MODEL_FILE}, "
                               f"{adapter.ADAPTER_CONFIG}, best/ or last/); pass {ACCEPTED}")
     if peft.is_peft_dir(ckpt):  # a LoRA adapter in PEFT's layout: its base, then the adapter
-        return load_peft(ckpt, device=device)
+        return load_peft(ckpt, device=device, base=base)
     if adapter.is_adapter_dir(ckpt):
-        return _load_with_adapter(ckpt, device=device, dropout=dropout)
+        return _load_with_adapter(ckpt, device=device, dropout=dropout, base=base)
     cfg = run.load_config(ckpt)
     if isinstance(cfg, dict) and cfg.get("task") == "classify":
         raise CheckpointError(f"{ckpt} is a classification checkpoint; use `minillm classify`")
     model, _ = run.load_model(ckpt, device=device, dropout=dropout, verify=verify)
     return model.eval(), run.load_tokenizer(ckpt)
+
+
+def is_adapter(path_or_name):
+    """Whether ``path_or_name`` is a LoRA adapter directory (either layout) or a run holding
+    one, so that it takes a ``base``."""
+    path = Path(os.fspath(path_or_name))
+    if not path.is_dir() or hf_llama.is_hf_llama_dir(path) or hf_gpt2.is_hf_gpt2_dir(path):
+        return False
+    ckpt = run.resolve_checkpoint(path)
+    return ckpt is not None and (peft.is_peft_dir(ckpt) or adapter.is_adapter_dir(ckpt))
 
 
 def _missing(path, why=""):
@@ -80,12 +97,14 @@ def _missing(path, why=""):
             f"--local-dir {path}`)")
 
 
-def _load_with_adapter(directory, device="cpu", dropout=None):
-    """Base model and tokenizer, then the LoRA adapter in ``directory``, merged for speed."""
+def _load_with_adapter(directory, device="cpu", dropout=None, base=None):
+    """Base model and tokenizer (``base``, else the one the adapter names), then the LoRA
+    adapter in ``directory``, merged for speed."""
     cfg = adapter.read_adapter_config(directory)
     if cfg.get("task", "sft") == "classify":
         raise CheckpointError(f"{directory} is a classification adapter; use `minillm classify`")
-    model, tokenizer = load(adapter.resolve_base(directory, cfg), device=device, dropout=dropout)
+    ref = base if base is not None else adapter.resolve_base(directory, cfg)
+    model, tokenizer = load(ref, device=device, dropout=dropout)
     adapter.load_adapter(model, directory)
     merge_lora(model)
     return model.eval(), tokenizer
@@ -105,13 +124,18 @@ def load_peft(directory, device="cpu", base=None, merge=True):
     own = cfg.get("minillm", {})
     ref = base or own.get("base") or cfg.get("base_model_name_or_path")
     if not ref:
-        raise CheckpointError(f"adapter {directory} names no base model; pass one")
+        raise CheckpointError(f"adapter {directory} names no base model; pass --base "
+                              f"PATH_OR_NAME")
+    if base is None and _is_path(ref) and not Path(ref).exists():
+        raise CheckpointError(f"adapter {directory} was trained on the base {ref}, which is not "
+                              f"there any more; pass --base PATH_OR_NAME with that base's new "
+                              f"place")
     options = {"dtype": own["base_dtype"]} if own.get("base_dtype") else {}
     try:
         model, tokenizer = load(ref, device=device, **options)
     except CheckpointError as e:
         raise CheckpointError(f"adapter {directory}: cannot load its base {ref}: {e}") from None
-    peft.load_peft_into(model, directory)
+    peft.load_peft_into(model, directory, base_given=base is not None)
     if merge:
         for _, m in lora_layers(model):
             if m.quant_base is None:
@@ -140,6 +164,10 @@ def save_pretrained(model, directory, tokenizer=None, hf_format=None):
                                   *tok_files})
     run.save(directory, model, tokenizer=tokenizer)
     return sorted({run.MODEL_FILE, run.CONFIG_FILE, run.SUMS_FILE, *tok_files})
+
+
+def _is_path(ref):
+    return "/" in ref or os.sep in ref or ref.endswith(".gguf")
 
 
 pretrained.register_loader(load)

@@ -123,9 +123,11 @@ def read_peft_config(directory):
     return cfg
 
 
-def load_peft_into(model, directory):
+def load_peft_into(model, directory, base_given=False):
     """Apply the PEFT adapter in ``directory`` to ``model`` (its base, loaded) and load its
-    tensors; checks names, shapes and (when recorded) the base fingerprint. Returns the config."""
+    tensors; checks names, shapes and (when recorded) the base fingerprint. ``base_given``: the
+    base came from the user (--base), which the message on a wrong base then names. Returns the
+    config."""
     directory = Path(directory)
     cfg = read_peft_config(directory)
     own = cfg.get("minillm", {})
@@ -148,8 +150,9 @@ def load_peft_into(model, directory):
                               f"{lacking[0]}")
     fp = own.get("base_fingerprint")
     if fp and base_fingerprint(model, exclude=set(tensors)) != fp:
+        given = "those of the base passed with --base" if base_given else "this model's"
         raise CheckpointError(f"adapter {directory} was trained on other base weights than "
-                              f"this model's (base was {own.get('base')})")
+                              f"{given} (its base: {own.get('base')}, fingerprint {fp[:12]})")
     for name, arr in tensors.items():
         p = params[name]
         p.data = backend.to_device(arr.astype(p.dtype, copy=True), backend.device_of(p.data))

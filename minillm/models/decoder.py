@@ -10,20 +10,36 @@ A subclass builds its layers and defines three steps of the forward pass:
 
 and ``DecoderLM.forward`` does the rest: checks the input, finds the positions, advances the KV
 cache, keeps only the last position when sampling, and computes the loss.
+
+Two switches trade compute for memory in training (both off by default; the results are the
+same to rounding):
+
+    model.gradient_checkpointing = True   each block's activations are recomputed in the
+                                          backward (``run_block``, minillm.nn.checkpoint)
+    model.chunked_loss = True             with targets, the head and the cross-entropy run as one
+                                          op a chunk of rows at a time, on the counted rows only
+                                          (minillm.ops.chunked_ce); forward then returns
+                                          (None, loss): the full logits are never built
 """
 
 import numpy as np
 
 from minillm import backend
 from minillm import functional as F
+from minillm.autograd import is_grad_enabled
 from minillm.errors import ConfigError
 from minillm.models import generation, pretrained
-from minillm.nn import Module
+from minillm.nn import Linear, Module
+from minillm.nn.checkpoint import checkpoint
+from minillm.nn.quant import QuantLinear
+from minillm.ops.chunked_ce import linear_cross_entropy
 from minillm.tensor import Tensor
 
 
 class DecoderLM(Module):
     kind = "decoder"  # the model family's name in messages: "GPT", "Llama"
+    gradient_checkpointing = False
+    chunked_loss = False
 
     def forward(self, idx, targets=None, kv_cache=None, attention_mask=None, position_ids=None,
                 ignore_index=-100, last_only=False, return_hidden=False):
@@ -62,6 +78,10 @@ class DecoderLM(Module):
         x = self.final_norm(x)
         if return_hidden:
             return x  # (B, T, C)
+        if targets is not None and self.chunked_loss:
+            w = self.loss_head_weight()
+            if w is not None:  # the (B, T, V) logits are never built
+                return None, linear_cross_entropy(x, w, targets, ignore_index=ignore_index)
         logits = self.head(x)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -118,6 +138,24 @@ class DecoderLM(Module):
         if pad_token_id is not None:
             options["pad_token_id"] = pad_token_id
         return generation.generate(self, input_ids, **options)
+
+    def run_block(self, block, x, **kw):
+        """block(x, **kw), with its activations recomputed in the backward when
+        ``gradient_checkpointing`` is on (training with a graph, no KV cache)."""
+        if (self.gradient_checkpointing and self.training and is_grad_enabled()
+                and kw.get("kv_cache") is None):
+            return checkpoint(lambda t: block(t, **kw), x, block.parameters())
+        return block(x, **kw)
+
+    def loss_head_weight(self):
+        """The head's (V, C) matrix for the chunked loss: a Tensor or a QuantWeight; None when
+        the head is another kind of layer (a bias, an adapter), which runs unfused."""
+        lm_head = self._modules.get("lm_head")
+        if lm_head is None:
+            return self.lm_head_weight
+        if type(lm_head) in (Linear, QuantLinear) and lm_head.bias is None:
+            return lm_head.weight
+        return None
 
     def flops_per_token(self, T=None):
         """Training FLOPs per token, forward + backward (PaLM appendix B): 6 N for the weight

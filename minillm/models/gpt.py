@@ -93,7 +93,8 @@ class GPT(DecoderLM):
         ``GPT.forward`` (DecoderLM's) explains the arguments."""
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.h):
-            x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask)
+            x = self.run_block(block, x, kv_cache=kv_cache, layer=i,
+                               attention_mask=attention_mask)
         return x
 
     def final_norm(self, x):

@@ -126,7 +126,8 @@ class Llama(DecoderLM):
                 h = block.step(h, kv_cache, i, rope)
             return Tensor(h)
         for i, block in enumerate(self.layers):
-            x = block(x, kv_cache=kv_cache, layer=i, attention_mask=attention_mask, rope=rope)
+            x = self.run_block(block, x, kv_cache=kv_cache, layer=i,
+                               attention_mask=attention_mask, rope=rope)
         return x
 
     def final_norm(self, x):

@@ -34,6 +34,9 @@ def add_serve(sub):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR",
                    help="a LoRA adapter folder, served as one more model id (repeatable)")
+    p.add_argument("--base", metavar="PATH_OR_NAME", default=None,
+                   help="the base model of the LoRA adapters served (--ckpt or --adapter), for "
+                        "runs whose base has moved (checked by fingerprint)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: 8000)")
     p.add_argument("--api-key", default=None,
@@ -94,6 +97,7 @@ def run_serve(args):
         raise MinillmError("minillm serve needs starlette and uvicorn: "
                            "pip install 'minillm[serve]'.") from None
     from minillm.checkpoints.builtin import DEFAULT_CHAT_MODEL
+    from minillm.checkpoints.loader import is_adapter
     from minillm.serve.app import create_app, served_model
 
     check_bind(args.host, args.api_key, args.insecure)
@@ -108,11 +112,16 @@ def run_serve(args):
     if len(set(names)) != len(names):
         raise MinillmError(f"two models would have one id ({', '.join(names)}); give the "
                            f"adapter folders distinct names.")
+    if args.base and not any(is_adapter(p) for _, p in sources):
+        raise MinillmError("--base names the base of a LoRA adapter, and no served model "
+                           "(--ckpt, --adapter) is one.")
     served = []
     for model_id, path in sources:
         options = {"device": args.device}
         if args.dtype and path == source:  # GGUF weights of the served model (not adapters)
             options["dtype"] = args.dtype
+        if args.base and is_adapter(path):
+            options["base"] = args.base
         model, tokenizer = load_model(path, **options)
         served.append(served_model(model_id, model, tokenizer, max_batch=args.max_batch,
                                    queue_size=args.queue))

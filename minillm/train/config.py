@@ -133,6 +133,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    gradient_checkpointing: bool = False  # recompute each block's activations in the backward
     # evaluation, logging, checkpoints
     eval_interval: int = 250
     eval_iters: int = 20
@@ -236,6 +237,8 @@ HELP = {
         "bias": "biases in Linear and LayerNorm layers",
         "tie_word_embeddings": "the LM head shares the token embedding matrix",
         "initializer_range": "standard deviation of the initial weights",
+        "gradient_checkpointing": "recompute each block's activations in the backward pass "
+                                  "(less memory, about a third more compute)",
         "batch_size": "sequences per micro-batch",
         "gradient_accumulation_steps": "micro-batches per optimizer step; under mpiexec -n N "
                                        "a multiple of N, split among the ranks",

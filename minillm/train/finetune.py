@@ -158,6 +158,7 @@ def finetune(
     say=print,
     gradient_accumulation_steps=1,
     precision="float32",
+    gradient_checkpointing=False,
 ):
     """Fine-tune the checkpoint ``base`` on the JSONL file ``data``; returns a summary dict
     (metric before and after, best, trainable/total parameters, seconds per step, paths).
@@ -171,7 +172,8 @@ def finetune(
 
     ``precision`` "bfloat16" or "float16" trains in mixed precision (minillm/amp.py: float32
     master weights and optimizer state, the forward and backward in the low precision, loss
-    scaling for float16, its state kept in the checkpoint)."""
+    scaling for float16, its state kept in the checkpoint). ``gradient_checkpointing``
+    recomputes each block's activations in the backward pass."""
     options = {k: v for k, v in locals().items() if k != "say"}  # the arguments, for check_same
     from tqdm import tqdm
 
@@ -229,6 +231,7 @@ def finetune(
                 f"block_size {block_size} exceeds the base model's {gpt.config.block_size}"
             )
         gpt.crop_block_size(int(block_size))
+    gpt.gradient_checkpointing = bool(gradient_checkpointing)
     T, pad = gpt.config.block_size, tok.eos_id  # pad value is never seen: targets ignore it
 
     # data -> train / val examples
@@ -370,9 +373,13 @@ def finetune(
         say(f"no complete fine-tuning checkpoint in {out} yet; starting from the beginning")
     if point is not None:
         state = ckpt.read_json(point / ckpt.STATE_FILE)
-        if not isinstance(state, dict) or state.get("run") != json.loads(json.dumps(run_cfg)):
-            saved = state.get("run") if isinstance(state, dict) and isinstance(state.get("run"), dict) else {}
-            diff = sorted(k for k in set(saved) | set(run_cfg) if saved.get(k) != json.loads(json.dumps(run_cfg)).get(k))
+        # the base may have moved (--base names its new place): the adapter's fingerprint, not
+        # the path, says whether it is the same base (load_adapter checks it)
+        now = {k: v for k, v in json.loads(json.dumps(run_cfg)).items() if k != "base"}
+        saved_run = state.get("run") if isinstance(state, dict) else None
+        if not isinstance(saved_run, dict) or {k: v for k, v in saved_run.items() if k != "base"} != now:
+            saved = saved_run if isinstance(saved_run, dict) else {}
+            diff = sorted(k for k in set(saved) | set(now) if k != "base" and saved.get(k) != now.get(k))
             raise ConfigError(f"{point} was trained with other settings ({', '.join(diff) or 'unknown'}); "
                               f"resume with the same options, or pass --overwrite to start afresh")
         if method == "lora":

@@ -112,6 +112,7 @@ def build_model(cfg, vocab_size):
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                           tie_word_embeddings=cfg.tie_word_embeddings,
                           initializer_range=cfg.initializer_range))
+    model.gradient_checkpointing = cfg.gradient_checkpointing
     if cfg.dtype == "float64":
         model.to(dtype=np.float64)
     if cfg.device != "cpu":

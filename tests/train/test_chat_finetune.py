@@ -56,6 +56,25 @@ def test_finetune_chat_quant_base_cli_and_adapter(tmp_path, capsys):
     assert "held-out accuracy" in capsys.readouterr().out
 
 
+def test_grad_checkpoint_run_logs_the_same_losses(tmp_path):
+    """--grad-checkpoint changes memory, not the numbers: the same training losses (to float32
+    rounding) and the peak RSS in the summary."""
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf)
+    make_chat_demo(tmp_path / "d")
+    logs = []
+    for ckpt in (False, True):
+        out = tmp_path / f"o{int(ckpt)}"
+        s = finetune_chat(gguf, tmp_path / "d" / "train.jsonl", dtype="stored", rank=4,
+                          batch_size=8, max_steps=4, log_interval=1, out_dir=out,
+                          progress=False, say=lambda *a: None, gradient_checkpointing=ckpt)
+        assert s["gradient_checkpointing"] is ckpt and s["peak_rss_mib"] > 0
+        logs.append([json.loads(ln)["train_loss"] for ln in open(out / "log.jsonl")
+                     if "train_loss" in ln])
+    assert len(logs[0]) == 4
+    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-5)
+
+
 def test_full_finetune_needs_float_base(tmp_path):
     from minillm.errors import ConfigError
 
