@@ -101,6 +101,7 @@ class TemplateChat:
     """
 
     ROLE = "assistant"  # the speaker label of the replies
+    FORMAT = "its chat template"  # how the conversation reaches the model, in words
     TRIM_LEFT = False  # whether a prompt too long for the context may lose its beginning
 
     def __init__(self, model, tokenizer, render, stop_ids, system=None, **options):
@@ -260,6 +261,8 @@ class SFTChat(TemplateChat):
     one after another; the new message ends at ``RESPONSE:\\n`` and the reply at eos. A system
     prompt, which SFT data has no place for, goes first as a line of plain text."""
 
+    FORMAT = "its SFT template (PROMPT: ... RESPONSE: ...)"
+
     def __init__(self, model, tokenizer, system=None, **options):
         super().__init__(model, tokenizer, None, [tokenizer.eos_id], system=system, **options)
 
@@ -283,11 +286,12 @@ class TranscriptChat(TemplateChat):
         Assistant: <reply>
         User: ...
 
-    The reply is the continuation after "Assistant:", without its leading whitespace; it ends at
+    The reply is the continuation after "Assistant:", without surrounding whitespace; it ends at
     "\\nUser:" (the model starting the user's next line), at eos or after ``max_new_tokens``. A
     single turn too long for the context loses the transcript's beginning."""
 
     TRIM_LEFT = True
+    FORMAT = "a User: / Assistant: transcript"
 
     def __init__(self, model, tokenizer, system=None, **options):
         stop = options.pop("stop", None)
@@ -306,14 +310,19 @@ class TranscriptChat(TemplateChat):
         return self.render_transcript(self.conversation())
 
     def send(self, message):
-        pieces, started = super().send(message), False
+        """The reply without its leading and trailing whitespace (held back until more text
+        follows), so the text shown is the text that joins the transcript."""
+        pieces, started, held = super().send(message), False, ""
         try:
             for piece in pieces:
-                if not started:  # hold back the leading whitespace
+                if not started:
                     piece = piece.lstrip()
                     started = bool(piece)
-                if piece:
-                    yield piece
+                text = held + piece
+                body = text.rstrip()
+                held = text[len(body):]
+                if body:
+                    yield body
         finally:
             pieces.close()  # closed early: the turn joins the conversation now, not at gc
 

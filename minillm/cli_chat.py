@@ -171,7 +171,7 @@ def run_chat(args, options):
     label = sys.stdout.isatty()
     save_history = _start_readline() if interactive else None
     if interactive:
-        print(f"chatting with {model_source(args)} ({type(chat).__name__}); /help for commands, "
+        print(f"chatting with {model_source(args)} through {chat.FORMAT}; /help for commands, "
               f"Ctrl-C stops a reply, Ctrl-D ends")
     try:
         for line in _lines(interactive):
