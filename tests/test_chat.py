@@ -249,3 +249,13 @@ def test_changing_the_system_prompt_and_saving_the_conversation(model_tok, tmp_p
     from minillm.train.chat_data import read_chat  # the file is chat fine-tuning data as it is
 
     assert read_chat(tmp_path / "talk.jsonl")[0][1] == json.loads(lines[0])["messages"]
+
+
+def test_a_lora_run_is_told_by_its_adapter_config(tmp_path):
+    """A LoRA fine-tune saves adapter_config.json with its task (no task: an SFT adapter)."""
+    base = {"rank": 4, "alpha": 8, "targets": ["c_attn"], "base": "../base", "base_fingerprint": "x"}
+    for task, want in (({"task": "sft"}, "sft"), ({}, "sft"), ({"task": "classify"}, "classify")):
+        d = tmp_path / f"lora_{want}_{len(task)}" / "best"
+        d.mkdir(parents=True)
+        (d / "adapter_config.json").write_text(json.dumps({**base, **task}), encoding="utf-8")
+        assert checkpoint_task(d.parent) == want
