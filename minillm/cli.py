@@ -19,7 +19,7 @@ from minillm.cli_chat_finetune import (
     chat_demo_hook,
     chat_finetune_hook,
 )
-from minillm.cli_models import add_model_flags, load_for_sampling, model_source
+from minillm.cli_models import add_model_flags, load_for_sampling
 from minillm.errors import MinillmError
 from minillm.serve.cli import add_serve  # the server's flags live with it
 
@@ -363,67 +363,11 @@ def run_sample(args):
 
 
 def add_chat(sub):
-    p = sub.add_parser(
-        "chat", help="talk with a model (the built-in SmolLM2-135M-Instruct by default)",
-        description="Chat with a model. A model with a chat template (instruction-tuned GGUF "
-                    "models such as the built-in one) is prompted through it, and the "
-                    "conversation stays in the KV cache between turns; other models through a "
-                    "plain transcript (User: ... / Assistant: ...). Replies stream as they come. "
-                    "Standard input may be a pipe: one message per line. Type /help for "
-                    "commands; /quit or Ctrl-D ends.")
+    from minillm import cli_chat  # the chat command's own flags, session and slash commands
+
+    p = cli_chat.add_chat(sub)
     _add_sampling_flags(p, max_new_tokens=512, default_model="smollm2-135m-instruct")
-    p.add_argument("--system", default=None, help="system prompt (models with a chat template)")
-    p.set_defaults(run=run_chat)
-
-
-def _new_chat(args, model, tokenizer):
-    from minillm.chat import TemplateChat
-    from minillm.sample import Chat
-
-    opts = _sampling_options(args)
-    if getattr(tokenizer, "chat_template", None):
-        del opts["use_cache"]  # the template chat always keeps its cache
-        return TemplateChat.for_model(model, tokenizer, system=args.system, seed=args.seed,
-                                      **opts)
-    if args.system:
-        raise MinillmError(f"{model_source(args)} has no chat template, so it takes no "
-                           f"--system prompt.")
-    return Chat(model, tokenizer, seed=args.seed, **opts)
-
-
-def run_chat(args):
-    from minillm.sample import CHAT_HELP
-
-    model, tokenizer = load_for_sampling(args)
-    chat = _new_chat(args, model, tokenizer)
-    tty = sys.stdin.isatty()
-    if tty:
-        print(f"chatting with {model_source(args)}; {CHAT_HELP}")
-    while True:
-        if tty:
-            print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:  # EOF (Ctrl-D, or the end of a pipe)
-            if tty:
-                print()
-            return
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            text, going = chat.command(line)
-            if text:
-                print(text)
-            if not going:
-                return
-            continue
-        try:
-            for piece in chat.send(line):
-                print(piece, end="", flush=True)
-        except MinillmError as e:  # e.g. a character the tokenizer does not know: keep chatting
-            print(f"minillm chat: {e}", file=sys.stderr)
-            continue
-        print()
+    p.set_defaults(run=lambda args: cli_chat.run_chat(args, _sampling_options(args)))
 
 
 # ----------------------------------------------------------------------------- kernels

@@ -45,8 +45,7 @@ runs it with Hugging Face's defaults (greedy, max_length 20); ``generate`` runs 
 ids instead of text, with this module's defaults (MAX_NEW_TOKENS, TEMPERATURE, TOP_K), which
 are also the CLI's.
 
-``Chat`` (behind ``minillm chat``) keeps a plain "User: ... / Assistant: ..." transcript for a
-base model; see its docstring.
+Conversations (``minillm chat``) live in ``minillm.chat``, on top of this module's sampling step.
 """
 
 import numpy as np
@@ -499,97 +498,3 @@ def _model_generate(model, input_ids, **options):
 
 
 generation.register(_model_generate)
-
-
-# ----------------------------------------------------------------------------- chat
-CHAT_HELP = """commands: /reset (forget the conversation), /temp T, /top_k K (0 = off), /top_p P,
-/max N (reply length in tokens), /help, /quit (or Ctrl-D)"""
-
-
-class Chat:
-    """A conversation with a base (not instruction-tuned) model through a plain transcript:
-
-        User: <message>
-        Assistant: <reply>
-        User: ...
-
-    Each turn the model continues the whole transcript after "Assistant:"; the reply ends at
-    "\\nUser:" (the model starting the user's next line), at eos or after ``max_new_tokens``.
-    Leading whitespace of the reply is dropped. When the transcript outgrows the model's context,
-    the model sees its last ``block_size`` tokens (see the module docstring).
-    ``options`` are ``generate``'s keyword arguments; with a ``seed``, turn i uses seed + i.
-    """
-
-    USER, ASSISTANT, STOP = "User: ", "Assistant:", "\nUser:"
-
-    def __init__(self, model, tokenizer, **options):
-        self.model, self.tokenizer = model, tokenizer
-        stop = options.pop("stop", None)
-        self.stops = [self.STOP] + ([stop] if isinstance(stop, str) else list(stop or []))
-        self.options = dict(max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
-                            repetition_penalty=1.0)
-        self.options.update(options)
-        self.seed = self.options.pop("seed", None)
-        check_options(*(self.options[k] for k in ("max_new_tokens", "temperature", "top_k",
-                                                  "top_p", "repetition_penalty")))
-        self.reset()
-
-    def reset(self):
-        self.transcript, self.turn = "", 0
-
-    def send(self, message):
-        """Yield the reply to ``message`` piece by piece; the turn joins the transcript once the
-        reply is complete (a message the tokenizer cannot encode raises MinillmError)."""
-        prompt = f"{self.transcript}{self.USER}{message}\n{self.ASSISTANT}"
-        seed = None if self.seed is None else self.seed + self.turn
-        reply, started = "", False
-        for piece in stream(self.model, self.tokenizer, prompt, seed=seed, stop=self.stops,
-                            **self.options):
-            reply += piece
-            if not started:  # hold back the leading whitespace
-                piece = piece.lstrip()
-                started = bool(piece)
-            if piece:
-                yield piece
-        self.transcript = f"{prompt} {reply.strip()}\n"
-        self.turn += 1
-
-    def command(self, line):
-        """Run a /command; return (text to show, whether to keep chatting)."""
-        return chat_command(self, line)
-
-    def check(self, options):
-        check_options(*(options[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p",
-                                             "repetition_penalty")))
-
-
-def chat_command(chat, line):
-    """Run a /command on ``chat`` (``Chat`` or ``minillm.chat.TemplateChat``: anything with
-    ``options``, ``check(options)`` and ``reset()``); return (text to show, keep chatting?)."""
-    name, _, arg = line.strip().partition(" ")
-    arg = arg.strip()
-    if name in ("/quit", "/exit"):
-        return "", False
-    if name == "/reset":
-        chat.reset()
-        return "(conversation cleared)", True
-    if name == "/help":
-        return CHAT_HELP, True
-    keys = {"/temp": ("temperature", float), "/top_k": ("top_k", int),
-            "/top_p": ("top_p", float), "/max": ("max_new_tokens", int)}
-    if name not in keys:
-        return f"unknown command {name}; type /help for the list.", True
-    key, cast = keys[name]
-    try:
-        value = cast(arg)
-    except ValueError:
-        return f"{name} needs a number, got {arg!r}.", True
-    if key == "top_k" and value == 0:
-        value = None  # 0 turns top-k off, as on the command line
-    new = dict(chat.options, **{key: value})
-    try:
-        chat.check(new)
-    except MinillmError as e:
-        return str(e), True
-    chat.options = new
-    return f"({key} = {value})", True

@@ -1,12 +1,10 @@
-"""The sampler and generation API (minillm/sample.py) and the `sample` / `chat` commands.
+"""The sampler and generation API (minillm/sample.py) and the `sample` command (chat: test_chat*.py).
 
 Generation is checked against a plain nanoGPT-style oracle (crop to the last block_size tokens,
 full forward, argmax), the sampler against distributions computed here by hand.
 """
 
-import io
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -342,31 +340,6 @@ def test_cli_sample_missing_checkpoint(tmp_path, capsys):
 def test_cli_sample_bad_option(ckpt, capsys):
     assert main(["sample", "--ckpt", str(ckpt), "--top-p", "2"]) == 2
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
-
-
-def test_cli_chat_from_a_pipe(ckpt, monkeypatch, capsys):
-    script = "hello\n/temp 0.5\n/top_k 5\n/top_p 0.9\n/max 7\n/temp -1\n/reset\n~\nbye\n"
-    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
-    assert main(["chat", "--ckpt", str(ckpt), "--seed", "0", "--max-new-tokens", "10"]) == 0
-    cap = capsys.readouterr()
-    for line in ["(temperature = 0.5)", "(top_k = 5)", "(top_p = 0.9)", "(max_new_tokens = 7)",
-                 "temperature must be >= 0", "(conversation cleared)"]:
-        assert line in cap.out
-    assert "cannot encode the prompt" in cap.err  # "~" is not in the vocabulary; chat goes on
-    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n/quit\nnot read\n"))
-    assert main(["chat", "--ckpt", str(ckpt)]) == 0
-
-
-def test_chat_keeps_the_transcript(model, tok):
-    chat = S.Chat(model, tok, greedy=True, max_new_tokens=10)
-    first = "".join(chat.send("hello"))
-    assert chat.transcript.startswith("User: hello\nAssistant:")
-    want = S.generate(model, tok, chat.transcript + "User: fox\nAssistant:", greedy=True,
-                      max_new_tokens=10, stop="\nUser:").lstrip()
-    assert "".join(chat.send("fox")) == want
-    assert chat.transcript.count("User: ") == 2 and first.strip() in chat.transcript
-    chat.command("/reset")
-    assert chat.transcript == ""
 
 
 def test_padded_model_vocabulary_never_yields_undecodable_ids(tok):

@@ -136,22 +136,6 @@ def test_cli_chat_and_sample_on_a_gguf_file(tiny, monkeypatch, capsys):
     assert capsys.readouterr().out == "The fox" + text + "\n---------------\n"
 
 
-def test_cli_chat_refuses_a_system_prompt_without_a_template(monkeypatch, capsys, tmp_path):
-    import io
-    import sys
-
-    from minillm.cli import main
-    from minillm.models import GPT, GPTConfig
-    from minillm.tokenizers import CharTokenizer
-
-    tok = CharTokenizer.from_text("abc ")
-    minillm.save(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=1,
-                               n_embd=8)), tmp_path / "ck", tokenizer=tok)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("abc\n"))
-    assert main(["chat", "--ckpt", str(tmp_path / "ck"), "--system", "x"]) == 2
-    assert "has no chat template, so it takes no --system prompt" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_the_builtin_model_answers_paris(monkeypatch, capsys):
     """The real SmolLM2-135M-Instruct (fetched once), Q4_1 as stored, greedy: the float32

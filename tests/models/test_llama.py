@@ -9,6 +9,7 @@ import pytest
 import minillm as M
 from minillm import backend
 from minillm import sample as S
+from minillm.chat import TranscriptChat
 from minillm.errors import ConfigError
 from minillm.models import Llama, LlamaConfig
 from minillm.optim import AdamW
@@ -287,7 +288,7 @@ def test_generate_with_a_char_tokenizer():
     assert cached == plain and len(cached) > 0  # 9 + 20 tokens: the window slides past 16
     batch = S.generate(m, tok, ["the quick", "hello"], max_new_tokens=6, greedy=True)
     assert batch[1] == S.generate(m, tok, "hello", max_new_tokens=6, greedy=True)
-    chat = S.Chat(m, tok, max_new_tokens=5, greedy=True)
+    chat = TranscriptChat(m, tok, max_new_tokens=5, greedy=True)
     assert isinstance("".join(chat.send("hello")), str) and chat.turn == 1
 
 
