@@ -12,25 +12,25 @@ so the time is the bytes of W over the memory bandwidth. Q4_1 reads 5 bits per w
 float32's 32, Q8_0 8.5: the point of keeping W in blocks. Prefill (N > 1) reuses each decoded
 weight N times and becomes compute-bound, which is where unpacking a block once pays.
 
-Versions (fraction of memory bandwidth reached at N = 1 on SmolLM2-135M's shapes: to be
-measured with ``python benchmarks/bench_kernels.py --op qmatmul``, which prints W's bytes per
-second beside a parallel read of memory measured in the same run; no figure is quoted until it
-has run):
+Versions (fraction of memory bandwidth reached at N = 1 on SmolLM2-135M's shapes (576 x 576,
+1536 x 576, 576 x 1536), measured with ``python benchmarks/bench_kernels.py --op
+qmatmul_forward --shapes tiny``, which prints W's bytes per second beside a parallel read of
+memory in the same run: 9.5 GB/s on the 2-core AMD EPYC (Zen 3) VM these figures come from):
 
 qmatmul_forward
   v1  plain loops (n, o, k), one thread; every weight decoded from its bytes on its own (block
       scale re-read per weight), float64 accumulator. The readable definition.
-      fraction of memory bandwidth: not measured yet.
+      fraction of memory bandwidth: 0.02-0.08.
   v2  prange over output rows; K walked block by block, the scale (and offset) decoded once per
       block, codes extracted in the inner loop; the x rows loop inside the output row, so one
       row of blocks (a few hundred bytes) stays in L1 for all N rows of x.
-      fraction of memory bandwidth: not measured yet.
+      fraction of memory bandwidth: 0.18-0.25 (v2 reads each block's scale once per row, but its inner loop stays scalar).
   v3  prange over tiles of OT output rows; each tile's blocks are unpacked once into a small
       float buffer (OT, K) (nibble unpacking in straight loops LLVM vectorises), then every x row
       is dotted with each buffered row: contiguous products that vectorise, the dequantization
       paid once per tile whatever N is, and each x row read once per OT output rows; each
       thread takes a contiguous run of tiles and allocates its buffer once.
-      fraction of memory bandwidth: not measured yet.
+      fraction of memory bandwidth: 0.05-0.09.
   v4  for prompts: W dequantized into a float temporary by a parallel Numba loop (the same
       unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
       49152-row head never needs its 113 MiB float copy; either layout), each panel then one
@@ -42,7 +42,7 @@ qmatmul_forward
       block's bytes), the scale applied once per block, and Q4_1's offset through x's block
       sums, computed once per call. v3 wrote every weight to a buffer and read it back.
       (runs for fewer than GEMM_MIN_ROWS rows on weights in GGUF's row layout)
-      fraction of memory bandwidth: not measured yet.
+      fraction of memory bandwidth: 0.15-0.16 (Q4_1), 0.19-0.38 (Q8_0) at N = 1.
   v6  for decoding, on the row-group layout (kernels/quant.py: GROUP = 32 rows interleaved,
       the same bytes permuted; the GGUF loader and --dtype q8_0 store weights this way). v5's
       lanes ran along one block of one row: 16 or 32 products, then a sum across the vector and
@@ -53,7 +53,8 @@ qmatmul_forward
       conversion to float does not vectorise on AVX2; Q8_0's codes are stored plus 128 for the
       same reason (unsigned bytes, the 128 taken back through x's block sums).
       (runs for fewer than GEMM_MIN_ROWS rows on grouped weights: the ladder's ``also``)
-      fraction of memory bandwidth: not measured yet.
+      fraction of memory bandwidth: 0.47-0.60 (Q4_1), 0.97-1.08 (Q8_0) at N = 1; 17-38x the
+      reference. (Above 1.0: SmolLM2's single matrices partly stay in the 2 cores' caches.)
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
@@ -62,9 +63,9 @@ qmatmul_backward_input
   v3  W dequantized a panel at a time (from either layout), dx += dy[:, panel] @ W[panel] on
       the pool's GEMM.  (default; declines fewer than GEMM_MIN_ROWS rows)
 
-GEMM_MIN_ROWS = 16 is not measured yet (see its comment). A weight in a format without kernels
-here (F16, BF16, Q5, K-quants) is declined by every rung's ``fits``, so the registry runs the
-reference: dequantize, then matmul. The table of rungs and defaults is ``LADDERS`` at the end
+GEMM_MIN_ROWS = 16 lies between two measured points (see its comment). A weight in a format
+without kernels here (F16, BF16, Q5, K-quants) is declined by every rung's ``fits``, so the
+registry runs the reference: dequantize, then matmul. The table of rungs and defaults is ``LADDERS`` at the end
 of this file. Tests: tests/kernels/test_ladders.py (every rung vs the reference, Q8_0 / Q4_0 /
 Q4_1) and tests/kernels/test_cpu_qmatmul.py (the size rule, several panels, read-only blocks,
 the formats against the gguf package).
@@ -527,8 +528,9 @@ def _backward_input(kernel, whole=False):
 # Rows of x (or dy) from which the defaults, forward v4 and backward v3, dequantize W by panels
 # and call the GEMM; with fewer rows their ``fits`` declines and the registry runs the fused
 # kernels (forward v3, backward v2: the ladders' ``also``). Decoding (N = 1) reads each weight
-# once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS, not
-# yet a measured crossover (benchmarks/bench_kernels.py --op qmatmul times both sides of it).
+# once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS; the
+# crossover lies between measured points (bench_kernels.py --op qmatmul_forward --shapes tiny):
+# at 1 row v6 runs 17-35x faster than v4, at 64 rows v4 runs 1.1-2.4x faster than v6.
 GEMM_MIN_ROWS = 16
 FEW_ROWS = f"fewer than {GEMM_MIN_ROWS} rows"  # the GEMM rungs' reason below it
 
