@@ -118,12 +118,13 @@ class Llama(DecoderLM):
         rope = self.rope_angles(pos, angle_dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
         if x.device == "cuda":  # host positions: the angles go over once, not once per layer
             rope = tuple(backend.to_device(a, "cuda") for a in rope)
-        elif (idx.shape[1] == 1 and kv_cache is not None and attention_mask is None
-                and not is_grad_enabled()):
-            # decoding one token: the blocks' array step, without the graph's bookkeeping
+        elif idx.shape[1] == 1 and kv_cache is not None and not is_grad_enabled():
+            # decoding one token per row: the blocks' array step, without the graph's
+            # bookkeeping (with a mask: rows of different lengths, as the server batches them)
+            mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
             h = x.data
             for i, block in enumerate(self.layers):
-                h = block.step(h, kv_cache, i, rope)
+                h = block.step(h, kv_cache, i, rope, mask)
             return Tensor(h)
         for i, block in enumerate(self.layers):
             x = self.run_block(block, x, kv_cache=kv_cache, layer=i,

@@ -159,6 +159,18 @@ def _project(layers, fused, x):
     return [_call_array(m, x) for m in layers]
 
 
+def _masked_attention(q, k, v, mask, scale):
+    """softmax(q k^T * scale, padding masked) v for q: (B, G, R, D) against k, v: (B, G, Tk, D)
+    with ``mask`` (B, Tk) False at padding: the composite scaled_dot_product_attention runs
+    for a mask, on arrays."""
+    s = np.matmul(q, k.transpose(0, 1, 3, 2)) * np.asarray(scale, q.dtype)  # (B, G, R, Tk)
+    s = np.where(np.asarray(mask, bool)[:, None, None, :], s,
+                 np.asarray(-1e30 if s.dtype == np.float32 else -1e300, s.dtype))
+    s2 = s.reshape(-1, s.shape[-1])
+    p = registry.get("softmax_forward", s2)(s2).reshape(s.shape)
+    return np.matmul(p, v)  # (B, G, R, D)
+
+
 def _rms_array(norm, x):
     x2 = x.reshape(-1, x.shape[-1])  # (N, C)
     return registry.get("rms_norm_forward", x2)(x2, norm.weight.data, norm.eps)[0].reshape(x.shape)
@@ -173,9 +185,10 @@ class LlamaBlock(Module):
     cost more than the kernels (tests/models/test_llama.py holds it to ``forward``).
     """
 
-    def step(self, x, kv_cache, layer, rope):
+    def step(self, x, kv_cache, layer, rope, mask=None):
         """x: (B, 1, C) array of the newest position of each row, ``rope`` its (cos, sin); the
-        cache receives its key and value -> (B, 1, C) array."""
+        cache receives its key and value -> (B, 1, C) array. ``mask`` (B, Tk) bool, False
+        where a row's keys are padding (rows of different lengths decoded together)."""
         a = self.self_attn
         B, T, C = x.shape
         H, Hkv, D = a.n_head, a.n_kv_head, a.head_dim
@@ -191,11 +204,12 @@ class LlamaBlock(Module):
         q = rope_fwd(q, cos, sin, a.rope_interleaved)
         k = rope_fwd(k, cos, sin, a.rope_interleaved)
         k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + 1, D)
-        if H > Hkv:  # the query heads of a group as rows of one query block, as forward
-            q, causal = q.reshape(B, Hkv, H // Hkv, D), False
+        q = q.reshape(B, Hkv, H // Hkv, D)  # the query heads of a group as rows, as forward
+        if mask is None:
+            y, _ = registry.get("attention_forward", q)(q, k_all, v_all, 1.0 / math.sqrt(D),
+                                                          H == Hkv)
         else:
-            causal = True
-        y, _ = registry.get("attention_forward", q)(q, k_all, v_all, 1.0 / math.sqrt(D), causal)
+            y = _masked_attention(q, k_all, v_all, mask, 1.0 / math.sqrt(D))
         x = x + _call_array(a.o_proj, y.reshape(B, T, H * D))
         h = _rms_array(self.post_attention_layernorm, x)
         m = self.mlp

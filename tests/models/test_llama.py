@@ -228,6 +228,28 @@ def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):
         np.testing.assert_array_equal(fast, slow)
 
 
+def test_masked_decoding_step_equals_the_graph_path():
+    # rows of different lengths decoded together (left padding, per-row positions): the array
+    # step's masked attention against the Tensor ops' composite
+    m = make(seed=10).eval()
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 61, (2, 7))
+    mask = np.ones((2, 12), bool)
+    mask[1, :3] = False  # row 1 is 3 tokens shorter, left-padded
+    pos = np.maximum(np.cumsum(mask[:, :7], axis=1) - 1, 0)
+    caches = m.new_kv_cache(2, max_len=12), m.new_kv_cache(2, max_len=12)
+    with M.no_grad():
+        m(ids, kv_cache=caches[0], attention_mask=mask[:, :7], position_ids=pos)
+    m(ids, kv_cache=caches[1], attention_mask=mask[:, :7], position_ids=pos)
+    for t in range(7, 11):
+        new = rng.integers(0, 61, (2, 1))
+        p = np.maximum(np.cumsum(mask[:, :t + 1], axis=1)[:, -1:] - 1, 0)
+        with M.no_grad():
+            fast = m(new, kv_cache=caches[0], attention_mask=mask[:, :t + 1], position_ids=p)[0]
+        slow = m(new, kv_cache=caches[1], attention_mask=mask[:, :t + 1], position_ids=p)[0]
+        np.testing.assert_allclose(fast.data, slow.data, rtol=1e-5, atol=1e-6)
+
+
 def test_left_padding_with_positions_matches_each_row_alone():
     m = make(seed=6).eval()
     rng = np.random.default_rng(7)
