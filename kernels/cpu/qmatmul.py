@@ -53,7 +53,10 @@ qmatmul_forward
       conversion to float does not vectorise on AVX2; Q8_0's codes are stored plus 128 for the
       same reason (unsigned bytes, the 128 taken back through x's block sums).
       (runs for fewer than GEMM_MIN_ROWS rows on grouped weights: the ladder's ``also``)
-      fraction of memory bandwidth: 0.47-0.60 (Q4_1), 0.97-1.08 (Q8_0) at N = 1; 17-38x the
+      For several rows of x (a server's batch), each byte is converted once into lane arrays
+      and used for every row; at N = 1 (decoding) a separate loop uses it as it is converted,
+      twice as fast there.
+      fraction of memory bandwidth: 0.54-0.60 (Q4_1), 0.89-1.08 (Q8_0) at N = 1; 20-38x the
       reference. (Above 1.0: SmolLM2's single matrices partly stay in the 2 cores' caches.)
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
@@ -271,6 +274,55 @@ def _make_v6(qt):
     ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
     is_q8, has_m, is_q40 = qt == Q8_0, qt == Q4_1, qt == Q4_0
 
+    def groups_one_row(out, xn, data, f16, xs, R):
+        # the N = 1 case of v6: blk[r] accumulates code * x straight from the converted byte
+        # (no lane arrays in between: twice as fast as the N-row loop at N = 1)
+        G, nb = data.shape[0], data.shape[1]
+        t = f16.dtype.type
+        sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
+        for g in prange(G):
+            acc = np.zeros(R, dtype=f16.dtype)
+            blk = np.empty(R, dtype=f16.dtype)
+            ds = np.empty(R, dtype=f16.dtype)
+            ms = np.empty(R, dtype=f16.dtype)
+            for b in range(nb):
+                gb = data[g, b]
+                for r in range(R):
+                    blk[r] = 0
+                if is_q8:
+                    for j in range(QK):
+                        xj = xn[b * QK + j]
+                        c = gb[h * R + j * R:h * R + (j + 1) * R]
+                        for r in range(R):
+                            blk[r] += t(c[r]) * xj  # codes + 128 (kernels/quant.py)
+                else:
+                    for j in range(QK // 2):
+                        xl, xh = xn[b * QK + j], xn[b * QK + j + 16]
+                        c = gb[h * R + j * R:h * R + (j + 1) * R]
+                        for r in range(R):
+                            cf = t(c[r])  # nibbles in float arithmetic, as below
+                            hi = np.floor(cf * sixteenth)
+                            blk[r] += (cf - sixteen * hi) * xl + hi * xh
+                for r in range(R):
+                    ds[r] = f16[np.uint32(gb[2 * r]) | (np.uint32(gb[2 * r + 1]) << np.uint32(8))]
+                if has_m:
+                    for r in range(R):
+                        ms[r] = f16[np.uint32(gb[2 * R + 2 * r])
+                                    | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
+                    for r in range(R):
+                        acc[r] += ds[r] * blk[r] + ms[r] * xs[b]
+                elif is_q40:
+                    for r in range(R):
+                        acc[r] += ds[r] * (blk[r] - eight * xs[b])
+                else:
+                    for r in range(R):
+                        acc[r] += ds[r] * (blk[r] - c128 * xs[b])
+            for r in range(R):
+                out[0, g * R + r] = acc[r]
+
+    groups_one_row.__qualname__ = f"qmatmul_forward_v6_one_row_{FORMATS[qt].name}"
+    _groups_one_row = njit(parallel=True, **_JIT)(groups_one_row)
+
     def qmatmul_forward_v6(out, x, data, f16):
         # out: (N, O)  x: (N, K)  data: (G, K / 32, R * ts) uint8, group g's
         # block b: R scales, [R offsets], then code byte j of rows 0..R-1 for each j.
@@ -290,52 +342,61 @@ def _make_v6(qt):
                     acc += x[n, b * QK + j]
                 xs[n, b] = acc
         sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
+        if N == 1:  # decoding: each byte meets one x value; converted and used at once
+            _groups_one_row(out, x[0], data, f16, xs[0], R)
+            return
         for g in prange(G):
-            acc = np.empty(R, dtype=f16.dtype)
-            blk = np.empty(R, dtype=f16.dtype)
+            acc = np.zeros((N, R), dtype=f16.dtype)
+            blk = np.empty((N, R), dtype=f16.dtype)
+            lo = np.empty(R, dtype=f16.dtype)  # one code byte of the R rows, as floats
+            hi = np.empty(R, dtype=f16.dtype)
             ds = np.empty(R, dtype=f16.dtype)
             ms = np.empty(R, dtype=f16.dtype)
-            for n in range(N):
-                xn = x[n]
+            for b in range(nb):
+                gb = data[g, b]
+                blk[:, :] = 0
+                if is_q8:
+                    for j in range(QK):
+                        c = gb[h * R + j * R:h * R + (j + 1) * R]
+                        for r in range(R):
+                            lo[r] = t(c[r])  # codes + 128 (kernels/quant.py)
+                        for n in range(N):  # each byte converted once for all N rows of x
+                            xj = x[n, b * QK + j]
+                            for r in range(R):
+                                blk[n, r] += lo[r] * xj
+                else:
+                    for j in range(QK // 2):
+                        c = gb[h * R + j * R:h * R + (j + 1) * R]
+                        for r in range(R):
+                            # the byte as a float, split into its nibbles in float arithmetic:
+                            # integer ops would widen to int64, whose conversion to float does
+                            # not vectorise
+                            cf = t(c[r])
+                            hi[r] = np.floor(cf * sixteenth)
+                            lo[r] = cf - sixteen * hi[r]
+                        for n in range(N):
+                            xl, xh = x[n, b * QK + j], x[n, b * QK + j + 16]
+                            for r in range(R):
+                                blk[n, r] += lo[r] * xl + hi[r] * xh
                 for r in range(R):
-                    acc[r] = 0
-                for b in range(nb):
-                    gb = data[g, b]
+                    ds[r] = f16[np.uint32(gb[2 * r]) | (np.uint32(gb[2 * r + 1]) << np.uint32(8))]
+                if has_m:
                     for r in range(R):
-                        blk[r] = 0
-                    if is_q8:
-                        for j in range(QK):
-                            xj = xn[b * QK + j]
-                            c = gb[h * R + j * R:h * R + (j + 1) * R]
-                            for r in range(R):
-                                blk[r] += t(c[r]) * xj  # codes + 128 (kernels/quant.py)
-                    else:
-                        for j in range(QK // 2):
-                            xl, xh = xn[b * QK + j], xn[b * QK + j + 16]
-                            c = gb[h * R + j * R:h * R + (j + 1) * R]
-                            for r in range(R):
-                                # the byte as a float, split into its nibbles in float
-                                # arithmetic: integer ops would widen to int64, whose
-                                # conversion to float does not vectorise
-                                cf = t(c[r])
-                                hi = np.floor(cf * sixteenth)
-                                blk[r] += (cf - sixteen * hi) * xl + hi * xh
-                    for r in range(R):
-                        ds[r] = f16[np.uint32(gb[2 * r]) | (np.uint32(gb[2 * r + 1]) << np.uint32(8))]
+                        ms[r] = f16[np.uint32(gb[2 * R + 2 * r])
+                                    | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
+                for n in range(N):
                     if has_m:
                         for r in range(R):
-                            ms[r] = f16[np.uint32(gb[2 * R + 2 * r])
-                                        | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
-                        for r in range(R):
-                            acc[r] += ds[r] * blk[r] + ms[r] * xs[n, b]
+                            acc[n, r] += ds[r] * blk[n, r] + ms[r] * xs[n, b]
                     elif is_q40:  # codes centred on 8: sum (q - 8) x = blk - 8 sum(x_b)
                         for r in range(R):
-                            acc[r] += ds[r] * (blk[r] - eight * xs[n, b])
+                            acc[n, r] += ds[r] * (blk[n, r] - eight * xs[n, b])
                     else:  # Q8_0, codes stored plus 128
                         for r in range(R):
-                            acc[r] += ds[r] * (blk[r] - c128 * xs[n, b])
+                            acc[n, r] += ds[r] * (blk[n, r] - c128 * xs[n, b])
+            for n in range(N):
                 for r in range(R):
-                    out[n, g * R + r] = acc[r]
+                    out[n, g * R + r] = acc[n, r]
 
     qmatmul_forward_v6.__qualname__ = f"qmatmul_forward_v6_{FORMATS[qt].name}"  # cache key
     return njit(parallel=True, **_JIT)(qmatmul_forward_v6)
@@ -530,7 +591,7 @@ def _backward_input(kernel, whole=False):
 # kernels (forward v3, backward v2: the ladders' ``also``). Decoding (N = 1) reads each weight
 # once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS; the
 # crossover lies between measured points (bench_kernels.py --op qmatmul_forward --shapes tiny):
-# at 1 row v6 runs 17-35x faster than v4, at 64 rows v4 runs 1.1-2.4x faster than v6.
+# at 1 row v6 runs 17-35x faster than v4; at 64 rows v4 takes 0.65-1.6x v6's time.
 GEMM_MIN_ROWS = 16
 FEW_ROWS = f"fewer than {GEMM_MIN_ROWS} rows"  # the GEMM rungs' reason below it
 
