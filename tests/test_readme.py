@@ -36,8 +36,8 @@ SKIP = [
     (r"smollm2|^minillm chat( +#|$)|\| minillm chat|runs/skylark",
      "the built-in SmolLM2: a 98 MB download (tests/checkpoints cover it on tiny GGUF files)"),
     (r"any-llama\.gguf", "a placeholder for the reader's own GGUF file"),
-    (r"^pip install|^minillm serve|openai", "installs packages, or starts a server that runs until "
-                                             "stopped (tests/serve covers it)"),
+    (r"^pip install|^minillm serve|openai|^mpiexec", "installs packages, starts a server that "
+     "runs until stopped, or MPI ranks (tests/serve and tests/train/test_distributed cover them)"),
     (r"huggingface-cli", "a download from the Hugging Face hub"),
     (r"pytest|benchmarks/", "the test suite and the benchmarks themselves"),
 ]
