@@ -105,7 +105,17 @@ class SigintAt:
         return self.model(idx, **kw)
 
 
-def test_ctrl_c_stops_the_reply_and_the_session_goes_on(monkeypatch, capsys, run_dir):
+@pytest.fixture
+def sigint_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, whatever this process
+    inherited (a job a non-interactive shell started in the background ignores SIGINT)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_stops_the_reply_and_the_session_goes_on(monkeypatch, capsys, run_dir,
+                                                         sigint_raises):
     from minillm import cli_models
 
     model, tok = minillm.load(run_dir)
@@ -173,6 +183,9 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: its standard streams are the terminal
             try:
+                # Ctrl-C as on a user's terminal, even where this test runs with SIGINT ignored
+                # (a job a non-interactive shell started in the background inherits SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execve(argv[0], argv, env)
             finally:
                 os._exit(127)
