@@ -269,6 +269,17 @@ def qmatmul_forward_v5(out, x, blocks, qt, f16):
     k(out, x, blocks, f16)
 
 
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _group_scales(ds, ms, gb, f16, R, has_m):
+    # the R scales d (and for Q4_1 the R offsets m) of one row-group block's bytes gb
+    for r in range(R):
+        ds[r] = f16[np.uint32(gb[2 * r]) | (np.uint32(gb[2 * r + 1]) << np.uint32(8))]
+    if has_m:
+        for r in range(R):
+            ms[r] = f16[np.uint32(gb[2 * R + 2 * r])
+                        | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
+
+
 def _make_v6(qt):
     # v6 compiled once per format, like v5; W in the row-group layout (kernels/quant.py).
     ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
@@ -303,12 +314,8 @@ def _make_v6(qt):
                             cf = t(c[r])  # nibbles in float arithmetic, as below
                             hi = np.floor(cf * sixteenth)
                             blk[r] += (cf - sixteen * hi) * xl + hi * xh
-                for r in range(R):
-                    ds[r] = f16[np.uint32(gb[2 * r]) | (np.uint32(gb[2 * r + 1]) << np.uint32(8))]
+                _group_scales(ds, ms, gb, f16, R, has_m)
                 if has_m:
-                    for r in range(R):
-                        ms[r] = f16[np.uint32(gb[2 * R + 2 * r])
-                                    | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
                     for r in range(R):
                         acc[r] += ds[r] * blk[r] + ms[r] * xs[b]
                 elif is_q40:
@@ -378,12 +385,7 @@ def _make_v6(qt):
                             xl, xh = x[n, b * QK + j], x[n, b * QK + j + 16]
                             for r in range(R):
                                 blk[n, r] += lo[r] * xl + hi[r] * xh
-                for r in range(R):
-                    ds[r] = f16[np.uint32(gb[2 * r]) | (np.uint32(gb[2 * r + 1]) << np.uint32(8))]
-                if has_m:
-                    for r in range(R):
-                        ms[r] = f16[np.uint32(gb[2 * R + 2 * r])
-                                    | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
+                _group_scales(ds, ms, gb, f16, R, has_m)
                 for n in range(N):
                     if has_m:
                         for r in range(R):
