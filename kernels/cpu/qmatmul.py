@@ -35,7 +35,7 @@ qmatmul_forward
       unpacking as v3), a panel of rows at a time (PANEL_ELEMS weights: 4 MiB, so the tied
       49152-row head never needs its 113 MiB float copy; either layout), each panel then one
       BLAS GEMM on Numba's pool (matmul/pool.py). The dequantization costs O K against the product's N O K.
-      (default; its ``fits`` declines fewer than GEMM_MIN_ROWS rows)
+      (runs for GEMM_MIN_ROWS rows or more on weights in GGUF's row layout)
       fraction of memory bandwidth: not a bandwidth-bound rung (compute-bound GEMM).
   v5  for decoding: no float buffer at all. Within a block w = d q + m, so x . w = d (x . q) +
       m sum(x): the codes are converted and multiplied as they are unpacked (one pass over the
@@ -52,12 +52,24 @@ qmatmul_forward
       float arithmetic (floor of a sixteenth) because Numba widens integer ops to int64, whose
       conversion to float does not vectorise on AVX2; Q8_0's codes are stored plus 128 for the
       same reason (unsigned bytes, the 128 taken back through x's block sums).
-      (runs for fewer than GEMM_MIN_ROWS rows on grouped weights: the ladder's ``also``)
+      (runs for one row on grouped weights: the ladder's ``also``)
       For several rows of x (a server's batch), each byte is converted once into lane arrays
       and used for every row; at N = 1 (decoding) a separate loop uses it as it is converted,
       twice as fast there.
       fraction of memory bandwidth: 0.54-0.60 (Q4_1), 0.89-1.08 (Q8_0) at N = 1; 20-38x the
       reference. (Above 1.0: SmolLM2's single matrices partly stay in the 2 cores' caches.)
+  v7  for a server's batch and for prompts, on the row-group layout: v6's N-row loop paid the
+      lane arithmetic of every byte once per row of x (at 8 rows 4x the time of one), and v4
+      wrote all of W as floats to memory and read it back. Here each group of 32 rows is
+      decoded once, v6's way (whole 32-lane vectors), into a float panel W_g^T (K x 32, at most
+      192 KiB: it stays in L2), and x W_g^T runs on matmul v5's register-blocked micro-kernel
+      (kernels/cpu/_microkernel.py: MR rows of x by 16 columns in FMA registers, x read in
+      place). Decoding costs about what v6's N = 1 pass costs, the product is compute-bound.
+      (default; declines one row, where v6 runs)
+      SmolLM2-135M's 120 layer matrices in Q4_1, milliseconds per pass, v4 / v6 / v7
+      (``python benchmarks/bench_qmatmul_rows.py``, 2 threads, Zen 3): 1 row 84 / 11 / 33;
+      2 rows 171 / 29 / 24; 6 rows 349 / 49 / 28; 8 rows 181 / 65 / 42; 16 rows 231 / 116 / 59;
+      64 rows 427 / 400 / 127; 512 rows 1128 / 3153 / 826.
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
@@ -80,6 +92,7 @@ from numba import njit, prange
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
 from ._fastmath import FASTMATH
+from ._microkernel import MR, NV, VECTOR_BYTES, micro
 from ._serial import pick, threads
 from .matmul import pool as matmul_pool
 
@@ -300,20 +313,38 @@ def _make_v6(qt):
                 gb = data[g, b]
                 for r in range(R):
                     blk[r] = 0
+                # four code bytes (four vectors of R rows) per pass over blk: a quarter of
+                # the loads and stores of blk and of the loop's overhead per byte
                 if is_q8:
-                    for j in range(QK):
-                        xj = xn[b * QK + j]
-                        c = gb[h * R + j * R:h * R + (j + 1) * R]
-                        for r in range(R):
-                            blk[r] += t(c[r]) * xj  # codes + 128 (kernels/quant.py)
+                    for j in range(0, QK, 4):
+                        x0, x1 = xn[b * QK + j], xn[b * QK + j + 1]
+                        x2, x3 = xn[b * QK + j + 2], xn[b * QK + j + 3]
+                        c0 = gb[h * R + j * R:h * R + (j + 1) * R]
+                        c1 = gb[h * R + (j + 1) * R:h * R + (j + 2) * R]
+                        c2 = gb[h * R + (j + 2) * R:h * R + (j + 3) * R]
+                        c3 = gb[h * R + (j + 3) * R:h * R + (j + 4) * R]
+                        for r in range(R):  # codes + 128 (kernels/quant.py)
+                            blk[r] += (t(c0[r]) * x0 + t(c1[r]) * x1) + \
+                                (t(c2[r]) * x2 + t(c3[r]) * x3)
                 else:
-                    for j in range(QK // 2):
-                        xl, xh = xn[b * QK + j], xn[b * QK + j + 16]
-                        c = gb[h * R + j * R:h * R + (j + 1) * R]
+                    for j in range(0, QK // 2, 4):
+                        x0, y0 = xn[b * QK + j], xn[b * QK + j + 16]  # low, high nibble's x
+                        x1, y1 = xn[b * QK + j + 1], xn[b * QK + j + 17]
+                        x2, y2 = xn[b * QK + j + 2], xn[b * QK + j + 18]
+                        x3, y3 = xn[b * QK + j + 3], xn[b * QK + j + 19]
+                        c0 = gb[h * R + j * R:h * R + (j + 1) * R]
+                        c1 = gb[h * R + (j + 1) * R:h * R + (j + 2) * R]
+                        c2 = gb[h * R + (j + 2) * R:h * R + (j + 3) * R]
+                        c3 = gb[h * R + (j + 3) * R:h * R + (j + 4) * R]
                         for r in range(R):
-                            cf = t(c[r])  # nibbles in float arithmetic, as below
-                            hi = np.floor(cf * sixteenth)
-                            blk[r] += (cf - sixteen * hi) * xl + hi * xh
+                            f0, f1, f2, f3 = t(c0[r]), t(c1[r]), t(c2[r]), t(c3[r])
+                            # nibbles in float arithmetic, as below
+                            h0, h1 = np.floor(f0 * sixteenth), np.floor(f1 * sixteenth)
+                            h2, h3 = np.floor(f2 * sixteenth), np.floor(f3 * sixteenth)
+                            blk[r] += (((f0 - sixteen * h0) * x0 + h0 * y0)
+                                       + ((f1 - sixteen * h1) * x1 + h1 * y1)) + \
+                                (((f2 - sixteen * h2) * x2 + h2 * y2)
+                                 + ((f3 - sixteen * h3) * x3 + h3 * y3))
                 _group_scales(ds, ms, gb, f16, R, has_m)
                 if has_m:
                     for r in range(R):
@@ -405,6 +436,83 @@ def _make_v6(qt):
 
 
 _V6 = {qt: _make_v6(qt) for qt in (Q8_0, Q4_0, Q4_1)}
+
+
+def _make_v7(qt):
+    # v7 compiled once per format, like v6; W in the row-group layout (kernels/quant.py).
+    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
+    is_q8, has_m, is_q40 = qt == Q8_0, qt == Q4_1, qt == Q4_0
+
+    def qmatmul_forward_v7(out, xp, data, f16):
+        # out: (Np, O), xp: (Np, K) with Np a multiple of MR (x padded with zero rows);
+        # data: (G, K / 32, R * ts) uint8. Per group g of R rows of W: its weights decoded once
+        # into bp = W_g^T (K, R), each row of R lanes in one vectorised loop as in v6; then
+        # out[:, g R:(g + 1) R] = xp W_g^T on the micro-kernel, MR rows of xp at a time read
+        # in place, one sliver of nr columns of bp at a time (its rows nr contiguous floats,
+        # R apart: the micro-kernel's packed-B reading with row stride R).
+        Np, K = xp.shape
+        G, nb = data.shape[0], data.shape[1]
+        O = out.shape[1]
+        R = data.shape[2] // ts
+        nr = NV * VECTOR_BYTES // xp.itemsize  # micro-kernel columns: 16 float32 on AVX2
+        t = f16.dtype.type
+        sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
+        for g in prange(G):
+            bp = np.empty((K, R), dtype=f16.dtype)
+            ds = np.empty(R, dtype=f16.dtype)
+            ms = np.zeros(R, dtype=f16.dtype)
+            for b in range(nb):
+                gb = data[g, b]
+                _group_scales(ds, ms, gb, f16, R, has_m)
+                if is_q8:
+                    for j in range(QK):
+                        c = gb[h * R + j * R:h * R + (j + 1) * R]
+                        row = bp[b * QK + j]
+                        for r in range(R):
+                            row[r] = ds[r] * (t(c[r]) - c128)  # codes + 128
+                else:
+                    for j in range(QK // 2):
+                        c = gb[h * R + j * R:h * R + (j + 1) * R]
+                        lo, hi = bp[b * QK + j], bp[b * QK + j + QK // 2]
+                        for r in range(R):
+                            cf = t(c[r])  # nibbles in float arithmetic, as in v6
+                            q1 = np.floor(cf * sixteenth)
+                            q0 = cf - sixteen * q1
+                            if is_q40:
+                                lo[r] = ds[r] * (q0 - eight)
+                                hi[r] = ds[r] * (q1 - eight)
+                            else:
+                                lo[r] = ds[r] * q0 + ms[r]
+                                hi[r] = ds[r] * q1 + ms[r]
+            for s in range(R // nr):
+                for n0 in range(0, Np, MR):
+                    micro(K, xp, n0 * K, K, 1, bp, s * nr, R, out, n0 * O + g * R + s * nr, O,
+                          False)
+
+    qmatmul_forward_v7.__qualname__ = f"qmatmul_forward_v7_{FORMATS[qt].name}"  # cache key
+    return njit(parallel=True, **_JIT)(qmatmul_forward_v7)
+
+
+_V7 = {qt: _make_v7(qt) for qt in (Q8_0, Q4_0, Q4_1)}
+
+
+def qmatmul_forward_v7(out, x, qw, f16):
+    """v7: row groups decoded once into the micro-kernel's packed panel (the serial twin for
+    small products); x padded to whole blocks of MR rows. W is grouped here first if it is
+    not (a copy: the loader groups once); a weight that cannot be grouped runs v5."""
+    qw = qw.to_groups()
+    if not qw.grouped:
+        return qmatmul_forward_v5(out, x, qw.blocks, qw.qtype, f16)
+    N, K = x.shape
+    Np = -(-N // MR) * MR
+    xp, o = x, out
+    if Np != N:  # the micro-kernel computes whole blocks of MR rows
+        xp = np.zeros((Np, K), dtype=x.dtype)
+        xp[:N] = x
+        o = np.empty((Np, out.shape[1]), dtype=out.dtype)
+    pick(_V7[qw.qtype], Np * out.shape[1] * K)(o, xp, _group_view(qw), f16)
+    if o is not out:
+        out[:] = o[:N]
 
 
 def _group_view(qw):
@@ -588,9 +696,10 @@ def _backward_input(kernel, whole=False):
     return run
 
 
-# Rows of x (or dy) from which the defaults, forward v4 and backward v3, dequantize W by panels
+# Rows of x (or dy) from which forward v4 and backward v3 (the default) dequantize W by panels
 # and call the GEMM; with fewer rows their ``fits`` declines and the registry runs the fused
-# kernels (forward v3, backward v2: the ladders' ``also``). Decoding (N = 1) reads each weight
+# kernels (forward v5 on the row layout, backward v2). Grouped weights never get here in the
+# forward: v7 takes two rows or more, v6 one. Decoding (N = 1) reads each weight
 # once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS; the
 # crossover lies between measured points (bench_kernels.py --op qmatmul_forward --shapes tiny):
 # at 1 row v6 runs 17-35x faster than v4; at 64 rows v4 takes 0.65-1.6x v6's time.
@@ -632,8 +741,16 @@ def _grouped(a, qw):
     return reason
 
 
+def _grouped_rows(a, qw):
+    """Q8_0, Q4_0 or Q4_1 weights in row groups and 2 rows or more"""
+    reason = _grouped(a, qw)
+    if reason is None and np.ndim(a) >= 1 and np.shape(a)[0] < 2:
+        return "1 row"
+    return reason
+
+
 LADDERS = (
-    Ladder("qmatmul_forward", "cpu", default=4, also=(6, 5),
+    Ladder("qmatmul_forward", "cpu", default=7, also=(6, 4, 5),
            about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product",
            rungs=(
         Rung(1, _forward(qmatmul_forward_v1), "plain loops, each weight decoded alone, one thread",
@@ -648,6 +765,9 @@ LADDERS = (
              "codes multiplied as unpacked, offsets through x's block sums", _row_layout),
         Rung(6, _forward(qmatmul_forward_v6, whole=True),
              f"row groups: {GROUP} rows side by side in SIMD lanes, no sums across lanes", _grouped),
+        Rung(7, _forward(qmatmul_forward_v7, whole=True),
+             "each row group decoded once into a packed panel, products on the micro-kernel",
+             _grouped_rows),
     )),
     Ladder("qmatmul_backward_input", "cpu", default=3, also=(2,),
            about="dx = dy W for a frozen quantized W (LoRA on a quantized base)", rungs=(

@@ -80,7 +80,8 @@ class FusedProjections:
         self.layers = tuple(layers)
         self.parts = tuple(m.weight for m in layers)  # the views, to see a layer replaced
         self.weight = weight
-        self.splits = np.cumsum([w.shape[0] for w in self.parts])[:-1]
+        ends = np.cumsum([w.shape[0] for w in self.parts])
+        self.bounds = tuple(zip((0, *ends[:-1].tolist()), ends.tolist()))  # column ranges
 
     @classmethod
     def fuse(cls, layers):
@@ -107,7 +108,7 @@ class FusedProjections:
         x2 = x.reshape(-1, x.shape[-1])
         y = registry.get("qmatmul_forward", x2)(x2, self.weight)  # (N, sum of outs)
         lead = x.shape[:-1]
-        return [p.reshape(lead + (p.shape[-1],)) for p in np.split(y, self.splits, axis=1)]
+        return [y[:, a:b].reshape(lead + (b - a,)) for a, b in self.bounds]  # views, no copies
 
 
 def named_quant_weights(module):

@@ -109,10 +109,13 @@ def _gelu(op):
 
 # --------------------------------------------------------------------------- attention
 # (B, H, Tq, Tk, D, causal): Tq < Tk is a KV-cache step (causal offset Tk - Tq), Tq = 1 one
-# decoded token; 131 and 129 cross v5's query blocks of 128, 70 v3's key blocks of 64
+# decoded token; 131 and 129 cross v5's query blocks of 128, 70 v3's key blocks of 64; the
+# last three are v8's decode steps (3 grouped query rows; causal rows 0-2 that see none of
+# the third chunk of 128 keys; 16 rows)
 ATTENTION = [(1, 1, 1, 1, 5, True), (2, 3, 7, 7, 16, True), (1, 2, 33, 65, 33, True),
              (1, 1, 70, 70, 16, True), (2, 1, 65, 65, 5, False), (1, 2, 1, 33, 16, True),
-             (1, 1, 17, 80, 33, False), (2, 2, 131, 131, 9, True), (1, 1, 129, 150, 7, True)]
+             (1, 1, 17, 80, 33, False), (2, 2, 131, 131, 9, True), (1, 1, 129, 150, 7, True),
+             (2, 3, 3, 301, 33, False), (1, 2, 5, 258, 64, True), (1, 1, 16, 17, 8, True)]
 
 
 def _qkv(rng, shape, dt):
@@ -221,8 +224,9 @@ def _swiglu(op, shape):
 
 
 # --------------------------------------------------------------------------- quantized products
-# (N, O, K): K a multiple of the 32-weight block; N = 1, 3 run the fused rungs by default, N = 17
-# the GEMM rungs (qmatmul's GEMM_MIN_ROWS; tests/kernels/test_cpu_qmatmul.py checks it)
+# (N, O, K): K a multiple of the 32-weight block; on the row layout N = 1, 3 run the fused rungs,
+# N = 17 the GEMM rungs (qmatmul's GEMM_MIN_ROWS; tests/kernels/test_cpu_qmatmul.py checks it);
+# grouped weights run v6 at N = 1 and v7 above
 QMATMUL = [(n, o, k) for n in (1, 3, 17) for o in (7, 33) for k in (64, 96)]
 # the row-group layout (kernels/quant.py GROUP rows side by side): rows a multiple of 32
 QMATMUL_GROUPED = [(n, 64, k) for n in (1, 3, 17) for k in (64, 96)]

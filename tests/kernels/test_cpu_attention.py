@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from minillm.kernels import reference as R
+from minillm.kernels import registry
 from minillm.kernels.cpu import attention as A
 from minillm.kernels.cpu.attention import micro
 
@@ -72,9 +73,33 @@ def test_rungs_take_non_contiguous_inputs(version, dtype):
         ro, rlse = R.attention_forward(q, k, v, 0.3, causal=causal)
         assert_close(o, ro)
         assert_close(lse, rlse)
+        if version not in BWD.versions:  # v8 is forward only (decoding)
+            continue
         got = BWD.rung(version).run(do, q, k, v, o, lse, 0.3, causal=causal)
         for g, w in zip(got, R.attention_backward(do, q, k, v, ro, rlse, 0.3, causal=causal)):
             assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_v8_reads_the_kv_cache_in_place(dtype):
+    # a decode step as LlamaBlock.step makes it: 3 grouped query rows per key/value head
+    # against the first L positions of a cache buffer longer than them (a strided view), over
+    # several chunks of keys; the registry picks v8 for it and v7 for a training-shaped call
+    from minillm.kernels.cpu.attention.decode import CHUNK
+
+    rng = np.random.default_rng(5)
+    B, Hkv, rep, D, L = 2, 3, 3, 64, 2 * CHUNK + 37
+    cache = rng.standard_normal((2, B, Hkv, L + 50, D)).astype(dtype)
+    k, v = cache[0, :, :, :L], cache[1, :, :, :L]
+    assert not k.flags.c_contiguous
+    q = rng.standard_normal((B, Hkv, rep, D)).astype(dtype)
+    assert registry.rung_for("attention_forward", q, k, v, 0.125, False)[0] == 8
+    o, lse = FWD.rung(8).run(q, k, v, 0.125, causal=False)
+    ro, rlse = R.attention_forward(q, k, v, 0.125, causal=False)
+    assert_close(o, ro)
+    assert_close(lse, rlse)
+    t = rng.standard_normal((B, Hkv, 20, D)).astype(dtype)
+    assert registry.rung_for("attention_forward", t, t, t, 0.125, True)[0] == 7
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -50,6 +50,7 @@ import numpy as np
 from ...ladder import Ladder, Rung, dtype_fits
 from .. import _serial
 from .blas_tiles import attention_backward_v5, attention_forward_v5
+from .decode import attention_forward_v8
 from .flash import (
     attention_backward_v1,
     attention_backward_v2,
@@ -92,9 +93,21 @@ def _backward(kernel, views=False):
 
 
 FWD = dtype_fits(("float32", "float64"))  # q
+DECODE_ROWS = 16  # query rows up to which a KV-cache step runs v8
+
+
+def _decode_fits(q, k, v, scale, causal=True):
+    """float32/64, at most 16 query rows against more keys (a KV-cache step)"""
+    reason = FWD(q)
+    if reason is None and not (q.shape[2] <= DECODE_ROWS and k.shape[2] > q.shape[2]):
+        return f"{q.shape[2]} query rows against {k.shape[2]} keys"
+    return reason
+
+
 BWD = dtype_fits(("float32", "float64"), arg=1)  # q (after do)
 LADDERS = (
-    Ladder("attention_forward", "cpu", default=7, about="softmax(scale q k^T) v, saves lse",
+    Ladder("attention_forward", "cpu", default=8, also=(7,),
+           about="softmax(scale q k^T) v, saves lse",
            rungs=(
         Rung(1, _forward(attention_forward_v1), "plain loops, one row at a time, one thread",
              FWD),
@@ -105,6 +118,9 @@ LADDERS = (
              "BLAS tile products, Numba softmax rows", FWD),
         Rung(7, _serial.picks(_forward(attention_forward_v7, True)),
              "no BLAS: one head per thread, products on the micro-kernel", FWD),
+        Rung(8, _serial.picks(_forward(attention_forward_v8, True)),
+             "decoding: keys split into chunks across threads, read in place, chunks merged",
+             _decode_fits),
     )),
     Ladder("attention_backward", "cpu", default=7, about="dq, dk, dv from the saved lse",
            rungs=(
