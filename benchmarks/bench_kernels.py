@@ -70,13 +70,13 @@ SHAPES = {
               "rope": [(1, 3, 37, 16, _HALF), (1, 3, 37, 16, _PAIR)],
               "qmatmul": [(n, 33, 96, f) for n in (1, 17) for f in ("q4_1", "q8_0")]},
     "tiny": {"rows": [(768, 128)], "vocab": [(768, 65)], "wide": [(768, 512)],
-             "attention": [(12, 4, 64, 32)], "matmul": [(768, 128, 512)],
+             "attention": [(12, 4, 64, 32)], "attention_decode": [(1, 3, 3, 600, 64)], "matmul": [(768, 128, 512)],
              "adamw": [(1536 * 384,)], "llama_rows": [(64, 576)], "llama_mlp": [(64, 1536)],
              "rope": [(1, 9, 64, 64, lay) for lay in (_HALF, _PAIR)],
              "qmatmul": [(n, o, k, f) for n in (1, 64) for o, k in _SMOL[:3]
                          for f in ("q4_1", "q8_0")]},
     "small": {"rows": [(2048, 384)], "vocab": [(2048, 65), (2048, 2048)], "wide": [(2048, 1536)],
-              "attention": [(8, 6, 256, 64)], "matmul": [(2048, 384, 1152)],
+              "attention": [(8, 6, 256, 64)], "attention_decode": [(1, 3, 3, 600, 64)], "matmul": [(2048, 384, 1152)],
               "adamw": [(10_750_000,)], "llama_rows": [(512, 576)], "llama_mlp": [(512, 1536)],
               "rope": [(1, h, 512, 64, lay) for h in (9, 3) for lay in (_HALF, _PAIR)],
               "qmatmul": [(n, o, k, f) for n in (1, 512) for o, k in _SMOL
@@ -100,6 +100,11 @@ def make(op, shape, dt, seed=0):
     if op == "matmul":
         M, K, N = shape
         return _x(rng, (M, K), dt), _x(rng, (K, N), dt)
+    if op == "attention_forward" and len(shape) == 5:  # a decode step against a KV cache:
+        B, H, Tq, Tk, D = shape  # Tq query rows, the cache's first Tk positions (a view)
+        q = _x(rng, (B, H, Tq, D), dt)
+        k, v = (_x(rng, (B, H, Tk + 64, D), dt)[:, :, :Tk] for _ in range(2))
+        return q, k, v, 1.0 / D**0.5, False
     if op.startswith("attention"):
         B, H, T, D = shape
         q, k, v = (_x(rng, (B, H, T, D), dt) for _ in range(3))
@@ -155,6 +160,9 @@ def flops(op, shape):
     if op == "matmul":
         M, K, N = shape
         return 2 * M * N * K
+    if op == "attention_forward" and len(shape) == 5:  # a decode step: every row sees all keys
+        B, H, Tq, Tk, D = shape
+        return 4 * B * H * Tq * Tk * D
     if op.startswith("attention"):
         B, H, T, D = shape  # causal: T (T + 1) / 2 visible pairs; fwd 2 products, bwd 5
         return (4 if op.endswith("forward") else 10) * B * H * (T * (T + 1) // 2) * D
@@ -232,7 +240,10 @@ def bench(op, device="cpu", versions=None, shapes="small", dtype=np.float32, min
     dev = Device(device)
     ref = getattr(R, op)
     rows = []
-    for shape in SHAPES[shapes][KIND[_family(op)]]:
+    shape_list = list(SHAPES[shapes][KIND[_family(op)]])
+    if op == "attention_forward":  # (B, Hkv, rows, Tk, D): SmolLM2's grouped decode step
+        shape_list += SHAPES[shapes].get("attention_decode", [])
+    for shape in shape_list:
         host_args = make(op, shape, dtype)
         args = dev.put(host_args)
         want = _outputs(op, ref, host_args, Device("cpu"))

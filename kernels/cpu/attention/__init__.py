@@ -34,7 +34,21 @@ D32; how each was measured: benchmarks/README.md, "Attention"):
       register-blocked micro-kernel (kernels/cpu/_microkernel.py); q, do and the score tiles
       read in place through their strides, k and v packed once per head; query blocks of
       8 MR rows stop at the last key they may see. Two threads: small fwd 4.0x, bwd 2.9x,
-      fwd+bwd 3.3x (v5 2.4x); tiny 1.6x. Fastest inside a training step.  (default)
+      fwd+bwd 3.3x (v5 2.4x); tiny 1.6x. Fastest inside a training step.  (default but for
+      decode steps)
+
+  decode.py
+  v8  decoding: a few query rows (one new token per head; with grouped-query attention the
+      query heads of a group as rows) against a long key cache. v7 packed the whole cache per
+      head for a product of a few rows, and B * Hkv heads (3 for SmolLM2) gave one thread
+      nothing to do. v8 reads the cache in place (its strided view as one flat array, rows
+      sliced so the loops vectorise) and splits each head's keys into chunks of 128 across
+      threads, merging the chunks' softmax statistics (Flash-Decoding). Runs for at most 16
+      query rows against more keys than queries; else v7. SmolLM2's decode step at 600 cached
+      keys (``bench_kernels.py --op attention_forward --shapes tiny``, 1x3x3x600x64: 3 heads
+      of 3 grouped rows, the keys a view of a longer buffer), 2 threads: v8 2.4x the
+      reference, v3/v4 1.4-1.5x, v7 0.76x (its packing copies the cache).
+      (default; declines other inputs, which run v7)
 
 (There is no v6: v5 split over Python threads was fastest alone but gained nothing inside a
 training step; its numbers are kept in benchmarks/README.md.)

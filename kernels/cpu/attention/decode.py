@@ -7,9 +7,10 @@ Why: a decode step asks for one new query row per head (with grouped-query atten
 query heads of a group as rows of one block) against every cached key. v7 packs k and v into
 micro-kernel slivers per head, a copy as large as the cache, for a product of a few rows; and
 with B * Hkv = 3 heads there are too few heads for one per thread. v8 reads k and v in place
-(the cache's strided views), once, and splits each head's keys into chunks (Dao et al. 2023,
-"Flash-Decoding"): task (b, h, c) computes, for each query row, the chunk's running maximum m,
-sum l = sum exp(s - m) and o = sum exp(s - m) v; a second pass merges the chunks:
+(the cache's strided views, as flat memory: kernels/cpu/_views.py), once, and splits each
+head's keys into chunks (Dao et al. 2023, "Flash-Decoding"): task (b, h, c) computes, for each
+query row, the chunk's running maximum m, sum l = sum exp(s - m) and o = sum exp(s - m) v; a
+second pass merges the chunks:
 M = max_c m_c,  L = sum_c exp(m_c - M) l_c,  o = sum_c exp(m_c - M) o_c / L,  lse = M + log L.
 Memory per task: one (Tq, chunk) score tile. With ``causal``, row i sees keys 0..off + i.
 """
@@ -21,6 +22,7 @@ from numba import njit, prange
 
 from .._fastmath import FASTMATH, fast_exp, fast_max
 from .._serial import pick
+from .._views import flat
 
 _JIT = dict(fastmath=FASTMATH, cache=True, error_model="numpy", nogil=True)
 CHUNK = 128  # keys per task: a (Tq, 128) score tile and 128 rows of k and v (32 KiB at D 64)
@@ -28,9 +30,9 @@ NEG_BIG = -1e30  # a finite "minus infinity": exp(NEG_BIG - m) is 0 without inf 
 
 
 @njit(**_JIT)
-def _chunk(o, m, l, s, q, kf, k0, vf, v0, rs, t0, t1, scale, causal, off):
+def _chunk(o, m, l, s, q, kf, k0, ks, vf, v0, vs, t0, t1, scale, causal, off):
     # o: (Tq, D) partial outputs, m, l: (Tq,) of keys t0..t1-1; s: (Tq, CHUNK) scratch; key
-    # row t of this head is kf[k0 + t rs : k0 + t rs + D] (likewise v), taken as a slice: its
+    # row t of this head is kf[k0 + t ks : k0 + t ks + D] (likewise v), taken as a slice: its
     # indices are then known non-negative, so there are no wrap-around checks and the loops
     # over D vectorise (8x faster than indexing kf[r + d]), as do the exponentials (fast_exp).
     Tq, D = q.shape
@@ -41,9 +43,9 @@ def _chunk(o, m, l, s, q, kf, k0, vf, v0, rs, t0, t1, scale, causal, off):
         qi = q[i]
         t = t0
         while t + 4 <= n:  # four keys at once: four independent sums in flight, not one chain
-            r = k0 + t * rs
-            ka, kb = kf[r:r + D], kf[r + rs:r + rs + D]
-            kc, kd = kf[r + 2 * rs:r + 2 * rs + D], kf[r + 3 * rs:r + 3 * rs + D]
+            r = k0 + t * ks
+            ka, kb = kf[r:r + D], kf[r + ks:r + ks + D]
+            kc, kd = kf[r + 2 * ks:r + 2 * ks + D], kf[r + 3 * ks:r + 3 * ks + D]
             a0 = a1 = a2 = a3 = zero
             for d in range(D):
                 a0 += qi[d] * ka[d]
@@ -54,7 +56,7 @@ def _chunk(o, m, l, s, q, kf, k0, vf, v0, rs, t0, t1, scale, causal, off):
             si[t - t0 + 2], si[t - t0 + 3] = a2 * scale, a3 * scale
             t += 4
         for t in range(t, n):
-            kr = kf[k0 + t * rs:k0 + t * rs + D]
+            kr = kf[k0 + t * ks:k0 + t * ks + D]
             acc = zero
             for d in range(D):
                 acc += qi[d] * kr[d]
@@ -72,15 +74,15 @@ def _chunk(o, m, l, s, q, kf, k0, vf, v0, rs, t0, t1, scale, causal, off):
             oi[d] = zero
         t = t0
         while t + 4 <= n:  # o += p v for four keys per pass over o
-            r = v0 + t * rs
-            va, vb = vf[r:r + D], vf[r + rs:r + rs + D]
-            vc, vd = vf[r + 2 * rs:r + 2 * rs + D], vf[r + 3 * rs:r + 3 * rs + D]
+            r = v0 + t * vs
+            va, vb = vf[r:r + D], vf[r + vs:r + vs + D]
+            vc, vd = vf[r + 2 * vs:r + 2 * vs + D], vf[r + 3 * vs:r + 3 * vs + D]
             pa, pb, pc, pd = si[t - t0], si[t - t0 + 1], si[t - t0 + 2], si[t - t0 + 3]
             for d in range(D):
                 oi[d] += (pa * va[d] + pb * vb[d]) + (pc * vc[d] + pd * vd[d])
             t += 4
         for t in range(t, n):
-            vr = vf[v0 + t * rs:v0 + t * rs + D]
+            vr = vf[v0 + t * vs:v0 + t * vs + D]
             p = si[t - t0]
             for d in range(D):
                 oi[d] += p * vr[d]
@@ -88,11 +90,24 @@ def _chunk(o, m, l, s, q, kf, k0, vf, v0, rs, t0, t1, scale, causal, off):
         l[i] = li
 
 
+@njit(**_JIT)
+def _rows(a):
+    # (flat memory, offset of head (b, h) = b s0 + h s1, row stride s2), in elements, of a
+    # (B, H, T, D) array whose rows of D are contiguous (strides checked by the caller)
+    isz = a.itemsize
+    s0, s1, s2 = a.strides[0] // isz, a.strides[1] // isz, a.strides[2] // isz
+    B, H, T, D = a.shape
+    span = (B - 1) * s0 + (H - 1) * s1 + (T - 1) * s2 + D if a.size else 0
+    return flat(a, span), s0, s1, s2
+
+
 @njit(parallel=True, **_JIT)
-def _forward(o, lse, q, kf, ks, vf, vs, Tk, scale, causal):
-    # q: (B, H, Tq, D) contiguous; kf, vf: the keys' and values' memory as flat arrays, with
-    # element strides ks, vs = (batch, head, row) (a row's D values are contiguous)
+def _forward(o, lse, q, k, v, scale, causal):
+    # q: (B, H, Tq, D) contiguous; k, v: (B, H, Tk, D) with contiguous rows (a cache's view)
     B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    kf, k0, k1, k2 = _rows(k)
+    vf, v0, v1, v2 = _rows(v)
     off = Tk - Tq
     nc = max(1, (Tk + CHUNK - 1) // CHUNK)
     po = np.empty((B, H, nc, Tq, D), dtype=q.dtype)  # per-chunk partial outputs
@@ -102,9 +117,8 @@ def _forward(o, lse, q, kf, ks, vf, vs, Tk, scale, causal):
         b, rest = task // (H * nc), task % (H * nc)
         h, c = rest // nc, rest % nc
         s = np.empty((Tq, CHUNK), dtype=q.dtype)
-        _chunk(po[b, h, c], pm[b, h, c], pl[b, h, c], s, q[b, h], kf, b * ks[0] + h * ks[1],
-               vf, b * vs[0] + h * vs[1], ks[2], c * CHUNK, min(Tk, (c + 1) * CHUNK), scale,
-               causal, off)
+        _chunk(po[b, h, c], pm[b, h, c], pl[b, h, c], s, q[b, h], kf, b * k0 + h * k1, k2, vf,
+               b * v0 + h * v1, v2, c * CHUNK, min(Tk, (c + 1) * CHUNK), scale, causal, off)
     for task in prange(B * H * Tq):  # merge the chunks of each query row
         b, rest = task // (H * Tq), task % (H * Tq)
         h, i = rest // Tq, rest % Tq
@@ -127,24 +141,16 @@ def _forward(o, lse, q, kf, ks, vf, vs, Tk, scale, causal):
         lse[b, h, i] = mx + math.log(total)
 
 
-def _flat(a):
-    """(flat, element strides of axes 0-2) for a (B, H, T, D) array whose rows of D are
-    contiguous (a KV cache's view of its first T positions): the memory from its first to its
-    last element as a 1-D array, so the kernel reads unit-stride rows (Numba would type the
-    strided view as layout 'A', and loops over it do not vectorise). Other arrays are copied."""
-    if a.size == 0 or a.strides[3] != a.itemsize or min(a.strides) < 0 or \
-            any(s % a.itemsize for s in a.strides):
-        a = np.ascontiguousarray(a)
-    st = tuple(s // a.itemsize for s in a.strides[:3])
-    span = sum((n - 1) * s for n, s in zip(a.shape[:3], st)) + a.shape[3] if a.size else 0
-    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(a.itemsize,),
-                                           writeable=False)
-    return flat, st
+def _rows_contiguous(a):
+    """a itself when its rows of D are contiguous and no stride is negative, else a copy."""
+    if a.strides[3] == a.itemsize and min(a.strides) >= 0 and \
+            not any(st % a.itemsize for st in a.strides):
+        return a
+    return np.ascontiguousarray(a)
 
 
 def attention_forward_v8(o, lse, q, k, v, scale, causal):
     # parallel once the keys read (B H Tk D elements) pay for a second thread
-    kf, ks = _flat(k)
-    vf, vs = _flat(v)
     kernel = pick(_forward, k.shape[0] * k.shape[1] * k.shape[2] * k.shape[3])
-    kernel(o, lse, np.ascontiguousarray(q), kf, ks, vf, vs, k.shape[2], scale, causal)
+    kernel(o, lse, np.ascontiguousarray(q), _rows_contiguous(k), _rows_contiguous(v), scale,
+           causal)
