@@ -298,11 +298,20 @@ def _make_v6(qt):
     ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
     is_q8, has_m, is_q40 = qt == Q8_0, qt == Q4_1, qt == Q4_0
 
-    def groups_one_row(out, xn, data, f16, xs, R):
+    def groups_one_row(out, xn, data, f16):
         # the N = 1 case of v6: blk[r] accumulates code * x straight from the converted byte
-        # (no lane arrays in between: twice as fast as the N-row loop at N = 1)
+        # (no lane arrays in between: twice as fast as the N-row loop at N = 1). A kernel of
+        # its own, called from Python: a dispatcher called from the other kernel made that
+        # one miss Numba's on-disk cache in every new process (compiled again each time).
         G, nb = data.shape[0], data.shape[1]
+        R = data.shape[2] // ts  # GROUP, read at run time (see below)
         t = f16.dtype.type
+        xs = np.empty(nb, dtype=f16.dtype)  # (K / 32,) block sums of x
+        for b in range(nb):
+            a = t(0)
+            for j in range(QK):
+                a += xn[b * QK + j]
+            xs[b] = a
         sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
         for g in prange(G):
             acc = np.zeros(R, dtype=f16.dtype)
@@ -380,9 +389,6 @@ def _make_v6(qt):
                     acc += x[n, b * QK + j]
                 xs[n, b] = acc
         sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
-        if N == 1:  # decoding: each byte meets one x value; converted and used at once
-            _groups_one_row(out, x[0], data, f16, xs[0], R)
-            return
         for g in prange(G):
             acc = np.zeros((N, R), dtype=f16.dtype)
             blk = np.empty((N, R), dtype=f16.dtype)
@@ -432,9 +438,10 @@ def _make_v6(qt):
                     out[n, g * R + r] = acc[n, r]
 
     qmatmul_forward_v6.__qualname__ = f"qmatmul_forward_v6_{FORMATS[qt].name}"  # cache key
-    return njit(parallel=True, **_JIT)(qmatmul_forward_v6)
+    return _groups_one_row, njit(parallel=True, **_JIT)(qmatmul_forward_v6)
 
 
+# format -> (the one-row kernel, the several-rows kernel)
 _V6 = {qt: _make_v6(qt) for qt in (Q8_0, Q4_0, Q4_1)}
 
 
@@ -527,8 +534,11 @@ def qmatmul_forward_v6(out, x, qw, f16):
     qw = qw.to_groups()
     if not qw.grouped:  # rows not a multiple of GROUP: no row groups
         return qmatmul_forward_v5(out, x, qw.blocks, qw.qtype, f16)
-    k = pick(_V6[qw.qtype], x.shape[0] * out.shape[1] * x.shape[1])
-    k(out, x, _group_view(qw), f16)
+    one_row, rows = _V6[qw.qtype]
+    if x.shape[0] == 1:  # decoding: each byte meets one x value, converted and used at once
+        pick(one_row, out.shape[1] * x.shape[1])(out, x[0], _group_view(qw), f16)
+    else:
+        pick(rows, x.shape[0] * out.shape[1] * x.shape[1])(out, x, _group_view(qw), f16)
 
 
 @njit(parallel=True, **_JIT)

@@ -19,6 +19,7 @@ parameter name), and ``export_gguf(model, tokenizer, path, dtype)`` writes them 
 import numpy as np
 
 from minillm import backend
+from minillm._memory import trim
 from minillm.checkpoints.gguf import DTYPES, expected_shapes, read_gguf, write_gguf
 from minillm.errors import CheckpointError, ConfigError
 from minillm.kernels.quant import MATMUL_TYPES, Q8_0, QuantWeight
@@ -35,8 +36,11 @@ def _parent(model, name):
     return m, attr
 
 
-def build_llama(config, tensors):
-    """The Llama model holding ``tensors`` (every parameter the config implies, nothing else)."""
+def build_llama(config, tensors, consume=False):
+    """The Llama model holding ``tensors`` (every parameter the config implies, nothing else).
+    ``consume``: empty the ``tensors`` dict as its arrays are placed, so that the caller holds
+    no second reference to a weight the model fuses into a new buffer (the loader's peak memory
+    is then the weights and one layer, not the weights and every fused copy)."""
     cfg = LlamaConfig.from_dict(config)
     model = Llama(cfg, init=False)
     params = dict(model.named_parameters())
@@ -45,7 +49,10 @@ def build_llama(config, tensors):
     if missing or extra:
         raise CheckpointError(f"the weights do not fit the model: missing {missing[:3]}, "
                               f"unexpected {extra[:3]}")
-    for name, w in tensors.items():
+    tied = cfg.tie_word_embeddings and isinstance(tensors["embed_tokens.weight"], QuantWeight)
+    embed = tensors["embed_tokens.weight"]
+    for name in list(tensors):
+        w = tensors.pop(name) if consume else tensors[name]
         p = params[name]
         if tuple(w.shape) != tuple(p.shape):
             raise CheckpointError(f"{name} has shape {tuple(w.shape)}, the model needs "
@@ -56,9 +63,9 @@ def build_llama(config, tensors):
         parent, attr = _parent(model, name)
         layer = embedding_from(w) if name == "embed_tokens.weight" else linear_from(w)
         setattr(parent, attr, layer)
-    if cfg.tie_word_embeddings and isinstance(tensors["embed_tokens.weight"], QuantWeight):
-        w = tensors["embed_tokens.weight"]
-        model.lm_head = QuantLinear(w) if w.qtype in MATMUL_TYPES else linear_from(w)
+    if tied:
+        model.lm_head = QuantLinear(embed) if embed.qtype in MATMUL_TYPES else linear_from(embed)
+    del embed
     for block in model.layers:
         block.fuse_projections()  # quantized q, k, v and gate, up: one product each to decode
     return model
@@ -72,7 +79,8 @@ def load_gguf(path, device="cpu", dtype="stored", **options):
     g = read_gguf(path, dtype=dtype)
     if g.tokenizer is None:
         raise CheckpointError(f"{path}: {g.tokenizer_note}")
-    model = build_llama(g.config, g.tensors)
+    model = build_llama(g.config, g.tensors, consume=True)
+    trim()  # what loading freed amid what stays (minillm._memory)
     if device != "cpu":
         if any(isinstance(m, QuantLinear) for m in model.modules()):
             raise ConfigError("quantized weights run on the CPU; load with dtype='float32' "

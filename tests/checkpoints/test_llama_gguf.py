@@ -80,6 +80,17 @@ def test_read_write_read_is_bit_identical(tiny, tmp_path):
     np.testing.assert_array_equal(logits(model, IDS), logits(minillm.load(path)[0], IDS))
 
 
+def test_build_can_consume_the_tensors_it_places(tiny):
+    # the loader hands its dict over (consume=True): emptied as the weights are placed, so no
+    # second reference keeps the pre-fusion q, k, v / gate, up arrays alive; same model
+    path, _ = tiny
+    kept, given = read_gguf(path).tensors, read_gguf(path).tensors
+    a, b = build_llama(read_gguf(path).config, kept), build_llama(read_gguf(path).config, given,
+                                                                  consume=True)
+    assert given == {} and len(kept) > 0
+    np.testing.assert_array_equal(logits(a, IDS), logits(b, IDS))
+
+
 def test_kv_cache_decoding_matches_the_full_forward(tiny):
     path, _ = tiny
     model, _ = minillm.load(path)
