@@ -96,9 +96,11 @@ from ._microkernel import MR, NV, VECTOR_BYTES, micro
 from ._serial import pick, threads
 from .matmul import pool as matmul_pool
 
-_JIT = {"fastmath": FASTMATH, "cache": True, "error_model": "numpy"}
+_JIT = {"fastmath": FASTMATH, "cache": True, "error_model": "numpy", "nogil": True}  # nogil: a
+# server's HTTP thread streams tokens while a product runs
 QK = 32  # weights per block in every format here
 OT = 4  # output rows per tile in v3
+V7_DEPTH = 256  # v7: rows of K decoded into the panel at a time (32 KiB of float32: L1)
 PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
 
 # float16 bit pattern -> value, in each activation dtype (256 KiB for float32): exact, and a
@@ -452,11 +454,12 @@ def _make_v7(qt):
 
     def qmatmul_forward_v7(out, xp, data, f16):
         # out: (Np, O), xp: (Np, K) with Np a multiple of MR (x padded with zero rows);
-        # data: (G, K / 32, R * ts) uint8. Per group g of R rows of W: its weights decoded once
-        # into bp = W_g^T (K, R), each row of R lanes in one vectorised loop as in v6; then
-        # out[:, g R:(g + 1) R] = xp W_g^T on the micro-kernel, MR rows of xp at a time read
-        # in place, one sliver of nr columns of bp at a time (its rows nr contiguous floats,
-        # R apart: the micro-kernel's packed-B reading with row stride R).
+        # data: (G, K / 32, R * ts) uint8. Per group g of R rows of W, V7_DEPTH of K at a
+        # time: those weights decoded once into bp = W_g^T (depth, R), each row of R lanes in
+        # one vectorised loop as in v6, then out[:, g R:(g + 1) R] += xp[:, depth] bp on the
+        # micro-kernel, MR rows of xp at a time read in place, one sliver of nr columns of bp
+        # at a time (its rows nr contiguous floats, R apart: the micro-kernel's packed-B
+        # reading with row stride R). The panel stays in L1 between decoding and products.
         Np, K = xp.shape
         G, nb = data.shape[0], data.shape[1]
         O = out.shape[1]
@@ -465,36 +468,39 @@ def _make_v7(qt):
         t = f16.dtype.type
         sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
         for g in prange(G):
-            bp = np.empty((K, R), dtype=f16.dtype)
+            bp = np.empty((V7_DEPTH, R), dtype=f16.dtype)  # W_g^T, V7_DEPTH rows of K at a time
             ds = np.empty(R, dtype=f16.dtype)
             ms = np.zeros(R, dtype=f16.dtype)
-            for b in range(nb):
-                gb = data[g, b]
-                _group_scales(ds, ms, gb, f16, R, has_m)
-                if is_q8:
-                    for j in range(QK):
-                        c = gb[h * R + j * R:h * R + (j + 1) * R]
-                        row = bp[b * QK + j]
-                        for r in range(R):
-                            row[r] = ds[r] * (t(c[r]) - c128)  # codes + 128
-                else:
-                    for j in range(QK // 2):
-                        c = gb[h * R + j * R:h * R + (j + 1) * R]
-                        lo, hi = bp[b * QK + j], bp[b * QK + j + QK // 2]
-                        for r in range(R):
-                            cf = t(c[r])  # nibbles in float arithmetic, as in v6
-                            q1 = np.floor(cf * sixteenth)
-                            q0 = cf - sixteen * q1
-                            if is_q40:
-                                lo[r] = ds[r] * (q0 - eight)
-                                hi[r] = ds[r] * (q1 - eight)
-                            else:
-                                lo[r] = ds[r] * q0 + ms[r]
-                                hi[r] = ds[r] * q1 + ms[r]
-            for s in range(R // nr):
-                for n0 in range(0, Np, MR):
-                    micro(K, xp, n0 * K, K, 1, bp, s * nr, R, out, n0 * O + g * R + s * nr, O,
-                          False)
+            for k0 in range(0, K, V7_DEPTH):
+                kc = min(V7_DEPTH, K - k0)
+                for bb in range(kc // QK):
+                    b = k0 // QK + bb
+                    gb = data[g, b]
+                    _group_scales(ds, ms, gb, f16, R, has_m)
+                    if is_q8:
+                        for j in range(QK):
+                            c = gb[h * R + j * R:h * R + (j + 1) * R]
+                            row = bp[bb * QK + j]
+                            for r in range(R):
+                                row[r] = ds[r] * (t(c[r]) - c128)  # codes + 128
+                    else:
+                        for j in range(QK // 2):
+                            c = gb[h * R + j * R:h * R + (j + 1) * R]
+                            lo, hi = bp[bb * QK + j], bp[bb * QK + j + QK // 2]
+                            for r in range(R):
+                                cf = t(c[r])  # nibbles in float arithmetic, as in v6
+                                q1 = np.floor(cf * sixteenth)
+                                q0 = cf - sixteen * q1
+                                if is_q40:
+                                    lo[r] = ds[r] * (q0 - eight)
+                                    hi[r] = ds[r] * (q1 - eight)
+                                else:
+                                    lo[r] = ds[r] * q0 + ms[r]
+                                    hi[r] = ds[r] * q1 + ms[r]
+                for s in range(R // nr):
+                    for n0 in range(0, Np, MR):
+                        micro(kc, xp, n0 * K + k0, K, 1, bp, s * nr, R, out,
+                              n0 * O + g * R + s * nr, O, k0 > 0)
 
     qmatmul_forward_v7.__qualname__ = f"qmatmul_forward_v7_{FORMATS[qt].name}"  # cache key
     return njit(parallel=True, **_JIT)(qmatmul_forward_v7)

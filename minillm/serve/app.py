@@ -49,7 +49,7 @@ class ServedModel:
                 "owned_by": "minillm"}
 
 
-def served_model(name, model, tokenizer, max_batch=8, queue_size=64):
+def served_model(name, model, tokenizer, max_batch=8, queue_size=64, batch_wait=None):
     """The ServedModel of a model and tokenizer as ``minillm.load`` returns them: its own
     engine, and the chat template the tokenizer carries (``minillm.chat.chat_template_of``)."""
     from minillm.chat import chat_template_of
@@ -60,7 +60,8 @@ def served_model(name, model, tokenizer, max_batch=8, queue_size=64):
                            f"tokenizer=...)).")
     found = chat_template_of(tokenizer)
     template, stop_ids = found if found is not None else (None, None)
-    engine = Engine(model, tokenizer, max_batch=max_batch, queue_size=queue_size)
+    options = {} if batch_wait is None else {"batch_wait": batch_wait}
+    engine = Engine(model, tokenizer, max_batch=max_batch, queue_size=queue_size, **options)
     return ServedModel(name, engine, tokenizer, template, stop_ids)
 
 

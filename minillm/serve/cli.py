@@ -47,6 +47,9 @@ def add_serve(sub):
                    help="requests decoded together (default: %(default)s)")
     p.add_argument("--queue", type=int, default=64,
                    help="requests that may wait for a batch row before 503 (default: %(default)s)")
+    p.add_argument("--batch-wait", type=float, default=0.02, metavar="SECONDS",
+                   help="an idle server's wait for more requests to share the first one's "
+                        "prefill (default: %(default)s; 0: none)")
     p.set_defaults(run=run_serve)
 
 
@@ -105,6 +108,8 @@ def run_serve(args):
         raise MinillmError(f"--port must be 0..65535, got {args.port}.")
     if args.max_batch < 1 or args.queue < 1:
         raise MinillmError("--max-batch and --queue must be at least 1.")
+    if not 0 <= args.batch_wait <= 10:
+        raise MinillmError(f"--batch-wait is seconds from 0 to 10, got {args.batch_wait}.")
     source = args.ckpt or args.model or DEFAULT_CHAT_MODEL
     name = args.model or (Path(args.ckpt).stem if args.ckpt else DEFAULT_CHAT_MODEL)
     sources = [(name, source)] + [(Path(a).resolve().name, a) for a in args.adapter]
@@ -124,7 +129,7 @@ def run_serve(args):
             options["base"] = args.base
         model, tokenizer = load_model(path, **options)
         served.append(served_model(model_id, model, tokenizer, max_batch=args.max_batch,
-                                   queue_size=args.queue))
+                                   queue_size=args.queue, batch_wait=args.batch_wait))
     app = create_app(served, api_key=args.api_key)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]

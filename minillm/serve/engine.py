@@ -3,8 +3,9 @@
 Requests arrive through a bounded queue (``submit``; a full queue raises ``QueueFull``, which
 the HTTP layer answers with 503). One engine thread loops:
 
-1. admit waiting requests while the batch has free rows and prefill their prompts: those that
-   arrived together run as one right-padded batch through an ordinary ``model.new_kv_cache``
+1. admit waiting requests while the batch has free rows and prefill their prompts (an idle
+   engine first waits ``batch_wait`` for more to come: clients that start together share one
+   prefill); those that arrived together run as one right-padded batch through an ordinary ``model.new_kv_cache``
    (up to PREFILL_TOKENS padded positions; a request that wants its prompt's log-probabilities
    runs alone), each first token is sampled from its last real position, and each prompt's
    keys and values are copied into a free row of the ``RaggedKVCache``;
@@ -20,6 +21,10 @@ for it to finish; clients that arrive together wait for one prefill pass, not on
 batch; the logits do, by float32 rounding only (a batched matmul sums in another order), which
 the tests keep clear of by using greedy decoding on weights whose top-2 logit gaps are large.
 
+Every model call runs on the engine thread. Nothing else in the process should run the model
+(or any of minillm's parallel kernels) while it serves: once a second thread has, the engine
+thread's decode steps take about twice as long (benchmarks/second_thread.py).
+
 Results leave through each request's ``sink(event, payload)``, called on the engine thread
 (the HTTP layer forwards them into its event loop with ``call_soon_threadsafe``):
 ``("prompt", PromptLogprobs)`` once when prompt log-probabilities were asked for, then
@@ -30,6 +35,7 @@ or ``("error", message)``.
 import math
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -48,6 +54,12 @@ from minillm.tensor import Tensor
 # at once, and autograd's no_grad switch is one flag for the whole process.
 FORWARD_LOCK = threading.Lock()
 PREFILL_TOKENS = 2048  # padded prompt positions (prompts x longest) one prefill pass may hold
+# An idle engine's wait for more requests after the first (seconds), and the most it waits in
+# all as a multiple of it. 20 ms: clients started together reach the engine within a few tens
+# of milliseconds of each other (benchmarks/bench_serve.py: 8 over 35 ms), and a lone request
+# pays at most this much more before its first token.
+BATCH_WAIT = 0.02
+BATCH_WAIT_TIMES = 4
 
 
 class QueueFull(MinillmError):
@@ -114,13 +126,20 @@ def _top(lp, k):
 class Engine:
     """Continuous-batching generation for one model and tokenizer.
 
-    ``max_batch``: rows decoded together; ``queue_size``: requests that may wait for a row.
+    ``max_batch``: rows decoded together; ``queue_size``: requests that may wait for a row;
+    ``batch_wait``: seconds an idle engine waits, after a request arrives, for others to join
+    its prefill (each one that comes restarts the wait, up to BATCH_WAIT_TIMES of it in all):
+    clients that start together then share one prefill instead of the first one running
+    alone while the rest queue behind it (a dynamic batcher's queue delay).
     """
 
-    def __init__(self, model, tokenizer, max_batch=8, queue_size=64):
+    def __init__(self, model, tokenizer, max_batch=8, queue_size=64, batch_wait=BATCH_WAIT):
         if max_batch < 1 or queue_size < 1:
             raise MinillmError(f"max_batch and queue_size must be at least 1, got {max_batch} "
                                f"and {queue_size}.")
+        if not 0 <= batch_wait <= 10:
+            raise MinillmError(f"batch_wait is seconds between 0 and 10, got {batch_wait}.")
+        self.batch_wait = float(batch_wait)
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = int(max_batch)
         self.block_size = model.config.block_size
@@ -184,9 +203,18 @@ class Engine:
         """Take waiting requests while rows are free and prefill them, several prompts in one
         forward pass where they fit PREFILL_TOKENS padded positions."""
         taken = []
+        idle, deadline = block, None
         while len(self.active) + len(taken) < self.max_batch:
             try:
-                req = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+                if block:
+                    req = self.inbox.get(timeout=0.5)
+                elif idle and self.batch_wait > 0:  # gather those arriving with the first
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + BATCH_WAIT_TIMES * self.batch_wait
+                    req = self.inbox.get(timeout=max(0.0, min(self.batch_wait, deadline - now)))
+                else:
+                    req = self.inbox.get_nowait()
             except queue.Empty:
                 break
             block = False

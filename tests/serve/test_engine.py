@@ -3,6 +3,7 @@ continuous batching gives each request the text it gets alone."""
 
 import queue
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -164,6 +165,29 @@ def test_requests_waiting_together_are_prefilled_in_one_pass(tiny_any):
         engine.close()
     assert rec.shapes[0] == (len(prompts), max(len(p) for p in prompts))  # one padded prefill
     assert all(s[1] == 1 for s in rec.shapes[1:])  # then decode steps only
+
+
+def test_an_idle_engine_waits_for_requests_that_arrive_together(tiny_any):
+    # the second request comes 0.3 s after the first reached an idle engine: within
+    # batch_wait (1 s), so both share one prefill; with batch_wait=0 the first runs alone
+    model, tok = tiny_any
+    params = SamplingParams(max_tokens=3, temperature=0.0)
+    for wait, first_rows in ((1.0, 2), (0.0, 1)):
+        rec = Recording(model)
+        engine = Engine(rec, tok, max_batch=8, batch_wait=wait).start()
+        try:
+            done = [queue.Queue(), queue.Queue()]
+            engine.submit(tok.encode("the cat"), params, lambda k, x: done[0].put(k))
+            time.sleep(0.3)
+            engine.submit(tok.encode("a dog ran"), params, lambda k, x: done[1].put(k))
+            for q in done:
+                while q.get(timeout=60) != "done":
+                    pass
+        finally:
+            engine.close()
+        assert rec.shapes[0][0] == first_rows
+    with pytest.raises(MinillmError, match="batch_wait"):
+        Engine(model, tok, batch_wait=-1)
 
 
 def test_seeded_sampling_stop_strings_and_logprobs(tiny):

@@ -46,8 +46,16 @@ def test_serve_is_a_subcommand(capsys):
         main(["serve", "--help"])
     out = capsys.readouterr().out
     for flag in ("--model", "--ckpt", "--host", "--port", "--api-key", "--insecure",
-                 "--max-batch", "--queue"):
+                 "--max-batch", "--queue", "--batch-wait"):
         assert flag in out
+
+
+@pytest.mark.parametrize("flags,message", [(["--batch-wait", "-1"], "--batch-wait is seconds"),
+                                           (["--max-batch", "0"], "at least 1")])
+def test_bad_serve_numbers_are_one_sentence_before_loading(flags, message, capsys):
+    assert main(["serve", "--ckpt", "no/such/dir"] + flags) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 SERVE_SCRIPT = """
