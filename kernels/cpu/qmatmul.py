@@ -56,8 +56,11 @@ qmatmul_forward
       For several rows of x (a server's batch), each byte is converted once into lane arrays
       and used for every row; at N = 1 (decoding) a separate loop uses it as it is converted,
       twice as fast there.
-      fraction of memory bandwidth: 0.54-0.60 (Q4_1), 0.89-1.08 (Q8_0) at N = 1; 20-38x the
-      reference. (Above 1.0: SmolLM2's single matrices partly stay in the 2 cores' caches.)
+      Four code bytes (four vectors of rows) per pass over the block's sums.
+      fraction of memory bandwidth: 0.49-0.88 (Q4_1), 1.09-1.86 (Q8_0) at N = 1 (read
+      bandwidth 8.4 GB/s in that run); 23-44x the reference. (Above 1.0: SmolLM2's single
+      matrices partly stay in the 2 cores' caches.) Q4_1 stays below the bandwidth: splitting
+      nibbles in float arithmetic costs more instructions per byte than the bytes cost to read.
   v7  for a server's batch and for prompts, on the row-group layout: v6's N-row loop paid the
       lane arithmetic of every byte once per row of x (at 8 rows 4x the time of one), and v4
       wrote all of W as floats to memory and read it back. Here each group of 32 rows is
@@ -66,6 +69,8 @@ qmatmul_forward
       (kernels/cpu/_microkernel.py: MR rows of x by 16 columns in FMA registers, x read in
       place). Decoding costs about what v6's N = 1 pass costs, the product is compute-bound.
       (default; declines one row, where v6 runs)
+      At 64 rows of x, SmolLM2's shapes: 85-142 GFLOP/s (v4 22-44, v6 25-61; ``bench_kernels.py
+      --op qmatmul_forward --shapes tiny``).
       SmolLM2-135M's 120 layer matrices in Q4_1, milliseconds per pass, v4 / v6 / v7
       (``python benchmarks/bench_qmatmul_rows.py``, 2 threads, Zen 3): 1 row 84 / 11 / 33;
       2 rows 171 / 29 / 24; 6 rows 349 / 49 / 28; 8 rows 181 / 65 / 42; 16 rows 231 / 116 / 59;
@@ -461,7 +466,7 @@ def _make_v7(qt):
         # at a time (its rows nr contiguous floats, R apart: the micro-kernel's packed-B
         # reading with row stride R). The panel stays in L1 between decoding and products.
         Np, K = xp.shape
-        G, nb = data.shape[0], data.shape[1]
+        G = data.shape[0]
         O = out.shape[1]
         R = data.shape[2] // ts
         nr = NV * VECTOR_BYTES // xp.itemsize  # micro-kernel columns: 16 float32 on AVX2
