@@ -293,7 +293,11 @@ class ByteLevelBPETokenizer(Tokenizer):
             raise TokenizerError(f"the pre-tokenizer {pre!r} is not supported; supported: "
                                  f"{', '.join(sorted(PRETOKENIZERS))}.")
         self.vocab = dict(vocab)
-        self.merges = [tuple(m) for m in merges]
+        # each merge's two symbols as the vocabulary's own string objects where they are tokens
+        # (always, for a consistent BPE): 49k merges then hold no strings of their own
+        same = {t: t for t in self.vocab}
+        self.merges = [(same.get(a, a), same.get(b, b)) for a, b in merges]
+        del same
         self.ranks = {pair: r for r, pair in enumerate(self.merges)}
         self.pre = pre
         self._pretokenize = PRETOKENIZERS[pre]
