@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm._memory import trim
 from minillm.checkpoints.atomic import replacing
 from minillm.errors import CheckpointError, TokenizerError
 from minillm.kernels import quant as Q
@@ -521,9 +520,7 @@ def read_gguf(path, dtype="stored"):
                               + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
                               + ".")
     tokenizer, note = _tokenizer(md)
-    trim()  # the metadata's temporaries, freed between what stays (minillm._memory)
     tensors = {p: _load_tensor(f, by_param[p], dtype) for p in want}
-    trim()
     rest = {k: v for k, v in md.items()
             if k not in _TOKENIZER_ARRAYS and k != "tokenizer.chat_template"}
     template = md.get("tokenizer.chat_template")
