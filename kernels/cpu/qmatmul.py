@@ -56,7 +56,11 @@ qmatmul_forward
       For several rows of x (a server's batch), each byte is converted once into lane arrays
       and used for every row; at N = 1 (decoding) a separate loop uses it as it is converted,
       twice as fast there.
-      Four code bytes (four vectors of rows) per pass over the block's sums.
+      Four code bytes (four vectors of rows) per pass over the block's sums; the one-row
+      kernel fuses its multiply-adds (FMA, without reassociation, so a cached and a fresh
+      compile agree): SmolLM2's 120 layer matrices at one row 8.2-8.5 ms against 8.9-9.7 in
+      Q4_1, 7.1-7.6 against 7.6-7.8 in Q8_0 (bench_qmatmul_rows.py --rows 1 --versions 6,
+      three interleaved pairs).
       fraction of memory bandwidth: 0.49-0.88 (Q4_1), 1.09-1.86 (Q8_0) at N = 1 (read
       bandwidth 8.4 GB/s in that run); 23-44x the reference. (Above 1.0: SmolLM2's single
       matrices partly stay in the 2 cores' caches.) Q4_1 stays below the bandwidth: splitting
@@ -106,6 +110,8 @@ _JIT = {"fastmath": FASTMATH, "cache": True, "error_model": "numpy", "nogil": Tr
 QK = 32  # weights per block in every format here
 OT = 4  # output rows per tile in v3
 V7_DEPTH = 256  # v7: rows of K decoded into the panel at a time (32 KiB of float32: L1)
+# v6's one-row kernel: multiply-adds fused (FMA), no reassociation (see _fastmath.FASTMATH)
+FMA = (FASTMATH - {"reassoc"}) | {"contract"}
 PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
 
 # float16 bit pattern -> value, in each activation dtype (256 KiB for float32): exact, and a
@@ -375,7 +381,7 @@ def _make_v6(qt):
                 out[0, g * R + r] = acc[r]
 
     groups_one_row.__qualname__ = f"qmatmul_forward_v6_one_row_{FORMATS[qt].name}"
-    _groups_one_row = njit(parallel=True, **_JIT)(groups_one_row)
+    _groups_one_row = njit(parallel=True, **{**_JIT, "fastmath": FMA})(groups_one_row)
 
     def qmatmul_forward_v6(out, x, data, f16):
         # out: (N, O)  x: (N, K)  data: (G, K / 32, R * ts) uint8, group g's
