@@ -68,10 +68,10 @@ qmatmul_forward
   v7  for a server's batch and for prompts, on the row-group layout: v6's N-row loop paid the
       lane arithmetic of every byte once per row of x (at 8 rows 4x the time of one), and v4
       wrote all of W as floats to memory and read it back. Here each group of 32 rows is
-      decoded once, v6's way (whole 32-lane vectors), into a float panel W_g^T (K x 32, at most
-      192 KiB: it stays in L2), and x W_g^T runs on matmul v5's register-blocked micro-kernel
-      (kernels/cpu/_microkernel.py: MR rows of x by 16 columns in FMA registers, x read in
-      place). Decoding costs about what v6's N = 1 pass costs, the product is compute-bound.
+      decoded once, v6's way (whole 32-lane vectors), into a float panel W_g^T, V7_DEPTH = 256
+      rows of K at a time (32 KiB: it stays in L1), and x W_g^T runs on matmul v5's
+      register-blocked micro-kernel (kernels/cpu/_microkernel.py: MR rows of x by 16 columns
+      in FMA registers, x read in place). Decoding costs about what v6's N = 1 pass costs, the product is compute-bound.
       (default; declines one row, where v6 runs)
       At 64 rows of x, SmolLM2's shapes: 85-142 GFLOP/s (v4 22-44, v6 25-61; ``bench_kernels.py
       --op qmatmul_forward --shapes tiny``).
@@ -306,10 +306,16 @@ def _group_scales(ds, ms, gb, f16, R, has_m):
                         | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
 
 
+def _group_format(qt):
+    """(bytes per block, bytes before the codes, is Q8_0, has offsets (Q4_1), is Q4_0): the
+    constants v6 and v7 are compiled with, one kernel per format."""
+    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
+    return ts, h, qt == Q8_0, qt == Q4_1, qt == Q4_0
+
+
 def _make_v6(qt):
     # v6 compiled once per format, like v5; W in the row-group layout (kernels/quant.py).
-    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
-    is_q8, has_m, is_q40 = qt == Q8_0, qt == Q4_1, qt == Q4_0
+    ts, h, is_q8, has_m, is_q40 = _group_format(qt)
 
     def groups_one_row(out, xn, data, f16):
         # the N = 1 case of v6: blk[r] accumulates code * x straight from the converted byte
@@ -460,8 +466,7 @@ _V6 = {qt: _make_v6(qt) for qt in (Q8_0, Q4_0, Q4_1)}
 
 def _make_v7(qt):
     # v7 compiled once per format, like v6; W in the row-group layout (kernels/quant.py).
-    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
-    is_q8, has_m, is_q40 = qt == Q8_0, qt == Q4_1, qt == Q4_0
+    ts, h, is_q8, has_m, is_q40 = _group_format(qt)
 
     def qmatmul_forward_v7(out, xp, data, f16):
         # out: (Np, O), xp: (Np, K) with Np a multiple of MR (x padded with zero rows);
