@@ -52,7 +52,7 @@ qmatmul_forward
       float arithmetic (floor of a sixteenth) because Numba widens integer ops to int64, whose
       conversion to float does not vectorise on AVX2; Q8_0's codes are stored plus 128 for the
       same reason (unsigned bytes, the 128 taken back through x's block sums).
-      (runs for one row on grouped weights: the ladder's ``also``)
+      (the ladder's ``also``; v8 replaced it for one row)
       For several rows of x (a server's batch), each byte is converted once into lane arrays
       and used for every row; at N = 1 (decoding) a separate loop uses it as it is converted,
       twice as fast there.
@@ -72,13 +72,31 @@ qmatmul_forward
       rows of K at a time (32 KiB: it stays in L1), and x W_g^T runs on matmul v5's
       register-blocked micro-kernel (kernels/cpu/_microkernel.py: MR rows of x by 16 columns
       in FMA registers, x read in place). Decoding costs about what v6's N = 1 pass costs, the product is compute-bound.
-      (default; declines one row, where v6 runs)
+      (runs for more than V8_MAX_ROWS rows of x on grouped weights; declines one row)
       At 64 rows of x, SmolLM2's shapes: 85-142 GFLOP/s (v4 22-44, v6 25-61; ``bench_kernels.py
       --op qmatmul_forward --shapes tiny``).
       SmolLM2-135M's 120 layer matrices in Q4_1, milliseconds per pass, v4 / v6 / v7
       (``python benchmarks/bench_qmatmul_rows.py``, 2 threads, Zen 3): 1 row 84 / 11 / 33;
       2 rows 171 / 29 / 24; 6 rows 349 / 49 / 28; 8 rows 181 / 65 / 42; 16 rows 231 / 116 / 59;
       64 rows 427 / 400 / 127; 512 rows 1128 / 3153 / 826.
+  v8  for decoding, on the row-group layout: v6's arithmetic with the group's inner product
+      written as LLVM IR (kernels/cpu/_groupdot.py). In v6 each pass over four code bytes was a
+      lane loop of its own, vectorised as 4 iterations behind run-time alias checks,
+      broadcasts and spills, about as costly as the work: v6 ran near 1 weight per cycle per
+      core even on a matrix in L2. Here the 32 rows of a group are whole vector values from
+      the first block to the last: each code byte of 8 rows is widened to 32 bits as it is
+      loaded (vpmovzxbd from memory), its nibbles split by one AND and one shift, converted,
+      and multiply-added with a broadcast x value; sums and scales stay in registers; the
+      float16 scales are converted by vcvtph2ps. Each group's bytes are read again (from L1)
+      for every row of x, so it takes at most V8_MAX_ROWS rows.
+      (default; declines more than V8_MAX_ROWS rows, where v7 runs)
+      fraction of memory bandwidth: 1.06-1.67 (Q4_1), 1.50-2.12 (Q8_0) at N = 1
+      (``bench_kernels.py --op qmatmul_forward --shapes tiny``, read bandwidth 9.9 GB/s in that
+      run; single matrices partly in cache), 42-81x the reference, 2.1-2.5x v6. SmolLM2's 120
+      layer matrices (63 MiB, none in cache when it comes round), ms per pass v6 / v7 / v8
+      (``bench_qmatmul_rows.py --rows 1,2,4 --versions 6,7,8``): Q4_1 1 row 15.0 / 28.0 / 6.1,
+      2 rows 27 / 28 / 9-12, 4 rows 36-39 / 28-31 / 16-18; Q8_0 1 row 13.5 / 30.6 / 8.3
+      (11 GB/s for Q4_1: close to what this VM reads from memory with 2 threads).
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
@@ -101,6 +119,7 @@ from numba import njit, prange
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
 from ._fastmath import FASTMATH
+from ._groupdot import GROUP_DOT
 from ._microkernel import MR, NV, VECTOR_BYTES, micro
 from ._serial import pick, threads
 from .matmul import pool as matmul_pool
@@ -112,6 +131,9 @@ OT = 4  # output rows per tile in v3
 V7_DEPTH = 256  # v7: rows of K decoded into the panel at a time (32 KiB of float32: L1)
 # v6's one-row kernel: multiply-adds fused (FMA), no reassociation (see _fastmath.FASTMATH)
 FMA = (FASTMATH - {"reassoc"}) | {"contract"}
+# v8 re-reads each group's bytes (from L1) for every row of x; from 5 rows v7's decoding once
+# per group wins (bench_qmatmul_rows.py: Q4_1 4 rows v8 14-16 ms, v7 24-29; 6 rows even)
+V8_MAX_ROWS = 4
 PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
 
 # float16 bit pattern -> value, in each activation dtype (256 KiB for float32): exact, and a
@@ -306,6 +328,21 @@ def _group_scales(ds, ms, gb, f16, R, has_m):
                         | (np.uint32(gb[2 * R + 2 * r + 1]) << np.uint32(8))]
 
 
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _block_sums(x, nb):
+    # (N, nb) sums of x (N, 32 nb) over each block of 32 columns: Q4_1's offsets and the
+    # codes' centres (8, 128) enter the products through them
+    N = x.shape[0]
+    xs = np.empty((N, nb), dtype=x.dtype)
+    for n in range(N):
+        for b in range(nb):
+            a = x.dtype.type(0)
+            for j in range(QK):
+                a += x[n, b * QK + j]
+            xs[n, b] = a
+    return xs
+
+
 def _group_format(qt):
     """(bytes per block, bytes before the codes, is Q8_0, has offsets (Q4_1), is Q4_0): the
     constants v6 and v7 are compiled with, one kernel per format."""
@@ -400,13 +437,7 @@ def _make_v6(qt):
         # lane loops completely instead of vectorising them (scalar conversions for Q8_0)
         nb = K // QK
         t = f16.dtype.type
-        xs = np.empty((N, nb), dtype=f16.dtype)  # (N, K / 32) block sums of x
-        for n in range(N):
-            for b in range(nb):
-                acc = t(0)
-                for j in range(QK):
-                    acc += x[n, b * QK + j]
-                xs[n, b] = acc
+        xs = _block_sums(x, nb)
         sixteenth, sixteen, eight, c128 = t(0.0625), t(16), t(8), t(128)
         for g in prange(G):
             acc = np.zeros((N, R), dtype=f16.dtype)
@@ -542,6 +573,41 @@ def qmatmul_forward_v7(out, x, qw, f16):
     pick(_V7[qw.qtype], Np * out.shape[1] * K)(o, xp, _group_view(qw), f16)
     if o is not out:
         out[:] = o[:N]
+
+
+def _make_v8(qt):
+    # v8 compiled once per format; the group's inner product is _groupdot.py's IR.
+    ts = _group_format(qt)[0]
+    dot = GROUP_DOT[qt]
+
+    def qmatmul_forward_v8(out, x, data):
+        # out: (N, O), x: (N, K) C-contiguous; data: (G, K / 32, R * ts) uint8 in the
+        # row-group layout. Per group g and row n of x: out[n, g R:(g + 1) R] in one call of
+        # the IR kernel (the group's 32 rows as one vector value). N is 1 when decoding; for a
+        # few rows each group's bytes are read again from L1.
+        N, K = x.shape
+        G, nb = data.shape[0], data.shape[1]
+        O = out.shape[1]
+        R = data.shape[2] // ts
+        xs = _block_sums(x, nb)
+        for g in prange(G):
+            for n in range(N):
+                dot(data, g * nb * R * ts, nb, x, n * K, xs, n * nb, out, n * O + g * R)
+
+    qmatmul_forward_v8.__qualname__ = f"qmatmul_forward_v8_{FORMATS[qt].name}"  # cache key
+    return njit(parallel=True, **_JIT)(qmatmul_forward_v8)
+
+
+_V8 = {qt: _make_v8(qt) for qt in (Q8_0, Q4_0, Q4_1)}
+
+
+def qmatmul_forward_v8(out, x, qw, f16):
+    """v8: v6's row groups with the inner product in LLVM IR (the serial twin for small
+    products); W is grouped here first if it is not; a weight that cannot be grouped runs v5."""
+    qw = qw.to_groups()
+    if not qw.grouped:
+        return qmatmul_forward_v5(out, x, qw.blocks, qw.qtype, f16)
+    pick(_V8[qw.qtype], out.size * x.shape[1])(out, x, _group_view(qw))
 
 
 def _group_view(qw):
@@ -781,8 +847,18 @@ def _grouped_rows(a, qw):
     return reason
 
 
+def _grouped_few_rows(a, qw):
+    reason = _grouped(a, qw)
+    if reason is None and np.ndim(a) >= 1 and np.shape(a)[0] > V8_MAX_ROWS:
+        return f"more than {V8_MAX_ROWS} rows"
+    return reason
+
+
+_grouped_few_rows.__doc__ = f"{_grouped.__doc__} and at most {V8_MAX_ROWS} rows"
+
+
 LADDERS = (
-    Ladder("qmatmul_forward", "cpu", default=7, also=(6, 4, 5),
+    Ladder("qmatmul_forward", "cpu", default=8, also=(7, 6, 4, 5),
            about="y = x W^T with W in Q8_0/Q4_0/Q4_1 blocks, dequantized inside the product",
            rungs=(
         Rung(1, _forward(qmatmul_forward_v1), "plain loops, each weight decoded alone, one thread",
@@ -800,6 +876,9 @@ LADDERS = (
         Rung(7, _forward(qmatmul_forward_v7, whole=True),
              "each row group decoded once into a packed panel, products on the micro-kernel",
              _grouped_rows),
+        Rung(8, _forward(qmatmul_forward_v8, whole=True),
+             "row groups as vector values in LLVM IR: codes widened as loaded, sums in registers",
+             _grouped_few_rows),
     )),
     Ladder("qmatmul_backward_input", "cpu", default=3, also=(2,),
            about="dx = dy W for a frozen quantized W (LoRA on a quantized base)", rungs=(

@@ -70,7 +70,7 @@ def test_every_rung_equals_float64_math(op, qtype, dtype):
 
 def test_ladders_declare_defaults_and_refuse_other_formats(numba_mode):
     fwd, bwd = registry.ladder("qmatmul_forward"), registry.ladder("qmatmul_backward_input")
-    assert (fwd.default, fwd.also, fwd.versions) == (7, (6, 4, 5), (1, 2, 3, 4, 5, 6, 7))
+    assert (fwd.default, fwd.also, fwd.versions) == (8, (7, 6, 4, 5), (1, 2, 3, 4, 5, 6, 7, 8))
     assert (bwd.default, bwd.also, bwd.versions) == (3, (2,), (1, 2, 3))
     qw = Q.QuantWeight.from_float(weights((3, 32)), Q.F16)
     x = np.ones((2, 32), np.float32)
@@ -92,26 +92,28 @@ def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
     n = K.GEMM_MIN_ROWS
     few = f"fewer than {n} rows"
     assert min(s[0] for s in QMATMUL) < n <= max(s[0] for s in QMATMUL)  # the cases cross it
-    row_layout = "v7: a weight in GGUF's row layout"
+    row_layout = "v8: a weight in GGUF's row layout"
     assert registry.rung_for("qmatmul_forward", np.zeros((n, 64), np.float32), qw) == \
         (4, row_layout)
     assert registry.rung_for("qmatmul_forward", np.zeros((n - 1, 64), np.float32), qw) == \
         (5, row_layout)
     grouped = Q.QuantWeight.from_float(weights((64, 64)), Q.Q8_0).to_groups()
-    assert registry.rung_for("qmatmul_forward", np.zeros((1, 64), np.float32), grouped) == \
-        (6, "v7: 1 row")  # decoding one token from the row groups the loader makes
-    for N in (2, n):  # batched decoding and prompts: the packed panels of v7
+    few_groups = K.V8_MAX_ROWS
+    for N in (1, few_groups):  # decoding one token (or a few) from the loader's row groups
         assert registry.rung_for("qmatmul_forward", np.zeros((N, 64), np.float32), grouped) == \
-            (7, "default")
+            (8, "default")
+    for N in (few_groups + 1, n):  # larger batches and prompts: the packed panels of v7
+        assert registry.rung_for("qmatmul_forward", np.zeros((N, 64), np.float32), grouped) == \
+            (7, f"v8: more than {few_groups} rows")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((n, 7), np.float32), qw) == \
         (3, "default")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((1, 7), np.float32), qw) == \
         (2, f"v3: {few}")
     rows = {r[0]: r for r in registry.describe(("cpu",))}
-    assert "2 rows or more, else v6, then v4, then v5, then the reference" in \
+    assert "at most 4 rows, else v7, then v6, then v4, then v5, then the reference" in \
         rows["qmatmul_forward"][4]
     assert f"{n} rows or more, else v2, then the reference" in rows["qmatmul_backward_input"][4]
-    for N in (1, 2, n - 1, n):  # what the registry runs on both sides of each rule is right
+    for N in (1, 2, few_groups, few_groups + 1, n - 1, n):  # both sides of each rule
         x = np.random.default_rng(N).standard_normal((N, 64)).astype(np.float32)
         for w in (qw, grouped):
             want = R.qmatmul_forward(x, w)
