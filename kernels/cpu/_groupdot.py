@@ -12,13 +12,21 @@ two nibbles; ``uitofp`` to floats (LLVM: zero-extend and convert, 8 lanes at a t
 one ``llvm.fma`` per nibble with a broadcast x value. The block's float16 scales (and Q4_1's
 offsets) are converted by ``fpext <32 x half>`` (F16C's vcvtph2ps), not looked up one by one.
 
-``group_dot_<format>(data, off, nb, x, xoff, xs, xsoff, out, ooff)``: for the row group whose
-bytes start at data[off] (nb blocks of R * ts bytes, kernels/quant.py's row-group layout: R
-float16 scales, [R float16 offsets], then code byte j of the R rows for each j), with x's
-K = 32 nb values from x[xoff] and their block sums xs[xsoff + b]:
-out[ooff + r] = sum over blocks b of d[b, r] * sum_j q[b, r, j] x[32 b + j] (+ m[b, r] xs[b])
-with Q4_0's codes centred on 8 and Q8_0's stored plus 128 taken back through xs, as in v6.
-x, xs and out share one float dtype (float32 or float64). Inlined into the calling kernel.
+For a few rows of x (a server's batch) each code byte is decoded once and multiplied into
+every row's sums: ``GROUP_DOT[format][n]`` takes n = 1..ROWS rows at once. With one row the
+group's R / vw vectors are all in flight in each block (two partial sums each: shorter chains
+of dependent FMAs); with n rows one vector of lanes at a time, n sums and n totals in
+registers (2 n + 5 vector registers: ROWS = 4 fits AVX2's 16).
+
+``GROUP_DOT[format][n](data, off, nb, x, xoff, xstep, xs, xsoff, xsstep, out, ooff, ostep)``:
+for the row group whose bytes start at data[off] (nb blocks of R * ts bytes, kernels/quant.py's
+row-group layout: R float16 scales, [R float16 offsets], then code byte j of the R rows for
+each j), and for each i < n the row of x at x[xoff + i xstep] (K = 32 nb values) with its
+block sums at xs[xsoff + i xsstep + b]:
+out[ooff + i ostep + r] = sum over blocks b of d[b, r] sum_j q[b, r, j] x_i[32 b + j]
+(+ m[b, r] xs_i[b]), Q4_0's codes centred on 8 and Q8_0's stored plus 128 taken back through
+xs, as in v6. Offsets count elements from each array's data pointer (C-contiguous arrays); x,
+xs and out share one float dtype (float32 or float64). Inlined into the calling kernel.
 """
 
 from llvmlite import ir
@@ -31,27 +39,31 @@ from ._microkernel import VECTOR_BYTES
 
 R = GROUP  # lanes: the rows of one group
 QK = 32  # weights per block
+ROWS = 4  # rows of x per call at most
 
 
-def _make(qt):
+def _make(qt, n):
     ts, h = {Q8_0: (34, 2), Q4_0: (18, 2), Q4_1: (20, 4)}[qt]
     nibbles = qt != Q8_0
 
     @intrinsic
-    def group_dot(typingctx, data, off, nb, x, xoff, xs, xsoff, out, ooff):
+    def group_dot(typingctx, data, off, nb, x, xoff, xstep, xs, xsoff, xsstep, out, ooff, ostep):
         if not (isinstance(data, types.Array) and data.dtype == types.uint8):
             return None
-        if not all(isinstance(t, types.Array) and t.dtype == x.dtype for t in (x, xs, out)):
+        if not all(isinstance(t, types.Array) and t.dtype == x.dtype and t.layout == "C"
+                   for t in (x, xs, out)):
             return None
         if x.dtype not in (types.float32, types.float64):
             return None
-        if not all(isinstance(t, types.Integer) for t in (off, nb, xoff, xsoff, ooff)):
+        ints = (off, nb, xoff, xstep, xsoff, xsstep, ooff, ostep)
+        if not all(isinstance(t, types.Integer) for t in ints):
             return None
         i64t = types.int64
-        sig = types.void(data, i64t, i64t, x, i64t, xs, i64t, out, i64t)
+        sig = types.void(data, i64t, i64t, x, i64t, i64t, xs, i64t, i64t, out, i64t, i64t)
 
         def codegen(context, builder, signature, args):
-            data_v, off_v, nb_v, x_v, xoff_v, xs_v, xsoff_v, out_v, ooff_v = args
+            (data_v, off_v, nb_v, x_v, xoff_v, xstep_v, xs_v, xsoff_v, xsstep_v, out_v, ooff_v,
+             ostep_v) = args
             # keep 512-bit vectors whole on AVX-512 (see _microkernel.py)
             set.add(builder.function.attributes, f'"min-legal-vector-width"="{8 * VECTOR_BYTES}"')
             fty = context.get_data_type(x.dtype)
@@ -69,10 +81,13 @@ def _make(qt):
                 a = cgutils.create_struct_proxy(arr_type)(context, builder, value=value)
                 return builder.gep(a.data, [offset])
 
+            def rows(p, step):  # the n rows' pointers
+                return [builder.gep(p, [builder.mul(ir.Constant(i64, i), step)]) for i in range(n)]
+
             gp = ptr(data, data_v, off_v)  # i8*: the group's first block
-            xp = ptr(x, x_v, xoff_v)
-            sp = ptr(xs, xs_v, xsoff_v)
-            op = ptr(out, out_v, ooff_v)
+            xp = rows(ptr(x, x_v, xoff_v), xstep_v)
+            sp = rows(ptr(xs, xs_v, xsoff_v), xsstep_v)
+            op = rows(ptr(out, out_v, ooff_v), ostep_v)
             undef = ir.Constant(vf, ir.Undefined)
             splat0 = ir.Constant(vi, [0] * vw)
             zero = ir.Constant(vf, [0.0] * vw)
@@ -86,54 +101,76 @@ def _make(qt):
                 q = builder.gep(p, [ir.Constant(i64, byte_offset)])
                 return builder.load(builder.bitcast(q, vty.as_pointer()), align=1)
 
-            def codes(bp, j, s):
-                # code byte j of the slice's rows, each widened to 32 bits as it is loaded
-                # (vpmovzxbd from memory: no shuffles to split a wider load)
-                return builder.zext(vload(bp, h * R + j * R + s * vw, vb), vi)
+            def scalar(p, index):
+                return bcast(builder.load(builder.gep(p, [index])))
 
-            # the accumulators as allocas: mem2reg keeps them in registers across the loop
-            acc = [cgutils.alloca_once_value(builder, zero) for _ in slices]
-            with cgutils.for_range(builder, nb_v) as loop:
-                b = loop.index
-                bp = builder.gep(gp, [builder.mul(b, ir.Constant(i64, R * ts))])
-                xb = builder.gep(xp, [builder.mul(b, ir.Constant(i64, QK))])
-                xj = [bcast(builder.load(builder.gep(xb, [ir.Constant(i64, j)])))
-                      for j in range(QK)]
-                s_b = bcast(builder.load(builder.gep(sp, [b])))  # sum of x over the block
-                for s in slices:
-                    # two partial sums: halves each chain of dependent FMAs
-                    part = [zero, zero]
+            def decoded(bp, s):
+                # (float vector, x index) pairs of the slice's codes in one block: each code
+                # byte of vw rows widened to 32 bits as it is loaded (vpmovzxbd from memory,
+                # no shuffles to split a wider load), nibbles split by one AND and one shift
+                for j in range(QK // 2 if nibbles else QK):
+                    c = builder.zext(vload(bp, h * R + j * R + s * vw, vb), vi)
                     if nibbles:  # low nibble: weight j, high nibble: weight j + 16
-                        for j in range(QK // 2):
-                            c = codes(bp, j, s)
-                            lo = builder.sitofp(builder.and_(c, ir.Constant(vi, [15] * vw)), vf)
-                            hi = builder.sitofp(builder.lshr(c, ir.Constant(vi, [4] * vw)), vf)
-                            part[0] = builder.call(fma, [lo, xj[j], part[0]])
-                            part[1] = builder.call(fma, [hi, xj[j + QK // 2], part[1]])
+                        yield builder.sitofp(builder.and_(c, ir.Constant(vi, [15] * vw)), vf), j
+                        yield builder.sitofp(builder.lshr(c, ir.Constant(vi, [4] * vw)), vf), \
+                            j + QK // 2
                     else:
-                        for j in range(QK):
-                            c = builder.sitofp(codes(bp, j, s), vf)
-                            part[j % 2] = builder.call(fma, [c, xj[j], part[j % 2]])
-                    blk = builder.fadd(part[0], part[1])
-                    d = builder.fpext(vload(bp, 2 * s * vw, vh), vf)
-                    a = builder.load(acc[s])
-                    if qt == Q4_1:  # w = d q + m: d (x . q) + m sum(x)
-                        m = builder.fpext(vload(bp, 2 * R + 2 * s * vw, vh), vf)
-                        a = builder.call(fma, [d, blk, a])
-                        a = builder.call(fma, [m, s_b, a])
-                    else:  # codes centred on 8 (Q4_0) or stored plus 128 (Q8_0)
-                        centre = ir.Constant(vf, [8.0 if nibbles else 128.0] * vw)
-                        a = builder.call(fma, [d, builder.fsub(blk, builder.fmul(centre, s_b)), a])
-                    builder.store(a, acc[s])
-            for s in slices:
-                dst = builder.bitcast(builder.gep(op, [ir.Constant(i64, s * vw)]), vf.as_pointer())
-                builder.store(builder.load(acc[s]), dst, align=width // 8)
+                        yield builder.sitofp(c, vf), j
+
+            def total(bp, s, b, blk, a, sp_i):
+                # a + the block's scales applied to its sums blk of one row
+                d = builder.fpext(vload(bp, 2 * s * vw, vh), vf)
+                s_b = scalar(sp_i, b)  # sum of the row's x over the block
+                if qt == Q4_1:  # w = d q + m: d (x . q) + m sum(x)
+                    m = builder.fpext(vload(bp, 2 * R + 2 * s * vw, vh), vf)
+                    return builder.call(fma, [m, s_b, builder.call(fma, [d, blk, a])])
+                centre = ir.Constant(vf, [8.0 if nibbles else 128.0] * vw)  # Q4_0, Q8_0
+                return builder.call(fma, [d, builder.fsub(blk, builder.fmul(centre, s_b)), a])
+
+            def block(b):
+                return (builder.gep(gp, [builder.mul(b, ir.Constant(i64, R * ts))]),
+                        [builder.gep(p, [builder.mul(b, ir.Constant(i64, QK))]) for p in xp])
+
+            if n == 1:  # every slice in flight, two partial sums each (shorter FMA chains)
+                acc = [cgutils.alloca_once_value(builder, zero) for _ in slices]  # mem2reg
+                with cgutils.for_range(builder, nb_v) as loop:
+                    bp, (xb,) = block(loop.index)
+                    for s in slices:
+                        part = [zero, zero]
+                        for k, (w, j) in enumerate(decoded(bp, s)):
+                            xj = scalar(xb, ir.Constant(i64, j))
+                            part[k % 2] = builder.call(fma, [w, xj, part[k % 2]])
+                        blk = builder.fadd(part[0], part[1])
+                        builder.store(total(bp, s, loop.index, blk, builder.load(acc[s]), sp[0]),
+                                      acc[s])
+                results = [[acc[s]] for s in slices]
+            else:  # one slice at a time, each decoded code used for all n rows
+                results = []
+                for s in slices:
+                    acc = [cgutils.alloca_once_value(builder, zero) for _ in range(n)]
+                    with cgutils.for_range(builder, nb_v) as loop:
+                        bp, xb = block(loop.index)
+                        blk = [zero] * n
+                        for w, j in decoded(bp, s):
+                            for i in range(n):
+                                xj = scalar(xb[i], ir.Constant(i64, j))
+                                blk[i] = builder.call(fma, [w, xj, blk[i]])
+                        for i in range(n):
+                            builder.store(total(bp, s, loop.index, blk[i],
+                                                builder.load(acc[i]), sp[i]), acc[i])
+                    results.append(acc)
+            for s, acc in zip(slices, results):
+                for i, a in enumerate(acc):
+                    dst = builder.gep(op[i], [ir.Constant(i64, s * vw)])
+                    builder.store(builder.load(a), builder.bitcast(dst, vf.as_pointer()),
+                                  align=width // 8)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    group_dot.__name__ = f"group_dot_{ {Q8_0: 'q8_0', Q4_0: 'q4_0', Q4_1: 'q4_1'}[qt]}"
     return group_dot
 
 
-GROUP_DOT = {qt: _make(qt) for qt in (Q8_0, Q4_0, Q4_1)}
+# format -> (None, the kernel for 1 row, ..., for ROWS rows)
+GROUP_DOT = {qt: (None,) + tuple(_make(qt, n) for n in range(1, ROWS + 1))
+             for qt in (Q8_0, Q4_0, Q4_1)}

@@ -87,16 +87,18 @@ qmatmul_forward
       the first block to the last: each code byte of 8 rows is widened to 32 bits as it is
       loaded (vpmovzxbd from memory), its nibbles split by one AND and one shift, converted,
       and multiply-added with a broadcast x value; sums and scales stay in registers; the
-      float16 scales are converted by vcvtph2ps. Each group's bytes are read again (from L1)
-      for every row of x, so it takes at most V8_MAX_ROWS rows.
+      float16 scales are converted by vcvtph2ps. For a server's batch each decoded code serves
+      up to ROWS = 4 rows of x (their sums side by side in registers); the codes are decoded
+      again for each further 4 rows, so v7 takes over from V8_MAX_ROWS.
       (default; declines more than V8_MAX_ROWS rows, where v7 runs)
       fraction of memory bandwidth: 1.06-1.67 (Q4_1), 1.50-2.12 (Q8_0) at N = 1
       (``bench_kernels.py --op qmatmul_forward --shapes tiny``, read bandwidth 9.9 GB/s in that
       run; single matrices partly in cache), 42-81x the reference, 2.1-2.5x v6. SmolLM2's 120
-      layer matrices (63 MiB, none in cache when it comes round), ms per pass v6 / v7 / v8
-      (``bench_qmatmul_rows.py --rows 1,2,4 --versions 6,7,8``): Q4_1 1 row 15.0 / 28.0 / 6.1,
-      2 rows 27 / 28 / 9-12, 4 rows 36-39 / 28-31 / 16-18; Q8_0 1 row 13.5 / 30.6 / 8.3
-      (11 GB/s for Q4_1: close to what this VM reads from memory with 2 threads).
+      layer matrices (63 MiB, none in cache when it comes round), Q4_1, ms per pass
+      (``bench_qmatmul_rows.py --versions 6,7,8``; v6's one row took 16 ms that day, 11 on a
+      quiet one): v6 / v7 / v8 1 row 16.2 / 32.5 / 5.3-6.4 (12 GB/s of weights: about what this
+      VM reads from memory with 2 threads); v7 / v8 2 rows 29-32 / 10-11, 4 rows 29-31 / 12-14,
+      8 rows 38 / 22-30, 16 rows 62 / 42, 32 rows 104 / 109.
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
@@ -119,7 +121,7 @@ from numba import njit, prange
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
 from ._fastmath import FASTMATH
-from ._groupdot import GROUP_DOT
+from ._groupdot import GROUP_DOT, ROWS
 from ._microkernel import MR, NV, VECTOR_BYTES, micro
 from ._serial import pick, threads
 from .matmul import pool as matmul_pool
@@ -131,9 +133,10 @@ OT = 4  # output rows per tile in v3
 V7_DEPTH = 256  # v7: rows of K decoded into the panel at a time (32 KiB of float32: L1)
 # v6's one-row kernel: multiply-adds fused (FMA), no reassociation (see _fastmath.FASTMATH)
 FMA = (FASTMATH - {"reassoc"}) | {"contract"}
-# v8 re-reads each group's bytes (from L1) for every row of x; from 5 rows v7's decoding once
-# per group wins (bench_qmatmul_rows.py: Q4_1 4 rows v8 14-16 ms, v7 24-29; 6 rows even)
-V8_MAX_ROWS = 4
+# v8 decodes each group's codes again for every ROWS rows of x; from 32 rows v7's decoding
+# once per group into a panel wins (bench_qmatmul_rows.py, Q4_1, ms per pass v7 / v8: 16 rows
+# 62 / 42, 32 rows 104 / 109; Q8_0 16 rows 46.5 / 41.9)
+V8_MAX_ROWS = 16
 PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
 
 # float16 bit pattern -> value, in each activation dtype (256 KiB for float32): exact, and a
@@ -576,23 +579,33 @@ def qmatmul_forward_v7(out, x, qw, f16):
 
 
 def _make_v8(qt):
-    # v8 compiled once per format; the group's inner product is _groupdot.py's IR.
+    # v8 compiled once per format; the group's inner products are _groupdot.py's IR.
     ts = _group_format(qt)[0]
-    dot = GROUP_DOT[qt]
+    _, dot1, dot2, dot3, dot4 = GROUP_DOT[qt]  # 1..ROWS rows of x at once
 
     def qmatmul_forward_v8(out, x, data):
         # out: (N, O), x: (N, K) C-contiguous; data: (G, K / 32, R * ts) uint8 in the
-        # row-group layout. Per group g and row n of x: out[n, g R:(g + 1) R] in one call of
-        # the IR kernel (the group's 32 rows as one vector value). N is 1 when decoding; for a
-        # few rows each group's bytes are read again from L1.
+        # row-group layout. Per group g: out[:, g R:(g + 1) R], up to ROWS rows of x per call
+        # of the IR kernel (the group's rows as vector values, each code decoded once per
+        # call). N is 1 when decoding one sequence, a few for a server's batch.
         N, K = x.shape
         G, nb = data.shape[0], data.shape[1]
         O = out.shape[1]
         R = data.shape[2] // ts
         xs = _block_sums(x, nb)
         for g in prange(G):
-            for n in range(N):
-                dot(data, g * nb * R * ts, nb, x, n * K, xs, n * nb, out, n * O + g * R)
+            off = g * nb * R * ts
+            for n in range(0, N, ROWS):
+                r = min(ROWS, N - n)
+                a = (data, off, nb, x, n * K, K, xs, n * nb, nb, out, n * O + g * R, O)
+                if r == 4:
+                    dot4(*a)
+                elif r == 3:
+                    dot3(*a)
+                elif r == 2:
+                    dot2(*a)
+                else:
+                    dot1(*a)
 
     qmatmul_forward_v8.__qualname__ = f"qmatmul_forward_v8_{FORMATS[qt].name}"  # cache key
     return njit(parallel=True, **_JIT)(qmatmul_forward_v8)

@@ -229,7 +229,7 @@ def _swiglu(op, shape):
 # grouped weights run v6 at N = 1 and v7 above
 QMATMUL = [(n, o, k) for n in (1, 3, 17) for o in (7, 33) for k in (64, 96)]
 # the row-group layout (kernels/quant.py GROUP rows side by side): rows a multiple of 32
-QMATMUL_GROUPED = [(n, 64, k) for n in (1, 3, 17) for k in (64, 96)]
+QMATMUL_GROUPED = [(n, 64, k) for n in (1, 3, 6, 17) for k in (64, 96)]  # v8: 4 rows a call
 QFORMATS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)
 
 

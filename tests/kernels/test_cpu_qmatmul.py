@@ -98,22 +98,22 @@ def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
     assert registry.rung_for("qmatmul_forward", np.zeros((n - 1, 64), np.float32), qw) == \
         (5, row_layout)
     grouped = Q.QuantWeight.from_float(weights((64, 64)), Q.Q8_0).to_groups()
-    few_groups = K.V8_MAX_ROWS
-    for N in (1, few_groups):  # decoding one token (or a few) from the loader's row groups
+    v8_rows = K.V8_MAX_ROWS
+    for N in (1, v8_rows):  # decoding one token, or a server's batch, from the row groups
         assert registry.rung_for("qmatmul_forward", np.zeros((N, 64), np.float32), grouped) == \
             (8, "default")
-    for N in (few_groups + 1, n):  # larger batches and prompts: the packed panels of v7
+    for N in (v8_rows + 1, 2 * v8_rows):  # larger batches and prompts: the packed panels of v7
         assert registry.rung_for("qmatmul_forward", np.zeros((N, 64), np.float32), grouped) == \
-            (7, f"v8: more than {few_groups} rows")
+            (7, f"v8: more than {v8_rows} rows")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((n, 7), np.float32), qw) == \
         (3, "default")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((1, 7), np.float32), qw) == \
         (2, f"v3: {few}")
     rows = {r[0]: r for r in registry.describe(("cpu",))}
-    assert "at most 4 rows, else v7, then v6, then v4, then v5, then the reference" in \
+    assert f"at most {v8_rows} rows, else v7, then v6, then v4, then v5, then the reference" in \
         rows["qmatmul_forward"][4]
     assert f"{n} rows or more, else v2, then the reference" in rows["qmatmul_backward_input"][4]
-    for N in (1, 2, few_groups, few_groups + 1, n - 1, n):  # both sides of each rule
+    for N in (1, 2, 5, v8_rows, v8_rows + 1, n - 1, n):  # both sides of each rule
         x = np.random.default_rng(N).standard_normal((N, 64)).astype(np.float32)
         for w in (qw, grouped):
             want = R.qmatmul_forward(x, w)
