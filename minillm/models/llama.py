@@ -122,6 +122,8 @@ class Llama(DecoderLM):
             # decoding one token per row: the blocks' array step, without the graph's
             # bookkeeping (with a mask: rows of different lengths, as the server batches them)
             mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+            if mask is not None and np.asarray(mask).all():
+                mask = None  # rows of one length (a server's batch often): the kernel's path
             h = x.data
             for i, block in enumerate(self.layers):
                 h = block.step(h, kv_cache, i, rope, mask)
