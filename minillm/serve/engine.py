@@ -29,7 +29,10 @@ Results leave through each request's ``sink(event, payload)``, called on the eng
 (the HTTP layer forwards them into its event loop with ``call_soon_threadsafe``):
 ``("prompt", PromptLogprobs)`` once when prompt log-probabilities were asked for, then
 ``("token", Token)`` per generated token, then ``("done", (finish_reason, n_generated))``,
-or ``("error", message)``.
+or ``("error", message)``. A request with logprobs that ends at one of its end tokens gets
+``("end", Token)`` before "done": that token with its logprob and an empty text (OpenAI's
+completions list it among the logprobs; lm-evaluation-harness scores an echoed prompt as
+every entry but the last, assuming one generated token there). It counts in n_generated.
 """
 
 import math
@@ -307,13 +310,15 @@ class Engine:
         p = req.params
         t = int(sample_next(logits, req.rng, p.temperature, p.top_k, p.top_p))
         req.generated += 1
-        if t in p.stop_ids:
-            req.sink("done", ("stop", req.generated))
-            return True
         lp = top = None
         if p.logprobs is not None:
             ls = log_softmax(logits)
             lp, top = float(ls[t]), _top(ls, p.logprobs)
+        if t in p.stop_ids:
+            if lp is not None:  # the end token is listed with its logprob, never in the text
+                req.sink("end", Token(t, "", lp, top))  # (lm-eval's echo scoring drops it)
+            req.sink("done", ("stop", req.generated))
+            return True
         piece = req.tracker.push(t)
         if req.tracker.done:
             req.sink("token", Token(t, piece, lp, top))

@@ -215,6 +215,22 @@ def test_seeded_sampling_stop_strings_and_logprobs(tiny):
         want = [lsm[j - 1, t] for j, t in enumerate(tok.encode("the cat")) if j]
         np.testing.assert_allclose(pl.logprobs[1:], want, rtol=1e-5, atol=1e-5)
         assert [t for t, _ in pl.top[1]][0] == int(np.argmax(lsm[0]))
+        # ending at an end token: with logprobs it comes as an "end" event, not as text
+        first = int(np.argmax(lsm[-1]))
+        events = queue.Queue()
+        engine.submit(tok.encode("the cat"),
+                      SamplingParams(max_tokens=5, temperature=0, logprobs=1,
+                                     stop_ids=frozenset([first])),
+                      lambda k, x: events.put((k, x)))
+        kind, end = events.get(timeout=60)
+        assert kind == "end" and end.id == first and end.text == ""
+        np.testing.assert_allclose(end.logprob, lsm[-1, first], rtol=1e-5, atol=1e-5)
+        assert end.top[0][0] == first
+        assert events.get(timeout=60) == ("done", ("stop", 1))
+        engine.submit(tok.encode("the cat"), SamplingParams(  # without logprobs: no event
+            max_tokens=5, temperature=0, stop_ids=frozenset([first])),
+            lambda k, x: events.put((k, x)))
+        assert events.get(timeout=60) == ("done", ("stop", 1))
     finally:
         engine.close()
 
