@@ -115,6 +115,8 @@ Q4_1) and tests/kernels/test_cpu_qmatmul.py (the size rule, several panels, read
 the formats against the gguf package).
 """
 
+import types as _pytypes
+
 import numpy as np
 from numba import njit, prange
 
@@ -578,37 +580,43 @@ def qmatmul_forward_v7(out, x, qw, f16):
         out[:] = o[:N]
 
 
+def _qmatmul_forward_v8(out, x, data):
+    # out: (N, O), x: (N, K) C-contiguous; data: (G, K / 32, R * TS) uint8 in the row-group
+    # layout. Per group g: out[:, g R:(g + 1) R], up to ROWS rows of x per call of the IR
+    # kernel (the group's rows as vector values, each code decoded once per call). N is 1
+    # when decoding one sequence, a few for a server's batch. TS and group_dot_1..4 are the
+    # globals _make_v8 gives each format's copy.
+    N, K = x.shape
+    G, nb = data.shape[0], data.shape[1]
+    O = out.shape[1]
+    R = data.shape[2] // TS  # noqa: F821
+    xs = _block_sums(x, nb)
+    for g in prange(G):
+        off = g * nb * R * TS  # noqa: F821
+        for n in range(0, N, ROWS):
+            r = min(ROWS, N - n)
+            a = (data, off, nb, x, n * K, K, xs, n * nb, nb, out, n * O + g * R, O)
+            if r == 4:
+                group_dot_4(*a)  # noqa: F821
+            elif r == 3:
+                group_dot_3(*a)  # noqa: F821
+            elif r == 2:
+                group_dot_2(*a)  # noqa: F821
+            else:
+                group_dot_1(*a)  # noqa: F821
+
+
 def _make_v8(qt):
-    # v8 compiled once per format; the group's inner products are _groupdot.py's IR.
-    ts = _group_format(qt)[0]
-    _, dot1, dot2, dot3, dot4 = GROUP_DOT[qt]  # 1..ROWS rows of x at once
-
-    def qmatmul_forward_v8(out, x, data):
-        # out: (N, O), x: (N, K) C-contiguous; data: (G, K / 32, R * ts) uint8 in the
-        # row-group layout. Per group g: out[:, g R:(g + 1) R], up to ROWS rows of x per call
-        # of the IR kernel (the group's rows as vector values, each code decoded once per
-        # call). N is 1 when decoding one sequence, a few for a server's batch.
-        N, K = x.shape
-        G, nb = data.shape[0], data.shape[1]
-        O = out.shape[1]
-        R = data.shape[2] // ts
-        xs = _block_sums(x, nb)
-        for g in prange(G):
-            off = g * nb * R * ts
-            for n in range(0, N, ROWS):
-                r = min(ROWS, N - n)
-                a = (data, off, nb, x, n * K, K, xs, n * nb, nb, out, n * O + g * R, O)
-                if r == 4:
-                    dot4(*a)
-                elif r == 3:
-                    dot3(*a)
-                elif r == 2:
-                    dot2(*a)
-                else:
-                    dot1(*a)
-
-    qmatmul_forward_v8.__qualname__ = f"qmatmul_forward_v8_{FORMATS[qt].name}"  # cache key
-    return njit(parallel=True, **_JIT)(qmatmul_forward_v8)
+    # v8 compiled once per format: one copy of _qmatmul_forward_v8 whose globals name this
+    # format's IR kernels (_groupdot.py) and block size. Globals, not closure variables: a
+    # closure variable's pickle is part of Numba's on-disk cache key, and an intrinsic's
+    # differs from one process to the next (the kernel was compiled again at every start).
+    names = {f"group_dot_{n}": GROUP_DOT[qt][n] for n in range(1, ROWS + 1)}
+    f = _pytypes.FunctionType(_qmatmul_forward_v8.__code__,
+                              {**globals(), **names, "TS": _group_format(qt)[0]},
+                              f"qmatmul_forward_v8_{FORMATS[qt].name}")
+    f.__qualname__ = f.__name__  # its own cache file
+    return njit(parallel=True, **_JIT)(f)
 
 
 _V8 = {qt: _make_v8(qt) for qt in (Q8_0, Q4_0, Q4_1)}
