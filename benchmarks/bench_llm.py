@@ -136,9 +136,8 @@ def worker(args):
     from pathlib import Path
 
     path = Path(args.gguf)
-    from minillm.checkpoints.gguf import read_gguf
-
-    ids = prompt_ids(read_gguf(path).tokenizer, args.prompt_tokens)
+    ids = [int(i) for i in args.ids.split(",")]  # tokenized by the driver: no tokenizer of
+    # the driver's here, whose freed memory would stay in this process's peak RSS
     if args.worker.startswith("minillm-"):
         once, decode = run_minillm(args.worker.split("-", 1)[1], path, ids, args.new_tokens,
                                    args.threads)
@@ -170,6 +169,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="each round runs every engine once")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.gguf is None:
         from minillm.checkpoints import builtin
@@ -183,13 +183,17 @@ def main():
     if unknown:
         sys.exit(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
     engines = [e for e in engines if available(e) or print(f"({e}: not installed, skipped)")]
+    from minillm.checkpoints.gguf import read_gguf
+
+    ids = prompt_ids(read_gguf(args.gguf).tokenizer, args.prompt_tokens)
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     best = {}
     for _ in range(args.rounds):
         for e in engines:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", e, "--gguf", args.gguf,
                    "--prompt-tokens", str(args.prompt_tokens), "--new-tokens",
-                   str(args.new_tokens), "--threads", str(args.threads)]
+                   str(args.new_tokens), "--threads", str(args.threads),
+                   "--ids", ",".join(map(str, ids))]
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if p.returncode != 0:
                 print(f"{e}: failed\n{p.stderr[-2000:]}")
