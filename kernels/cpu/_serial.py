@@ -16,6 +16,7 @@ import types
 
 import numba
 from numba import njit
+from numba.core.caching import NullCache
 
 # Elements of work below which a parallel kernel runs its serial twin (the one threshold).
 PARALLEL_MIN = 1 << 16
@@ -33,7 +34,10 @@ def serial(kernel):
         g.__qualname__ = f.__qualname__ + "_serial"  # its own cache file
         options = {k: v for k, v in kernel.targetoptions.items()
                    if k not in ("parallel", "nopython")}  # njit implies nopython
-        twin = _twins[kernel] = njit(**options)(g)
+        # cached on disk like the kernel ("cache" is the dispatcher's, not a target option:
+        # without it every twin compiled again in each process, ~10 MiB of LLVM memory each)
+        cached = not isinstance(kernel._cache, NullCache)
+        twin = _twins[kernel] = njit(cache=cached, **options)(g)
     return twin
 
 
