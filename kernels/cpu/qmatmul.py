@@ -98,7 +98,7 @@ qmatmul_forward
       (``bench_qmatmul_rows.py --versions 6,7,8``; v6's one row took 16 ms that day, 11 on a
       quiet one): v6 / v7 / v8 1 row 16.2 / 32.5 / 5.3-6.4 (12 GB/s of weights: about what this
       VM reads from memory with 2 threads); v7 / v8 2 rows 29-32 / 10-11, 4 rows 29-31 / 12-14,
-      8 rows 38 / 22-30, 16 rows 62 / 42, 32 rows 104 / 109.
+      8 rows 38 / 25-30, 16 rows 62 / 42, 32 rows 104 / 109.
 qmatmul_backward_input
   v1  plain loops (n, o, k), one thread, weights decoded one by one.
   v2  prange over blocks of K (each thread owns 32 columns of dx: no write races); each
