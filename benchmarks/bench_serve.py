@@ -8,10 +8,10 @@ tokens from ``minillm serve``'s API; aggregate decode tokens/s, and time to firs
 The server runs in this process (uvicorn on 127.0.0.1, a free port, a background thread); the
 clients are threads with the ``openai`` client in a second process (as a server's clients
 would be: in the server's process they would compete for its GIL), each sending the same
-prompt at temperature 0, all started together. Tokens are counted from the usage each stream ends with (a completion
-that meets eos early counts what it made). Each client count runs --rounds times (a single
-round's p95 of one request is one sample): the table shows the median round's aggregate rate
-and the time to first token over every request of every round. Continuous batching should make
+prompt at temperature 0, all started together. Tokens are counted from the usage each stream
+ends with (a completion that meets eos early counts what it made). Each client count runs
+--rounds times (a single round's p95 of one request is one sample): the table shows the median
+round's aggregate rate and the time to first token over every request of every round. Continuous batching should make
 the aggregate rate at 8 clients several times one client's (decoding is memory-bound: one step
 over 8 rows reads the weights once), and keep the time to first token close to one prefill
 (an idle engine waits ``batch_wait`` for clients that start together, so that they share it).

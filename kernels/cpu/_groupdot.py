@@ -1,16 +1,18 @@
-"""One row group of a quantized W times one row of x, written as LLVM IR through a Numba
-intrinsic: the inner kernel of qmatmul v8 (decoding, N = 1).
+"""A row group of a quantized W times up to 4 rows of x, written as LLVM IR through a Numba
+intrinsic: the inner kernel of qmatmul v8 (decoding: one row of x, or a server's few).
 
 Why IR and not Numba loops: in v6's loops each pass over four code bytes is a loop over the
 group's 32 lanes of its own, which LLVM vectorises as a loop of 4 iterations (AVX2) preceded by
 run-time checks that the lane arrays do not overlap, broadcasts of the x values and spills; that
 set-up costs about as much as the work, and v6 stays at about 1 weight per cycle per core even
-on a matrix that sits in L2. Here the group's 32 rows are one ``<32 x float>`` value from the
-first code byte to the last block: the accumulators never leave registers, no lane loop, no
-alias checks. Per code byte (32 rows): one 32-byte load; for Q4 one AND and one shift for the
-two nibbles; ``uitofp`` to floats (LLVM: zero-extend and convert, 8 lanes at a time on AVX2);
-one ``llvm.fma`` per nibble with a broadcast x value. The block's float16 scales (and Q4_1's
-offsets) are converted by ``fpext <32 x half>`` (F16C's vcvtph2ps), not looked up one by one.
+on a matrix that sits in L2. Here the group's 32 rows are R / vw machine vectors (vw lanes:
+8 float32 on AVX2) held as values from the first code byte to the last block: the sums never
+leave registers, no lane loop, no alias checks. Per code byte of vw rows: one load that widens
+the bytes to 32-bit lanes (vpmovzxbd from memory: widening a 32-byte load instead cost a
+shuffle per 8 lanes); for Q4 one AND and one shift for the two nibbles; a conversion to
+floats; one ``llvm.fma`` per nibble with a broadcast x value. The block's float16 scales (and
+Q4_1's offsets) are converted by ``fpext <vw x half>`` (F16C's vcvtph2ps), not looked up one
+by one.
 
 For a few rows of x (a server's batch) each code byte is decoded once and multiplied into
 every row's sums: ``GROUP_DOT[format][n]`` takes n = 1..ROWS rows at once. With one row the
@@ -45,8 +47,15 @@ QK = 32  # weights per block
 ROWS = 4  # rows of x per call at most
 
 
+def group_format(qt):
+    """(bytes per block, bytes before the codes, is Q8_0, has offsets (Q4_1), is Q4_0) of a
+    row-group block per row: the constants the row-group kernels are compiled with."""
+    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
+    return ts, h, qt == Q8_0, qt == Q4_1, qt == Q4_0
+
+
 def _make(qt, n):
-    ts, h = {Q8_0: (34, 2), Q4_0: (18, 2), Q4_1: (20, 4)}[qt]
+    ts, h, _, _, _ = group_format(qt)
     nibbles = qt != Q8_0
 
     @intrinsic

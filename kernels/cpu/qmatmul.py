@@ -123,7 +123,7 @@ from numba import njit, prange
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
 from ._fastmath import FASTMATH
-from ._groupdot import GROUP_DOT, ROWS
+from ._groupdot import GROUP_DOT, ROWS, group_format
 from ._microkernel import MR, NV, VECTOR_BYTES, micro
 from ._serial import pick, threads
 from .matmul import pool as matmul_pool
@@ -348,16 +348,9 @@ def _block_sums(x, nb):
     return xs
 
 
-def _group_format(qt):
-    """(bytes per block, bytes before the codes, is Q8_0, has offsets (Q4_1), is Q4_0): the
-    constants v6 and v7 are compiled with, one kernel per format."""
-    ts, h = (34, 2) if qt == Q8_0 else ((18, 2) if qt == Q4_0 else (20, 4))
-    return ts, h, qt == Q8_0, qt == Q4_1, qt == Q4_0
-
-
 def _make_v6(qt):
     # v6 compiled once per format, like v5; W in the row-group layout (kernels/quant.py).
-    ts, h, is_q8, has_m, is_q40 = _group_format(qt)
+    ts, h, is_q8, has_m, is_q40 = group_format(qt)
 
     def groups_one_row(out, xn, data, f16):
         # the N = 1 case of v6: blk[r] accumulates code * x straight from the converted byte
@@ -502,7 +495,7 @@ _V6 = {qt: _make_v6(qt) for qt in (Q8_0, Q4_0, Q4_1)}
 
 def _make_v7(qt):
     # v7 compiled once per format, like v6; W in the row-group layout (kernels/quant.py).
-    ts, h, is_q8, has_m, is_q40 = _group_format(qt)
+    ts, h, is_q8, has_m, is_q40 = group_format(qt)
 
     def qmatmul_forward_v7(out, xp, data, f16):
         # out: (Np, O), xp: (Np, K) with Np a multiple of MR (x padded with zero rows);
@@ -613,7 +606,7 @@ def _make_v8(qt):
     # differs from one process to the next (the kernel was compiled again at every start).
     names = {f"group_dot_{n}": GROUP_DOT[qt][n] for n in range(1, ROWS + 1)}
     f = _pytypes.FunctionType(_qmatmul_forward_v8.__code__,
-                              {**globals(), **names, "TS": _group_format(qt)[0]},
+                              {**globals(), **names, "TS": group_format(qt)[0]},
                               f"qmatmul_forward_v8_{FORMATS[qt].name}")
     f.__qualname__ = f.__name__  # its own cache file
     return njit(parallel=True, **_JIT)(f)
