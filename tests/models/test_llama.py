@@ -178,6 +178,42 @@ def test_kv_cache_matches_full_forward_at_every_step(interleaved):
     np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["plain", "left-padded"])
+def test_chunked_prefill_equals_one_pass(padded, monkeypatch):
+    # a prompt longer than prefill_chunk fills the cache a chunk at a time, each chunk
+    # attending to the ones before it: the logits and the cache are one pass's
+    m = make(seed=10).eval()
+    ids = np.random.default_rng(11).integers(0, 61, (2, 11))
+    mask = pos = None
+    if padded:  # row 1 left-padded with 4 tokens
+        mask = np.ones((2, 11), bool)
+        mask[1, :4] = False
+        pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    trunk, runs = m.trunk, {}
+    for chunk in (None, 4):
+        m.prefill_chunk, lengths = chunk, []
+        monkeypatch.setattr(m, "trunk", lambda idx, *a: lengths.append(idx.shape[1])
+                            or trunk(idx, *a))
+        with M.no_grad():
+            cache, cache_last = m.new_kv_cache(2, max_len=12), m.new_kv_cache(2, max_len=12)
+            full = m(ids, kv_cache=cache, attention_mask=mask, position_ids=pos)[0].data
+            last = m(ids, kv_cache=cache_last, attention_mask=mask, position_ids=pos,
+                     last_only=True)[0].data
+        assert cache.length == cache_last.length == 11 and full.shape == (2, 11, 61)
+        np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+        runs[chunk] = full, cache, lengths
+    assert runs[None][2] == [11, 11] and runs[4][2] == [4, 4, 3] * 2
+    real = np.ones((2, 11), bool) if mask is None else mask  # padding's outputs mean nothing
+    np.testing.assert_allclose(runs[4][0][real], runs[None][0][real], rtol=1e-5, atol=1e-5)
+    for a, b in zip(runs[4][1].k + runs[4][1].v, runs[None][1].k + runs[None][1].v):
+        a, b = a[:, :, :11].transpose(0, 2, 1, 3), b[:, :, :11].transpose(0, 2, 1, 3)
+        np.testing.assert_allclose(a[real], b[real], rtol=1e-5, atol=1e-5)  # (B, T, H, D)
+    with M.no_grad():  # short prompts, a graph, or no cache: one pass, as before
+        m(ids[:, :4], kv_cache=m.new_kv_cache(2, max_len=12))
+        m(ids)
+    assert runs[4][2][6:] == [4, 11]
+
+
 @pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
 def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):

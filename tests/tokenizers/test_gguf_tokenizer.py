@@ -109,6 +109,12 @@ def test_add_bos_and_duplicates_and_bad_options():
     dup = ByteLevelBPETokenizer.from_token_list(tokens + ["a"], merges, types + [1], eos_id=2)
     assert dup.vocab_size == len(tokens) + 1
     assert dup.encode("a") == [tokens.index("a")] and dup.decode([len(tokens)]) == "a"
+    twice = ByteLevelBPETokenizer.from_token_list(tokens, merges + merges[:1], types, eos_id=2)
+    assert [f"{a} {b}" for a, b in twice.merges] == merges + merges[:1]  # a repeat is kept
+    gap = ByteLevelBPETokenizer({"a": 0, "b": 2}, [], eos_id=0)
+    assert gap.decode([2, 0]) == "ba" and gap.vocab_size == 3
+    with pytest.raises(TokenizerError, match="token id 1 is not in the vocabulary"):
+        gap.decode([0, 1])
     with pytest.raises(TokenizerError, match="'llama9' is not supported"):
         tok_from(pre="llama9")
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
