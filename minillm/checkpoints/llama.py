@@ -26,6 +26,8 @@ from minillm.kernels.quant import MATMUL_TYPES, Q8_0, QuantWeight
 from minillm.models.llama import Llama, LlamaConfig
 from minillm.nn.quant import QuantLinear, embedding_from, linear_from, named_quant_weights
 
+QUANTIZED_PREFILL_CHUNK = 128  # prompt positions per pass for a model with quantized weights
+
 
 def _parent(model, name):
     """(module, attribute) that holds parameter ``name`` ("layers.0.mlp.up_proj.weight")."""
@@ -68,6 +70,9 @@ def build_llama(config, tensors, consume=False):
     del embed
     for block in model.layers:
         block.fuse_projections()  # quantized q, k, v and gate, up: one product each to decode
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        # a model kept small: its prompts in chunks small beside its weights (models.decoder)
+        model.prefill_chunk = QUANTIZED_PREFILL_CHUNK
     return model
 
 

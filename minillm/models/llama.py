@@ -118,9 +118,11 @@ class Llama(DecoderLM):
         rope = self.rope_angles(pos, angle_dtype)  # (T, D/2) or (B, T, D/2), shared by all layers
         if x.device == "cuda":  # host positions: the angles go over once, not once per layer
             rope = tuple(backend.to_device(a, "cuda") for a in rope)
-        elif idx.shape[1] == 1 and kv_cache is not None and not is_grad_enabled():
-            # decoding one token per row: the blocks' array step, without the graph's
-            # bookkeeping (with a mask: rows of different lengths, as the server batches them)
+        elif kv_cache is not None and not is_grad_enabled() and self._array_path(
+                idx.shape[1], attention_mask):
+            # filling the cache (a prompt, or one token per row when decoding): the blocks'
+            # array step, without the graph's bookkeeping and with the fused projections (with
+            # a mask: one token in rows of different lengths, as the server batches them)
             mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
             if mask is not None and np.asarray(mask).all():
                 mask = None  # rows of one length (a server's batch often): the kernel's path
@@ -132,6 +134,15 @@ class Llama(DecoderLM):
             x = self.run_block(block, x, kv_cache=kv_cache, layer=i,
                                attention_mask=attention_mask, rope=rope)
         return x
+
+    @staticmethod
+    def _array_path(T, attention_mask):
+        """Whether LlamaBlock.step runs these T new positions: one per row, or a prompt without
+        padding (a padded prompt takes the graph's masked attention)."""
+        if T == 1 or attention_mask is None:
+            return True
+        mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+        return bool(np.asarray(mask).all())
 
     def final_norm(self, x):
         return self.norm(x)

@@ -180,37 +180,49 @@ class LlamaBlock(Module):
     """Pre-norm Llama block: x + self_attn(input_layernorm(x)), then
     x + mlp(post_attention_layernorm(x)).
 
-    ``step`` is the same block for one new position per row on plain arrays, without building
-    a graph: what decoding runs token after token, where the Tensor ops' own bookkeeping would
-    cost more than the kernels (tests/models/test_llama.py holds it to ``forward``).
+    ``step`` is the same block for new positions going into a KV cache, on plain arrays and
+    without building a graph: what a prompt's prefill and then decoding, token after token, run
+    (where the Tensor ops' own bookkeeping would cost more than the kernels), with q, k, v and
+    gate, up as one product each where fused (tests/models/test_llama.py holds it to
+    ``forward``).
     """
 
     def step(self, x, kv_cache, layer, rope, mask=None):
-        """x: (B, 1, C) array of the newest position of each row, ``rope`` its (cos, sin); the
-        cache receives its key and value -> (B, 1, C) array. ``mask`` (B, Tk) bool, False
-        where a row's keys are padding (rows of different lengths decoded together)."""
+        """x: (B, T, C) array of the new positions of each row, ``rope`` their (cos, sin); the
+        cache receives their keys and values -> (B, T, C) array. ``mask`` (B, Tk) bool, False
+        where a row's keys are padding (rows of different lengths decoded together; T = 1
+        only)."""
         a = self.self_attn
         B, T, C = x.shape
         H, Hkv, D = a.n_head, a.n_kv_head, a.head_dim
+        if mask is not None and T > 1:
+            raise ValueError("LlamaBlock.step takes a padding mask only for one new position")
         cos, sin = rope
         h = _rms_array(self.input_layernorm, x)
         q, k, v = _project((a.q_proj, a.k_proj, a.v_proj), self.__dict__.get("fused_qkv"), h)
-        # (B, 1, n, D) -> (B, n, 1, D) is a reshape when T = 1 (copied: the kernels take
-        # contiguous heads, and q, k, v may be column slices of one fused product)
-        q = np.ascontiguousarray(q.reshape(B, H, T, D))
-        k = np.ascontiguousarray(k.reshape(B, Hkv, T, D))
-        v = np.ascontiguousarray(v.reshape(B, Hkv, T, D))
+        # (B, T, n * D) -> (B, n, T, D), copied: the kernels take contiguous heads, and q, k, v
+        # may be column slices of one fused product (a reshape when T = 1)
+        q = np.ascontiguousarray(q.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+        k = np.ascontiguousarray(k.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3))
+        v = np.ascontiguousarray(v.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3))
         rope_fwd = registry.get("rope_forward", q)
         q = rope_fwd(q, cos, sin, a.rope_interleaved)
         k = rope_fwd(k, cos, sin, a.rope_interleaved)
-        k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + 1, D)
-        q = q.reshape(B, Hkv, H // Hkv, D)  # the query heads of a group as rows, as forward
-        if mask is None:
-            y, _ = registry.get("attention_forward", q)(q, k_all, v_all, 1.0 / math.sqrt(D),
-                                                          H == Hkv)
-        else:
-            y = _masked_attention(q, k_all, v_all, mask, 1.0 / math.sqrt(D))
-        x = x + _call_array(a.o_proj, y.reshape(B, T, H * D))
+        k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + T, D)
+        scale = 1.0 / math.sqrt(D)
+        if T > 1:  # a prompt: causal, each query head against its group's keys, as forward
+            rep = H // Hkv  # (B, Hkv, L + T, D) -> (B, H, L + T, D), contiguous
+            k_all, v_all = (np.repeat(t, rep, axis=1) if rep > 1 else np.ascontiguousarray(t)
+                            for t in (k_all, v_all))
+            y, _ = registry.get("attention_forward", q)(q, k_all, v_all, scale, True)
+            y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)
+        else:  # the query heads of a group as rows, as forward
+            q = q.reshape(B, Hkv, H // Hkv, D)
+            if mask is None:
+                y, _ = registry.get("attention_forward", q)(q, k_all, v_all, scale, H == Hkv)
+            else:
+                y = _masked_attention(q, k_all, v_all, mask, scale)
+        x = x + _call_array(a.o_proj, np.ascontiguousarray(y).reshape(B, T, H * D))
         h = _rms_array(self.post_attention_layernorm, x)
         m = self.mlp
         g, u = _project((m.gate_proj, m.up_proj), self.__dict__.get("fused_gate_up"), h)

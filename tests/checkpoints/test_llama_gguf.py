@@ -45,6 +45,8 @@ def test_stored_weights_stay_quantized_and_give_the_float32_models_logits(tmp_pa
         got = dict(plain.named_parameters())[name].data
         np.testing.assert_array_equal(got, w)
     np.testing.assert_allclose(logits(quant, IDS), logits(plain, IDS), rtol=1e-5, atol=1e-5)
+    # a quantized model fills its cache in short chunks; the float32 one in llama.cpp's 512
+    assert (quant.prefill_chunk, plain.prefill_chunk) == (128, 512)
 
 
 def test_q8_0_requantizes_every_matrix(tiny):

@@ -217,8 +217,8 @@ def test_chunked_prefill_equals_one_pass(padded, monkeypatch):
 @pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
 def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):
-    # without grad, one new token runs LlamaBlock.step (plain arrays); with grad on, the same
-    # token runs the Tensor ops: the logits must be the same numbers
+    # without grad, a prompt and then one new token at a time run LlamaBlock.step (plain
+    # arrays); with grad on, the same tokens run the Tensor ops: the same numbers
     from minillm.nn.quant import quantize_linears
 
     m = make(seed=8, n_kv_head=kv_heads, n_embd=96, intermediate_size=64).eval()
@@ -237,11 +237,11 @@ def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):
         return step(self, *a, **k)
 
     fast_cache, slow_cache = m.new_kv_cache(2, max_len=12), m.new_kv_cache(2, max_len=12)
-    with M.no_grad():
-        m(idx[:, :5], kv_cache=fast_cache)
-    m(idx[:, :5], kv_cache=slow_cache)
     type(m.layers[0]).step = counting
     try:
+        with M.no_grad():
+            fast = m(idx[:, :5], kv_cache=fast_cache)[0].data
+        np.testing.assert_array_equal(fast, m(idx[:, :5], kv_cache=slow_cache)[0].data)
         for t in range(5, 9):
             with M.no_grad():
                 fast = m(idx[:, t:t + 1], kv_cache=fast_cache)[0].data
@@ -249,7 +249,7 @@ def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):
             np.testing.assert_array_equal(fast, slow)
     finally:
         type(m.layers[0]).step = step
-    assert len(calls) == 4 * 2  # every decoding step went through both blocks' step
+    assert len(calls) == 5 * 2  # the prompt and every decoding step: both blocks' step
     np.testing.assert_array_equal(fast_cache.k[1], slow_cache.k[1])
     if quantized:  # a LoRA wrapper in place of q_proj ends the fusion: the layers run alone
         from minillm.nn.lora import apply_lora
