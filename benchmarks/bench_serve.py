@@ -7,8 +7,9 @@ tokens from ``minillm serve``'s API; aggregate decode tokens/s, and time to firs
 
 The server runs in this process (uvicorn on 127.0.0.1, a free port, a background thread); the
 clients are threads with the ``openai`` client in a second process (as a server's clients
-would be: in the server's process they would compete for its GIL), each sending the same
-prompt at temperature 0, all started together. Tokens are counted from the usage each stream
+would be: in the server's process they would compete for its GIL), each sending a prompt of its
+own (eight of about eight tokens; ``--same-prompt``: all the first one, which the server then
+prefills once, as it does for ``n`` choices) at temperature 0, all started together. Tokens are counted from the usage each stream
 ends with (a completion that meets eos early counts what it made). Each client count runs
 --rounds times (a single round's p95 of one request is one sample): the table shows the median
 round's aggregate rate and the time to first token over every request of every round. Continuous batching should make
@@ -33,7 +34,11 @@ import time
 
 import numpy as np
 
-PROMPT = "The capital of France is a city where"
+PROMPTS = ["The capital of France is a city where", "The largest ocean on Earth is the",
+           "A good way to learn a new language is", "The best thing about summer holidays is",
+           "In the morning, most people like to", "The printing press changed Europe because",
+           "My favourite kind of music is the", "Mountains are formed over millions of years"]
+PROMPT = PROMPTS[0]
 
 
 def percentile(xs, q):
@@ -54,12 +59,12 @@ def one_client(client, model, prompt, tokens, out, i):
     out[i] = (first if first is not None else time.perf_counter() - t0, n)
 
 
-def run_rounds(base_url, model, prompt, clients, tokens, rounds, api_key="bench"):
+def run_rounds(base_url, model, prompts, clients, tokens, rounds, api_key="bench"):
     """run_clients ``rounds`` times in a process of their own: the median round's aggregate
     tokens/s, the time to first token p50/p95 over every request of every round, and the
     tokens of one round."""
     with clients_process() as pool:
-        runs = [pool.submit(run_clients, base_url, model, prompt, clients, tokens,
+        runs = [pool.submit(run_clients, base_url, model, prompts, clients, tokens,
                             api_key).result() for _ in range(rounds)]
     ttft = [t for _, ts, _ in runs for t in ts]
     return (float(np.median([r for r, _, _ in runs])), percentile(ttft, 50),
@@ -76,13 +81,15 @@ def clients_process():
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
 
-def run_clients(base_url, model, prompt, clients, tokens, api_key="bench"):
-    """One round: (aggregate tokens/s, each request's time to first token, tokens made)."""
+def run_clients(base_url, model, prompts, clients, tokens, api_key="bench"):
+    """One round, client i sending prompts[i % len(prompts)]: (aggregate tokens/s, each
+    request's time to first token, tokens made)."""
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     out = [None] * clients
-    threads = [threading.Thread(target=one_client, args=(client, model, prompt, tokens, out, i))
+    threads = [threading.Thread(target=one_client,
+                                args=(client, model, prompts[i % len(prompts)], tokens, out, i))
                for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
@@ -168,6 +175,8 @@ def main(argv=None):
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3,
                    help="runs per client count: the median round's tokens/s, TTFT over all")
+    p.add_argument("--same-prompt", action="store_true",
+                   help="every client sends the first prompt (prefilled once)")
     p.add_argument("--batch-wait", type=float, default=None,
                    help="seconds an idle engine waits for more requests (default: the "
                         "engine's own)")
@@ -194,6 +203,7 @@ def main(argv=None):
     engine = Engine(model, tok, max_batch=max(args.max_batch, max(counts)), queue_size=64,
                     **options)
     app = create_app([ServedModel(name, engine, tok)])
+    prompts = PROMPTS[:1] if args.same_prompt else PROMPTS
     rows = []
     with InProcessServer(app) as server:
         import openai
@@ -202,7 +212,7 @@ def main(argv=None):
         got = client.completions.create(model=name, prompt=PROMPT, max_tokens=args.tokens,
                                         temperature=0).choices[0].text  # also the warm-up
         for n in counts:
-            rows.append(("minillm", n) + run_rounds(server.url + "/v1", name, PROMPT, n,
+            rows.append(("minillm", n) + run_rounds(server.url + "/v1", name, prompts, n,
                                                     args.tokens, args.rounds))
     # The library's own greedy text, on this (main) thread only after the timings: once a
     # second thread has run Numba's parallel kernels, the engine thread's OpenMP team no
@@ -219,14 +229,15 @@ def main(argv=None):
             if started:
                 proc, url = started
                 try:
-                    run_clients(url, "bench", PROMPT, 1, 2)
+                    run_clients(url, "bench", prompts, 1, 2)
                     for n in counts:
-                        rows.append(("llama.cpp", n) + run_rounds(url, "bench", PROMPT, n,
+                        rows.append(("llama.cpp", n) + run_rounds(url, "bench", prompts, n,
                                                                   args.tokens, args.rounds))
                 finally:
                     proc.terminate()
                     proc.wait()
-    print(f"{args.tokens} new tokens per client, {threads} threads, prompt {PROMPT!r}")
+    which = f"prompt {PROMPT!r} for all" if args.same_prompt else f"{len(prompts)} prompts"
+    print(f"{args.tokens} new tokens per client, {threads} threads, {which}")
     print(f"{'server':<10} {'clients':>7} {'tokens/s':>10} {'x 1 client':>10} "
           f"{'TTFT p50 s':>11} {'TTFT p95 s':>11} {'tokens':>7}")
     base = {}

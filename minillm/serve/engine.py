@@ -5,7 +5,8 @@ the HTTP layer answers with 503). One engine thread loops:
 
 1. admit waiting requests while the batch has free rows and prefill their prompts (an idle
    engine first waits ``batch_wait`` for more to come: clients that start together share one
-   prefill); those that arrived together run as one right-padded batch through an ordinary ``model.new_kv_cache``
+   prefill; identical prompts among them are computed once); those that arrived together run
+   as one right-padded batch through an ordinary ``model.new_kv_cache``
    (up to PREFILL_TOKENS padded positions; a request that wants its prompt's log-probabilities
    runs alone), each first token is sampled from its last real position, and each prompt's
    keys and values are copied into a free row of the ``RaggedKVCache``;
@@ -259,12 +260,18 @@ class Engine:
                 req.sink("error", f"generation failed: {e}")
 
     def _prefill_rows(self, group):
-        k = len(group)
-        lens = [len(r.prompt_ids) for r in group]
+        # each distinct prompt once: n choices of one request, or clients sending one text,
+        # share its row (and each still samples with its own generator)
+        distinct, row = {}, []
+        for r in group:
+            row.append(distinct.setdefault(tuple(r.prompt_ids), len(distinct)))
+        prompts = list(distinct)
+        k = len(prompts)
+        lens = [len(p) for p in prompts]
         P = max(lens)
         ids = np.zeros((k, P), dtype=np.int64)  # (k, P) right-padded with id 0
-        for b, r in enumerate(group):
-            ids[b, : lens[b]] = r.prompt_ids
+        for b, p in enumerate(prompts):
+            ids[b, : lens[b]] = p
         first = group[0].params
         cache = self.model.new_kv_cache(k, max_len=P)
         with FORWARD_LOCK, no_grad():
@@ -279,7 +286,7 @@ class Engine:
                 h_last = h.data[xp.arange(k), xp.asarray(lens) - 1][:, None, :]  # (k, 1, C)
                 logits = self._head(Tensor(h_last))  # (k, 1, V)
                 last = backend.to_numpy(logits.data)[:, 0, : self.vocab]  # (k, V)
-        for b, req in enumerate(group):
+        for req, b in zip(group, row):
             req.tracker = _TextTracker(self.tokenizer, list(req.params.stop))
             if req.params.max_tokens == 0:
                 req.sink("done", ("length", 0))
