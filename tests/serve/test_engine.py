@@ -192,6 +192,34 @@ def test_an_idle_engine_waits_for_requests_that_arrive_together(tiny_any):
         Engine(model, tok, batch_wait=-1)
 
 
+def test_an_idle_engine_keeps_its_rows_unless_a_request_grew_them(tiny):
+    from minillm.serve.kvcache import GROW
+
+    tok = tiny[1]
+    backend.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=2 * GROW + 8, n_layer=1,
+                          n_head=2, n_embd=16)).eval()
+    engine = Engine(model, tok, max_batch=2).start()
+
+    def idle_cache():
+        for _ in range(500):  # the loop drops finished rows just after their "done"
+            if not engine.active:
+                return engine.cache
+            time.sleep(0.01)
+        raise AssertionError("the engine did not go idle")
+
+    try:
+        _collect(engine, tok.encode("ab"), SamplingParams(max_tokens=3, temperature=0.0))
+        rows = idle_cache()
+        assert rows is not None and rows.capacity == GROW
+        _collect(engine, tok.encode("abc"), SamplingParams(max_tokens=3, temperature=0.0))
+        assert idle_cache() is rows  # the next request reused them
+        _collect(engine, tok.encode("ab"), SamplingParams(max_tokens=GROW + 4, temperature=0.0))
+        assert idle_cache() is None  # grew past GROW positions: given back
+    finally:
+        engine.close()
+
+
 def test_seeded_sampling_stop_strings_and_logprobs(tiny):
     model, tok = tiny
     engine = Engine(model, tok).start()
