@@ -49,6 +49,7 @@ FAMILIES = {
     "gelu": ("gelu_forward", "gelu_backward"),
     "bias_gelu": ("bias_gelu_forward", "bias_gelu_backward"),
     "attention": ("attention_forward", "attention_backward"),
+    "attention_ragged": ("attention_ragged_forward",),
     "adamw": ("adamw_step",),
     "matmul": ("matmul",),
     "rms_norm": ("rms_norm_forward", "rms_norm_backward"),
@@ -66,17 +67,20 @@ _SMOL = [(576, 576), (1536, 576), (576, 1536), (49152, 576)]  # SmolLM2-135M's (
 SHAPES = {
     "check": {"rows": [(33, 65)], "vocab": [(33, 65)], "wide": [(33, 130)],
               "attention": [(1, 2, 37, 16)], "matmul": [(33, 17, 65)], "adamw": [(4097,)],
+              "attention_ragged": [(3, 2, 3, 37, 16)],
               "llama_rows": [(33, 48)], "llama_mlp": [(33, 80)],
               "rope": [(1, 3, 37, 16, _HALF), (1, 3, 37, 16, _PAIR)],
               "qmatmul": [(n, 33, 96, f) for n in (1, 17) for f in ("q4_1", "q8_0")]},
     "tiny": {"rows": [(768, 128)], "vocab": [(768, 65)], "wide": [(768, 512)],
              "attention": [(12, 4, 64, 32)], "attention_decode": [(1, 3, 3, 600, 64)], "matmul": [(768, 128, 512)],
+             "attention_ragged": [(8, 3, 3, 80, 64)],
              "adamw": [(1536 * 384,)], "llama_rows": [(64, 576)], "llama_mlp": [(64, 1536)],
              "rope": [(1, 9, 64, 64, lay) for lay in (_HALF, _PAIR)],
              "qmatmul": [(n, o, k, f) for n in (1, 64) for o, k in _SMOL[:3]
                          for f in ("q4_1", "q8_0")]},
     "small": {"rows": [(2048, 384)], "vocab": [(2048, 65), (2048, 2048)], "wide": [(2048, 1536)],
               "attention": [(8, 6, 256, 64)], "attention_decode": [(1, 3, 3, 600, 64)], "matmul": [(2048, 384, 1152)],
+              "attention_ragged": [(8, 3, 3, 80, 64), (8, 3, 3, 600, 64)],
               "adamw": [(10_750_000,)], "llama_rows": [(512, 576)], "llama_mlp": [(512, 1536)],
               "rope": [(1, h, 512, 64, lay) for h in (9, 3) for lay in (_HALF, _PAIR)],
               "qmatmul": [(n, o, k, f) for n in (1, 512) for o, k in _SMOL
@@ -84,6 +88,7 @@ SHAPES = {
 }
 KIND = {"softmax": "vocab", "log_softmax": "vocab", "cross_entropy": "vocab", "layernorm": "rows",
         "gelu": "wide", "bias_gelu": "wide", "attention": "attention", "adamw": "adamw",
+        "attention_ragged": "attention_ragged",
         "matmul": "matmul", "rms_norm": "llama_rows", "rope": "rope", "swiglu": "llama_mlp",
         "qmatmul": "qmatmul"}
 PLAIN_LOOP_MAX = 1 << 22  # multiply-adds above which qmatmul's v1 (plain loops) is not timed
@@ -105,6 +110,11 @@ def make(op, shape, dt, seed=0):
         q = _x(rng, (B, H, Tq, D), dt)
         k, v = (_x(rng, (B, H, Tk + 64, D), dt)[:, :, :Tk] for _ in range(2))
         return q, k, v, 1.0 / D**0.5, False
+    if op == "attention_ragged_forward":  # a server's decode step: 8 rows of the cache, each
+        B, H, Tq, Tk, D = shape  # of its own length, from a quarter of Tk to all of it
+        q = _x(rng, (B, H, Tq, D), dt)
+        k, v = (_x(rng, (B, H, Tk + 64, D), dt)[:, :, :Tk] for _ in range(2))
+        return q, k, v, np.linspace(max(1, Tk // 4), Tk, B).astype(np.int64), 1.0 / D**0.5
     if op.startswith("attention"):
         B, H, T, D = shape
         q, k, v = (_x(rng, (B, H, T, D), dt) for _ in range(3))
@@ -163,6 +173,9 @@ def flops(op, shape):
     if op == "attention_forward" and len(shape) == 5:  # a decode step: every row sees all keys
         B, H, Tq, Tk, D = shape
         return 4 * B * H * Tq * Tk * D
+    if op == "attention_ragged_forward":  # each row's queries against its own keys
+        B, H, Tq, Tk, D = shape
+        return 4 * H * Tq * D * int(np.linspace(max(1, Tk // 4), Tk, B).astype(np.int64).sum())
     if op.startswith("attention"):
         B, H, T, D = shape  # causal: T (T + 1) / 2 visible pairs; fwd 2 products, bwd 5
         return (4 if op.endswith("forward") else 10) * B * H * (T * (T + 1) // 2) * D

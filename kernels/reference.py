@@ -240,6 +240,23 @@ def attention_backward(do, q, k, v, o, lse, scale, causal=True):
     return dq, dk, dv
 
 
+@_half_in_float32(keep=(1,))
+def attention_ragged_forward(q, k, v, lengths, scale):
+    """A decode step over rows of different lengths (a server's batch in one KV cache): row b's
+    queries q[b] (H, Tq, D) see keys 0..lengths[b]-1 of k[b], v[b] (H, Tk, D), all of them
+    (the step's own keys lie inside the lengths); what lies past a row's length is another
+    row's, stale or zero. lengths: (B,) ints in 1..Tk. Returns o (B, H, Tq, D) and lse
+    (B, H, Tq), as attention_forward."""
+    xp = _xp(q)
+    s = (q @ k.swapaxes(-1, -2)) * scale  # (B, H, Tq, Tk)
+    seen = xp.arange(k.shape[-2])[None, :] < xp.asarray(lengths)[:, None]  # (B, Tk)
+    s = xp.where(seen[:, None, None, :], s, -xp.inf)
+    m = s.max(axis=-1, keepdims=True)
+    e = xp.exp(s - m)
+    l = e.sum(axis=-1, keepdims=True)
+    return (e / l) @ v, (m + xp.log(l))[..., 0]
+
+
 def causal_mask(xp, Tq, Tk):
     """(Tq, Tk) bool: True where query i (absolute position Tk - Tq + i) may see key j."""
     return xp.arange(Tk)[None, :] <= (xp.arange(Tq)[:, None] + (Tk - Tq))

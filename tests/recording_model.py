@@ -1,5 +1,6 @@
 """A model wrapper for the tests of what the generation code feeds a model (prefill once, then
-one position a step; batched prefill): records the shape of every call."""
+one position a step; batched prefill): records the shape of every call (a Llama's packed
+prefill: the number of prompts and their positions in all)."""
 
 import numpy as np
 
@@ -12,7 +13,14 @@ class Recording:
         self.model, self.shapes = model, []
 
     def __getattr__(self, name):
-        return getattr(self.model, name)
+        attr = getattr(self.model, name)
+        if name != "prefill_packed":
+            return attr
+
+        def packed(prompts, kv_cache):  # recorded as (prompts, their positions end to end)
+            self.shapes.append((len(prompts), sum(len(p) for p in prompts)))
+            return attr(prompts, kv_cache)
+        return packed
 
     def __call__(self, idx, **kw):
         self.shapes.append(np.asarray(idx).shape)

@@ -19,7 +19,7 @@ import numpy as np
 
 from minillm import backend
 from minillm import functional as F
-from minillm.autograd import is_grad_enabled
+from minillm.autograd import is_grad_enabled, no_grad
 from minillm.errors import ConfigError
 from minillm.kernels.reference import rope_cos_sin
 from minillm.models.config import ModelConfig
@@ -124,16 +124,51 @@ class Llama(DecoderLM):
             # array step, without the graph's bookkeeping and with the fused projections (with
             # a mask: one token in rows of different lengths, as the server batches them)
             mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
-            if mask is not None and np.asarray(mask).all():
-                mask = None  # rows of one length (a server's batch often): the kernel's path
+            lengths = None
+            if mask is not None:
+                mask = np.asarray(mask, dtype=bool)  # (B, Tk)
+                lengths = mask.sum(axis=1)
+                if (lengths == mask.shape[1]).all():
+                    mask = lengths = None  # rows of one length: the kernel over the batch
+                elif idx.shape[1] == 1 and (
+                        mask == (np.arange(mask.shape[1]) < lengths[:, None])).all():
+                    mask = None  # each row's keys a prefix (a server's ragged cache)
+                else:
+                    lengths = None  # left padding: the masked composite
             h = x.data
             for i, block in enumerate(self.layers):
-                h = block.step(h, kv_cache, i, rope, mask)
+                h = block.step(h, kv_cache, i, rope, mask, lengths=lengths)
             return Tensor(h)
         for i, block in enumerate(self.layers):
             x = self.run_block(block, x, kv_cache=kv_cache, layer=i,
                                attention_mask=attention_mask, rope=rope)
         return x
+
+    def prefill_packed(self, prompts, kv_cache):
+        """Prompts of different lengths run as one row, end to end, without padding (each
+        attends to itself only: "varlen" attention), inference on the CPU: a server's prompts
+        that arrive together cost their own positions, not the longest one's times their
+        count. ``prompts``: lists of token ids; ``kv_cache``: an empty cache of len(prompts)
+        rows, whose row j receives prompt j's keys and values (positions 0..len-1) ->
+        (len(prompts), 1, C) Tensor, the final-normed hidden state at each prompt's last
+        token (the LM head's input)."""
+        lens = [len(p) for p in prompts]
+        if not prompts or min(lens) < 1 or kv_cache.length or len(kv_cache.k[0]) < len(lens):
+            raise ConfigError("prefill_packed takes non-empty prompts and an empty KV cache "
+                              "with a row for each")
+        if max(lens) > min(self.config.block_size, kv_cache.max_len):
+            raise ConfigError(f"a prompt of {max(lens)} tokens does not fit the context of "
+                              f"{min(self.config.block_size, kv_cache.max_len)}")
+        ends = np.cumsum(lens)
+        ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in prompts])[None]  # (1, N)
+        pos = np.concatenate([np.arange(n) for n in lens])  # (N,) each prompt from 0
+        h = self.embed_tokens(ids).data  # (1, N, C)
+        rope = self.rope_angles(pos, h.dtype if h.dtype.itemsize >= 4 else np.float32)
+        segments = list(zip((ends - lens).tolist(), ends.tolist()))
+        with no_grad():
+            for i, block in enumerate(self.layers):
+                h = block.step(h, kv_cache, i, rope, segments=segments)
+            return self.final_norm(Tensor(h[0, ends - 1][:, None, :]))  # (k, 1, C)
 
     @staticmethod
     def _array_path(T, attention_mask):

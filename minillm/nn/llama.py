@@ -171,6 +171,21 @@ def _masked_attention(q, k, v, mask, scale):
     return np.matmul(p, v)  # (B, G, R, D)
 
 
+def _packed_attention(q, k, v, kv_cache, layer, segments, scale):
+    """Causal attention of prompts packed in one row, each over its own keys: q (1, H, T, D),
+    k, v (1, Hkv, T, D) -> (1, T, H, D); prompt j's keys and values go to cache row j."""
+    H, Hkv = q.shape[1], k.shape[1]
+    y = np.empty_like(q)
+    attend = registry.get("attention_forward", q)
+    for j, (s0, s1) in enumerate(segments):
+        kj, vj = k[:, :, s0:s1], v[:, :, s0:s1]  # (1, Hkv, n, D)
+        kv_cache.k[layer][j:j + 1, :, : s1 - s0] = kj
+        kv_cache.v[layer][j:j + 1, :, : s1 - s0] = vj
+        kj, vj = (np.repeat(t, H // Hkv, axis=1) for t in (kj, vj))  # (1, H, n, D)
+        y[:, :, s0:s1] = attend(np.ascontiguousarray(q[:, :, s0:s1]), kj, vj, scale, True)[0]
+    return y.transpose(0, 2, 1, 3)
+
+
 def _rms_array(norm, x):
     x2 = x.reshape(-1, x.shape[-1])  # (N, C)
     return registry.get("rms_norm_forward", x2)(x2, norm.weight.data, norm.eps)[0].reshape(x.shape)
@@ -187,16 +202,22 @@ class LlamaBlock(Module):
     ``forward``).
     """
 
-    def step(self, x, kv_cache, layer, rope, mask=None):
+    def step(self, x, kv_cache, layer, rope, mask=None, segments=None, lengths=None):
         """x: (B, T, C) array of the new positions of each row, ``rope`` their (cos, sin); the
         cache receives their keys and values -> (B, T, C) array. ``mask`` (B, Tk) bool, False
         where a row's keys are padding (rows of different lengths decoded together; T = 1
-        only)."""
+        only); or ``lengths`` (B,): row b sees keys 0..lengths[b]-1, a mask whose rows are
+        prefixes (the server's ragged cache; T = 1 only). ``segments``: [(start, end)] of
+        whole prompts packed end to end in one row (B = 1, no padding); prompt j attends to
+        itself only and its keys and values fill positions 0..end-start-1 of the (empty)
+        cache's row j."""
         a = self.self_attn
         B, T, C = x.shape
         H, Hkv, D = a.n_head, a.n_kv_head, a.head_dim
-        if mask is not None and T > 1:
+        if (mask is not None or lengths is not None) and T > 1:
             raise ValueError("LlamaBlock.step takes a padding mask only for one new position")
+        if segments is not None and (B != 1 or mask is not None):
+            raise ValueError("packed prompts come as one row, without a mask")
         cos, sin = rope
         h = _rms_array(self.input_layernorm, x)
         q, k, v = _project((a.q_proj, a.k_proj, a.v_proj), self.__dict__.get("fused_qkv"), h)
@@ -208,17 +229,23 @@ class LlamaBlock(Module):
         rope_fwd = registry.get("rope_forward", q)
         q = rope_fwd(q, cos, sin, a.rope_interleaved)
         k = rope_fwd(k, cos, sin, a.rope_interleaved)
-        k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + T, D)
         scale = 1.0 / math.sqrt(D)
-        if T > 1:  # a prompt: causal, each query head against its group's keys, as forward
+        if segments is not None:  # packed prompts, each over its own keys
+            y = _packed_attention(q, k, v, kv_cache, layer, segments, scale)  # (1, T, H, D)
+        elif T > 1:  # a prompt: causal, each query head against its group's keys, as forward
+            k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + T, D)
             rep = H // Hkv  # (B, Hkv, L + T, D) -> (B, H, L + T, D), contiguous
             k_all, v_all = (np.repeat(t, rep, axis=1) if rep > 1 else np.ascontiguousarray(t)
                             for t in (k_all, v_all))
             y, _ = registry.get("attention_forward", q)(q, k_all, v_all, scale, True)
             y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)
         else:  # the query heads of a group as rows, as forward
+            k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + 1, D)
             q = q.reshape(B, Hkv, H // Hkv, D)
-            if mask is None:
+            if lengths is not None:
+                y, _ = registry.get("attention_ragged_forward", q)(q, k_all, v_all, lengths,
+                                                                   scale)
+            elif mask is None:
                 y, _ = registry.get("attention_forward", q)(q, k_all, v_all, scale, H == Hkv)
             else:
                 y = _masked_attention(q, k_all, v_all, mask, scale)

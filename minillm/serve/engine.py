@@ -6,21 +6,24 @@ the HTTP layer answers with 503). One engine thread loops:
 1. admit waiting requests while the batch has free rows and prefill their prompts (an idle
    engine first waits ``batch_wait`` for more to come: clients that start together share one
    prefill; identical prompts among them are computed once); those that arrived together run
-   as one right-padded batch through an ordinary ``model.new_kv_cache``
-   (up to PREFILL_TOKENS padded positions; a request that wants its prompt's log-probabilities
-   runs alone), each first token is sampled from its last real position, and each prompt's
-   keys and values are copied into a free row of the ``RaggedKVCache``;
+   as one batch through an ordinary ``model.new_kv_cache``, packed end to end without padding
+   (a Llama on the CPU: ``prefill_packed``) or right-padded (up to PREFILL_TOKENS positions,
+   padding counted; a request that wants its prompt's log-probabilities runs alone), each
+   first token is sampled from its last real position, and each prompt's keys and values are
+   copied into a free row of the ``RaggedKVCache``;
 2. one decode step over every row in the batch: (B, 1) tokens, each at its own position, with
-   the attention mask hiding what belongs to longer rows (see minillm.serve.kvcache);
+   the attention mask hiding what belongs to longer rows (see minillm.serve.kvcache; a Llama
+   on the CPU reads each row's keys up to its own length, attention_ragged_forward);
 3. sample each row's next token with that request's own sampler state; requests that finish
    (an end token, a stop string, their token budget) or were cancelled leave the batch and
    their row is given to the last one.
 
 So a request joins the running batch at the step after its prefill and the others never wait
-for it to finish; clients that arrive together wait for one prefill pass, not one each. Each request draws from its own ``numpy.random.Generator`` (seeded by its
-``seed``), in the order of its own tokens, so its text does not depend on what else is in the
-batch; the logits do, by float32 rounding only (a batched matmul sums in another order), which
-the tests keep clear of by using greedy decoding on weights whose top-2 logit gaps are large.
+for it to finish; clients that arrive together wait for one prefill pass, not one each. Each
+request draws from its own ``numpy.random.Generator`` (seeded by its ``seed``), in the order
+of its own tokens, so its text does not depend on what else is in the batch; the logits do,
+by float32 rounding only (a batched matmul sums in another order), which the tests keep clear
+of by using greedy decoding on weights whose top-2 logit gaps are large.
 
 Every model call runs on the engine thread. Nothing else in the process should run the model
 (or any of minillm's parallel kernels) while it serves: once a second thread has, the engine
@@ -57,7 +60,7 @@ from minillm.tensor import Tensor
 # engine per model id): Numba's workqueue threading layer must not be entered from two threads
 # at once, and autograd's no_grad switch is one flag for the whole process.
 FORWARD_LOCK = threading.Lock()
-PREFILL_TOKENS = 2048  # padded prompt positions (prompts x longest) one prefill pass may hold
+PREFILL_TOKENS = 2048  # prompt positions one prefill pass may hold (padded: prompts x longest)
 # An idle engine's wait for more requests after the first (seconds), and the most it waits in
 # all as a multiple of it. 20 ms: clients started together reach the engine within a few tens
 # of milliseconds of each other (benchmarks/bench_serve.py: 8 over 35 ms), and a lone request
@@ -154,6 +157,8 @@ class Engine:
         self._thread, self._stop = None, threading.Event()
         like = next(iter(model.parameters())).data  # where the weights live
         self._on_gpu = backend.is_cupy(like)
+        # prompts packed end to end, without padding (a Llama on the CPU), or right-padded
+        self._packs = not self._on_gpu and hasattr(model, "prefill_packed")
 
     # ------------------------------------------------------------------ outside the thread
     def start(self):
@@ -205,7 +210,7 @@ class Engine:
 
     def _admit(self, block):
         """Take waiting requests while rows are free and prefill them, several prompts in one
-        forward pass where they fit PREFILL_TOKENS padded positions."""
+        forward pass where they fit PREFILL_TOKENS positions (padding counted)."""
         taken = []
         idle, deadline = block, None
         while len(self.active) + len(taken) < self.max_batch:
@@ -229,8 +234,9 @@ class Engine:
         group = []
         for req in taken:
             alone = req.params.prompt_logprobs is not None  # needs every position's logits
-            longest = max(len(r.prompt_ids) for r in group + [req])
-            if group and (alone or longest * (len(group) + 1) > PREFILL_TOKENS):
+            lens = [len(r.prompt_ids) for r in group + [req]]
+            positions = sum(lens) if self._packs else max(lens) * len(lens)
+            if group and (alone or positions > PREFILL_TOKENS):
                 self._prefill(group)
                 group = []
             group.append(req)
@@ -269,13 +275,17 @@ class Engine:
         k = len(prompts)
         lens = [len(p) for p in prompts]
         P = max(lens)
+        first = group[0].params
+        cache = self.model.new_kv_cache(k, max_len=P)
+        packed = self._packs and first.prompt_logprobs is None
         ids = np.zeros((k, P), dtype=np.int64)  # (k, P) right-padded with id 0
         for b, p in enumerate(prompts):
             ids[b, : lens[b]] = p
-        first = group[0].params
-        cache = self.model.new_kv_cache(k, max_len=P)
         with FORWARD_LOCK, no_grad():
-            if first.prompt_logprobs is not None:  # a group of one: every position's logits
+            if packed:
+                logits = self._head(self.model.prefill_packed(prompts, cache))  # (k, 1, V)
+                last = backend.to_numpy(logits.data)[:, 0, : self.vocab]  # (k, V)
+            elif first.prompt_logprobs is not None:  # a group of one: every position's logits
                 logits, _ = self.model(self._to_dev(ids), kv_cache=cache)  # (1, P, V)
                 rows = backend.to_numpy(logits.data)[0, :, : self.vocab]  # (P, V)
                 self._prompt_logprobs(group[0], rows)

@@ -129,6 +129,21 @@ def _att_fwd(shape):
     return lambda rng, dt: _qkv(rng, shape, dt)
 
 
+# (B, H, Tq, Tk, D) of a ragged decode step: SmolLM2's grouped rows (3 of 3 heads), keys
+# across v8's chunks of 128, one row; each batch row's length drawn in 1..Tk, the last Tk
+RAGGED = [(3, 2, 3, 37, 16), (2, 3, 1, 301, 33), (4, 1, 5, 129, 7), (1, 1, 1, 1, 5)]
+
+
+def _att_ragged(shape):
+    def make(rng, dt):
+        B, H, Tq, Tk, D = shape
+        q = _x(rng, (B, H, Tq, D), dt, 1.0)
+        k, v = (_x(rng, (B, H, Tk + 9, D), dt, 1.0)[:, :, :Tk] for _ in range(2))  # views
+        lengths = np.r_[rng.integers(1, Tk + 1, B - 1), Tk]
+        return q, k, v, lengths, 1.0 / D**0.5
+    return make
+
+
 def _att_bwd(shape):
     def make(rng, dt):
         q, k, v, scale, causal = _qkv(rng, shape, dt)
@@ -283,6 +298,7 @@ CASES = {
     "bias_gelu_backward": _over_rows(_gelu("bias_gelu_backward")),
     "attention_forward": [(str(s), _att_fwd(s)) for s in ATTENTION],
     "attention_backward": [(str(s), _att_bwd(s)) for s in ATTENTION],
+    "attention_ragged_forward": [(str(s), _att_ragged(s)) for s in RAGGED],
     "adamw_step": [(str(s), _adamw(s)) for s in ADAMW],
     "rms_norm_forward": _over_rows(_rms_fwd),
     "rms_norm_backward": _over_rows(_rms_bwd),
@@ -298,6 +314,7 @@ CASES = {
 # (float32, float64) relative tolerance per op; 1e-4 / 1e-10 for the others
 RTOL = {"layernorm_forward": (2e-4, 1e-10), "layernorm_backward": (2e-4, 1e-10),
         "attention_forward": (1e-4, 1e-9), "attention_backward": (1e-4, 1e-9),
+        "attention_ragged_forward": (1e-4, 1e-9),
         "adamw_step": (1e-5, 1e-12)}
 
 

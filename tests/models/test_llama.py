@@ -214,6 +214,36 @@ def test_chunked_prefill_equals_one_pass(padded, monkeypatch):
     assert runs[4][2][6:] == [4, 11]
 
 
+@pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
+def test_packed_prompts_equal_each_prompt_alone(quantized):
+    # prompts end to end in one row, each attending to itself: each one's last hidden state
+    # and cache row are what it gets alone
+    from minillm.nn.quant import quantize_linears
+
+    m = make(seed=12, n_embd=96, intermediate_size=64).eval()
+    if quantized:
+        quantize_linears(m, "q8_0")
+        assert all(b.fuse_projections() for b in m.layers)
+    rng = np.random.default_rng(13)
+    prompts = [rng.integers(0, 61, n).tolist() for n in (5, 1, 9, 3)]
+    cache = m.new_kv_cache(4, max_len=9)
+    h = m.prefill_packed(prompts, cache).data  # (4, 1, C)
+    assert h.shape == (4, 1, m.config.n_embd)
+    for j, p in enumerate(prompts):
+        alone = m.new_kv_cache(1, max_len=9)
+        with M.no_grad():
+            want = m(np.asarray([p]), kv_cache=alone, return_hidden=True).data[0, -1]
+        # (18 packed rows and 9 alone take different qmatmul rungs: float32 rounding apart)
+        np.testing.assert_allclose(h[j, 0], want, rtol=1e-4, atol=1e-4)
+        for a, b in zip(cache.k + cache.v, alone.k + alone.v):
+            np.testing.assert_allclose(a[j, :, :len(p)], b[0, :, :len(p)], rtol=1e-4,
+                                       atol=1e-4)
+    with pytest.raises(ConfigError, match="non-empty prompts"):
+        m.prefill_packed([[1, 2], []], m.new_kv_cache(2, max_len=9))
+    with pytest.raises(ConfigError, match="does not fit"):
+        m.prefill_packed([[1] * 10], m.new_kv_cache(1, max_len=9))
+
+
 @pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
 def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):

@@ -64,7 +64,7 @@ import numpy as np
 from ...ladder import Ladder, Rung, dtype_fits
 from .. import _serial
 from .blas_tiles import attention_backward_v5, attention_forward_v5
-from .decode import attention_forward_v8
+from .decode import attention_forward_v8, attention_ragged_forward_v8
 from .flash import (
     attention_backward_v1,
     attention_backward_v2,
@@ -118,6 +118,21 @@ def _decode_fits(q, k, v, scale, causal=True):
     return reason
 
 
+def _ragged(kernel):
+    """attention_ragged_forward(q, k, v, lengths, scale) -> (o, lse), running ``kernel``."""
+    def run(q, k, v, lengths, scale):
+        q, k, v = _prep(True, q.dtype, (q, k, v))
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.shape != (q.shape[0],) or lengths.size and not (
+                1 <= lengths.min() and lengths.max() <= k.shape[2]):
+            raise ValueError(f"lengths must be {q.shape[0]} key counts in 1..{k.shape[2]}")
+        o = np.empty_like(q)
+        lse = np.empty(q.shape[:3], dtype=q.dtype)
+        kernel(o, lse, q, k, v, lengths, q.dtype.type(scale))
+        return o, lse
+    return run
+
+
 BWD = dtype_fits(("float32", "float64"), arg=1)  # q (after do)
 LADDERS = (
     Ladder("attention_forward", "cpu", default=8, also=(7,),
@@ -135,6 +150,12 @@ LADDERS = (
         Rung(8, _serial.picks(_forward(attention_forward_v8, True)),
              "decoding: keys split into chunks across threads, read in place, chunks merged",
              _decode_fits),
+    )),
+    Ladder("attention_ragged_forward", "cpu", default=8,
+           about="a decode step over rows of different lengths, each over its own keys",
+           rungs=(
+        Rung(8, _serial.picks(_ragged(attention_ragged_forward_v8)),
+             "v8's chunks across threads, each row's keys up to its length", FWD),
     )),
     Ladder("attention_backward", "cpu", default=7, about="dq, dk, dv from the saved lse",
            rungs=(

@@ -13,6 +13,10 @@ query row, the chunk's running maximum m, sum l = sum exp(s - m) and o = sum exp
 second pass merges the chunks:
 M = max_c m_c,  L = sum_c exp(m_c - M) l_c,  o = sum_c exp(m_c - M) o_c / L,  lse = M + log L.
 Memory per task: one (Tq, chunk) score tile. With ``causal``, row i sees keys 0..off + i.
+
+``attention_ragged_forward_v8`` is the same kernel for a batch whose rows have different
+lengths (a server's ragged KV cache): batch row b sees its first lengths[b] keys, and chunks
+past them are skipped, where the masked composite computed every score and threw most away.
 """
 
 import math
@@ -102,13 +106,13 @@ def _rows(a):
 
 
 @njit(parallel=True, **_JIT)
-def _forward(o, lse, q, k, v, scale, causal):
-    # q: (B, H, Tq, D) contiguous; k, v: (B, H, Tk, D) with contiguous rows (a cache's view)
+def _forward(o, lse, q, k, v, scale, causal, klen):
+    # q: (B, H, Tq, D) contiguous; k, v: (B, H, Tk, D) with contiguous rows (a cache's view);
+    # batch row b reads its first klen[b] keys (Tk for all but in a ragged batch)
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     kf, k0, k1, k2 = _rows(k)
     vf, v0, v1, v2 = _rows(v)
-    off = Tk - Tq
     nc = max(1, (Tk + CHUNK - 1) // CHUNK)
     po = np.empty((B, H, nc, Tq, D), dtype=q.dtype)  # per-chunk partial outputs
     pm = np.empty((B, H, nc, Tq), dtype=q.dtype)
@@ -117,8 +121,10 @@ def _forward(o, lse, q, k, v, scale, causal):
         b, rest = task // (H * nc), task % (H * nc)
         h, c = rest // nc, rest % nc
         s = np.empty((Tq, CHUNK), dtype=q.dtype)
+        # a chunk wholly past the row's keys computes nothing (l = 0: the merge skips it)
         _chunk(po[b, h, c], pm[b, h, c], pl[b, h, c], s, q[b, h], kf, b * k0 + h * k1, k2, vf,
-               b * v0 + h * v1, v2, c * CHUNK, min(Tk, (c + 1) * CHUNK), scale, causal, off)
+               b * v0 + h * v1, v2, c * CHUNK, min(klen[b], (c + 1) * CHUNK), scale, causal,
+               klen[b] - Tq)
     for task in prange(B * H * Tq):  # merge the chunks of each query row
         b, rest = task // (H * Tq), task % (H * Tq)
         h, i = rest // Tq, rest % Tq
@@ -153,4 +159,11 @@ def attention_forward_v8(o, lse, q, k, v, scale, causal):
     # parallel once the keys read (B H Tk D elements) pay for a second thread
     kernel = pick(_forward, k.shape[0] * k.shape[1] * k.shape[2] * k.shape[3])
     kernel(o, lse, np.ascontiguousarray(q), _rows_contiguous(k), _rows_contiguous(v), scale,
-           causal)
+           causal, np.full(k.shape[0], k.shape[2], dtype=np.int64))
+
+
+def attention_ragged_forward_v8(o, lse, q, k, v, lengths, scale):
+    klen = np.asarray(lengths, dtype=np.int64)
+    kernel = pick(_forward, int(klen.sum()) * k.shape[1] * k.shape[3])
+    kernel(o, lse, np.ascontiguousarray(q), _rows_contiguous(k), _rows_contiguous(v), scale,
+           False, klen)
