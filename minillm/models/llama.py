@@ -29,6 +29,16 @@ from minillm.nn.llama import LlamaBlock, RMSNorm
 from minillm.tensor import Tensor
 
 
+def _common_prefix(prompts):
+    """Length of the longest run of token ids every prompt begins with."""
+    n = 0
+    for column in zip(*prompts):
+        if any(t != column[0] for t in column):
+            break
+        n += 1
+    return n
+
+
 @dataclass
 class LlamaConfig(ModelConfig):
     vocab_size: int = 32000
@@ -148,7 +158,8 @@ class Llama(DecoderLM):
         """Prompts of different lengths run as one row, end to end, without padding (each
         attends to itself only: "varlen" attention), inference on the CPU: a server's prompts
         that arrive together cost their own positions, not the longest one's times their
-        count. ``prompts``: lists of token ids; ``kv_cache``: an empty cache of len(prompts)
+        count, and the prefix they all begin with (a chat template's system prompt) is computed
+        once. ``prompts``: lists of token ids; ``kv_cache``: an empty cache of len(prompts)
         rows, whose row j receives prompt j's keys and values (positions 0..len-1) ->
         (len(prompts), 1, C) Tensor, the final-normed hidden state at each prompt's last
         token (the LM head's input)."""
@@ -159,15 +170,20 @@ class Llama(DecoderLM):
         if max(lens) > min(self.config.block_size, kv_cache.max_len):
             raise ConfigError(f"a prompt of {max(lens)} tokens does not fit the context of "
                               f"{min(self.config.block_size, kv_cache.max_len)}")
-        ends = np.cumsum(lens)
-        ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in prompts])[None]  # (1, N)
-        pos = np.concatenate([np.arange(n) for n in lens])  # (N,) each prompt from 0
+        # the shared prefix, leaving each prompt at least one position of its own (its last
+        # hidden state is the one asked for)
+        shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+        shared = min(shared, min(lens) - 1)
+        rests = [np.asarray(p[shared:], dtype=np.int64) for p in prompts]
+        ids = np.concatenate([np.asarray(prompts[0][:shared], dtype=np.int64)] + rests)[None]
+        pos = np.concatenate([np.arange(shared)] + [np.arange(shared, n) for n in lens])  # (N,)
+        ends = shared + np.cumsum([len(r) for r in rests])
+        segments = list(zip((ends - [len(r) for r in rests]).tolist(), ends.tolist()))
         h = self.embed_tokens(ids).data  # (1, N, C)
         rope = self.rope_angles(pos, h.dtype if h.dtype.itemsize >= 4 else np.float32)
-        segments = list(zip((ends - lens).tolist(), ends.tolist()))
         with no_grad():
             for i, block in enumerate(self.layers):
-                h = block.step(h, kv_cache, i, rope, segments=segments)
+                h = block.step(h, kv_cache, i, rope, segments=segments, shared=shared)
             return self.final_norm(Tensor(h[0, ends - 1][:, None, :]))  # (k, 1, C)
 
     @staticmethod

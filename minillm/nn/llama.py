@@ -171,18 +171,28 @@ def _masked_attention(q, k, v, mask, scale):
     return np.matmul(p, v)  # (B, G, R, D)
 
 
-def _packed_attention(q, k, v, kv_cache, layer, segments, scale):
+def _packed_attention(q, k, v, kv_cache, layer, segments, scale, shared=0):
     """Causal attention of prompts packed in one row, each over its own keys: q (1, H, T, D),
-    k, v (1, Hkv, T, D) -> (1, T, H, D); prompt j's keys and values go to cache row j."""
+    k, v (1, Hkv, T, D) -> (1, T, H, D). The first ``shared`` positions are a prefix every
+    prompt begins with, computed once: prompt j's keys are the prefix's, then those of its
+    segment, and go to cache row j."""
     H, Hkv = q.shape[1], k.shape[1]
     y = np.empty_like(q)
     attend = registry.get("attention_forward", q)
+
+    def run(s0, s1, keys, values):  # queries s0..s1-1, the last of the keys
+        keys, values = (np.repeat(t, H // Hkv, axis=1) for t in (keys, values))  # (1, H, n, D)
+        y[:, :, s0:s1] = attend(np.ascontiguousarray(q[:, :, s0:s1]), keys, values, scale,
+                                True)[0]
+
+    if shared:
+        run(0, shared, k[:, :, :shared], v[:, :, :shared])
     for j, (s0, s1) in enumerate(segments):
-        kj, vj = k[:, :, s0:s1], v[:, :, s0:s1]  # (1, Hkv, n, D)
-        kv_cache.k[layer][j:j + 1, :, : s1 - s0] = kj
-        kv_cache.v[layer][j:j + 1, :, : s1 - s0] = vj
-        kj, vj = (np.repeat(t, H // Hkv, axis=1) for t in (kj, vj))  # (1, H, n, D)
-        y[:, :, s0:s1] = attend(np.ascontiguousarray(q[:, :, s0:s1]), kj, vj, scale, True)[0]
+        kj = np.concatenate([k[:, :, :shared], k[:, :, s0:s1]], axis=2)  # (1, Hkv, n, D)
+        vj = np.concatenate([v[:, :, :shared], v[:, :, s0:s1]], axis=2)
+        kv_cache.k[layer][j:j + 1, :, : kj.shape[2]] = kj
+        kv_cache.v[layer][j:j + 1, :, : vj.shape[2]] = vj
+        run(s0, s1, kj, vj)
     return y.transpose(0, 2, 1, 3)
 
 
@@ -202,15 +212,15 @@ class LlamaBlock(Module):
     ``forward``).
     """
 
-    def step(self, x, kv_cache, layer, rope, mask=None, segments=None, lengths=None):
+    def step(self, x, kv_cache, layer, rope, mask=None, segments=None, lengths=None, shared=0):
         """x: (B, T, C) array of the new positions of each row, ``rope`` their (cos, sin); the
         cache receives their keys and values -> (B, T, C) array. ``mask`` (B, Tk) bool, False
         where a row's keys are padding (rows of different lengths decoded together; T = 1
         only); or ``lengths`` (B,): row b sees keys 0..lengths[b]-1, a mask whose rows are
         prefixes (the server's ragged cache; T = 1 only). ``segments``: [(start, end)] of
-        whole prompts packed end to end in one row (B = 1, no padding); prompt j attends to
-        itself only and its keys and values fill positions 0..end-start-1 of the (empty)
-        cache's row j."""
+        prompts packed end to end in one row (B = 1, no padding), after a prefix of ``shared``
+        positions they all begin with; prompt j attends to the prefix and itself, and the
+        keys and values of both fill the (empty) cache's row j from position 0."""
         a = self.self_attn
         B, T, C = x.shape
         H, Hkv, D = a.n_head, a.n_kv_head, a.head_dim
@@ -231,7 +241,7 @@ class LlamaBlock(Module):
         k = rope_fwd(k, cos, sin, a.rope_interleaved)
         scale = 1.0 / math.sqrt(D)
         if segments is not None:  # packed prompts, each over its own keys
-            y = _packed_attention(q, k, v, kv_cache, layer, segments, scale)  # (1, T, H, D)
+            y = _packed_attention(q, k, v, kv_cache, layer, segments, scale, shared)
         elif T > 1:  # a prompt: causal, each query head against its group's keys, as forward
             k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + T, D)
             rep = H // Hkv  # (B, Hkv, L + T, D) -> (B, H, L + T, D), contiguous

@@ -214,10 +214,11 @@ def test_chunked_prefill_equals_one_pass(padded, monkeypatch):
     assert runs[4][2][6:] == [4, 11]
 
 
+@pytest.mark.parametrize("shared", [0, 6], ids=["distinct", "shared-prefix"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
-def test_packed_prompts_equal_each_prompt_alone(quantized):
-    # prompts end to end in one row, each attending to itself: each one's last hidden state
-    # and cache row are what it gets alone
+def test_packed_prompts_equal_each_prompt_alone(quantized, shared, monkeypatch):
+    # prompts end to end in one row, each attending to itself (and the prefix they all begin
+    # with, computed once): each one's last hidden state and cache row are what it gets alone
     from minillm.nn.quant import quantize_linears
 
     m = make(seed=12, n_embd=96, intermediate_size=64).eval()
@@ -225,12 +226,25 @@ def test_packed_prompts_equal_each_prompt_alone(quantized):
         quantize_linears(m, "q8_0")
         assert all(b.fuse_projections() for b in m.layers)
     rng = np.random.default_rng(13)
+    prefix = rng.integers(0, 61, shared).tolist()
     prompts = [rng.integers(0, 61, n).tolist() for n in (5, 1, 9, 3)]
-    cache = m.new_kv_cache(4, max_len=9)
-    h = m.prefill_packed(prompts, cache).data  # (4, 1, C)
-    assert h.shape == (4, 1, m.config.n_embd)
+    prompts = [[60] + p for p in prompts] if not shared else [prefix + p for p in prompts]
+    if shared:  # one prompt is the prefix and one more token: that token stays its own
+        prompts.append(prefix + [7])
+    rows, width = len(prompts), max(map(len, prompts))
+    step, fed = type(m.layers[0]).step, []
+    monkeypatch.setattr(type(m.layers[0]), "step",
+                        lambda self, x, *a, **k: fed.append(x.shape[1]) or step(self, x, *a, **k))
+    cache = m.new_kv_cache(rows, max_len=width)
+    h = m.prefill_packed(prompts, cache).data  # (rows, 1, C)
+    monkeypatch.undo()
+    assert h.shape == (rows, 1, m.config.n_embd)
+    # the packed row: every prompt's own positions, the shared ones once ([60] is shared too,
+    # up to each prompt keeping one position: the 1-token rest)
+    own = sum(len(p) for p in prompts) - (rows - 1) * (shared or 1)
+    assert fed == [own] * m.config.n_layer
     for j, p in enumerate(prompts):
-        alone = m.new_kv_cache(1, max_len=9)
+        alone = m.new_kv_cache(1, max_len=width)
         with M.no_grad():
             want = m(np.asarray([p]), kv_cache=alone, return_hidden=True).data[0, -1]
         # (18 packed rows and 9 alone take different qmatmul rungs: float32 rounding apart)
