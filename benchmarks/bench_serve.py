@@ -9,7 +9,9 @@ The server runs in this process (uvicorn on 127.0.0.1, a free port, a background
 clients are threads with the ``openai`` client in a second process (as a server's clients
 would be: in the server's process they would compete for its GIL), each sending a prompt of its
 own (eight of about eight tokens; ``--same-prompt``: all the first one, which the server then
-prefills once, as it does for ``n`` choices) at temperature 0, all started together. Tokens are counted from the usage each stream
+prefills once, as it does for ``n`` choices; ``--chat``: a question each through the chat
+endpoint, so the model's template adds its system prompt, the prefix the server computes once
+per batch) at temperature 0, all started together. Tokens are counted from the usage each stream
 ends with (a completion that meets eos early counts what it made). Each client count runs
 --rounds times (a single round's p95 of one request is one sample): the table shows the median
 round's aggregate rate and the time to first token over every request of every round. Continuous batching should make
@@ -39,6 +41,10 @@ PROMPTS = ["The capital of France is a city where", "The largest ocean on Earth 
            "In the morning, most people like to", "The printing press changed Europe because",
            "My favourite kind of music is the", "Mountains are formed over millions of years"]
 PROMPT = PROMPTS[0]
+QUESTIONS = ["What is the capital of France?", "Name three primary colours.",
+             "What is 7 times 8?", "Write a haiku about rain.", "Who wrote Hamlet?",
+             "How do plants make food?", "What is the largest planet?",
+             "Give me a synonym for happy."]
 
 
 def percentile(xs, q):
@@ -46,13 +52,18 @@ def percentile(xs, q):
 
 
 def one_client(client, model, prompt, tokens, out, i):
+    """A completion of ``prompt`` (a str), or a chat reply to it (a message dict)."""
     t0 = time.perf_counter()
     first, n = None, 0
-    stream = client.completions.create(model=model, prompt=prompt, max_tokens=tokens,
-                                       temperature=0, stream=True,
-                                       stream_options={"include_usage": True})
+    options = dict(model=model, max_tokens=tokens, temperature=0, stream=True,
+                   stream_options={"include_usage": True})
+    chat = isinstance(prompt, dict)
+    stream = (client.chat.completions.create(messages=[prompt], **options) if chat else
+              client.completions.create(prompt=prompt, **options))
     for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].text:
+        text = chunk.choices and (chunk.choices[0].delta.content if chat else
+                                  chunk.choices[0].text)
+        if first is None and text:
             first = time.perf_counter() - t0
         if chunk.usage is not None:
             n = chunk.usage.completion_tokens
@@ -177,6 +188,8 @@ def main(argv=None):
                    help="runs per client count: the median round's tokens/s, TTFT over all")
     p.add_argument("--same-prompt", action="store_true",
                    help="every client sends the first prompt (prefilled once)")
+    p.add_argument("--chat", action="store_true",
+                   help="chat completions: a question each, through the model's template")
     p.add_argument("--batch-wait", type=float, default=None,
                    help="seconds an idle engine waits for more requests (default: the "
                         "engine's own)")
@@ -185,8 +198,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import minillm
-    from minillm.serve.app import ServedModel, create_app
-    from minillm.serve.engine import Engine
+    from minillm.serve.app import create_app, served_model
 
     if args.tiny:
         model, tok = tiny_model()
@@ -199,11 +211,12 @@ def main(argv=None):
         name = "bench"
     counts = [int(c) for c in args.clients.split(",")]
     threads = int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1))
-    options = {} if args.batch_wait is None else {"batch_wait": args.batch_wait}
-    engine = Engine(model, tok, max_batch=max(args.max_batch, max(counts)), queue_size=64,
-                    **options)
-    app = create_app([ServedModel(name, engine, tok)])
-    prompts = PROMPTS[:1] if args.same_prompt else PROMPTS
+    app = create_app([served_model(name, model, tok, max_batch=max(args.max_batch, max(counts)),
+                                   queue_size=64, batch_wait=args.batch_wait)])
+    prompts = QUESTIONS if args.chat else PROMPTS
+    prompts = prompts[:1] if args.same_prompt else prompts
+    if args.chat:
+        prompts = [{"role": "user", "content": q} for q in prompts]
     rows = []
     with InProcessServer(app) as server:
         import openai
@@ -236,7 +249,8 @@ def main(argv=None):
                 finally:
                     proc.terminate()
                     proc.wait()
-    which = f"prompt {PROMPT!r} for all" if args.same_prompt else f"{len(prompts)} prompts"
+    which = (f"prompt {prompts[0]!r} for all" if args.same_prompt else
+             f"{len(prompts)} {'chat questions' if args.chat else 'prompts'}")
     print(f"{args.tokens} new tokens per client, {threads} threads, {which}")
     print(f"{'server':<10} {'clients':>7} {'tokens/s':>10} {'x 1 client':>10} "
           f"{'TTFT p50 s':>11} {'TTFT p95 s':>11} {'tokens':>7}")
