@@ -171,6 +171,12 @@ def _masked_attention(q, k, v, mask, scale):
     return np.matmul(p, v)  # (B, G, R, D)
 
 
+def _per_query_head(t, rep):
+    """(B, Hkv, Tk, D) keys or values -> (B, Hkv * rep, Tk, D), contiguous: kv head j serves
+    query heads j*rep .. j*rep+rep-1."""
+    return np.repeat(t, rep, axis=1) if rep > 1 else np.ascontiguousarray(t)
+
+
 def _packed_attention(q, k, v, kv_cache, layer, segments, scale, shared=0):
     """Causal attention of prompts packed in one row, each over its own keys: q (1, H, T, D),
     k, v (1, Hkv, T, D) -> (1, T, H, D). The first ``shared`` positions are a prefix every
@@ -181,7 +187,7 @@ def _packed_attention(q, k, v, kv_cache, layer, segments, scale, shared=0):
     attend = registry.get("attention_forward", q)
 
     def run(s0, s1, keys, values):  # queries s0..s1-1, the last of the keys
-        keys, values = (np.repeat(t, H // Hkv, axis=1) for t in (keys, values))  # (1, H, n, D)
+        keys, values = _per_query_head(keys, H // Hkv), _per_query_head(values, H // Hkv)
         y[:, :, s0:s1] = attend(np.ascontiguousarray(q[:, :, s0:s1]), keys, values, scale,
                                 True)[0]
 
@@ -244,9 +250,7 @@ class LlamaBlock(Module):
             y = _packed_attention(q, k, v, kv_cache, layer, segments, scale, shared)
         elif T > 1:  # a prompt: causal, each query head against its group's keys, as forward
             k_all, v_all = kv_cache.append(layer, k, v)  # (B, Hkv, L + T, D)
-            rep = H // Hkv  # (B, Hkv, L + T, D) -> (B, H, L + T, D), contiguous
-            k_all, v_all = (np.repeat(t, rep, axis=1) if rep > 1 else np.ascontiguousarray(t)
-                            for t in (k_all, v_all))
+            k_all, v_all = _per_query_head(k_all, H // Hkv), _per_query_head(v_all, H // Hkv)
             y, _ = registry.get("attention_forward", q)(q, k_all, v_all, scale, True)
             y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)
         else:  # the query heads of a group as rows, as forward

@@ -278,9 +278,10 @@ class Engine:
         first = group[0].params
         cache = self.model.new_kv_cache(k, max_len=P)
         packed = self._packs and first.prompt_logprobs is None
-        ids = np.zeros((k, P), dtype=np.int64)  # (k, P) right-padded with id 0
-        for b, p in enumerate(prompts):
-            ids[b, : lens[b]] = p
+        if not packed:
+            ids = np.zeros((k, P), dtype=np.int64)  # (k, P) right-padded with id 0
+            for b, p in enumerate(prompts):
+                ids[b, : lens[b]] = p
         with FORWARD_LOCK, no_grad():
             if packed:
                 logits = self._head(self.model.prefill_packed(prompts, cache))  # (k, 1, V)
