@@ -151,12 +151,6 @@ LADDERS = (
              "decoding: keys split into chunks across threads, read in place, chunks merged",
              _decode_fits),
     )),
-    Ladder("attention_ragged_forward", "cpu", default=8,
-           about="a decode step over rows of different lengths, each over its own keys",
-           rungs=(
-        Rung(8, _serial.picks(_ragged(attention_ragged_forward_v8)),
-             "v8's chunks across threads, each row's keys up to its length", FWD),
-    )),
     Ladder("attention_backward", "cpu", default=7, about="dq, dk, dv from the saved lse",
            rungs=(
         Rung(1, _backward(attention_backward_v1), "plain loops, one row at a time, one thread",
@@ -169,5 +163,11 @@ LADDERS = (
              "BLAS tile products, Numba p/ds rows", BWD),
         Rung(7, _serial.picks(_backward(attention_backward_v7, True)),
              "no BLAS: one head per thread, products on the micro-kernel", BWD),
+    )),
+    Ladder("attention_ragged_forward", "cpu", default=8,
+           about="a decode step over rows of different lengths, each over its own keys",
+           rungs=(
+        Rung(8, _serial.picks(_ragged(attention_ragged_forward_v8)),
+             "v8's chunks across threads, each row's keys up to its length", FWD),
     )),
 )
