@@ -99,6 +99,11 @@ def _x(rng, shape, dt, scale=1.0, shift=0.0):
     return (scale * rng.standard_normal(shape) + shift).astype(dt)
 
 
+def _ragged_lengths(B, Tk):
+    """The key counts of a ragged decode step's B rows: from a quarter of Tk to all of it."""
+    return np.linspace(max(1, Tk // 4), Tk, B).astype(np.int64)
+
+
 def make(op, shape, dt, seed=0):
     """The arguments of kernel ``op`` as kernels/reference.py takes them, at ``shape``."""
     rng = np.random.default_rng(seed)
@@ -110,11 +115,11 @@ def make(op, shape, dt, seed=0):
         q = _x(rng, (B, H, Tq, D), dt)
         k, v = (_x(rng, (B, H, Tk + 64, D), dt)[:, :, :Tk] for _ in range(2))
         return q, k, v, 1.0 / D**0.5, False
-    if op == "attention_ragged_forward":  # a server's decode step: 8 rows of the cache, each
-        B, H, Tq, Tk, D = shape  # of its own length, from a quarter of Tk to all of it
+    if op == "attention_ragged_forward":  # a server's decode step: rows of their own lengths
+        B, H, Tq, Tk, D = shape
         q = _x(rng, (B, H, Tq, D), dt)
         k, v = (_x(rng, (B, H, Tk + 64, D), dt)[:, :, :Tk] for _ in range(2))
-        return q, k, v, np.linspace(max(1, Tk // 4), Tk, B).astype(np.int64), 1.0 / D**0.5
+        return q, k, v, _ragged_lengths(B, Tk), 1.0 / D**0.5
     if op.startswith("attention"):
         B, H, T, D = shape
         q, k, v = (_x(rng, (B, H, T, D), dt) for _ in range(3))
@@ -175,7 +180,7 @@ def flops(op, shape):
         return 4 * B * H * Tq * Tk * D
     if op == "attention_ragged_forward":  # each row's queries against its own keys
         B, H, Tq, Tk, D = shape
-        return 4 * H * Tq * D * int(np.linspace(max(1, Tk // 4), Tk, B).astype(np.int64).sum())
+        return 4 * H * Tq * D * int(_ragged_lengths(B, Tk).sum())
     if op.startswith("attention"):
         B, H, T, D = shape  # causal: T (T + 1) / 2 visible pairs; fwd 2 products, bwd 5
         return (4 if op.endswith("forward") else 10) * B * H * (T * (T + 1) // 2) * D
