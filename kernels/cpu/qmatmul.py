@@ -72,7 +72,8 @@ qmatmul_forward
       rows of K at a time (32 KiB: it stays in L1), and x W_g^T runs on matmul v5's
       register-blocked micro-kernel (kernels/cpu/_microkernel.py: MR rows of x by 16 columns
       in FMA registers, x read in place). Decoding costs about what v6's N = 1 pass costs, the product is compute-bound.
-      (runs for more than V8_MAX_ROWS rows of x on grouped weights; declines one row)
+      (runs for more than V8_MAX_ROWS rows of x on grouped weights with AVX2; declines one
+      row; with AVX-512 v8 takes every row count, see V8_MAX_ROWS)
       At 64 rows of x, SmolLM2's shapes: 85-142 GFLOP/s (v4 22-44, v6 25-61; ``bench_kernels.py
       --op qmatmul_forward --shapes tiny``).
       SmolLM2-135M's 120 layer matrices in Q4_1, milliseconds per pass, v4 / v6 / v7
@@ -89,8 +90,11 @@ qmatmul_forward
       and multiply-added with a broadcast x value; sums and scales stay in registers; the
       float16 scales are converted by vcvtph2ps. For a server's batch each decoded code serves
       up to ROWS = 4 rows of x (their sums side by side in registers); the codes are decoded
-      again for each further 4 rows, so v7 takes over from V8_MAX_ROWS.
-      (default; declines more than V8_MAX_ROWS rows, where v7 runs)
+      again for each further 4 rows, so with AVX2 v7 takes over from V8_MAX_ROWS. With
+      AVX-512 (32 vector registers) the decoding costs less than the multiply-adds it feeds
+      and v8 runs at the FMA units' rate for any number of rows (Zen 4, 2 cores: 182 GFLOP/s
+      at 512 rows, v7 81; 8 rows per call instead of 4 gained nothing there).
+      (default; with AVX2 declines more than V8_MAX_ROWS rows, where v7 runs)
       fraction of memory bandwidth: 1.06-1.67 (Q4_1), 1.50-2.12 (Q8_0) at N = 1
       (``bench_kernels.py --op qmatmul_forward --shapes tiny``, read bandwidth 9.9 GB/s in that
       run; single matrices partly in cache), 42-81x the reference, 2.1-2.5x v6. SmolLM2's 120
@@ -135,10 +139,14 @@ OT = 4  # output rows per tile in v3
 V7_DEPTH = 256  # v7: rows of K decoded into the panel at a time (32 KiB of float32: L1)
 # v6's one-row kernel: multiply-adds fused (FMA), no reassociation (see _fastmath.FASTMATH)
 FMA = (FASTMATH - {"reassoc"}) | {"contract"}
-# v8 decodes each group's codes again for every ROWS rows of x; from 32 rows v7's decoding
-# once per group into a panel wins (bench_qmatmul_rows.py, Q4_1, ms per pass v7 / v8: 16 rows
-# 62 / 42, 32 rows 104 / 109; Q8_0 16 rows 46.5 / 41.9)
-V8_MAX_ROWS = 16
+# v8 decodes each group's codes again for every ROWS rows of x. With AVX2's 16 vector registers
+# v7's decoding once per group into a panel wins from 32 rows (bench_qmatmul_rows.py, Zen 3,
+# Q4_1, ms per pass v7 / v8: 16 rows 62 / 42, 32 rows 104 / 109; Q8_0 16 rows 46.5 / 41.9), so
+# v8 stops at 16. With AVX-512, v8 wins at every row count measured (Zen 4, Q4_1, v7 / v8: 16
+# rows 76 / 22, 60 rows 151 / 70, 128 rows 340 / 149, 512 rows 1336 / 598; Q8_0 512 rows 1544 /
+# 622): its multiply-adds run near the FMA units' rate (512 rows: 182 GFLOP/s on 2 cores), and
+# v7's micro-kernel reached 81. None: no limit.
+V8_MAX_ROWS = 16 if VECTOR_BYTES == 32 else None
 PANEL_ELEMS = 1 << 20  # v4: weights dequantized at a time (4 MiB of float32), not all of W
 
 # float16 bit pattern -> value, in each activation dtype (256 KiB for float32): exact, and a
@@ -863,12 +871,14 @@ def _grouped_rows(a, qw):
 
 def _grouped_few_rows(a, qw):
     reason = _grouped(a, qw)
-    if reason is None and np.ndim(a) >= 1 and np.shape(a)[0] > V8_MAX_ROWS:
+    if (reason is None and V8_MAX_ROWS is not None and np.ndim(a) >= 1
+            and np.shape(a)[0] > V8_MAX_ROWS):
         return f"more than {V8_MAX_ROWS} rows"
     return reason
 
 
-_grouped_few_rows.__doc__ = f"{_grouped.__doc__} and at most {V8_MAX_ROWS} rows"
+_grouped_few_rows.__doc__ = (_grouped.__doc__ if V8_MAX_ROWS is None else
+                             f"{_grouped.__doc__} and at most {V8_MAX_ROWS} rows")
 
 
 LADDERS = (

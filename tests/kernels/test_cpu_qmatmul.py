@@ -87,7 +87,10 @@ def test_ladders_declare_defaults_and_refuse_other_formats(numba_mode):
         registry.get("qmatmul_forward", x)(np.zeros((1, 31), np.float32), qw)
 
 
-def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
+@pytest.mark.parametrize("v8_rows", [16, None], ids=["avx2", "avx512"])
+def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode, monkeypatch, v8_rows):
+    machine = K.V8_MAX_ROWS
+    monkeypatch.setattr(K, "V8_MAX_ROWS", v8_rows)  # each machine's rule, on any machine
     qw = Q.QuantWeight.from_float(weights((7, 64)), Q.Q8_0)
     n = K.GEMM_MIN_ROWS
     few = f"fewer than {n} rows"
@@ -98,22 +101,24 @@ def test_defaults_switch_to_the_gemm_rungs_for_many_rows(numba_mode):
     assert registry.rung_for("qmatmul_forward", np.zeros((n - 1, 64), np.float32), qw) == \
         (5, row_layout)
     grouped = Q.QuantWeight.from_float(weights((64, 64)), Q.Q8_0).to_groups()
-    v8_rows = K.V8_MAX_ROWS
-    for N in (1, v8_rows):  # decoding one token, or a server's batch, from the row groups
+    # v8_rows None (AVX-512): v8 takes every row count
+    for N in (1, v8_rows or 40, 300):  # one token, a server's batch, a prompt
+        if v8_rows is None or N <= v8_rows:
+            want = (8, "default")
+        else:  # with AVX2, larger batches and prompts run on the packed panels of v7
+            want = (7, f"v8: more than {v8_rows} rows")
         assert registry.rung_for("qmatmul_forward", np.zeros((N, 64), np.float32), grouped) == \
-            (8, "default")
-    for N in (v8_rows + 1, 2 * v8_rows):  # larger batches and prompts: the packed panels of v7
-        assert registry.rung_for("qmatmul_forward", np.zeros((N, 64), np.float32), grouped) == \
-            (7, f"v8: more than {v8_rows} rows")
+            want
     assert registry.rung_for("qmatmul_backward_input", np.zeros((n, 7), np.float32), qw) == \
         (3, "default")
     assert registry.rung_for("qmatmul_backward_input", np.zeros((1, 7), np.float32), qw) == \
         (2, f"v3: {few}")
     rows = {r[0]: r for r in registry.describe(("cpu",))}
-    assert f"at most {v8_rows} rows, else v7, then v6, then v4, then v5, then the reference" in \
-        rows["qmatmul_forward"][4]
+    v8_rule = "" if machine is None else f" and at most {machine} rows"  # this machine's
+    assert f"in row groups{v8_rule}, else v7, then v6, then v4, then v5, then the reference" \
+        in rows["qmatmul_forward"][4]
     assert f"{n} rows or more, else v2, then the reference" in rows["qmatmul_backward_input"][4]
-    for N in (1, 2, 5, v8_rows, v8_rows + 1, n - 1, n):  # both sides of each rule
+    for N in sorted({1, 2, 5, v8_rows or 40, (v8_rows or 40) + 1, n - 1, n}):  # each rule's sides
         x = np.random.default_rng(N).standard_normal((N, 64)).astype(np.float32)
         for w in (qw, grouped):
             want = R.qmatmul_forward(x, w)
