@@ -819,8 +819,8 @@ def _backward_input(kernel, whole=False):
 # Rows of x (or dy) from which forward v4 and backward v3 (the default) dequantize W by panels
 # and call the GEMM; with fewer rows their ``fits`` declines and the registry runs the fused
 # kernels (forward v5 on the row layout, backward v2). Grouped weights never get here in the
-# forward: v7 takes two rows or more, v6 one. Decoding (N = 1) reads each weight
-# once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS; the
+# forward: v8 takes them (with AVX2, v7 beyond V8_MAX_ROWS rows). Decoding (N = 1) reads each
+# weight once, a prompt (N in the hundreds) is compute-bound. 16 is the pool GEMM's own MIN_ROWS; the
 # crossover lies between measured points (bench_kernels.py --op qmatmul_forward --shapes tiny):
 # at 1 row v6 runs 17-35x faster than v4; at 64 rows v4 takes 0.65-1.6x v6's time.
 GEMM_MIN_ROWS = 16

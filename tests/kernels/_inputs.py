@@ -111,7 +111,7 @@ def _gelu(op):
 # (B, H, Tq, Tk, D, causal): Tq < Tk is a KV-cache step (causal offset Tk - Tq), Tq = 1 one
 # decoded token; 131 and 129 cross v5's query blocks of 128, 70 v3's key blocks of 64; the
 # last three are v8's decode steps (3 grouped query rows; causal rows 0-2 that see none of
-# the third chunk of 128 keys; 16 rows)
+# the third chunk of 128 keys; 16 rows); v8 also takes the first two (short prompts)
 ATTENTION = [(1, 1, 1, 1, 5, True), (2, 3, 7, 7, 16, True), (1, 2, 33, 65, 33, True),
              (1, 1, 70, 70, 16, True), (2, 1, 65, 65, 5, False), (1, 2, 1, 33, 16, True),
              (1, 1, 17, 80, 33, False), (2, 2, 131, 131, 9, True), (1, 1, 129, 150, 7, True),

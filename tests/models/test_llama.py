@@ -258,6 +258,20 @@ def test_packed_prompts_equal_each_prompt_alone(quantized, shared, monkeypatch):
         m.prefill_packed([[1] * 10], m.new_kv_cache(1, max_len=9))
 
 
+def test_packed_prompts_attend_in_groups_of_similar_length():
+    # a server's short prompts attend as one padded batch; a long one among them alone
+    from minillm.nn.llama import PAD_WASTE, _length_groups
+
+    assert _length_groups([8, 7, 9, 7, 8, 6, 7, 8]) == [[2, 0, 4, 7, 1, 3, 6, 5]]
+    assert _length_groups([5, 300, 6, 4]) == [[1], [2, 0, 3]]
+    assert _length_groups([10, 6, 4, 2]) == [[0, 1], [2], [3]]  # the packed test's prompts
+    for lens in ([3], [1, 1], [50, 40, 30, 20, 10, 1], list(range(1, 30))):
+        groups = _length_groups(lens)
+        assert sorted(j for g in groups for j in g) == list(range(len(lens)))
+        for g in groups:
+            assert len(g) * max(lens[j] for j in g) <= PAD_WASTE * sum(lens[j] for j in g)
+
+
 @pytest.mark.parametrize("kv_heads", [2, 6], ids=["gqa", "mha"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
 def test_decoding_step_on_arrays_equals_the_graph_path(kv_heads, quantized):

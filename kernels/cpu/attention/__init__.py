@@ -44,7 +44,11 @@ D32; how each was measured: benchmarks/README.md, "Attention"):
       nothing to do. v8 reads the cache in place (its strided view as one flat array, rows
       sliced so the loops vectorise) and splits each head's keys into chunks of 128 across
       threads, merging the chunks' softmax statistics (Flash-Decoding). Runs for at most 16
-      query rows against more keys than queries; else v7. SmolLM2's decode step at 600 cached
+      query rows against as many keys or more; else v7. That includes a short prompt's own
+      causal attention (a server's packed prompts of a few tokens, batched): there v7's
+      packing and 12-row micro-kernel blocks cost several microseconds per head, and eight
+      8-token prompts of SmolLM2 (8 x 9 heads a layer) spent 24 ms of a 115 ms prefill in
+      attention, 3 with v8. SmolLM2's decode step at 600 cached
       keys (``bench_kernels.py --op attention_forward --shapes tiny``, 1x3x3x600x64: 3 heads
       of 3 grouped rows, the keys a view of a longer buffer), 2 threads: v8 2.4x the
       reference, v3/v4 1.4-1.5x, v7 0.76x (its packing copies the cache).
@@ -111,9 +115,10 @@ DECODE_ROWS = 16  # query rows up to which a KV-cache step runs v8
 
 
 def _decode_fits(q, k, v, scale, causal=True):
-    """float32/64, at most 16 query rows against more keys (a KV-cache step)"""
+    """float32/64, at most 16 query rows against as many keys or more (a KV-cache step, a
+    short prompt)"""
     reason = FWD(q)
-    if reason is None and not (q.shape[2] <= DECODE_ROWS and k.shape[2] > q.shape[2]):
+    if reason is None and not (q.shape[2] <= DECODE_ROWS and k.shape[2] >= q.shape[2]):
         return f"{q.shape[2]} query rows against {k.shape[2]} keys"
     return reason
 
