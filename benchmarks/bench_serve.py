@@ -60,14 +60,16 @@ def one_client(client, model, prompt, tokens, out, i):
     chat = isinstance(prompt, dict)
     stream = (client.chat.completions.create(messages=[prompt], **options) if chat else
               client.completions.create(prompt=prompt, **options))
+    chunks = 0  # a server that sends no usage (llama.cpp's): one chunk a token
     for chunk in stream:
         text = chunk.choices and (chunk.choices[0].delta.content if chat else
                                   chunk.choices[0].text)
         if first is None and text:
             first = time.perf_counter() - t0
-        if chunk.usage is not None:
+        chunks += bool(text)
+        if getattr(chunk, "usage", None) is not None:
             n = chunk.usage.completion_tokens
-    out[i] = (first if first is not None else time.perf_counter() - t0, n)
+    out[i] = (first if first is not None else time.perf_counter() - t0, n or chunks)
 
 
 def run_rounds(base_url, model, prompts, clients, tokens, rounds, api_key="bench"):
@@ -159,7 +161,9 @@ def llama_cpp_server(path, threads):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", path,
                              "--n_threads", str(threads), "--port", str(port),
-                             "--host", "127.0.0.1", "--n_ctx", "2048"],
+                             "--host", "127.0.0.1", "--n_ctx", "2048",
+                             # by default a new request cuts the running one short: queue them
+                             "--interrupt_requests", "False"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 
@@ -257,7 +261,7 @@ def main(argv=None):
     base = {}
     for server_name, n, rate, p50, p95, total in rows:
         base.setdefault(server_name, rate)
-        print(f"{server_name:<10} {n:>7} {rate:>10.1f} {rate / base[server_name]:>10.2f} "
+        print(f"{server_name:<10} {n:>7} {rate:>10.1f} {rate / max(base[server_name], 1e-9):>10.2f} "
               f"{p50:>11.3f} {p95:>11.3f} {total:>7}")
     return rows
 
