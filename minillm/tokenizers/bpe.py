@@ -124,41 +124,59 @@ def pretokenize(text: str) -> list[str]:
 # --- byte-pair merging ------------------------------------------------------------------------
 
 
-def bpe_merge(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+SHIFT = 30  # a pair of symbol ids (a, b) is the one int a << SHIFT | b (ids below 2**30)
+
+
+def bpe_merge(symbols: list, ranks: dict, merged: Sequence[int] | None = None) -> list:
     """Apply merges by rank: always join the adjacent pair with the lowest rank, leftmost first.
 
-    The textbook loop rescans the whole word after every merge, which is quadratic and slow on
-    long unspaced words (a paragraph of Chinese is one \\p{L}+ word). Here the symbols form a
-    linked list and candidate pairs sit in a heap keyed by (rank, position), so each merge costs
-    O(log n). A heap entry goes stale when a neighbour has been merged since; it is recognised
-    because the symbols at its two slots no longer spell the pair it was pushed for.
+    Symbols are strings with ``ranks`` keyed by (a, b) pairs, joined as a + b; or (``merged``
+    given, what the tokenizer runs) symbol ids with ``ranks`` keyed by a << SHIFT | b, the pair
+    of rank r joined into the symbol merged[r]. The textbook loop rescans the whole word after
+    every merge, which is quadratic and slow on long unspaced words (a paragraph of Chinese is
+    one \\p{L}+ word). Here the symbols form a linked list and candidate pairs sit in a heap
+    keyed by (rank, position), so each merge costs O(log n). A heap entry goes stale when a
+    neighbour has been merged since; it is recognised because the symbols at its two slots no
+    longer are the pair it was pushed for.
     """
     n = len(symbols)
     if n < 2:
         return list(symbols)
+    if merged is None:
+        def rank(a, b):
+            return ranks.get((a, b))
+
+        def join(a, b, r):
+            return a + b
+    else:
+        def rank(a, b):
+            return ranks.get(a << SHIFT | b)
+
+        def join(a, b, r):
+            return merged[r]
     sym = list(symbols)
     nxt = list(range(1, n + 1))  # nxt[i] == n marks the end of the list
     prv = list(range(-1, n - 1))
     heap = []
     for i in range(n - 1):
-        r = ranks.get((sym[i], sym[i + 1]))
+        r = rank(sym[i], sym[i + 1])
         if r is not None:
             heap.append((r, i, sym[i], sym[i + 1]))
     heapq.heapify(heap)
     while heap:
-        _, i, a, b = heapq.heappop(heap)
+        r, i, a, b = heapq.heappop(heap)
         j = nxt[i] if sym[i] is not None else n
         if j >= n or sym[i] != a or sym[j] != b:
             continue  # stale: one side has been merged into something else since
-        sym[i] = a + b
+        sym[i] = join(a, b, r)
         sym[j] = None
         nxt[i] = nxt[j]
         if nxt[j] < n:
             prv[nxt[j]] = i
         p, q = prv[i], nxt[i]
-        if p >= 0 and (r := ranks.get((sym[p], sym[i]))) is not None:
+        if p >= 0 and (r := rank(sym[p], sym[i])) is not None:
             heapq.heappush(heap, (r, p, sym[p], sym[i]))
-        if q < n and (r := ranks.get((sym[i], sym[q]))) is not None:
+        if q < n and (r := rank(sym[i], sym[q])) is not None:
             heapq.heappush(heap, (r, i, sym[i], sym[q]))
     return [s for s in sym if s is not None]
 
@@ -268,6 +286,36 @@ def _token_bytes(tok: str) -> bytes:
                     for c in tok)
 
 
+class _Packed:
+    """A list of str or bytes items (None for a gap) held as one string and the offsets into it:
+    item i is ``data[at[i]:at[i + 1]]``. 49k small objects would each carry their own header
+    (SmolLM2's token strings: 3.6 MiB as objects, 0.6 packed)."""
+
+    def __init__(self, items: Sequence, empty: str | bytes):
+        self.gaps = frozenset(i for i, x in enumerate(items) if x is None)
+        self.missing_count = len(self.gaps)
+        self.data = empty.join(x for x in items if x is not None)
+        self.at = array("q", bytes(8 * (len(items) + 1)))
+        end = 0
+        for i, x in enumerate(items):
+            end += len(x) if x is not None else 0
+            self.at[i + 1] = end
+
+    def __len__(self) -> int:
+        return len(self.at) - 1
+
+    def __getitem__(self, i: int):
+        return None if i in self.gaps else self.data[self.at[i]:self.at[i + 1]]
+
+    def join(self, ids: Sequence[int], gap_error):
+        """The items of ``ids`` (each in range) concatenated; ``gap_error(i)`` is raised for a
+        gap."""
+        for i in self.gaps.intersection(ids):
+            raise gap_error(i)
+        data, at = self.data, self.at
+        return data[:0].join([data[at[i]:at[i + 1]] for i in ids])
+
+
 class ByteLevelBPETokenizer(Tokenizer):
     """Byte-level BPE over a vocabulary (token string -> id) and a ranked merge list.
 
@@ -293,24 +341,11 @@ class ByteLevelBPETokenizer(Tokenizer):
         if pre not in PRETOKENIZERS:
             raise TokenizerError(f"the pre-tokenizer {pre!r} is not supported; supported: "
                                  f"{', '.join(sorted(PRETOKENIZERS))}.")
-        self.vocab = dict(vocab)
-        # Each merge's two symbols are the vocabulary's own string objects where they are
-        # tokens (always, for a consistent BPE), and each rank is the vocabulary's int object
-        # of that number: 49k merges then hold no strings or numbers of their own (SmolLM2's
-        # tokenizer: 19 -> 14 MiB with the id -> bytes list below).
-        same = {t: t for t in self.vocab}
-        number = {i: i for i in self.vocab.values()}
-        merges = [(same.get(a, a), same.get(b, b)) for a, b in merges]
-        del same
-        self.ranks = {pair: number.get(r, r) for r, pair in enumerate(merges)}
-        del number
-        # the merge list is the ranks' keys in order, kept apart only if a pair repeats
-        self._merges = merges if len(self.ranks) != len(merges) else None
         self.pre = pre
         self._pretokenize = PRETOKENIZERS[pre]
         self.special = dict(special or {})
         self.control = frozenset(int(i) for i in control)
-        self._vocab_size = max(self.vocab.values()) + 1 if self.vocab else 0
+        self._vocab_size = max(vocab.values()) + 1 if vocab else 0
         for name, i in (("eos", eos_id), ("bos", bos_id), ("pad", pad_id), ("unk", unk_id)):
             if i is not None and not 0 <= i < self._vocab_size:
                 raise TokenizerError(f"the {name} token id {i} is outside the vocabulary "
@@ -320,31 +355,54 @@ class ByteLevelBPETokenizer(Tokenizer):
         self.pad_id, self.unk_id = pad_id, unk_id
         self.add_bos = bool(add_bos)
         self.parse_special = bool(parse_special)
+        # Token strings, id -> str, packed into one str with offsets (``vocab`` is rebuilt from
+        # them when asked for); a vocabulary that gives two strings one id is kept as it is.
+        strings: list[str | None] = [None] * self._vocab_size
+        for tok, i in vocab.items():
+            if strings[i] is None:
+                strings[i] = tok
+        self._strings = _Packed(strings, "")
+        self._vocab = dict(vocab) if len(vocab) > len(strings) - self._strings.missing_count \
+            else None
+        # BPE runs on symbol ids: a token's id where the symbol is a token (always, for a
+        # consistent BPE), else an id from _sym_base on (``_extra``). Each merge is one int key
+        # a << SHIFT | b -> its rank, and _merged[rank] the id of the joined symbol: 49k merges
+        # then hold no strings or tuples (SmolLM2's tokenizer: 14 -> 8 MiB with the packed
+        # token strings and bytes).
+        self._sym_base = self._vocab_size
+        extra: dict[str, int] = {}
+
+        def sym(text):
+            i = vocab.get(text)
+            if i is None:
+                i = extra.setdefault(text, self._sym_base + len(extra))
+            return i
+
+        self._byte_sym = [sym(BYTE_TO_UNICODE[b]) for b in range(256)]  # byte -> symbol id
+        self._ranks: dict[int, int] = {}
+        self._merged = array("q", bytes(8 * len(merges)))
+        for r, (a, b) in enumerate(merges):
+            self._ranks[sym(a) << SHIFT | sym(b)] = r
+            self._merged[r] = sym(a + b)
+        self._extra = list(extra)  # symbols that are no tokens, by id - _sym_base
+        if self._sym_base + len(extra) >= 1 << SHIFT:
+            raise TokenizerError(f"a BPE vocabulary of {self._sym_base + len(extra)} symbols is "
+                                 f"more than {1 << SHIFT}.")
+        # the merge list is the ranks' keys in order, kept apart only if a pair repeats
+        self._merges = [tuple(m) for m in merges] if len(self._ranks) != len(merges) else None
+        self._types: bytes | None = None  # GGUF token types, when built from GGUF's lists
         # id -> exact bytes; control tokens decode to b"" (the base-class convention)
-        table: list[bytes | None] = [None] * self._vocab_size  # None: an id the vocabulary skips
-        for tok, i in self.vocab.items():
-            if i in self.control:
-                table[i] = b""
-            elif tok in self.special:
-                table[i] = tok.encode("utf-8")
-            else:
-                table[i] = _token_bytes(tok)
-        self._pack_bytes(table)
+        self._bytes = _Packed([None if t is None else
+                               b"" if i in self.control else
+                               t.encode("utf-8") if t in self.special else _token_bytes(t)
+                               for i, t in enumerate(strings)], b"")
         self._cache: dict[str, tuple[int, ...]] = {}
 
-    def _pack_bytes(self, table: list[bytes | None]) -> None:
-        """Hold the id -> bytes table as one bytes string and the offsets into it: token i is
-        ``_bytes[_at[i]:_at[i + 1]]`` (49k small bytes objects would take 1.9 MiB, this 0.6)."""
-        self._missing = frozenset(i for i, b in enumerate(table) if b is None)
-        self._bytes = b"".join(b for b in table if b is not None)
-        self._at = array("q", [0]) * (len(table) + 1)
-        end = 0
-        for i, b in enumerate(table):
-            end += len(b or b"")
-            self._at[i + 1] = end
-
     def _token_bytes_of(self, i: int) -> bytes | None:
-        return None if i in self._missing else self._bytes[self._at[i]:self._at[i + 1]]
+        return self._bytes[i]
+
+    def _symbol(self, i: int) -> str:
+        return self._strings[i] if i < self._sym_base else self._extra[i - self._sym_base]
 
     @classmethod
     def from_token_list(cls, tokens: Sequence[str], merges: Iterable[str],
@@ -366,20 +424,23 @@ class ByteLevelBPETokenizer(Tokenizer):
         if len(types) != len(tokens):
             raise TokenizerError(f"the vocabulary has {len(tokens)} tokens but {len(types)} "
                                  "token types.")
+        try:
+            packed_types = bytes(int(k) for k in types)
+        except (TypeError, ValueError):
+            raise TokenizerError("the token types must be small integers (GGUF's 1..6).") from None
         special = {t: i for i, (t, k) in enumerate(zip(tokens, types))
                    if k in (CONTROL, USER_DEFINED) and t and vocab[t] == i}
         control = [i for i, k in enumerate(types) if k == CONTROL]
         tok = cls(vocab, pairs, special=special, control=control, **options)
-        tok.tokens = list(tokens)
-        tok.token_types = types
-        if tok._missing or len(tokens) > tok._vocab_size:
-            # ids shadowed by an earlier duplicate still decode
-            table = [tok._token_bytes_of(i) for i in range(tok._vocab_size)]
-            table.extend([None] * (len(tokens) - len(table)))
-            for i, t in enumerate(tokens):
-                if table[i] is None:
-                    table[i] = b"" if i in tok.control else _token_bytes(t)
-            tok._pack_bytes(table)
+        del vocab
+        tok._types = packed_types
+        if tok._strings.missing_count or len(tokens) > tok._vocab_size:
+            # ids shadowed by an earlier duplicate keep their own string and still decode
+            old = tok._bytes
+            tok._strings = _Packed(list(tokens), "")
+            tok._bytes = _Packed([old[i] if i < len(old) and old[i] is not None
+                                  else b"" if i in tok.control else _token_bytes(t)
+                                  for i, t in enumerate(tokens)], b"")
         tok._vocab_size = max(tok._vocab_size, len(tokens))
         return tok
 
@@ -391,18 +452,61 @@ class ByteLevelBPETokenizer(Tokenizer):
     @property
     def merges(self) -> list[tuple[str, str]]:
         """The merges in rank order, as (left, right) symbol pairs."""
-        return list(self._merges if self._merges is not None else self.ranks)
+        if self._merges is not None:
+            return list(self._merges)
+        mask = (1 << SHIFT) - 1
+        return [(self._symbol(k >> SHIFT), self._symbol(k & mask)) for k in self._ranks]
+
+    @property
+    def ranks(self) -> dict[tuple[str, str], int]:
+        """(left, right) symbol pair -> rank (a new dict: the tokenizer holds ids)."""
+        mask = (1 << SHIFT) - 1
+        return {(self._symbol(k >> SHIFT), self._symbol(k & mask)): r
+                for k, r in self._ranks.items()}
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        """Token string -> id, the first id of a string that repeats (a new dict, built from
+        the packed strings)."""
+        if self._vocab is not None:
+            return dict(self._vocab)
+        vocab: dict[str, int] = {}
+        for i in range(len(self._strings)):
+            t = self._strings[i]
+            if t is not None:
+                vocab.setdefault(t, i)
+        return vocab
+
+    @property
+    def tokens(self) -> list[str]:
+        """Every token string in id order ("" at an id the vocabulary skips)."""
+        return [self._strings[i] or "" for i in range(len(self._strings))]
+
+    @property
+    def token_types(self) -> list[int] | None:
+        """GGUF's token types, when the tokenizer was built from GGUF's lists."""
+        return None if self._types is None else list(self._types)
 
     @property
     def name(self) -> str:
-        return f"byte-level BPE ({self.pre}, {len(self.ranks)} merges)"
+        return f"byte-level BPE ({self.pre}, {len(self._ranks)} merges)"
 
     def token_id(self, text: str) -> int:
         """The id of the token spelled ``text`` exactly (e.g. "<|im_end|>")."""
-        try:
-            return self.vocab[text]
-        except KeyError:
-            raise TokenizerError(f"the vocabulary has no token {text!r}.") from None
+        i = self.special.get(text)
+        if i is None:
+            i = self._first_id(text)
+        if i is None:
+            raise TokenizerError(f"the vocabulary has no token {text!r}.")
+        return i
+
+    def _first_id(self, text: str) -> int | None:
+        if self._vocab is not None:
+            return self._vocab.get(text)
+        for i in range(len(self._strings)):  # rare (a stop string, a test): no table for it
+            if self._strings[i] == text:
+                return i
+        return None
 
     def encode(self, text: str, allowed_special: str | Iterable[str] | None = None) -> list[int]:
         """Token ids for ``text``.
@@ -434,14 +538,15 @@ class ByteLevelBPETokenizer(Tokenizer):
             raise TokenizerError(
                 f"the text contains {word!r}, which is not valid Unicode (a lone surrogate)."
             ) from None
-        symbols = bpe_merge([BYTE_TO_UNICODE[b] for b in raw], self.ranks)
+        symbols = bpe_merge([self._byte_sym[b] for b in raw], self._ranks, self._merged)
         ids = []
         for s in symbols:
-            i = self.vocab.get(s, self.unk_id)
-            if i is None:
-                raise TokenizerError(f"the vocabulary lacks the symbol {s!r} and has no "
-                                     "unknown token.")
-            ids.append(i)
+            if s >= self._sym_base:  # a symbol that is no token
+                if self.unk_id is None:
+                    raise TokenizerError(f"the vocabulary lacks the symbol {self._symbol(s)!r} "
+                                         "and has no unknown token.")
+                s = self.unk_id
+            ids.append(s)
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
         self._cache[word] = ids = tuple(ids)
@@ -450,10 +555,8 @@ class ByteLevelBPETokenizer(Tokenizer):
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The exact bytes the ids stand for; may start or end inside a multi-byte character."""
         ids = self._check_ids(ids)
-        for i in self._missing.intersection(ids):  # inside range(vocab_size), yet skipped
-            raise TokenizerError(f"token id {i} is not in the vocabulary.")
-        data, at = self._bytes, self._at
-        return b"".join([data[at[i]:at[i + 1]] for i in ids])
+        return self._bytes.join(ids, lambda i: TokenizerError(
+            f"token id {i} is not in the vocabulary."))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text for ``ids``; bytes that do not form whole UTF-8 characters become U+FFFD."""
@@ -463,22 +566,17 @@ class ByteLevelBPETokenizer(Tokenizer):
     def all_tokens(self) -> list[str]:
         """Every token string in id order (GGUF's tokenizer.ggml.tokens): the list the
         tokenizer was built from, else the vocabulary's strings ("" at an id it skips)."""
-        tokens = getattr(self, "tokens", None)
-        if tokens is None:
-            tokens = [""] * self.vocab_size
-            for t, i in self.vocab.items():
-                tokens[i] = t
-        return list(tokens)
+        return self.tokens
 
     def all_token_types(self) -> list[int]:
         """The GGUF token type of every id (NORMAL, CONTROL, USER_DEFINED): the list the
         tokenizer was built from, else derived from the control and special tokens."""
-        types = getattr(self, "token_types", None)
+        types = self.token_types
         if types is None:
             types = [CONTROL if i in self.control else
                      USER_DEFINED if t in self.special else NORMAL
                      for i, t in enumerate(self.all_tokens())]
-        return list(types)
+        return types
 
     # -- persistence -------------------------------------------------------------------------
     def _save_data(self, directory: Path) -> dict[str, Any]:

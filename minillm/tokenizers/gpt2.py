@@ -134,4 +134,4 @@ class GPT2Tokenizer(ByteLevelBPETokenizer):
     # -- the Tokenizer interface (encode and decode are ByteLevelBPETokenizer's) -------------
     @property
     def name(self) -> str:
-        return f"gpt2 byte-level BPE ({len(self.ranks)} merges)"
+        return f"gpt2 byte-level BPE ({len(self._ranks)} merges)"

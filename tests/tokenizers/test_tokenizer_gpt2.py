@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from minillm.errors import TokenizerError
 from minillm.tokenizers.base import EOT_TOKEN
+from minillm.tokenizers.bpe import SHIFT, ByteLevelBPETokenizer
 from minillm.tokenizers.gpt2 import (
     BYTE_TO_UNICODE,
     GPT2Tokenizer,
@@ -195,7 +196,27 @@ def test_bpe_merge_matches_the_naive_loop_on_random_words():
                 ranks[(a, b)] = len(ranks)
                 tokens.append(a + b)
         word = [rng.choice(alphabet) for _ in range(rng.randint(0, 20))]
-        assert bpe_merge(word, ranks) == naive_bpe(word, ranks), (word, ranks)
+        want = naive_bpe(word, ranks)
+        assert bpe_merge(word, ranks) == want, (word, ranks)
+        # the tokenizer's form: symbol ids, a pair as one int, merged[rank] the joined symbol
+        ids = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+        by_id = {ids[a] << SHIFT | ids[b]: r for (a, b), r in ranks.items()}
+        merged = [ids[a + b] for (a, b) in ranks]
+        got = bpe_merge([ids[c] for c in word], by_id, merged)
+        assert [list(ids)[i] for i in got] == want, (word, ranks)
+
+
+def test_merges_through_symbols_that_are_no_tokens():
+    # "ab" is only a step on the way to "abc": BPE still takes it; alone it is no token
+    vocab = {"a": 0, "b": 1, "c": 2, "abc": 3, EOT_TOKEN: 4}
+    merges = [("a", "b"), ("ab", "c")]
+    tok = ByteLevelBPETokenizer(vocab, merges, special={EOT_TOKEN: 4}, control=[4], eos_id=4)
+    assert tok.encode("abc") == [3] and tok.encode("cabc") == [2, 3]
+    assert tok.merges == merges and tok.vocab == vocab
+    with pytest.raises(TokenizerError, match="lacks the symbol 'ab'"):
+        tok.encode("ab")
+    with_unk = ByteLevelBPETokenizer(vocab, merges, eos_id=4, unk_id=2)
+    assert with_unk.encode("abab") == [2, 2] and with_unk.ranks == {("a", "b"): 0, ("ab", "c"): 1}
 
 
 def _hand_tokenizer(tmp_path, merges):
