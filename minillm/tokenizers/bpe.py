@@ -293,7 +293,6 @@ class _Packed:
 
     def __init__(self, items: Sequence, empty: str | bytes):
         self.gaps = frozenset(i for i, x in enumerate(items) if x is None)
-        self.missing_count = len(self.gaps)
         self.data = empty.join(x for x in items if x is not None)
         self.at = array("q", bytes(8 * (len(items) + 1)))
         end = 0
@@ -307,11 +306,8 @@ class _Packed:
     def __getitem__(self, i: int):
         return None if i in self.gaps else self.data[self.at[i]:self.at[i + 1]]
 
-    def join(self, ids: Sequence[int], gap_error):
-        """The items of ``ids`` (each in range) concatenated; ``gap_error(i)`` is raised for a
-        gap."""
-        for i in self.gaps.intersection(ids):
-            raise gap_error(i)
+    def join(self, ids: Sequence[int]):
+        """The items of ``ids`` (each in range, none a gap) concatenated."""
         data, at = self.data, self.at
         return data[:0].join([data[at[i]:at[i + 1]] for i in ids])
 
@@ -362,7 +358,7 @@ class ByteLevelBPETokenizer(Tokenizer):
             if strings[i] is None:
                 strings[i] = tok
         self._strings = _Packed(strings, "")
-        self._vocab = dict(vocab) if len(vocab) > len(strings) - self._strings.missing_count \
+        self._vocab = dict(vocab) if len(vocab) > len(strings) - len(self._strings.gaps) \
             else None
         # BPE runs on symbol ids: a token's id where the symbol is a token (always, for a
         # consistent BPE), else an id from _sym_base on (``_extra``). Each merge is one int key
@@ -434,7 +430,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         tok = cls(vocab, pairs, special=special, control=control, **options)
         del vocab
         tok._types = packed_types
-        if tok._strings.missing_count or len(tokens) > tok._vocab_size:
+        if tok._strings.gaps or len(tokens) > tok._vocab_size:
             # ids shadowed by an earlier duplicate keep their own string and still decode
             old = tok._bytes
             tok._strings = _Packed(list(tokens), "")
@@ -555,8 +551,9 @@ class ByteLevelBPETokenizer(Tokenizer):
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The exact bytes the ids stand for; may start or end inside a multi-byte character."""
         ids = self._check_ids(ids)
-        return self._bytes.join(ids, lambda i: TokenizerError(
-            f"token id {i} is not in the vocabulary."))
+        for i in self._bytes.gaps.intersection(ids):  # inside range(vocab_size), yet skipped
+            raise TokenizerError(f"token id {i} is not in the vocabulary.")
+        return self._bytes.join(ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text for ``ids``; bytes that do not form whole UTF-8 characters become U+FFFD."""
