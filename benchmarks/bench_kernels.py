@@ -50,6 +50,7 @@ FAMILIES = {
     "bias_gelu": ("bias_gelu_forward", "bias_gelu_backward"),
     "attention": ("attention_forward", "attention_backward"),
     "attention_ragged": ("attention_ragged_forward",),
+    "attention_varlen": ("attention_varlen_forward",),
     "adamw": ("adamw_step",),
     "matmul": ("matmul",),
     "rms_norm": ("rms_norm_forward", "rms_norm_backward"),
@@ -60,20 +61,21 @@ FAMILIES = {
 
 # Shapes per family and size set: (N, C) rows, (B, H, T, D) attention, (M, K, N) matmul,
 # (n,) parameters for AdamW (all parameters of the small GPT as one buffer, one MLP weight);
-# Llama: (N, C) rows of the norm, (N, F) of the MLP gate, (B, H, T, D, layout) rope, and
+# (H, Hkv, D, sequences, length) packed sequences; Llama: (N, C) rows of the norm, (N, F) of
+# the MLP gate, (B, H, T, D, layout) rope, and
 # (N, O, K, format) qmatmul (x (N, K), W (O, K)).
 _HALF, _PAIR = "halves", "pairs"  # rope's pair layouts: (x[i], x[i + D/2]) or (x[2i], x[2i+1])
 _SMOL = [(576, 576), (1536, 576), (576, 1536), (49152, 576)]  # SmolLM2-135M's (O, K)
 SHAPES = {
     "check": {"rows": [(33, 65)], "vocab": [(33, 65)], "wide": [(33, 130)],
               "attention": [(1, 2, 37, 16)], "matmul": [(33, 17, 65)], "adamw": [(4097,)],
-              "attention_ragged": [(3, 2, 3, 37, 16)],
+              "attention_ragged": [(3, 2, 3, 37, 16)], "attention_varlen": [(6, 2, 16, 3, 7)],
               "llama_rows": [(33, 48)], "llama_mlp": [(33, 80)],
               "rope": [(1, 3, 37, 16, _HALF), (1, 3, 37, 16, _PAIR)],
               "qmatmul": [(n, 33, 96, f) for n in (1, 17) for f in ("q4_1", "q8_0")]},
     "tiny": {"rows": [(768, 128)], "vocab": [(768, 65)], "wide": [(768, 512)],
              "attention": [(12, 4, 64, 32)], "attention_decode": [(1, 3, 3, 600, 64)], "matmul": [(768, 128, 512)],
-             "attention_ragged": [(8, 3, 3, 80, 64)],
+             "attention_ragged": [(8, 3, 3, 80, 64)], "attention_varlen": [(9, 3, 64, 8, 8)],
              "adamw": [(1536 * 384,)], "llama_rows": [(64, 576)], "llama_mlp": [(64, 1536)],
              "rope": [(1, 9, 64, 64, lay) for lay in (_HALF, _PAIR)],
              "qmatmul": [(n, o, k, f) for n in (1, 64) for o, k in _SMOL[:3]
@@ -81,6 +83,7 @@ SHAPES = {
     "small": {"rows": [(2048, 384)], "vocab": [(2048, 65), (2048, 2048)], "wide": [(2048, 1536)],
               "attention": [(8, 6, 256, 64)], "attention_decode": [(1, 3, 3, 600, 64)], "matmul": [(2048, 384, 1152)],
               "attention_ragged": [(8, 3, 3, 80, 64), (8, 3, 3, 600, 64)],
+              "attention_varlen": [(9, 3, 64, 8, 8), (9, 3, 64, 8, 64)],
               "adamw": [(10_750_000,)], "llama_rows": [(512, 576)], "llama_mlp": [(512, 1536)],
               "rope": [(1, h, 512, 64, lay) for h in (9, 3) for lay in (_HALF, _PAIR)],
               "qmatmul": [(n, o, k, f) for n in (1, 512) for o, k in _SMOL
@@ -88,7 +91,7 @@ SHAPES = {
 }
 KIND = {"softmax": "vocab", "log_softmax": "vocab", "cross_entropy": "vocab", "layernorm": "rows",
         "gelu": "wide", "bias_gelu": "wide", "attention": "attention", "adamw": "adamw",
-        "attention_ragged": "attention_ragged",
+        "attention_ragged": "attention_ragged", "attention_varlen": "attention_varlen",
         "matmul": "matmul", "rms_norm": "llama_rows", "rope": "rope", "swiglu": "llama_mlp",
         "qmatmul": "qmatmul"}
 PLAIN_LOOP_MAX = 1 << 22  # multiply-adds above which qmatmul's v1 (plain loops) is not timed
@@ -120,6 +123,12 @@ def make(op, shape, dt, seed=0):
         q = _x(rng, (B, H, Tq, D), dt)
         k, v = (_x(rng, (B, H, Tk + 64, D), dt)[:, :, :Tk] for _ in range(2))
         return q, k, v, _ragged_lengths(B, Tk), 1.0 / D**0.5
+    if op == "attention_varlen_forward":  # a server's prompts packed in one row
+        H, Hkv, D, S, L = shape  # S sequences of L positions each, no shared prefix
+        q = _x(rng, (H, S * L, D), dt)
+        k, v = (_x(rng, (Hkv, S * L, D), dt) for _ in range(2))
+        starts = np.arange(S) * L
+        return q, k, v, starts, starts + L, np.zeros(S, dtype=np.int64), 1.0 / D**0.5
     if op.startswith("attention"):
         B, H, T, D = shape
         q, k, v = (_x(rng, (B, H, T, D), dt) for _ in range(3))
@@ -181,6 +190,9 @@ def flops(op, shape):
     if op == "attention_ragged_forward":  # each row's queries against its own keys
         B, H, Tq, Tk, D = shape
         return 4 * H * Tq * D * int(_ragged_lengths(B, Tk).sum())
+    if op == "attention_varlen_forward":  # each sequence causal over its own positions
+        H, _, D, S, L = shape
+        return 4 * H * D * S * (L * (L + 1) // 2)
     if op.startswith("attention"):
         B, H, T, D = shape  # causal: T (T + 1) / 2 visible pairs; fwd 2 products, bwd 5
         return (4 if op.endswith("forward") else 10) * B * H * (T * (T + 1) // 2) * D

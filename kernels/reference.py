@@ -257,6 +257,30 @@ def attention_ragged_forward(q, k, v, lengths, scale):
     return (e / l) @ v, (m + xp.log(l))[..., 0]
 
 
+@_half_in_float32()
+def attention_varlen_forward(q, k, v, starts, ends, prefix, scale):
+    """Causal attention of sequences packed end to end in one row ("varlen", as
+    FlashAttention's cumulative sequence lengths): q (H, N, D), k, v (Hkv, N, D), query head h
+    reading key/value head h // (H / Hkv) (grouped-query attention). Sequence j holds positions
+    starts[j]..ends[j]-1; its query i sees keys 0..prefix[j]-1 (a prefix the sequences share,
+    itself one of the sequences, with prefix 0) and its own keys starts[j]..i. Every position
+    belongs to one sequence. Returns o (H, N, D) and lse (H, N), as attention_forward."""
+    xp = _xp(q)
+    H, N, _ = q.shape
+    rep = H // k.shape[0]
+    seen = xp.zeros((N, N), dtype=bool)  # (query, key)
+    for s0, s1, p in zip(starts, ends, prefix):
+        s0, s1, p = int(s0), int(s1), int(p)
+        seen[s0:s1, :p] = True
+        seen[s0:s1, s0:s1] = xp.arange(s1 - s0)[None, :] <= xp.arange(s1 - s0)[:, None]
+    s = (q @ xp.repeat(k, rep, axis=0).swapaxes(-1, -2)) * scale  # (H, N, N)
+    s = xp.where(seen, s, -xp.inf)
+    m = s.max(axis=-1, keepdims=True)
+    e = xp.exp(s - m)
+    l = e.sum(axis=-1, keepdims=True)
+    return (e / l) @ xp.repeat(v, rep, axis=0), (m + xp.log(l))[..., 0]
+
+
 def causal_mask(xp, Tq, Tk):
     """(Tq, Tk) bool: True where query i (absolute position Tk - Tq + i) may see key j."""
     return xp.arange(Tk)[None, :] <= (xp.arange(Tq)[:, None] + (Tk - Tq))

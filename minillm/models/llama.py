@@ -181,10 +181,14 @@ class Llama(DecoderLM):
         segments = list(zip((ends - [len(r) for r in rests]).tolist(), ends.tolist()))
         h = self.embed_tokens(ids).data  # (1, N, C)
         rope = self.rope_angles(pos, h.dtype if h.dtype.itemsize >= 4 else np.float32)
+        last = len(self.layers) - 1
         with no_grad():
             for i, block in enumerate(self.layers):
-                h = block.step(h, kv_cache, i, rope, segments=segments, shared=shared)
-            return self.final_norm(Tensor(h[0, ends - 1][:, None, :]))  # (k, 1, C)
+                # the last layer's output projection and MLP only for each prompt's last
+                # position: (1, N, C) -> (1, k, C) (as llama.cpp skips the rows no logit needs)
+                h = block.step(h, kv_cache, i, rope, segments=segments, shared=shared,
+                               keep=ends - 1 if i == last else None)
+            return self.final_norm(Tensor(h[0][:, None, :]))  # (k, 1, C)
 
     @staticmethod
     def _array_path(T, attention_mask):

@@ -177,28 +177,38 @@ def _per_query_head(t, rep):
     return np.repeat(t, rep, axis=1) if rep > 1 else np.ascontiguousarray(t)
 
 
+VARLEN_ROWS = 64  # the longest prompt (or shared prefix) packed prompts attend in place with
+
+
 def _packed_attention(q, k, v, kv_cache, layer, segments, scale, shared=0):
     """Causal attention of prompts packed in one row, each over its own keys: q (1, H, T, D),
     k, v (1, Hkv, T, D) -> (1, T, H, D). The first ``shared`` positions are a prefix every
     prompt begins with, computed once: prompt j's keys are the prefix's, then those of its
-    segment, and go to cache row j. Prompts of similar lengths then attend as one right-padded
-    batch read from those cache rows (``_length_groups``): one kernel call for a server's eight
-    short prompts instead of eight (each call costs more than the arithmetic of a short prompt);
-    causal attention keeps every real query from the padding after it."""
+    segment, and go to cache row j. Short prompts (a server's questions; up to VARLEN_ROWS
+    positions, the prefix too) attend where they lie, in one kernel call
+    (attention_varlen_forward). Longer ones attend from those cache rows, prompts of similar
+    lengths as one right-padded batch (``_length_groups``) on the blocked kernels; causal
+    attention keeps every real query from the padding after it."""
     H, Hkv, D = q.shape[1], k.shape[1], q.shape[3]
     rep = H // Hkv
-    y = np.empty_like(q)
-    attend = registry.get("attention_forward", q)
-    if shared:
-        y[:, :, :shared] = attend(np.ascontiguousarray(q[:, :, :shared]),
-                                  _per_query_head(k[:, :, :shared], rep),
-                                  _per_query_head(v[:, :, :shared], rep), scale, True)[0]
     ck, cv = kv_cache.k[layer], kv_cache.v[layer]  # (rows, Hkv, max_len, D)
     for j, (s0, s1) in enumerate(segments):  # row j: the prefix's keys, then its own
         for c, t in ((ck, k), (cv, v)):
             c[j, :, :shared] = t[0, :, :shared]
             c[j, :, shared:shared + s1 - s0] = t[0, :, s0:s1]
     lens = [s1 - s0 for s0, s1 in segments]
+    if max(lens + [shared]) <= VARLEN_ROWS:
+        seqs = ([(0, shared)] if shared else []) + list(segments)  # the prefix sees itself
+        prefix = ([0] if shared else []) + [shared] * len(segments)
+        y, _ = registry.get("attention_varlen_forward", q)(
+            q[0], k[0], v[0], [a for a, _ in seqs], [b for _, b in seqs], prefix, scale)
+        return y[None].transpose(0, 2, 1, 3)
+    y = np.empty_like(q)
+    attend = registry.get("attention_forward", q)
+    if shared:
+        y[:, :, :shared] = attend(np.ascontiguousarray(q[:, :, :shared]),
+                                  _per_query_head(k[:, :, :shared], rep),
+                                  _per_query_head(v[:, :, :shared], rep), scale, True)[0]
     for group in _length_groups(lens):
         P = lens[group[0]]  # the longest of the group
         qg = np.zeros((len(group), H, P, D), dtype=q.dtype)  # (n, H, P, D), right-padded
@@ -249,7 +259,8 @@ class LlamaBlock(Module):
     ``forward``).
     """
 
-    def step(self, x, kv_cache, layer, rope, mask=None, segments=None, lengths=None, shared=0):
+    def step(self, x, kv_cache, layer, rope, mask=None, segments=None, lengths=None, shared=0,
+             keep=None):
         """x: (B, T, C) array of the new positions of each row, ``rope`` their (cos, sin); the
         cache receives their keys and values -> (B, T, C) array. ``mask`` (B, Tk) bool, False
         where a row's keys are padding (rows of different lengths decoded together; T = 1
@@ -257,7 +268,10 @@ class LlamaBlock(Module):
         prefixes (the server's ragged cache; T = 1 only). ``segments``: [(start, end)] of
         prompts packed end to end in one row (B = 1, no padding), after a prefix of ``shared``
         positions they all begin with; prompt j attends to the prefix and itself, and the
-        keys and values of both fill the (empty) cache's row j from position 0."""
+        keys and values of both fill the (empty) cache's row j from position 0. ``keep``:
+        the positions (indices into T, B = 1) whose outputs are wanted; the rest get their keys
+        and values cached, but no output projection or MLP -> (1, len(keep), C) (a prefill's
+        last layer, where only each prompt's last position goes on to the head)."""
         a = self.self_attn
         B, T, C = x.shape
         H, Hkv, D = a.n_head, a.n_kv_head, a.head_dim
@@ -294,6 +308,9 @@ class LlamaBlock(Module):
                 y, _ = registry.get("attention_forward", q)(q, k_all, v_all, scale, H == Hkv)
             else:
                 y = _masked_attention(q, k_all, v_all, mask, scale)
+        if keep is not None:  # (B, T, ...) -> (B, len(keep), ...)
+            y, x = y[:, keep], x[:, keep]
+            T = len(keep)
         x = x + _call_array(a.o_proj, np.ascontiguousarray(y).reshape(B, T, H * D))
         h = _rms_array(self.post_attention_layernorm, x)
         m = self.mlp

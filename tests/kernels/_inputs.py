@@ -144,6 +144,24 @@ def _att_ragged(shape):
     return make
 
 
+# (H, Hkv, D, [(length, prefix)]) of packed sequences: one with a shared prefix (the prefix
+# its own sequence first, prefix 0), grouped heads, a one-position sequence, odd sizes
+VARLEN = [(2, 2, 16, [(5, 0)]), (6, 2, 33, [(4, 0), (1, 4), (7, 4), (3, 4)]),
+          (3, 1, 7, [(9, 0), (1, 0), (13, 0)]), (9, 3, 64, [(8, 0), (7, 0), (9, 0), (6, 0)])]
+
+
+def _att_varlen(shape):
+    def make(rng, dt):
+        H, Hkv, D, seqs = shape
+        lens = np.asarray([n for n, _ in seqs])
+        ends = np.cumsum(lens)
+        N = int(ends[-1])
+        q = _x(rng, (H, N, D), dt, 1.0)
+        k, v = (_x(rng, (Hkv, N, D), dt, 1.0) for _ in range(2))
+        return q, k, v, ends - lens, ends, np.asarray([p for _, p in seqs]), 1.0 / D**0.5
+    return make
+
+
 def _att_bwd(shape):
     def make(rng, dt):
         q, k, v, scale, causal = _qkv(rng, shape, dt)
@@ -299,6 +317,8 @@ CASES = {
     "attention_forward": [(str(s), _att_fwd(s)) for s in ATTENTION],
     "attention_backward": [(str(s), _att_bwd(s)) for s in ATTENTION],
     "attention_ragged_forward": [(str(s), _att_ragged(s)) for s in RAGGED],
+    "attention_varlen_forward": [(f"H{s[0]}-Hkv{s[1]}-D{s[2]}-{len(s[3])}seq", _att_varlen(s))
+                                 for s in VARLEN],
     "adamw_step": [(str(s), _adamw(s)) for s in ADAMW],
     "rms_norm_forward": _over_rows(_rms_fwd),
     "rms_norm_backward": _over_rows(_rms_bwd),
@@ -314,7 +334,7 @@ CASES = {
 # (float32, float64) relative tolerance per op; 1e-4 / 1e-10 for the others
 RTOL = {"layernorm_forward": (2e-4, 1e-10), "layernorm_backward": (2e-4, 1e-10),
         "attention_forward": (1e-4, 1e-9), "attention_backward": (1e-4, 1e-9),
-        "attention_ragged_forward": (1e-4, 1e-9),
+        "attention_ragged_forward": (1e-4, 1e-9), "attention_varlen_forward": (1e-4, 1e-9),
         "adamw_step": (1e-5, 1e-12)}
 
 

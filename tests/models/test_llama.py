@@ -214,13 +214,21 @@ def test_chunked_prefill_equals_one_pass(padded, monkeypatch):
     assert runs[4][2][6:] == [4, 11]
 
 
+@pytest.mark.parametrize("varlen", [True, False], ids=["in-place", "padded-groups"])
 @pytest.mark.parametrize("shared", [0, 6], ids=["distinct", "shared-prefix"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float32", "q8_0"])
-def test_packed_prompts_equal_each_prompt_alone(quantized, shared, monkeypatch):
+def test_packed_prompts_equal_each_prompt_alone(quantized, shared, varlen, monkeypatch):
     # prompts end to end in one row, each attending to itself (and the prefix they all begin
-    # with, computed once): each one's last hidden state and cache row are what it gets alone
+    # with, computed once): each one's last hidden state and cache row are what it gets alone,
+    # whether they attend where they lie (short prompts) or as padded groups (long ones)
+    import minillm.nn.llama as L
+    from minillm.kernels import registry
     from minillm.nn.quant import quantize_linears
 
+    monkeypatch.setattr(L, "VARLEN_ROWS", 64 if varlen else 0)
+    called = []
+    get = registry.get
+    monkeypatch.setattr(registry, "get", lambda op, like=None: called.append(op) or get(op, like))
     m = make(seed=12, n_embd=96, intermediate_size=64).eval()
     if quantized:
         quantize_linears(m, "q8_0")
@@ -232,17 +240,22 @@ def test_packed_prompts_equal_each_prompt_alone(quantized, shared, monkeypatch):
     if shared:  # one prompt is the prefix and one more token: that token stays its own
         prompts.append(prefix + [7])
     rows, width = len(prompts), max(map(len, prompts))
-    step, fed = type(m.layers[0]).step, []
+    step, fed, kept = type(m.layers[0]).step, [], []
     monkeypatch.setattr(type(m.layers[0]), "step",
-                        lambda self, x, *a, **k: fed.append(x.shape[1]) or step(self, x, *a, **k))
+                        lambda self, x, *a, **k: fed.append(x.shape[1]) or
+                        kept.append(k.get("keep")) or step(self, x, *a, **k))
     cache = m.new_kv_cache(rows, max_len=width)
     h = m.prefill_packed(prompts, cache).data  # (rows, 1, C)
     monkeypatch.undo()
+    assert ("attention_varlen_forward" in called) == varlen
+    assert ("attention_forward" in called) == (not varlen)
     assert h.shape == (rows, 1, m.config.n_embd)
     # the packed row: every prompt's own positions, the shared ones once ([60] is shared too,
     # up to each prompt keeping one position: the 1-token rest)
     own = sum(len(p) for p in prompts) - (rows - 1) * (shared or 1)
     assert fed == [own] * m.config.n_layer
+    # the last layer's projection and MLP run for each prompt's last position only
+    assert kept[:-1] == [None] * (m.config.n_layer - 1) and len(kept[-1]) == rows
     for j, p in enumerate(prompts):
         alone = m.new_kv_cache(1, max_len=width)
         with M.no_grad():

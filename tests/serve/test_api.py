@@ -2,6 +2,7 @@
 (tests/serve/conftest.py): same text streaming or not, exact usage, stop, seed, n, logprobs,
 echo, every error status, concurrent clients, and a disconnect that stops generation."""
 
+import gc
 import json
 import threading
 import time
@@ -32,6 +33,22 @@ def test_models_health_and_the_page(server, client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<title>minillm chat</title>" in page.text
     assert 'src="http' not in page.text and 'href="http' not in page.text  # works offline
+
+
+def test_a_running_server_leaves_its_startup_objects_out_of_full_collections(server_class,
+                                                                           tiny):
+    from minillm.serve.app import ServedModel, create_app
+    from minillm.serve.engine import Engine
+
+    model, tok = tiny
+    app = create_app([ServedModel("t", Engine(model, tok), tok)])
+    before = [object()]  # a container: one the collector would scan
+    with server_class(app) as s:
+        assert httpx.get(s.url + "/health").status_code == 200
+        assert gc.get_freeze_count() > 1000
+        assert not any(o is before for o in gc.get_objects())  # frozen objects are not listed
+    assert gc.get_freeze_count() == 0
+    assert any(o is before for o in gc.get_objects())
 
 
 @pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, seed=3),

@@ -114,6 +114,19 @@ def _forward(o, lse, q, k, v, scale, causal, klen):
     kf, k0, k1, k2 = _rows(k)
     vf, v0, v1, v2 = _rows(v)
     nc = max(1, (Tk + CHUNK - 1) // CHUNK)
+    if nc == 1:  # one chunk per head: its result is final, no partials and no merge pass
+        for task in prange(B * H):
+            b, h = task // H, task % H
+            s = np.empty((Tq, CHUNK), dtype=q.dtype)
+            m = np.empty(Tq, dtype=q.dtype)
+            _chunk(o[b, h], m, lse[b, h], s, q[b, h], kf, b * k0 + h * k1, k2, vf,
+                   b * v0 + h * v1, v2, 0, klen[b], scale, causal, klen[b] - Tq)
+            for i in range(Tq):  # lse[b, h] holds each row's sum l until here
+                inv = 1.0 / lse[b, h, i]
+                for d in range(D):
+                    o[b, h, i, d] *= inv
+                lse[b, h, i] = m[i] + math.log(lse[b, h, i])
+        return
     po = np.empty((B, H, nc, Tq, D), dtype=q.dtype)  # per-chunk partial outputs
     pm = np.empty((B, H, nc, Tq), dtype=q.dtype)
     pl = np.empty((B, H, nc, Tq), dtype=q.dtype)
