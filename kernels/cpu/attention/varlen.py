@@ -6,8 +6,9 @@ D), sequence j at positions starts[j]..ends[j]-1 seeing keys 0..prefix[j]-1 and 
 each query. Why: a server prefills the prompts that arrive together as one packed row
 (``Llama.prefill_packed``). Before this kernel each layer copied them into a right-padded
 batch, repeated the key/value heads for the query heads and copied the outputs back, about
-sixty NumPy calls for eight prompts of eight tokens: 5.9 ms of an 80 ms prefill of SmolLM2,
-where the arithmetic is a few microseconds. Here one task per (sequence, query head) reads q,
+sixty NumPy calls for eight prompts of eight tokens, where the arithmetic is a few
+microseconds: 7.9 ms of an 89 ms prefill of SmolLM2, 5.3 now (cache writes included; the
+numbers in benchmarks/README.md). Here one task per (sequence, query head) reads q,
 k and v in place, its group's key/value head by index. Plain loops, one query row at a time:
 for the short sequences it is meant for (``minillm.nn.llama`` sends it sequences of at most
 ``VARLEN_ROWS`` positions) the work per row is a few hundred multiply-adds, and a long
