@@ -17,11 +17,12 @@ prefills once, as it does for ``n`` choices; ``--chat``: a question each through
 endpoint, so the model's template adds its system prompt, the prefix the server computes once
 per batch) at temperature 0, all started together. Tokens are counted from the usage each stream
 ends with (a completion that meets eos early counts what it made). Each client count runs
---rounds times (a single round's p95 of one request is one sample): the table shows the median
-round's aggregate rate and the time to first token over every request of every round.
-Continuous batching should make the aggregate rate at 8 clients several times one client's (decoding is memory-bound: one step
-over 8 rows reads the weights once), and keep the time to first token close to one prefill
-(an idle engine waits ``batch_wait`` for clients that start together, so that they share it).
+--rounds times, the counts taking turns round by round (a single round's p95 of one request
+is one sample): the table shows the median round's aggregate rate and the time to first token
+over every request of every round. Continuous batching should make the aggregate rate at 8
+clients several times one client's (one decode step over 8 rows reads the weights once), and
+keep the time to first token close to one prefill (an idle engine waits ``batch_wait`` for
+clients that start together, so that they share it).
 
 One request is checked against ``minillm.generate`` (greedy, the same prompt), after the
 timings: a server that gives other text than the library has its timings withheld.
@@ -121,17 +122,25 @@ def one_raw_client(base_url, api_key, model, prompt, tokens, out, i):
     out[i] = (first if first is not None else time.perf_counter() - t0, n or chunks)
 
 
-def run_rounds(base_url, model, prompts, clients, tokens, rounds, api_key="bench",
+def run_rounds(base_url, model, prompts, counts, tokens, rounds, api_key="bench",
                openai_client=False):
-    """run_clients ``rounds`` times in a process of their own: the median round's aggregate
-    tokens/s, the time to first token p50/p95 over every request of every round, and the
-    tokens of one round."""
+    """Each round runs run_clients once per client count in ``counts``, in turn (1, 4, 8, 1,
+    4, 8, ...: a slow minute of a shared machine then falls on every count alike instead of
+    on one, and the ratios stay fair), the clients in one process of their own. Per count:
+    (clients, the median round's aggregate tokens/s, the time to first token p50 and p95 over
+    every request of every round, the tokens of one round)."""
+    runs = {n: [] for n in counts}
     with clients_process() as pool:
-        runs = [pool.submit(run_clients, base_url, model, prompts, clients, tokens,
-                            api_key, openai_client).result() for _ in range(rounds)]
-    ttft = [t for _, ts, _ in runs for t in ts]
-    return (float(np.median([r for r, _, _ in runs])), percentile(ttft, 50),
-            percentile(ttft, 95), runs[0][2])
+        for _ in range(rounds):
+            for n in counts:
+                runs[n].append(pool.submit(run_clients, base_url, model, prompts, n, tokens,
+                                           api_key, openai_client).result())
+    out = []
+    for n in counts:
+        ttft = [t for _, ts, _ in runs[n] for t in ts]
+        out.append((n, float(np.median([r for r, _, _ in runs[n]])), percentile(ttft, 50),
+                    percentile(ttft, 95), runs[n][0][2]))
+    return out
 
 
 def clients_process():
@@ -309,10 +318,9 @@ def main(argv=None):
     rows = []
     with InProcessServer(app) as server:
         got = complete(server.url + "/v1", name, PROMPT, args.tokens)  # also the warm-up
-        for n in counts:
-            rows.append(("minillm", n) + run_rounds(server.url + "/v1", name, prompts, n,
-                                                    args.tokens, args.rounds,
-                                                    openai_client=args.openai_client))
+        rows += [("minillm",) + r for r in run_rounds(server.url + "/v1", name, prompts,
+                                                       counts, args.tokens, args.rounds,
+                                                       openai_client=args.openai_client)]
     # The library's own greedy text, on this (main) thread only after the timings: once a
     # second thread has run Numba's parallel kernels, the engine thread's OpenMP team no
     # longer spins between kernels and a decode step takes about twice as long (PERF_NOTES).
@@ -329,10 +337,9 @@ def main(argv=None):
                 proc, url = started
                 try:
                     run_clients(url, "bench", prompts, 1, 2)
-                    for n in counts:
-                        rows.append(("llama.cpp", n) + run_rounds(
-                            url, "bench", prompts, n, args.tokens, args.rounds,
-                            openai_client=args.openai_client))
+                    rows += [("llama.cpp",) + r for r in run_rounds(
+                        url, "bench", prompts, counts, args.tokens, args.rounds,
+                        openai_client=args.openai_client)]
                 finally:
                     proc.terminate()
                     proc.wait()
