@@ -51,6 +51,45 @@ def test_a_running_server_leaves_its_startup_objects_out_of_full_collections(ser
     assert any(o is before for o in gc.get_objects())
 
 
+def test_engine_events_wake_the_loop_once_per_burst():
+    # a decode step's events (one per request, from the engine thread) cross into the event
+    # loop with one wake-up; the loop hands each its own run, in order; a closed loop cancels
+    from minillm.serve.app import _Crossing
+
+    class Loop:
+        def __init__(self):
+            self.calls, self.closed = [], False
+
+        def call_soon_threadsafe(self, fn):
+            if self.closed:
+                raise RuntimeError("Event loop is closed")
+            self.calls.append(fn)
+
+    class Run:
+        def __init__(self):
+            self.got, self.cancelled = [], False
+
+        def arrive(self, event):
+            self.got.append(event)
+
+        def cancel(self):
+            self.cancelled = True
+
+    loop = Loop()
+    crossing = _Crossing(loop)
+    runs = [Run() for _ in range(8)]
+    for step in range(2):
+        for i, r in enumerate(runs):
+            crossing.put(r, (0, "token", (step, i)))
+        assert len(loop.calls) == step + 1  # one wake-up for the burst
+        loop.calls[-1]()  # the loop runs it: every event of the burst delivered
+        assert [r.got[-1] for r in runs] == [(0, "token", (step, i)) for i in range(8)]
+    loop.closed = True
+    crossing.put(runs[0], (0, "token", "late"))
+    crossing.put(runs[1], (0, "token", "late"))  # (after a failed wake: still cancelled)
+    assert runs[0].cancelled and runs[1].cancelled and not runs[2].cancelled
+
+
 @pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, seed=3),
                                       dict(temperature=0.8, top_p=0.9, seed=4)])
 def test_completion_streamed_equals_plain_equals_generate(server, client, sampling):
