@@ -78,30 +78,43 @@ def one_client(client, model, prompt, tokens, out, i):
     out[i] = (first if first is not None else time.perf_counter() - t0, n or chunks)
 
 
-def one_raw_client(base_url, api_key, model, prompt, tokens, out, i):
-    """The same request as ``one_client`` over the standard library's http.client, reading the
-    server-sent events line by line: a serving benchmark's usual client (vLLM's reads the
-    stream the same way), whose parsing takes a fraction of the openai client's CPU time, CPU
-    time that here comes out of the server's own two cores."""
+def _post(base_url, api_key, endpoint, body):
+    """POST ``body`` (a dict, as JSON) to base_url + endpoint over the standard library's
+    http.client: (connection, response), the response's status checked. Close the connection
+    when done."""
     import http.client
     import json
     from urllib.parse import urlsplit
 
     url = urlsplit(base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    try:
+        conn.request("POST", url.path.rstrip("/") + endpoint, json.dumps(body),
+                     {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"the server answered {resp.status}: {resp.read()[:200]!r}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn, resp
+
+
+def one_raw_client(base_url, api_key, model, prompt, tokens, out, i):
+    """The same request as ``one_client`` over the standard library's http.client, reading the
+    server-sent events line by line: a serving benchmark's usual client (vLLM's reads the
+    stream the same way), whose parsing takes a fraction of the openai client's CPU time, CPU
+    time that here comes out of the server's own two cores."""
+    import json
+
     chat = isinstance(prompt, dict)
     body = dict(model=model, max_tokens=tokens, temperature=0, stream=True,
                 stream_options={"include_usage": True})
     body.update({"messages": [prompt]} if chat else {"prompt": prompt})
-    path = url.path.rstrip("/") + ("/chat/completions" if chat else "/completions")
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     t0 = time.perf_counter()
     first, n, chunks = None, 0, 0
+    conn, resp = _post(base_url, api_key, "/chat/completions" if chat else "/completions", body)
     try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json",
-                                                      "Authorization": f"Bearer {api_key}"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise RuntimeError(f"the server answered {resp.status}: {resp.read()[:200]!r}")
         for line in resp:
             if not line.startswith(b"data: "):
                 continue
@@ -186,24 +199,14 @@ def complete(base_url, model, prompt, tokens, api_key="bench"):
     """One greedy completion's text, not streamed (over http.client: importing the openai
     package here would add its 70,000 objects to the server's process, and to each of its
     garbage collector's full passes)."""
-    import http.client
     import json
-    from urllib.parse import urlsplit
 
-    url = urlsplit(base_url)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    conn, resp = _post(base_url, api_key, "/completions",
+                       dict(model=model, prompt=prompt, max_tokens=tokens, temperature=0))
     try:
-        conn.request("POST", url.path.rstrip("/") + "/completions",
-                     json.dumps(dict(model=model, prompt=prompt, max_tokens=tokens,
-                                     temperature=0)),
-                     {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})
-        resp = conn.getresponse()
-        body = resp.read()
+        return json.loads(resp.read())["choices"][0]["text"]
     finally:
         conn.close()
-    if resp.status != 200:
-        raise RuntimeError(f"the server answered {resp.status}: {body[:200]!r}")
-    return json.loads(body)["choices"][0]["text"]
 
 
 class InProcessServer:
