@@ -175,21 +175,26 @@ def run_clients(base_url, model, prompts, clients, tokens, api_key="bench",
         import openai
 
         client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
-        threads = [threading.Thread(target=one_client, args=(client, model,
-                                                             prompts[i % len(prompts)],
-                                                             tokens, out, i))
-                   for i in range(clients)]
+        target, head = one_client, (client, model)
     else:
-        threads = [threading.Thread(target=one_raw_client,
-                                    args=(base_url, api_key, model, prompts[i % len(prompts)],
-                                          tokens, out, i))
-                   for i in range(clients)]
+        target, head = one_raw_client, (base_url, api_key, model)
+
+    def run(i):
+        try:
+            target(*head, prompts[i % len(prompts)], tokens, out, i)
+        except Exception as e:  # (the server refused the request, or went away)
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    failed = [o for o in out if isinstance(o, Exception)]
+    if failed:
+        raise RuntimeError(f"a client's request failed: {failed[0]}")
     ttft = [o[0] for o in out]
     total = sum(o[1] for o in out)
     return total / wall, ttft, total
@@ -298,7 +303,6 @@ def main(argv=None):
                    help="also run llama.cpp's server on the same GGUF --ckpt")
     args = p.parse_args(argv)
 
-    import minillm
     from minillm.serve.app import create_app, served_model
 
     if args.tiny:
@@ -318,6 +322,17 @@ def main(argv=None):
     prompts = prompts[:1] if args.same_prompt else prompts
     if args.chat:
         prompts = [{"role": "user", "content": q} for q in prompts]
+    try:
+        return report(args, model, tok, name, app, prompts, counts, threads)
+    except RuntimeError as e:  # one sentence, not a traceback
+        sys.exit(f"bench_serve: {e}")
+
+
+def report(args, model, tok, name, app, prompts, counts, threads):
+    """Run the rounds against minillm's server (and llama.cpp's), check the greedy text and
+    print the table; the rows."""
+    import minillm
+
     rows = []
     with InProcessServer(app) as server:
         got = complete(server.url + "/v1", name, PROMPT, args.tokens)  # also the warm-up
