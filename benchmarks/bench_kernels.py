@@ -56,7 +56,7 @@ FAMILIES = {
     "rms_norm": ("rms_norm_forward", "rms_norm_backward"),
     "rope": ("rope_forward", "rope_backward"),
     "swiglu": ("swiglu_forward", "swiglu_backward"),
-    "qmatmul": ("qmatmul_forward", "qmatmul_backward_input"),
+    "qmatmul": ("qmatmul_forward", "qmatmul_backward_input", "qmatmul_q8_forward"),
 }
 
 # Shapes per family and size set: (N, C) rows, (B, H, T, D) attention, (M, K, N) matmul,
@@ -147,7 +147,7 @@ def make(op, shape, dt, seed=0):
     if op.startswith("qmatmul"):
         n, o, k, fmt = shape  # x (n, k) or dy (n, o), W (o, k)
         qw = Q.QuantWeight.from_float(_x(rng, (o, k), np.float32, 0.125), fmt)
-        return _x(rng, (n, k if op == "qmatmul_forward" else o), dt), qw
+        return _x(rng, (n, o if op == "qmatmul_backward_input" else k), dt), qw
     N, C = shape
     if op.startswith("rms_norm"):
         x, w = _x(rng, shape, dt, 1.0, 0.5), _x(rng, (C,), dt, 0.1, 1.0)

@@ -4,6 +4,9 @@ batch, a prompt).
 
     python benchmarks/bench_qmatmul_rows.py                       # SmolLM2-135M's shapes, Q4_1
     python benchmarks/bench_qmatmul_rows.py --qtype q8_0 --rows 1,8 --layers 4
+    python benchmarks/bench_qmatmul_rows.py --versions 8,q8:2     # float x against 8-bit x
+
+A version ``q8:V`` is rung V of ``qmatmul_q8_forward`` (x rounded to Q8_0 blocks first).
 
 The matrices have SmolLM2-135M's shapes per layer (q, k, v fused 960 x 576, o 576 x 576, gate
 and up fused 3072 x 576, down 576 x 1536), --layers of each, random weights in the row-group
@@ -19,6 +22,7 @@ import time
 import numpy as np
 
 from minillm.kernels.cpu import qmatmul as K
+from minillm.kernels.cpu import qmatmul_q8 as K8
 from minillm.kernels.quant import QuantWeight
 
 SHAPES = ((960, 576), (576, 576), (3072, 576), (576, 1536))
@@ -41,16 +45,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     ws = weights(args.qtype, args.layers, rng)
-    versions = [int(v) for v in args.versions.split(",")]
-    lad = K.LADDERS[0]
+    versions = args.versions.split(",")
+    try:
+        runs = [(K8.LADDERS[0] if v.startswith("q8:") else K.LADDERS[0])
+                .rung(int(v.removeprefix("q8:"))).run for v in versions]
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"bench_qmatmul_rows: --versions {args.versions}: {e}") from None
     print(f"{len(ws)} matrices {args.qtype}, {sum(w.nbytes for w in ws) / 2**20:.1f} MiB; "
           f"milliseconds per pass (fastest of {args.repeat})")
-    print(f"{'rows':>5}" + "".join(f"{'v' + str(v):>9}" for v in versions))
+    print(f"{'rows':>5}" + "".join(f"{'v' + v:>9}" for v in versions))
     for n in (int(r) for r in args.rows.split(",")):
         xs = [rng.standard_normal((n, w.shape[1])).astype(np.float32) for w in ws]
         cells = []
-        for v in versions:
-            run = lad.rung(v).run
+        for run in runs:
             run(xs[0], ws[0])  # compile outside the timing
             best = float("inf")
             for _ in range(args.repeat):

@@ -301,6 +301,9 @@ def main(argv=None):
                         "http.client reader, taken from the server's cores)")
     p.add_argument("--llama-cpp", action="store_true",
                    help="also run llama.cpp's server on the same GGUF --ckpt")
+    p.add_argument("--activations", choices=("float32", "q8_0"), default="float32",
+                   help="minillm serve's --activations: q8_0 rounds the quantized products' "
+                        "inputs to 8 bits, as llama.cpp does")
     args = p.parse_args(argv)
 
     from minillm.serve.app import create_app, served_model
@@ -314,6 +317,13 @@ def main(argv=None):
         source = args.ckpt or args.model or "smollm2-135m-instruct"
         model, tok = load_model(source)
         name = "bench"
+    from minillm.cli_models import apply_activations
+    from minillm.errors import MinillmError
+
+    try:
+        apply_activations(model, args.activations)
+    except MinillmError as e:
+        sys.exit(f"bench_serve: {e}")
     counts = [int(c) for c in args.clients.split(",")]
     threads = int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1))
     app = create_app([served_model(name, model, tok, max_batch=max(args.max_batch, max(counts)),
@@ -363,7 +373,8 @@ def report(args, model, tok, name, app, prompts, counts, threads):
                     proc.wait()
     which = (f"prompt {prompts[0]!r} for all" if args.same_prompt else
              f"{len(prompts)} {'chat questions' if args.chat else 'prompts'}")
-    print(f"{args.tokens} new tokens per client, {threads} threads, {which}")
+    print(f"{args.tokens} new tokens per client, {threads} threads, {which}, "
+          f"activations {args.activations}")
     print(f"{'server':<10} {'clients':>7} {'tokens/s':>10} {'x 1 client':>10} "
           f"{'TTFT p50 s':>11} {'TTFT p95 s':>11} {'tokens':>7}")
     base = {}

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .quant import Q8_0, dequantize, quantize
+
 # functions of this module that build inputs for the kernels and are not kernels themselves
 # (kernels/registry.py lists every other function here as an op)
 HELPERS = ("causal_mask", "rope_cos_sin")
@@ -431,6 +433,21 @@ def _dequantized(qw, like):
     w = qw.dequantize().astype(like.dtype, copy=False)
     xp = _xp(like)
     return w if xp is np else xp.asarray(w)
+
+
+@_half_in_float32()
+def qmatmul_q8_forward(x, qw):
+    """y = x~ W^T: x rounded to 8 bits before the product, as llama.cpp's CPU kernels do.
+
+    x~ is x in GGML's Q8_0 blocks (kernels/quant.py): each block of 32 values of a row becomes
+    d q, d = max |x| / 127 stored as float16, q = round(x / d) in -127..127. Then the product
+    with the dequantized W in x's dtype, as qmatmul_forward. x: (N, K) -> y: (N, O), K a
+    multiple of 32 (as W's).
+    """
+    xp = _xp(x)
+    host = x if xp is np else x.get()
+    xt = dequantize(quantize(host, Q8_0), Q8_0, host.shape).astype(x.dtype)
+    return qmatmul_forward(xt if xp is np else xp.asarray(xt), qw)
 
 
 @_half_in_float32()

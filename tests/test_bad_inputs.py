@@ -212,6 +212,7 @@ CASES = [
     ("demo corpus missing", lambda w: ["finetune-demo-data", "--corpus", str(w / "nope.txt"), "--out", str(w / "dd")], 2, "nope.txt"),
     # sample / chat / classify / export: untrusted checkpoints
     ("sample ckpt missing", lambda w: ["sample", "--ckpt", str(w / "nothing_here")], 2, "nothing_here"),
+    ("sample q8_0 activations of a float model", lambda w: ["sample", "--ckpt", str(w / "run"), "--activations", "q8_0"], 2, "holds none"),
     ("sample n_embd text", lambda w: ["sample", "--ckpt", str(copy_run(w, "c1", set_model(n_embd="abc")))], 2, "n_embd"),
     ("sample model null", lambda w: ["sample", "--ckpt", str(copy_run(w, "c2", lambda d: [edit_json(
         d / s / "config.json", lambda c: c.update(model=None)) for s in ("best", "last")]))], 2, "model"),

@@ -8,4 +8,4 @@ _blas.py (OpenBLAS's thread count and GEMM).
 """
 
 MODULES = ("matmul", "softmax", "crossentropy", "layernorm", "gelu", "attention", "adamw",
-           "rmsnorm", "rope", "swiglu", "qmatmul")
+           "rmsnorm", "rope", "swiglu", "qmatmul", "qmatmul_q8")

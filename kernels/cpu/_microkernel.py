@@ -29,18 +29,19 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
-def _vector_bytes():
+def _cpu_flags():
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return 64 if "avx512f" in line.split() else 32
+                    return frozenset(line.split(":", 1)[-1].split())
     except OSError:
         pass
-    return 32
+    return frozenset()
 
 
-VECTOR_BYTES = _vector_bytes()
+CPU_FLAGS = _cpu_flags()  # /proc/cpuinfo's flags ("avx512f", "avx512_vnni", ...); empty elsewhere
+VECTOR_BYTES = 64 if "avx512f" in CPU_FLAGS else 32
 MR = 12 if VECTOR_BYTES == 64 else 6  # rows of the register block
 NV = 2  # vectors per row of the register block
 

@@ -5,7 +5,8 @@ float16 scale d, for Q4_1 a float16 offset m, and 32 packed codes q; w = d * q +
 kernels/quant.py). x, y, dy, dx stay float32 (or float64): the weights are dequantized inside
 the product, never the activations, so every version equals the reference (dequantize, then
 matmul; kernels/reference.py) to float32 rounding. llama.cpp instead rounds x to 8 bits inside
-these products, which changes greedy answers of small models (issue 19).
+these products, which changes greedy answers of small models (issue 19); qmatmul_q8.py does
+that where a model asks for it.
 
 Decoding one token is a matrix-vector product (N = 1): each weight is read once and used once,
 so the time is the bytes of W over the memory bandwidth. Q4_1 reads 5 bits per weight instead of

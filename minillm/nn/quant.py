@@ -5,7 +5,10 @@ instead of a float32 Parameter (32 bits), and runs through kernels that dequanti
 product. The weight is frozen: it is not a Parameter, so ``parameters()`` and optimizers never
 see it, and ``named_quant_weights(model)`` finds it for export (by the name a Linear's weight
 would have). Activations stay float32, so outputs equal those of a Linear holding the
-dequantized weight, to float32 rounding.
+dequantized weight, to float32 rounding; ``set_activations(model, "q8_0")`` makes the decoding
+path (``forward_array``: prompts and generated tokens) round them to Q8_0 blocks first instead,
+as llama.cpp does (kernels/reference.py ``qmatmul_q8_forward``): faster with AVX-512 VNNI, and
+logits that move by about 1e-2.
 """
 
 import numpy as np
@@ -14,6 +17,9 @@ from minillm.kernels import registry
 from minillm.kernels.quant import QuantWeight
 from minillm.nn.module import Module, Parameter
 from minillm.ops.quant import quant_embedding, quant_linear
+
+# what a quantized product does with its activations -> the kernel that runs it
+ACTIVATIONS = {"float32": "qmatmul_forward", "q8_0": "qmatmul_q8_forward"}
 
 
 class QuantLinear(Module):
@@ -26,6 +32,7 @@ class QuantLinear(Module):
         self.out_features, self.in_features = weight.shape
         self.weight = weight  # frozen, not a Parameter
         self.bias = None if bias is None else Parameter(np.asarray(bias, dtype=np.float32))
+        self.activations = "float32"  # or "q8_0": see set_activations
 
     @classmethod
     def from_linear(cls, linear, qtype="q8_0"):
@@ -41,7 +48,8 @@ class QuantLinear(Module):
     def forward_array(self, x):
         """forward on a plain array (..., in) outside the graph (the decoding step's path)."""
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        y = registry.get("qmatmul_forward", x2)(x2, self.weight)
+        op = ACTIVATIONS[self.activations]
+        y = registry.get(op, x2)(x2, self.weight)
         if self.bias is not None:
             y = y + self.bias.data
         return y.reshape(x.shape[:-1] + (self.out_features,))
@@ -106,9 +114,23 @@ class FusedProjections:
     def forward_array(self, x):
         """The layers' outputs for a plain array x (..., in), as a list."""
         x2 = x.reshape(-1, x.shape[-1])
-        y = registry.get("qmatmul_forward", x2)(x2, self.weight)  # (N, sum of outs)
+        op = ACTIVATIONS[self.layers[0].activations]
+        y = registry.get(op, x2)(x2, self.weight)  # (N, sum of outs)
         lead = x.shape[:-1]
         return [y[:, a:b].reshape(lead + (b - a,)) for a, b in self.bounds]  # views, no copies
+
+
+def set_activations(module, activations):
+    """Every QuantLinear under ``module``: "float32" keeps x as it is in the decoding path's
+    products (the default), "q8_0" rounds it to Q8_0 blocks first (llama.cpp's way: on AVX-512
+    VNNI the products multiply bytes, kernels/cpu/qmatmul_q8.py). The graph's forward
+    (training, LoRA) keeps float32 either way. Returns how many layers it set."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be {' or '.join(ACTIVATIONS)}, not {activations!r}")
+    layers = [m for m in module.modules() if isinstance(m, QuantLinear)]
+    for m in layers:
+        m.activations = activations
+    return len(layers)
 
 
 def named_quant_weights(module):

@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from minillm.cli_models import add_activations_flag, apply_activations
 from minillm.errors import MinillmError
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -31,6 +32,7 @@ def add_serve(sub):
     p.add_argument("--dtype", choices=("stored", "float32", "q8_0"), default=None,
                    help="GGUF weights in memory: as the file stores them (default), float32, "
                         "or requantized to q8_0")
+    add_activations_flag(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--adapter", action="append", default=[], metavar="DIR",
                    help="a LoRA adapter folder, served as one more model id (repeatable)")
@@ -128,6 +130,7 @@ def run_serve(args):
         if args.base and is_adapter(path):
             options["base"] = args.base
         model, tokenizer = load_model(path, **options)
+        apply_activations(model, args.activations)
         served.append(served_model(model_id, model, tokenizer, max_batch=args.max_batch,
                                    queue_size=args.queue, batch_wait=args.batch_wait))
     app = create_app(served, api_key=args.api_key)

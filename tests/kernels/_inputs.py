@@ -280,9 +280,9 @@ def quant_weight(shape, qtype, seed=0):
 def _qmatmul(op, shape, qtype, grouped=False):
     def make(rng, dt):
         n, o, k = shape  # x (n, k) or dy (n, o), W (o, k)
-        qw = quant_weight((o, k), qtype, 0 if op == "qmatmul_forward" else 1)
+        qw = quant_weight((o, k), qtype, 1 if op == "qmatmul_backward_input" else 0)
         qw = qw.to_groups() if grouped else qw
-        return _x(rng, (n, k if op == "qmatmul_forward" else o), dt, 1.0), qw
+        return _x(rng, (n, o if op == "qmatmul_backward_input" else k), dt, 1.0), qw
     return make
 
 
@@ -328,6 +328,8 @@ CASES = {
     "swiglu_backward": [(str(s), _swiglu("swiglu_backward", s)) for s in SWIGLU],
     "qmatmul_forward": _qmatmul_cases("qmatmul_forward"),
     "qmatmul_backward_input": _qmatmul_cases("qmatmul_backward_input"),
+    # v2 takes 8 rows a call: 17 rows are two calls of 8 and one of 1
+    "qmatmul_q8_forward": _qmatmul_cases("qmatmul_q8_forward"),
 }
 
 

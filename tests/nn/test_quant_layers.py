@@ -124,3 +124,39 @@ def test_quantize_linears_in_place():
     assert [n for n, _ in model.named_parameters()][:1] == ["0.down.bias"]
     after = model[0].down(model[0].up(x)).data
     np.testing.assert_allclose(after, before, atol=0.02 * np.abs(before).max())
+
+
+def test_q8_activations_round_x_in_the_decoding_path_only():
+    from minillm.kernels import reference as R
+    from minillm.nn.quant import FusedProjections, set_activations
+
+    class Pair(Module):
+        def __init__(self):
+            super().__init__()
+            self.a = QuantLinear(qweight((64, 96), "q4_1", 1).to_groups())
+            self.b = QuantLinear(qweight((32, 96), "q4_1", 2).to_groups())
+
+    m = Pair()
+    x = np.random.default_rng(3).standard_normal((5, 96)).astype(np.float32)
+    float_y = m.a.forward_array(x)
+    assert set_activations(m, "q8_0") == 2 and m.a.activations == "q8_0"
+    y8 = m.a.forward_array(x)
+    np.testing.assert_allclose(y8, R.qmatmul_q8_forward(x, m.a.weight), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(y8, float_y, rtol=1e-5, atol=1e-5)  # x was rounded
+    fused = FusedProjections.fuse([m.a, m.b])  # one product, as the first layer's activations
+    ya, yb = fused.forward_array(x)
+    np.testing.assert_allclose(ya, y8, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(yb, R.qmatmul_q8_forward(x, m.b.weight), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m.a(Tensor(x)).data, float_y, rtol=1e-5, atol=1e-5)  # graph: float
+    assert set_activations(m, "float32") == 2
+    np.testing.assert_allclose(m.a.forward_array(x), float_y, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="float32 or q8_0"):
+        set_activations(m, "int8")
+
+
+def test_q8_activations_flag_needs_quantized_layers():
+    from minillm.cli_models import apply_activations
+
+    with pytest.raises(MinillmError, match="holds none"):
+        apply_activations(Linear(32, 32), "q8_0")
+    apply_activations(Linear(32, 32), "float32")  # nothing to do, nothing to say

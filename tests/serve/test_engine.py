@@ -111,11 +111,26 @@ def tiny():
     return _gpt(tok.vocab_size, seed=5), tok
 
 
-@pytest.fixture(scope="module", params=["gpt", "llama-gqa"])
+def _llama_q8(V, seed=5):
+    """A Llama whose layers hold Q4_1 row groups and round their inputs to Q8_0 (the
+    VNNI kernel's path where the CPU has it): batching must still give each row its text."""
+    from minillm.nn.quant import quantize_linears, set_activations
+
+    backend.manual_seed(seed)
+    model = Llama(LlamaConfig(vocab_size=V, block_size=96, n_layer=2, n_head=4, n_kv_head=2,
+                              n_embd=64, intermediate_size=96, initializer_range=0.3)).eval()
+    assert len(quantize_linears(model, "q4_1")) == 14  # 7 a layer; the head stays float
+    assert set_activations(model, "q8_0") == 14
+    return model
+
+
+@pytest.fixture(scope="module", params=["gpt", "llama-gqa", "llama-q8"])
 def tiny_any(request, tiny):
     model, tok = tiny
     if request.param == "llama-gqa":
         model = _llama(tok.vocab_size, 2, seed=5)
+    elif request.param == "llama-q8":
+        model = _llama_q8(tok.vocab_size)
     return model, tok
 
 
