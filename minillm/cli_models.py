@@ -29,7 +29,7 @@ def add_activations_flag(p):
     p.add_argument("--activations", choices=("float32", "q8_0"), default="float32",
                    help="what quantized layers do with their inputs: keep them float32 "
                         "(default), or round them to q8_0 blocks first as llama.cpp does "
-                        "(faster on CPUs with AVX-512 VNNI; logits move by about 1e-2)")
+                        "(faster on CPUs with AVX-512 VNNI; greedy text can differ)")
 
 
 def apply_activations(model, activations):

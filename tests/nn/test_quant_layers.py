@@ -126,7 +126,7 @@ def test_quantize_linears_in_place():
     np.testing.assert_allclose(after, before, atol=0.02 * np.abs(before).max())
 
 
-def test_q8_activations_round_x_in_the_decoding_path_only():
+def test_q8_activations_round_x_in_inference_only():
     from minillm.kernels import reference as R
     from minillm.nn.quant import FusedProjections, set_activations
 
@@ -147,7 +147,9 @@ def test_q8_activations_round_x_in_the_decoding_path_only():
     ya, yb = fused.forward_array(x)
     np.testing.assert_allclose(ya, y8, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(yb, R.qmatmul_q8_forward(x, m.b.weight), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(m.a(Tensor(x)).data, float_y, rtol=1e-5, atol=1e-5)  # graph: float
+    np.testing.assert_allclose(m.a(Tensor(x)).data, float_y, rtol=1e-5, atol=1e-5)  # with grads
+    with M.no_grad():  # inference (an LM head called on a Tensor): rounded as decoding
+        np.testing.assert_array_equal(m.a(Tensor(x)).data, y8)
     assert set_activations(m, "float32") == 2
     np.testing.assert_allclose(m.a.forward_array(x), float_y, rtol=0, atol=0)
     with pytest.raises(ValueError, match="float32 or q8_0"):
