@@ -6,6 +6,11 @@ per choice (``n``) and either collects the events into one JSON answer or forwar
 server-sent events (``data: {chunk}`` lines, then ``data: [DONE]``). The engine runs on its own
 thread; its events cross into the event loop through ``call_soon_threadsafe``. A client that
 goes away cancels its requests: the handler notices the disconnect while it waits for events.
+
+Uvicorn runs the app on uvloop and parses HTTP with httptools where they are installed (the
+``serve`` extra installs both; without them, asyncio's loop and h11). On the two cores that also
+run the model, the loop thread's CPU per streamed token is taken from the decoding: with
+SmolLM2 and 8 streaming clients it fell from 0.15 ms (asyncio, h11) to 0.10 ms.
 """
 
 import asyncio
