@@ -34,7 +34,9 @@ qmatmul_q8_forward
 import types as _pytypes
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
@@ -48,19 +50,46 @@ QK = 32
 VNNI = {"avx512f", "avx512bw", "avx512_vnni"} <= CPU_FLAGS
 
 
+@intrinsic
+def _bits(typingctx, v):
+    """A float32's 32 bits as a uint32 (no array round trip: that allocated per call)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(v), codegen
+
+
+@intrinsic
+def _float(typingctx, u):
+    """The float32 whose bits are the low 32 of the integer u."""
+    if not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if u.bitwidth != 32:
+            v = (builder.trunc if u.bitwidth > 32 else builder.zext)(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
 @njit(**_JIT)
 def _f16(v):
     # float32 v >= 0 rounded to the nearest float16 (ties to even), as a float32: NumPy's
     # astype(float16) of a Q8_0 block scale, which Numba cannot call
-    u = np.array([v], dtype=np.float32).view(np.uint32)[0]
+    u = _bits(v)
     if u >= np.uint32(0x7F800000):  # inf, NaN
         return v
     if u >= np.uint32(0x477FF000):  # 65520 and up: past float16's largest, 65504
         return np.float32(np.inf)
     if u < np.uint32(0x38800000):  # below 2^-14: float16's subnormals, steps of 2^-24
         return np.float32(np.rint(v * np.float32(2.0**24)) * np.float32(2.0**-24))
-    u = (u + np.uint32(0x0FFF) + ((u >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
-    return np.array([u], dtype=np.uint32).view(np.float32)[0]
+    return _float((u + np.uint32(0x0FFF) + ((u >> np.uint32(13)) & np.uint32(1)))
+                  & np.uint32(0xFFFFE000))
 
 
 @njit(**_JIT)
@@ -68,20 +97,21 @@ def _quantize_row(x, q, d, s):
     # one row x (K,) float32 -> q (K,) int8 codes, d (K / 32,) block scales rounded to float16,
     # s (K / 32,) int32 sums of each block's codes: kernels/quant.py's Q8_0 quantizer step by
     # step in float32 (d = max|x| / 127, q = x * (1 / d) rounded half away from zero, as C's
-    # roundf), then the scale rounded as the block stores it
+    # roundf), then the scale rounded as the block stores it. max |x| is taken over the bits of
+    # |x|, whose integer order is the float order: a reduction that vectorises exactly.
     for b in range(x.shape[0] // QK):
-        amax = np.float32(0)
+        m = np.uint32(0)
         for j in range(b * QK, (b + 1) * QK):
-            amax = max(amax, abs(x[j]))
-        db = amax / np.float32(127)
+            m = max(m, _bits(x[j]) & np.uint32(0x7FFFFFFF))
+        db = _float(m) / np.float32(127)
         inv = np.float32(0) if db == 0 else np.float32(1) / db
         t = 0
         for j in range(b * QK, (b + 1) * QK):
             v = x[j] * inv
             a = abs(v)
             f = np.floor(a)
-            r = f + np.float32(1.0 if a - f >= np.float32(0.5) else 0.0)
-            c = np.int32(r if v >= 0 else -r)
+            r = np.int32(f) + np.int32(a - f >= np.float32(0.5))
+            c = r if v >= 0 else -r
             q[j] = c
             t += c
         d[b] = _f16(db)
