@@ -17,8 +17,8 @@ from minillm.autograd import is_grad_enabled
 from minillm.kernels import registry
 from minillm.kernels.quant import QuantWeight
 from minillm.nn.module import Module, Parameter
-from minillm.tensor import Tensor
 from minillm.ops.quant import quant_embedding, quant_linear
+from minillm.tensor import Tensor
 
 # what a quantized product does with its activations -> the kernel that runs it
 ACTIVATIONS = {"float32": "qmatmul_forward", "q8_0": "qmatmul_q8_forward"}
