@@ -10,6 +10,8 @@ a prompt of --prompt-tokens tokens (prefill: one forward over all of them, token
 --new-tokens greedy tokens one at a time with a KV cache (decode, batch 1, tokens/s). Engines:
 
   minillm-stored    the GGUF's weights as stored (Q4_1 blocks; dequantized inside the products)
+  minillm-stored-q8act  the same, each product's input rounded to Q8_0 blocks first
+                    (--activations q8_0: llama.cpp's way, AVX-512 VNNI kernels)
   minillm-q8_0      every matrix requantized to Q8_0
   minillm-float32   every matrix dequantized to float32
   llamacpp          llama-cpp-python on the same GGUF file (optional; it builds from source)
@@ -29,7 +31,7 @@ import subprocess
 import sys
 import time
 
-ENGINES = ("minillm-stored", "minillm-q8_0", "minillm-float32", "llamacpp", "transformers")
+ENGINES = ("minillm-stored", "minillm-stored-q8act", "minillm-q8_0", "minillm-float32", "llamacpp", "transformers")
 TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes "
         "Gutenberg combined movable metal type, oil-based ink and a screw press. Books became "
         "cheaper, ideas travelled faster, and literacy spread across Europe. ")
@@ -47,13 +49,15 @@ def peak_rss_mib():
 
 
 # ----------------------------------------------------------------------------- engines
-def run_minillm(dtype, path, ids, new, threads):
+def run_minillm(dtype, path, ids, new, threads, activations="float32"):
     import numpy as np
 
     import minillm
     from minillm.autograd import no_grad
+    from minillm.nn.quant import set_activations
 
     model, tok = minillm.load(path, dtype=dtype)
+    set_activations(model, activations)
 
     def once():
         with no_grad():
@@ -139,8 +143,9 @@ def worker(args):
     ids = [int(i) for i in args.ids.split(",")]  # tokenized by the driver: no tokenizer of
     # the driver's here, whose freed memory would stay in this process's peak RSS
     if args.worker.startswith("minillm-"):
-        once, decode = run_minillm(args.worker.split("-", 1)[1], path, ids, args.new_tokens,
-                                   args.threads)
+        dtype = args.worker.split("-")[1]
+        activations = "q8_0" if args.worker.endswith("-q8act") else "float32"
+        once, decode = run_minillm(dtype, path, ids, args.new_tokens, args.threads, activations)
     elif args.worker == "llamacpp":
         once, decode = run_llamacpp(path, ids, args.new_tokens, args.threads)
     else:
@@ -207,14 +212,15 @@ def main():
     print(f"\n{os.path.basename(args.gguf)}: prefill {args.prompt_tokens} tokens, decode "
           f"{args.new_tokens} tokens (batch 1, greedy), {args.threads} threads, best of "
           f"{args.rounds}")
-    print(f"{'engine':18s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'peak RSS MiB':>13s}"
+    print(f"{'engine':21s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'peak RSS MiB':>13s}"
           "  reply")
     for e, r in best.items():
         pre = args.prompt_tokens / r["prefill_s"]
         dec = args.new_tokens / r["decode_s"]
         r["prefill_tps"], r["decode_tps"] = pre, dec
-        print(f"{e:18s} {pre:14.1f} {dec:13.1f} {r['rss_mib']:13.0f}  {r['reply']!r}")
-    ratios = [("minillm-stored", "llamacpp"), ("minillm-float32", "transformers"),
+        print(f"{e:21s} {pre:14.1f} {dec:13.1f} {r['rss_mib']:13.0f}  {r['reply']!r}")
+    ratios = [("minillm-stored", "llamacpp"), ("minillm-stored-q8act", "llamacpp"),
+              ("minillm-float32", "transformers"),
               ("minillm-stored", "transformers"), ("minillm-float32", "llamacpp")]
     for a, b in ratios:
         if a in best and b in best:
