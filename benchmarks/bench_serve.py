@@ -56,13 +56,15 @@ def percentile(xs, q):
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def one_client(client, model, prompt, tokens, out, i):
+def one_client(client, model, prompt, tokens, out, i, extra=None):
     """A completion of ``prompt`` (a str), or a chat reply to it (a message dict), through the
     ``openai`` client (--openai-client)."""
     t0 = time.perf_counter()
     first, n = None, 0
     options = dict(model=model, max_tokens=tokens, temperature=0, stream=True,
                    stream_options={"include_usage": True})
+    if extra:
+        options["extra_body"] = extra
     chat = isinstance(prompt, dict)
     stream = (client.chat.completions.create(messages=[prompt], **options) if chat else
               client.completions.create(prompt=prompt, **options))
@@ -100,7 +102,7 @@ def _post(base_url, api_key, endpoint, body):
     return conn, resp
 
 
-def one_raw_client(base_url, api_key, model, prompt, tokens, out, i):
+def one_raw_client(base_url, api_key, model, prompt, tokens, out, i, extra=None):
     """The same request as ``one_client`` over the standard library's http.client, reading the
     server-sent events line by line: a serving benchmark's usual client (vLLM's reads the
     stream the same way), whose parsing takes a fraction of the openai client's CPU time, CPU
@@ -111,6 +113,7 @@ def one_raw_client(base_url, api_key, model, prompt, tokens, out, i):
     body = dict(model=model, max_tokens=tokens, temperature=0, stream=True,
                 stream_options={"include_usage": True})
     body.update({"messages": [prompt]} if chat else {"prompt": prompt})
+    body.update(extra or {})
     t0 = time.perf_counter()
     first, n, chunks = None, 0, 0
     conn, resp = _post(base_url, api_key, "/chat/completions" if chat else "/completions", body)
@@ -136,7 +139,7 @@ def one_raw_client(base_url, api_key, model, prompt, tokens, out, i):
 
 
 def run_rounds(base_url, model, prompts, counts, tokens, rounds, api_key="bench",
-               openai_client=False):
+               openai_client=False, extra=None):
     """Each round runs run_clients once per client count in ``counts``, in turn (1, 4, 8, 1,
     4, 8, ...: a slow minute of a shared machine then falls on every count alike instead of
     on one, and the ratios stay fair), the clients in one process of their own. Per count:
@@ -147,7 +150,7 @@ def run_rounds(base_url, model, prompts, counts, tokens, rounds, api_key="bench"
         for _ in range(rounds):
             for n in counts:
                 runs[n].append(pool.submit(run_clients, base_url, model, prompts, n, tokens,
-                                           api_key, openai_client).result())
+                                           api_key, openai_client, extra).result())
     out = []
     for n in counts:
         ttft = [t for _, ts, _ in runs[n] for t in ts]
@@ -167,9 +170,9 @@ def clients_process():
 
 
 def run_clients(base_url, model, prompts, clients, tokens, api_key="bench",
-                openai_client=False):
-    """One round, client i sending prompts[i % len(prompts)]: (aggregate tokens/s, each
-    request's time to first token, tokens made)."""
+                openai_client=False, extra=None):
+    """One round, client i sending prompts[i % len(prompts)] (with the fields of ``extra`` in
+    each request): (aggregate tokens/s, each request's time to first token, tokens made)."""
     out = [None] * clients
     if openai_client:
         import openai
@@ -181,7 +184,7 @@ def run_clients(base_url, model, prompts, clients, tokens, api_key="bench",
 
     def run(i):
         try:
-            target(*head, prompts[i % len(prompts)], tokens, out, i)
+            target(*head, prompts[i % len(prompts)], tokens, out, i, extra)
         except Exception as e:  # (the server refused the request, or went away)
             out[i] = e
 
@@ -301,6 +304,9 @@ def main(argv=None):
                         "http.client reader, taken from the server's cores)")
     p.add_argument("--llama-cpp", action="store_true",
                    help="also run llama.cpp's server on the same GGUF --ckpt")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="every request runs to --tokens (the servers' ignore_eos, as vLLM's "
+                        "benchmark sends it): no batch row ends early")
     p.add_argument("--activations", choices=("float32", "q8_0"), default="float32",
                    help="minillm serve's --activations: q8_0 rounds the quantized products' "
                         "inputs to 8 bits, as llama.cpp does")
@@ -344,11 +350,13 @@ def report(args, model, tok, name, app, prompts, counts, threads):
     import minillm
 
     rows = []
+    extra = {"ignore_eos": True} if args.ignore_eos else None
     with InProcessServer(app) as server:
         got = complete(server.url + "/v1", name, PROMPT, args.tokens)  # also the warm-up
         rows += [("minillm",) + r for r in run_rounds(server.url + "/v1", name, prompts,
                                                        counts, args.tokens, args.rounds,
-                                                       openai_client=args.openai_client)]
+                                                       openai_client=args.openai_client,
+                                                       extra=extra)]
     # The library's own greedy text, on this (main) thread only after the timings: once a
     # second thread has run Numba's parallel kernels, the engine thread's OpenMP team no
     # longer spins between kernels and a decode step takes about twice as long (PERF_NOTES).
@@ -367,14 +375,14 @@ def report(args, model, tok, name, app, prompts, counts, threads):
                     run_clients(url, "bench", prompts, 1, 2)
                     rows += [("llama.cpp",) + r for r in run_rounds(
                         url, "bench", prompts, counts, args.tokens, args.rounds,
-                        openai_client=args.openai_client)]
+                        openai_client=args.openai_client, extra=extra)]
                 finally:
                     proc.terminate()
                     proc.wait()
     which = (f"prompt {prompts[0]!r} for all" if args.same_prompt else
              f"{len(prompts)} {'chat questions' if args.chat else 'prompts'}")
     print(f"{args.tokens} new tokens per client, {threads} threads, {which}, "
-          f"activations {args.activations}")
+          f"activations {args.activations}{', ignore_eos' if args.ignore_eos else ''}")
     print(f"{'server':<10} {'clients':>7} {'tokens/s':>10} {'x 1 client':>10} "
           f"{'TTFT p50 s':>11} {'TTFT p95 s':>11} {'tokens':>7}")
     base = {}

@@ -263,7 +263,7 @@ class API:
         ids = self.encode(served.tokenizer, text, "messages")
         params, n, stream, include_usage = P.common_params(
             body, None, len(ids), served.context, max_name="max_completion_tokens")
-        params.stop_ids = served.stop_ids
+        params.stop_ids = P.end_ids(body, served.stop_ids)
         params.logprobs = P.chat_logprobs(body)
         run = _Run(self.crossing())
         self.submit(served, run, [(j, ids, _seeded(params, j)) for j in range(n)])
@@ -334,7 +334,7 @@ class API:
         for p, (text, ids) in enumerate(prompts):
             params, n, stream, include_usage = P.common_params(body, 16, len(ids),
                                                                served.context)
-            params.stop_ids = frozenset([tok.eos_id])
+            params.stop_ids = P.end_ids(body, [tok.eos_id])
             params.logprobs = logprobs
             params.prompt_logprobs = logprobs if echo else None
             settings = (n, stream, include_usage)

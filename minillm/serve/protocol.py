@@ -84,6 +84,12 @@ def _refuse_unsupported(body):
         raise bad("'best_of' is not supported by this server (leave it at 1).", param="best_of")
 
 
+def end_ids(body, ids):
+    """The token ids that end a reply: ``ids``, or none with ``ignore_eos`` (an extension of
+    vLLM's and llama.cpp's servers: a benchmark's requests then all run to max_tokens)."""
+    return frozenset() if boolean(body, "ignore_eos") else frozenset(ids)
+
+
 def stop_strings(body):
     stop = body.get("stop")
     if stop is None:

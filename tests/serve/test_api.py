@@ -160,6 +160,29 @@ def test_stop_strings_and_length(server, client):
     assert c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 4
 
 
+def test_ignore_eos_decodes_past_the_end_token(server, server_class, client):
+    from minillm.serve.app import ServedModel, create_app
+    from minillm.serve.engine import Engine
+
+    msgs = [{"role": "user", "content": "hello there"}]
+    reply = client.chat.completions.create(model="tiny-chat", messages=msgs, max_tokens=6,
+                                           temperature=0).choices[0].message.content
+    first = server.tok.encode(reply)[0]  # made the end token of a model of its own
+    ends = ServedModel("ends", Engine(server.model, server.tok), server.tok, server.template,
+                       stop_ids=frozenset([first]))
+    with server_class(create_app([ends])) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="-", max_retries=0, timeout=60)
+        r = c.chat.completions.create(model="ends", messages=msgs, max_tokens=6, temperature=0)
+        assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == ""
+        r = c.chat.completions.create(model="ends", messages=msgs, max_tokens=6, temperature=0,
+                                      extra_body={"ignore_eos": True})
+        assert r.choices[0].finish_reason == "length" and r.choices[0].message.content == reply
+        assert r.usage.completion_tokens == 6
+        with pytest.raises(openai.BadRequestError, match="ignore_eos"):
+            c.completions.create(model="ends", prompt="a", max_tokens=2,
+                                 extra_body={"ignore_eos": "yes"})
+
+
 def test_seed_and_n(server, client):
     kw = dict(model="tiny", prompt="abc", max_tokens=16, temperature=1.2)
     a = client.completions.create(seed=9, **kw).choices[0].text
