@@ -18,6 +18,12 @@ them for 16 rows. For Q4 one AND and one shift split each lane's bytes into the 
 (Q8_0: 8), then per row of x 8 ``vpdpbusd`` with x's four bytes broadcast from memory, one
 conversion of the int32 sums to float and two or three float operations with the scales.
 
+With more than 2 rows of x the group's two slices of 16 rows are two passes over its blocks
+(both at once spilled registers: 8 rows 5.5 -> 8.4 ms over SmolLM2's matrices). The first pass
+reads W from memory and prefetches 4 KiB ahead, as _groupdot.py; the second reads it from the
+cache and prefetches the next group, which the first pass then finds there (8 rows, Q4_1,
+bench_qmatmul_rows.py, three runs on a noisy VM: 9.8, 7.0, 8.2 ms without, 5.9, 5.8, 6.2 with).
+
 The codes are unsigned (Q4: 0..15, Q8_0 stored plus 128), so the centres (8, 128) come back
 through the integer sum of the row's block of x: each row's int32 sums start at
 -centre * sum(q_x) (Q4_0, Q8_0); Q4_1's offsets m add m * d_x * sum(q_x).
@@ -149,9 +155,9 @@ def _make(qt, n):
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
                 "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8")
 
-            def fetch_ahead(bp):  # as _groupdot.py's several rows: read, all cache levels, data
+            def fetch_ahead(bp, ahead):  # as _groupdot.py's several rows: read, all levels
                 for line in range(0, R * ts, 64):
-                    q = builder.gep(bp, [ir.Constant(i64, PREFETCH + line)])
+                    q = builder.gep(bp, [builder.add(ahead, ir.Constant(i64, line))])
                     builder.call(prefetch, [q, ir.Constant(i32, 0), ir.Constant(i32, 3),
                                             ir.Constant(i32, 1)])
 
@@ -169,7 +175,9 @@ def _make(qt, n):
                 with cgutils.for_range(builder, nb_v) as loop:
                     bp, xb = block(loop.index)
                     if n > 1 and group[0] == 0:  # the first pass over the group's blocks
-                        fetch_ahead(bp)
+                        fetch_ahead(bp, ir.Constant(i64, PREFETCH))
+                    if n > 2 and group[0] == len(slices) - 1:  # the last pass (from cache):
+                        fetch_ahead(bp, builder.mul(nb_v, ir.Constant(i64, R * ts)))  # next group
                     for s in group:
                         chains = 2 if n == 1 else 1
                         part = [[start(loop.index, i) if c == 0 else izero
