@@ -41,6 +41,19 @@ def serial(kernel):
     return twin
 
 
+def source_tag(*modules):
+    """8 hex digits of the modules' source: put in the name of a kernel that inlines LLVM IR
+    from them, so that Numba's on-disk cache, which checks only the kernel's own source file,
+    compiles it again when that IR changes instead of loading the old machine code."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(Path(m.__file__).read_bytes())
+    return h.hexdigest()[:8]
+
+
 def pick(kernel, n):
     """``kernel`` for n >= PARALLEL_MIN elements of work, else its serial twin."""
     if n >= PARALLEL_MIN or not kernel.targetoptions.get("parallel"):

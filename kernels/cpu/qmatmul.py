@@ -130,10 +130,11 @@ from numba import njit, prange
 
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
+from . import _groupdot
 from ._fastmath import FASTMATH
 from ._groupdot import GROUP_DOT, ROWS, group_format
 from ._microkernel import MR, NV, VECTOR_BYTES, micro
-from ._serial import pick, threads
+from ._serial import pick, source_tag, threads
 from .matmul import pool as matmul_pool
 
 _JIT = {"fastmath": FASTMATH, "cache": True, "error_model": "numpy", "nogil": True}  # nogil: a
@@ -611,6 +612,9 @@ def _qmatmul_forward_v8(out, x, data):
                 group_dot_1(*a)  # noqa: F821
 
 
+_IR_TAG = source_tag(_groupdot)  # a new cache entry when the IR changes
+
+
 def _make_v8(qt):
     # v8 compiled once per format: one copy of _qmatmul_forward_v8 whose globals name this
     # format's IR kernels (_groupdot.py) and block size. Globals, not closure variables: a
@@ -619,7 +623,7 @@ def _make_v8(qt):
     names = {f"group_dot_{n}": GROUP_DOT[qt][n] for n in range(1, ROWS + 1)}
     f = _pytypes.FunctionType(_qmatmul_forward_v8.__code__,
                               {**globals(), **names, "TS": group_format(qt)[0]},
-                              f"qmatmul_forward_v8_{FORMATS[qt].name}")
+                              f"qmatmul_forward_v8_{FORMATS[qt].name}_{_IR_TAG}")
     f.__qualname__ = f.__name__  # its own cache file
     return njit(parallel=True, **_JIT)(f)
 

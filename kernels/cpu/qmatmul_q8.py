@@ -40,10 +40,11 @@ from numba.extending import intrinsic
 
 from ..ladder import Ladder, Rung
 from ..quant import FORMATS, GROUP, MATMUL_TYPES, Q4_0, Q4_1, Q8_0, QuantWeight
+from . import _groupdot, _groupdot_q8
 from ._groupdot import group_format
 from ._groupdot_q8 import GROUP_DOT_Q8, ROWS
 from ._microkernel import CPU_FLAGS
-from ._serial import pick, picks
+from ._serial import pick, picks, source_tag
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}  # no fastmath: rounding as NumPy
 QK = 32
@@ -209,10 +210,13 @@ def _v2(out, x, data):
                 group_dot_q8_1(*a)  # noqa: F821
 
 
+_IR_TAG = source_tag(_groupdot, _groupdot_q8)  # a new cache entry when the IR changes
+
+
 def _make_v2(qt):
     names = {f"group_dot_q8_{n}": GROUP_DOT_Q8[qt][n] for n in range(1, ROWS + 1)}
     f = _pytypes.FunctionType(_v2.__code__, {**globals(), **names, "TS": group_format(qt)[0]},
-                              f"qmatmul_q8_forward_v2_{FORMATS[qt].name}")
+                              f"qmatmul_q8_forward_v2_{FORMATS[qt].name}_{_IR_TAG}")
     f.__qualname__ = f.__name__  # its own cache file
     return njit(parallel=True, **_JIT)(f)
 

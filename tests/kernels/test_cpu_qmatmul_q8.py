@@ -99,3 +99,22 @@ def test_bad_shapes_and_formats_are_clear_errors():
         with pytest.raises(TypeError, match="Q8_0, Q4_0 or Q4_1"):
             run(np.zeros((2, 96), np.float32), np.zeros((64, 96), np.float32))
         assert run(np.zeros((0, 96), np.float32), qw).shape == (0, 64)
+
+
+def test_the_ir_kernels_cache_entries_follow_their_ir_source(tmp_path):
+    # Numba's on-disk cache checks a kernel's own file only; the kernels that inline
+    # _groupdot*.py's IR carry a tag of that source in their names, so an edit compiles anew
+    from minillm.kernels.cpu import _groupdot, _groupdot_q8
+    from minillm.kernels.cpu import qmatmul as K8
+    from minillm.kernels.cpu._serial import source_tag
+
+    tag = source_tag(_groupdot, _groupdot_q8)
+    assert all(k.py_func.__name__.endswith("_" + tag) for k in K._V2.values())
+    assert all(k.py_func.__name__.endswith("_" + source_tag(_groupdot)) for k in K8._V8.values())
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("x = 2\n")
+    mod = type("M", (), {})
+    ma, mb = mod(), mod()
+    ma.__file__, mb.__file__ = str(a), str(b)
+    assert source_tag(ma) != source_tag(mb) and len(source_tag(ma)) == 8
