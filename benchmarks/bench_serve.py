@@ -143,7 +143,8 @@ def run_rounds(base_url, model, prompts, counts, tokens, rounds, api_key="bench"
     """Each round runs run_clients once per client count in ``counts``, in turn (1, 4, 8, 1,
     4, 8, ...: a slow minute of a shared machine then falls on every count alike instead of
     on one, and the ratios stay fair), the clients in one process of their own. Per count:
-    (clients, the median round's aggregate tokens/s, the time to first token p50 and p95 over
+    (clients, the median round's aggregate tokens/s, the median over rounds of that round's
+    rate over the first count's in the same round, the time to first token p50 and p95 over
     every request of every round, the tokens of one round)."""
     runs = {n: [] for n in counts}
     with clients_process() as pool:
@@ -154,8 +155,9 @@ def run_rounds(base_url, model, prompts, counts, tokens, rounds, api_key="bench"
     out = []
     for n in counts:
         ttft = [t for _, ts, _ in runs[n] for t in ts]
-        out.append((n, float(np.median([r for r, _, _ in runs[n]])), percentile(ttft, 50),
-                    percentile(ttft, 95), runs[n][0][2]))
+        paired = [a[0] / max(b[0], 1e-9) for a, b in zip(runs[n], runs[counts[0]])]
+        out.append((n, float(np.median([r for r, _, _ in runs[n]])), float(np.median(paired)),
+                    percentile(ttft, 50), percentile(ttft, 95), runs[n][0][2]))
     return out
 
 
@@ -383,13 +385,15 @@ def report(args, model, tok, name, app, prompts, counts, threads):
              f"{len(prompts)} {'chat questions' if args.chat else 'prompts'}")
     print(f"{args.tokens} new tokens per client, {threads} threads, {which}, "
           f"activations {args.activations}{', ignore_eos' if args.ignore_eos else ''}")
-    print(f"{'server':<10} {'clients':>7} {'tokens/s':>10} {'x 1 client':>10} "
+    # "x first": the medians' ratio; "paired": the median of each round's own ratio (a slow
+    # minute of the machine moves both rates of its round, and their ratio less)
+    print(f"{'server':<10} {'clients':>7} {'tokens/s':>10} {'x first':>8} {'paired':>7} "
           f"{'TTFT p50 s':>11} {'TTFT p95 s':>11} {'tokens':>7}")
     base = {}
-    for server_name, n, rate, p50, p95, total in rows:
+    for server_name, n, rate, paired, p50, p95, total in rows:
         base.setdefault(server_name, rate)
-        print(f"{server_name:<10} {n:>7} {rate:>10.1f} {rate / max(base[server_name], 1e-9):>10.2f} "
-              f"{p50:>11.3f} {p95:>11.3f} {total:>7}")
+        print(f"{server_name:<10} {n:>7} {rate:>10.1f} {rate / max(base[server_name], 1e-9):>8.2f} "
+              f"{paired:>7.2f} {p50:>11.3f} {p95:>11.3f} {total:>7}")
     return rows
 
 
