@@ -46,7 +46,7 @@ def test_serve_is_a_subcommand(capsys):
         main(["serve", "--help"])
     out = capsys.readouterr().out
     for flag in ("--model", "--ckpt", "--host", "--port", "--api-key", "--insecure",
-                 "--max-batch", "--queue", "--batch-wait"):
+                 "--max-batch", "--queue", "--batch-wait", "--activations"):
         assert flag in out
 
 
@@ -56,6 +56,22 @@ def test_bad_serve_numbers_are_one_sentence_before_loading(flags, message, capsy
     assert main(["serve", "--ckpt", "no/such/dir"] + flags) != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_q8_0_activations_of_a_float_model_are_one_sentence(monkeypatch, capsys):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    import minillm.serve.cli as cli
+    from minillm.models import GPT, GPTConfig
+    from minillm.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text("abc ")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=1,
+                          n_embd=8))
+    monkeypatch.setattr(cli, "load_model", lambda name, **options: (model, tok))
+    assert main(["serve", "--ckpt", "runs/tiny", "--activations", "q8_0", "--port", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "--activations q8_0 acts on quantized weights" in err and "Traceback" not in err
 
 
 SERVE_SCRIPT = """
