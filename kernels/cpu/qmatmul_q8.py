@@ -16,8 +16,8 @@ one per weight per row of x (qmatmul v8: about 150 GFLOP/s on 2 Zen 4 cores). Wi
 AVX-512 VNNI multiplies 64 byte pairs and adds them into 16 int32 lanes in one instruction
 (kernels/cpu/_groupdot_q8.py). SmolLM2's 120 layer matrices, Q4_1, ms per pass
 (``bench_qmatmul_rows.py --versions 8,q8:2``, Zen 4, 2 threads; the VM's noise moves single
-figures by 10-30%): 1 row 3.1 (float x, v8) / 2.9 (v2), 8 rows 9.9 / 6.7, 16 rows 18.2 / 11.2,
-64 rows 68 / 37, 512 rows 540 / 308. Without the prefetch of _groupdot.py, 8 rows took 7.2.
+figures by 10-30%; one quiet run, benchmarks/README.md has more): 1 row 3.2 (float x, v8) /
+2.5 (v2), 8 rows 9.8 / 5.6, 16 rows 18.1 / 9.8, 64 rows 67.9 / 29.6, 512 rows 540 / 235.
 Its tied head (49152 x 576, Q8_0): 8 rows 2.4 / 1.2 ms. A served 8-row decoding step of SmolLM2
 went from 17.2 to 12.8 ms offline, one row from 6.3 to 5.9, and a prefill of 8 prompts from 74
 to 45.
