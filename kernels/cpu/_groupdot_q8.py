@@ -34,7 +34,8 @@ each i < n the row of int8 x codes at xq[xoff + i xstep] (K = 32 nb), its float3
 xd[xsoff + i xsstep + b] and int32 block sums xs[...]:
 out[ooff + i ostep + r] = sum over blocks b of d[b, r] (xd_i[b] I[b, r, i]) (+ m[b, r]
 (xd_i[b] xs_i[b])), I the exact integer sum of (q - centre) q_x over the block, accumulated in
-float32 by one FMA per block in the order of the blocks. Inlined into the calling kernel.
+float32 block by block in the blocks' order (one FMA, Q4_1 two). Inlined into the calling
+kernel.
 """
 
 from llvmlite import ir
