@@ -63,6 +63,18 @@ PREFETCH = 4096
 # 12.7, 13.5 / 12.5, 13.9 / 12.2. (qmatmul_q8's kernel does the same, _groupdot_q8.py.)
 
 
+def prefetch_lines(builder, p, ahead, nbytes):
+    """IR: prefetch (read, into every cache level, data) each 64-byte line of the nbytes at
+    p + ahead (p an i8 pointer, ahead an i64 value)."""
+    i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+    prefetch = cgutils.get_or_insert_function(  # i8p prints "ptr" where the IR is opaque
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+        "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8")
+    for line in range(0, nbytes, 64):
+        q = builder.gep(p, [builder.add(ahead, ir.Constant(i64, line))])
+        builder.call(prefetch, [q, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
 def group_format(qt):
     """(bytes per block, bytes before the codes, is Q8_0, has offsets (Q4_1), is Q4_0) of a
     row-group block per row: the constants the row-group kernels are compiled with."""
@@ -155,16 +167,8 @@ def _make(qt, n):
                 centre = ir.Constant(vf, [8.0 if nibbles else 128.0] * vw)  # Q4_0, Q8_0
                 return builder.call(fma, [d, builder.fsub(blk, builder.fmul(centre, s_b)), a])
 
-            i8p = ir.IntType(8).as_pointer()  # prints "ptr" where llvmlite's IR is opaque
-            prefetch = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8")
-
-            def fetch_ahead(bp, ahead):  # read, keep in all cache levels, data
-                for line in range(0, R * ts, 64):
-                    q = builder.gep(bp, [builder.add(ahead, ir.Constant(i64, line))])
-                    builder.call(prefetch, [q, ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                            ir.Constant(i32, 1)])
+            def fetch_ahead(bp, ahead):
+                prefetch_lines(builder, bp, ahead, R * ts)
 
             def block(b):
                 return (builder.gep(gp, [builder.mul(b, ir.Constant(i64, R * ts))]),

@@ -44,7 +44,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..quant import GROUP, Q4_0, Q4_1, Q8_0
-from ._groupdot import PREFETCH, group_format
+from ._groupdot import PREFETCH, group_format, prefetch_lines
 
 R = GROUP  # the rows of one group
 QK = 32  # weights per block
@@ -151,16 +151,8 @@ def _make(qt, n):
                     acc = builder.call(fma, [m, splat(builder.fmul(xd_b, s_b), vf), acc])
                 return acc
 
-            i8p = ir.IntType(8).as_pointer()  # prints "ptr" where llvmlite's IR is opaque
-            prefetch = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8")
-
-            def fetch_ahead(bp, ahead):  # as _groupdot.py's several rows: read, all levels
-                for line in range(0, R * ts, 64):
-                    q = builder.gep(bp, [builder.add(ahead, ir.Constant(i64, line))])
-                    builder.call(prefetch, [q, ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                            ir.Constant(i32, 1)])
+            def fetch_ahead(bp, ahead):  # as _groupdot.py's several rows
+                prefetch_lines(builder, bp, ahead, R * ts)
 
             def block(b):
                 return (builder.gep(gp, [builder.mul(b, ir.Constant(i64, R * ts))]),
