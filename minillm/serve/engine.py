@@ -341,7 +341,7 @@ class Engine:
         else:
             if not greedy or p.logprobs is not None:
                 # probabilities in float64; a greedy pick is the same argmax in float32 (SmolLM2,
-                # 8 greedy rows: picking took 113 us a step with the conversion, 32 without)
+                # 8 greedy rows: converting (8, 49152) logits took 81 us a step)
                 logits = logits.astype(np.float64)
             t = int(sample_next(logits, req.rng, p.temperature, p.top_k, p.top_p))
         req.generated += 1
@@ -352,8 +352,8 @@ class Engine:
         if t in p.stop_ids:
             done = ("done", ("stop", req.generated))
             if lp is not None:  # the end token is listed with its logprob, never in the text
-                return (("end", Token(t, "", lp, top)), done), True  # (lm-eval's echo scoring
-            return (done,), True  # drops it)
+                return (("end", Token(t, "", lp, top)), done), True  # (lm-eval drops it)
+            return (done,), True
         piece = req.tracker.push(t)
         if req.tracker.done:
             return (("token", Token(t, piece, lp, top)), ("done", ("stop", req.generated))), True
