@@ -349,3 +349,36 @@ def test_padded_model_vocabulary_never_yields_undecodable_ids(tok):
     assert len(text) > 20  # (decode would raise on an id outside the tokenizer)
     with pytest.raises(MinillmError, match="do not belong together"):
         S.generate(make_model(tok.vocab_size - 1), tok, "the", max_new_tokens=3)
+
+
+def test_text_tracker_grows_by_bytes_as_a_full_decode_would():
+    # a byte-level BPE's text grows by each new id's bytes; pieces, holds and stops must be
+    # those of decoding every id again (the path of tokenizers whose pieces do not join)
+    import random
+
+    from minillm.tokenizers.bpe import BYTE_TO_UNICODE, ByteLevelBPETokenizer
+
+    vocab = {BYTE_TO_UNICODE[b]: b for b in range(256)}
+    vocab.update({"<|end|>": 256, BYTE_TO_UNICODE[0xC3] + BYTE_TO_UNICODE[0xA9]: 257})  # "é"
+    tok = ByteLevelBPETokenizer(vocab, [(BYTE_TO_UNICODE[0xC3], BYTE_TO_UNICODE[0xA9])],
+                                special={"<|end|>": 256}, control=[256], eos_id=256)
+    assert tok.bytes_join
+
+    class Whole:  # the same tokenizer, seen as one whose bytes do not join
+        bytes_join = False
+
+        def decode(self, ids):
+            return tok.decode(ids)
+
+    rng = random.Random(0)
+    alphabet = [0x61, 0x62, 0x20, 0xC3, 0xA9, 0xE2, 0x82, 0xAC, 0xFF, 256, 257]
+    for trial in range(200):
+        stops = rng.choice([[], ["ab"], ["é b", "\u20ac"], ["b a", "aa"]])
+        fast, slow = S._TextTracker(tok, stops), S._TextTracker(Whole(), stops)
+        assert fast.raw is not None and slow.raw is None
+        for t in (rng.choice(alphabet) for _ in range(rng.randint(1, 30))):
+            assert fast.push(t) == slow.push(t), (trial, fast.ids)
+            assert fast.done == slow.done
+            if fast.done:
+                break
+        assert fast.finish() == slow.finish() and fast.emitted == slow.emitted

@@ -44,6 +44,9 @@ class Tokenizer(ABC):
     eos_id: int
     bos_id: int
     pad_id: int | None = None
+    # True where decode_bytes(a + b) == decode_bytes(a) + decode_bytes(b): generated text can
+    # then grow by each new token's bytes instead of decoding every token again
+    bytes_join: ClassVar[bool] = False
 
     @property
     @abstractmethod

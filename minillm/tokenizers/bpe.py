@@ -326,6 +326,7 @@ class ByteLevelBPETokenizer(Tokenizer):
     """
 
     kind = "bpe"
+    bytes_join = True  # each id's bytes, joined (control tokens: none)
     _CACHE_LIMIT = 100_000  # words; cleared when full, so memory stays bounded on huge corpora
     chat_template: str | None = None  # the model's Jinja chat template, saved alongside
 
