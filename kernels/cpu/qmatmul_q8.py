@@ -45,6 +45,8 @@ from ._groupdot import group_format
 from ._groupdot_q8 import GROUP_DOT_Q8, ROWS
 from ._microkernel import CPU_FLAGS
 from ._serial import pick, picks, source_tag
+from .qmatmul import _check as _check_shapes
+from .qmatmul import _float as _float_input
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}  # no fastmath: rounding as NumPy
 QK = 32
@@ -149,14 +151,9 @@ def _expand(out, q, d):
 
 
 def _check(x, qw):
-    if not isinstance(qw, QuantWeight) or qw.qtype not in MATMUL_TYPES:
-        kind = FORMATS[qw.qtype].name if isinstance(qw, QuantWeight) else type(qw).__name__
-        raise TypeError(f"quantized products take Q8_0, Q4_0 or Q4_1 weights, not {kind}")
-    x = np.ascontiguousarray(x)
-    if x.dtype != np.float32 and x.dtype != np.float64:
-        x = x.astype(np.float32)
-    if x.ndim != 2 or x.shape[1] != qw.shape[1]:
-        raise ValueError(f"x must be (N, {qw.shape[1]}) for a weight {qw.shape}, got {x.shape}")
+    # qmatmul.py's checks (the same sentences): x as float32/float64 (N, K) for W (O, K)
+    x = _float_input(x)
+    _check_shapes(qw, x, qw.shape[1] if isinstance(qw, QuantWeight) else None, "x")
     return x
 
 
